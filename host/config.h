@@ -1,0 +1,131 @@
+/* The configuration: sluice.conf plus conf.d/*.conf, parsed with libconfig.
+ * One immutable struct sluice_config per loaded generation; the daemon never
+ * modifies it after config_load() returns. */
+#ifndef SLUICE_CONFIG_H
+#define SLUICE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "netaddr.h"
+
+struct route_table;
+
+enum bare_newline_mode {
+    BARE_NEWLINE_REJECT,    /* a message with a bare CR or LF is refused (default) */
+    BARE_NEWLINE_NORMALIZE, /* bare CR / LF become CRLF, as body text */
+};
+
+struct listen_conf {
+    char *address;               /* numeric IP, e.g. "127.0.0.1" or "::1" */
+    char *port;                  /* e.g. "2525" */
+    bool proxy_protocol;         /* PROXY v1/v2 header required first */
+    struct netlist *proxy_trusted; /* who may send it; others are closed */
+    int line;                    /* where it was configured, for messages */
+};
+
+struct server_conf {
+    char *host; /* name or numeric address */
+    char *port; /* default "25" */
+    int weight; /* default 1, 1..1000 */
+};
+
+struct pool_conf {
+    char *name;
+    struct server_conf *servers;
+    size_t nservers;
+    int max_connections;       /* cap for the whole instance, default 20 */
+    int64_t wait_ms;           /* how long a session waits for a slot, default 30s */
+    bool xclient;              /* send XCLIENT when the backend offers it, default true */
+    bool proxy_protocol;       /* send a PROXY v2 header first, default false */
+    bool smtputf8;             /* every server of this pool accepts SMTPUTF8, default false */
+    char *helo_name;           /* our EHLO name towards it; default: hostname */
+    int64_t connect_timeout_ms; /* default 30s */
+    int64_t command_timeout_ms; /* banner, EHLO, XCLIENT, MAIL, RCPT, RSET, NOOP, DATA; default 5m */
+    int64_t final_timeout_ms;  /* the reply to the end of message, default 5m */
+    int64_t noop_interval_ms;  /* keep-alive while the client uploads, default 60s */
+    int64_t down_ms;           /* a server that failed a connect is skipped this long, default 30s */
+    int line;
+};
+
+struct route_conf {
+    char *match; /* "user@example.com", "example.com" or "*.example.com" */
+    char *pool;
+    int line;
+};
+
+struct dns_conf {
+    char **servers; /* "ip" or "ip:port"; empty: /etc/resolv.conf */
+    size_t nservers;
+    int64_t timeout_ms; /* per query, default 5s */
+    int tries;          /* default 2 */
+};
+
+/* One conf.d file: a chain entry. Filled in by config, interpreted by the
+ * plugin host. */
+struct chain_entry_conf {
+    char *name;   /* file stem: "20-dnsbl" */
+    char *file;   /* full path */
+    char *plugin; /* "dnsbl", "/path/x.so" or "lua" */
+    bool enabled;
+    void *settings; /* the libconfig config_t of the file (owned) */
+};
+
+struct sluice_config {
+    char *path;      /* sluice.conf */
+    char *conf_dir;  /* directory of conf.d entries; default: <dir of sluice.conf>/conf.d */
+    char *hostname;  /* banner and EHLO name; default: gethostname() */
+    int threads;     /* loop threads; 0 in the file means one per core */
+    char *log_level; /* "err", "warn", "info" (default), "debug" */
+
+    struct listen_conf *listens;
+    size_t nlistens;
+
+    struct netlist *relay_networks; /* trusted clients may relay anywhere with default_pool */
+
+    struct pool_conf *pools;
+    size_t npools;
+    struct route_conf *routes;
+    size_t nroutes;
+    char *route_table_file;  /* "address-or-domain pool" lines; optional */
+    int default_pool;        /* index into pools, or -1 */
+    struct route_table *route_table; /* built from routes + route_table_file */
+
+    /* limits */
+    int64_t max_line_length;  /* command line incl. CRLF, default 2048 */
+    int64_t max_recipients;   /* per transaction, default 1000 */
+    int64_t max_message_size; /* default 50M; advertised in SIZE */
+    int64_t max_errors;       /* bad commands before 421, default 20 */
+
+    /* client timeouts (RFC 5321 4.5.3.2) */
+    int64_t command_timeout_ms;    /* waiting for a command, default 5m */
+    int64_t data_block_timeout_ms; /* between DATA chunks, default 3m */
+    int64_t data_total_timeout_ms; /* the whole upload, default 30m */
+    int64_t reverse_lookup_timeout_ms; /* FCrDNS at accept, default 5s */
+
+    /* data */
+    int64_t spool_memory;  /* bytes kept in memory before spilling to a file, default 1M */
+    char *spool_dir;       /* default "/var/tmp" */
+    enum bare_newline_mode bare_newline;
+
+    struct dns_conf dns;
+
+    struct chain_entry_conf *entries;
+    size_t nentries;
+};
+
+/* Loads and checks path and its conf.d. On failure returns -1 and writes
+ * "file:line: what is wrong" (or "file: what is wrong") into err. */
+int config_load(const char *path, struct sluice_config **out, char *err, size_t errlen);
+void config_free(struct sluice_config *cfg);
+
+/* "30s", "10m", "2h", "36d", "250ms" or a plain number of milliseconds. */
+int config_parse_duration(const char *s, int64_t *ms);
+/* "25M", "512K", "1G" (binary units) or a plain number of bytes. */
+int config_parse_size(const char *s, int64_t *bytes);
+
+/* Index of the pool named name, or -1. */
+int config_pool_index(const struct sluice_config *cfg, const char *name);
+
+#endif

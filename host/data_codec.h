@@ -1,0 +1,56 @@
+/* The DATA stream: from the client's dot-stuffed bytes to the canonical wire
+ * form that is spooled and later sent to the backend verbatim. */
+#ifndef SLUICE_DATA_CODEC_H
+#define SLUICE_DATA_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+struct evbuffer;
+
+/*
+ * Rules (DESIGN "Bad input", SMTP smuggling):
+ *  - End of data is only <CRLF>.<CRLF>. The CRLF that ended the DATA command
+ *    counts as the first CRLF, so ".\r\n" right after DATA is an empty message.
+ *  - The output is the message in canonical wire form: lines end in CRLF, and
+ *    every line whose content starts with '.' is written with one extra '.'.
+ *    For a compliant client the output equals the input minus ".\r\n".
+ *  - A line that started after a CRLF is un-stuffed (one leading '.' removed)
+ *    and re-stuffed on output, so it is unchanged.
+ *  - A bare LF, a bare CR, or a CR LF split by other bytes: in NORMALIZE mode
+ *    it ends the line and is written as CRLF; the next line is plain body text
+ *    (not un-stuffed; a leading '.' is stuffed on output), so "\n.\r\n" or
+ *    "\r.\r" are never an end of data. In REJECT mode the bytes are written the
+ *    same way, and saw_bare_newline is set so the caller refuses the message.
+ *  - Bytes after the terminator are not consumed (pipelined commands).
+ */
+struct data_decoder {
+    enum bare_newline_mode mode;
+    int state;             /* internal */
+    bool line_after_crlf;  /* internal */
+    bool done;             /* <CRLF>.<CRLF> seen */
+    bool saw_bare_newline; /* a bare CR or LF was seen */
+    uint64_t out_bytes;    /* bytes written to out so far */
+};
+
+void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode);
+
+/* Consumes bytes of in (up to and including the terminator), appends the wire
+ * form to out, and returns the number of bytes consumed. When out_limit is
+ * reached (out_bytes >= out_limit), bytes are still consumed and checked for
+ * the terminator but no longer written (the caller answers 552 at the end). */
+size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct evbuffer *out,
+                   uint64_t out_limit);
+
+/* Wire form -> content (un-stuffed lines, CRLF kept, no terminator), for
+ * plugins that read the body. at_bol tracks line starts across calls; start
+ * with true. Appends to out. */
+void data_unstuff(const char *in, size_t len, bool *at_bol, struct evbuffer *out);
+/* Content -> wire form: lines starting with '.' get one more '.'; bare CR/LF
+ * are written as CRLF. at_bol as above. */
+void data_stuff(const char *in, size_t len, bool *at_bol, struct evbuffer *out);
+
+#endif

@@ -1,0 +1,33 @@
+/* The message spool: memory up to a threshold, then an unlinked temporary file. */
+#ifndef SLUICE_SPOOL_H
+#define SLUICE_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct evbuffer;
+struct spool;
+
+/* mem_threshold: bytes kept in memory; beyond it everything moves to an
+ * O_TMPFILE (or mkstemp+unlink) file in dir. Never fails to create. */
+struct spool *spool_new(size_t mem_threshold, const char *dir);
+void spool_free(struct spool *s);
+/* Drops the content, keeps the spool for the next message. */
+void spool_reset(struct spool *s);
+
+/* Moves all of src into the spool (src is drained). Returns 0, or -1 with
+ * errno on a write failure (the caller answers 451 4.3.0). */
+int spool_append(struct spool *s, struct evbuffer *src);
+uint64_t spool_size(const struct spool *s);
+
+/* Adds the whole content to out for sending, without copying file content
+ * into memory (evbuffer file segments / sendfile). The spool stays valid and
+ * unchanged. Returns 0 or -1. */
+int spool_add_to(struct spool *s, struct evbuffer *out);
+
+/* Random-access read for plugins: copies up to len bytes at off into buf,
+ * returns bytes copied (0 at the end) or -1. */
+ssize_t spool_read(struct spool *s, uint64_t off, void *buf, size_t len);
+
+#endif
