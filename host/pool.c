@@ -1,0 +1,342 @@
+/* Backend pools at run time: connection slots shared by every loop thread,
+ * a FIFO of waiting sessions, smooth weighted round-robin over the servers
+ * and down marks after failed connects. One mutex guards all of it; it is
+ * never held while a session callback runs. */
+#include "pool.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "log.h"
+
+struct pool_waiter {
+    struct pool *pool;
+    struct event *ev; /* timeout, or activated by the releasing thread */
+    pool_slot_cb cb;
+    void *arg;
+    bool granted; /* under pool->lock: the slot is ours, the callback pending */
+    TAILQ_ENTRY(pool_waiter) link;
+};
+
+TAILQ_HEAD(waiter_queue, pool_waiter);
+
+struct server_state {
+    int weight;
+    int64_t current_weight;
+    uint64_t down_until_ms; /* monotonic; 0 when up */
+    uint64_t failure_seq;   /* orders failures: oldest first when all are down */
+};
+
+struct pool {
+    const struct pool_conf *conf;
+    pthread_mutex_t lock;
+    int in_use;
+    int nwaiting;
+    struct waiter_queue waiters;
+    struct server_state *servers;
+    int nservers;
+    uint64_t failure_count;
+};
+
+static uint64_t monotonic_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+struct pool *pool_new(const struct pool_conf *conf)
+{
+    struct pool *p = calloc(1, sizeof(*p));
+
+    if (p == NULL)
+        return NULL;
+    p->conf = conf;
+    p->nservers = (int)conf->nservers;
+    if (p->nservers > 0) {
+        p->servers = calloc((size_t)p->nservers, sizeof(*p->servers));
+        if (p->servers == NULL) {
+            free(p);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < p->nservers; i++)
+        p->servers[i].weight = conf->servers[i].weight > 0 ? conf->servers[i].weight : 1;
+    TAILQ_INIT(&p->waiters);
+    pthread_mutex_init(&p->lock, NULL);
+    return p;
+}
+
+void pool_free(struct pool *p)
+{
+    if (p == NULL)
+        return;
+    if (p->in_use != 0 || p->nwaiting != 0)
+        log_err(NULL, "pool %s freed with %d slots held and %d waiting", p->conf->name,
+                p->in_use, p->nwaiting);
+    pthread_mutex_destroy(&p->lock);
+    free(p->servers);
+    free(p);
+}
+
+const struct pool_conf *pool_conf(const struct pool *p)
+{
+    return p->conf;
+}
+
+/* Either hands the slot to the oldest waiter (it keeps in_use unchanged, so
+ * the cap holds at every moment) or gives it back. Called with the lock held:
+ * the waiter cannot be freed by its own thread until we let go. */
+static void pass_slot_locked(struct pool *p)
+{
+    struct pool_waiter *w = TAILQ_FIRST(&p->waiters);
+
+    if (w == NULL) {
+        if (p->in_use > 0)
+            p->in_use--;
+        else
+            log_err(NULL, "pool %s: slot released but none held", p->conf->name);
+        return;
+    }
+    TAILQ_REMOVE(&p->waiters, w, link);
+    p->nwaiting--;
+    w->granted = true;
+    event_active(w->ev, EV_READ, 0);
+}
+
+/* Runs on the waiter's loop thread, for the timeout or the handover alike:
+ * whichever took the lock first decided the outcome. */
+static void waiter_fire(evutil_socket_t fd, short what, void *arg)
+{
+    struct pool_waiter *w = arg;
+    struct pool *p = w->pool;
+    pool_slot_cb cb = w->cb;
+    void *cb_arg = w->arg;
+    bool granted;
+
+    pthread_mutex_lock(&p->lock);
+    granted = w->granted;
+    if (!granted) {
+        TAILQ_REMOVE(&p->waiters, w, link);
+        p->nwaiting--;
+    }
+    pthread_mutex_unlock(&p->lock);
+    event_free(w->ev);
+    free(w);
+    cb(cb_arg, granted);
+}
+
+static bool slot_free_locked(const struct pool *p)
+{
+    return p->in_use < p->conf->max_connections && TAILQ_EMPTY(&p->waiters);
+}
+
+static struct pool_waiter *waiter_new(struct pool *p, struct event_base *base, pool_slot_cb cb,
+                                      void *arg)
+{
+    struct pool_waiter *w = calloc(1, sizeof(*w));
+
+    if (w == NULL)
+        return NULL;
+    w->ev = event_new(base, -1, 0, waiter_fire, w);
+    if (w->ev == NULL) {
+        free(w);
+        return NULL;
+    }
+    w->pool = p;
+    w->cb = cb;
+    w->arg = arg;
+    return w;
+}
+
+static struct timeval wait_timeout(const struct pool_conf *conf)
+{
+    int64_t ms = conf->wait_ms > 0 ? conf->wait_ms : 0;
+    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+
+    return tv;
+}
+
+int pool_acquire(struct pool *p, struct event_base *base, pool_slot_cb cb, void *arg,
+                 struct pool_waiter **waiter)
+{
+    struct pool_waiter *w;
+    struct timeval tv = wait_timeout(p->conf);
+
+    *waiter = NULL;
+    pthread_mutex_lock(&p->lock);
+    if (slot_free_locked(p)) {
+        p->in_use++;
+        pthread_mutex_unlock(&p->lock);
+        return 1;
+    }
+    w = waiter_new(p, base, cb, arg);
+    if (w == NULL || event_add(w->ev, &tv) != 0) {
+        pthread_mutex_unlock(&p->lock);
+        if (w != NULL) {
+            event_free(w->ev);
+            free(w);
+        }
+        return -1;
+    }
+    TAILQ_INSERT_TAIL(&p->waiters, w, link);
+    p->nwaiting++;
+    pthread_mutex_unlock(&p->lock);
+    *waiter = w;
+    return 0;
+}
+
+void pool_cancel(struct pool_waiter *w)
+{
+    struct pool *p;
+
+    if (w == NULL)
+        return;
+    p = w->pool;
+    pthread_mutex_lock(&p->lock);
+    if (w->granted) {
+        pass_slot_locked(p);
+    } else {
+        TAILQ_REMOVE(&p->waiters, w, link);
+        p->nwaiting--;
+    }
+    pthread_mutex_unlock(&p->lock);
+    event_free(w->ev);
+    free(w);
+}
+
+void pool_release(struct pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    pass_slot_locked(p);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static bool server_up(const struct server_state *s, uint64_t now)
+{
+    return s->down_until_ms <= now;
+}
+
+/* Smooth weighted round-robin (as nginx does it) over the servers that are
+ * up: every pick raises each by its weight, the highest wins and pays the
+ * total back, which spreads a 3:1 pool as a a b a rather than a a a b. */
+static int pick_weighted_locked(struct pool *p, uint64_t now)
+{
+    int64_t total = 0;
+    int best = -1;
+
+    for (int i = 0; i < p->nservers; i++) {
+        struct server_state *s = &p->servers[i];
+
+        if (!server_up(s, now))
+            continue;
+        s->current_weight += s->weight;
+        total += s->weight;
+        if (best < 0 || s->current_weight > p->servers[best].current_weight)
+            best = i;
+    }
+    if (best >= 0)
+        p->servers[best].current_weight -= total;
+    return best;
+}
+
+/* Stale down marks must never leave a pool dead: when all are down, try the
+ * one that failed longest ago. Within one attempt sequence the servers just
+ * tried carry the newest marks, so this also finds the ones not tried yet. */
+static int pick_oldest_failure_locked(const struct pool *p)
+{
+    int best = -1;
+
+    for (int i = 0; i < p->nservers; i++) {
+        if (best < 0 || p->servers[i].failure_seq < p->servers[best].failure_seq)
+            best = i;
+    }
+    return best;
+}
+
+int pool_first_server(struct pool *p)
+{
+    int idx;
+
+    if (p->nservers == 0)
+        return -1;
+    pthread_mutex_lock(&p->lock);
+    idx = pick_weighted_locked(p, monotonic_ms());
+    if (idx < 0)
+        idx = pick_oldest_failure_locked(p);
+    pthread_mutex_unlock(&p->lock);
+    return idx;
+}
+
+int pool_next_server(struct pool *p, int prev, int tried)
+{
+    uint64_t now = monotonic_ms();
+    int idx = -1;
+
+    if (tried >= p->nservers || p->nservers == 0)
+        return -1;
+    if (prev < 0 || prev >= p->nservers)
+        prev = p->nservers - 1;
+    pthread_mutex_lock(&p->lock);
+    for (int step = 1; step < p->nservers && idx < 0; step++) {
+        int i = (prev + step) % p->nservers;
+
+        if (server_up(&p->servers[i], now))
+            idx = i;
+    }
+    if (idx < 0)
+        idx = pick_oldest_failure_locked(p);
+    pthread_mutex_unlock(&p->lock);
+    return idx;
+}
+
+void pool_server_failed(struct pool *p, int idx)
+{
+    uint64_t down_ms = p->conf->down_ms > 0 ? (uint64_t)p->conf->down_ms : 0;
+
+    if (idx < 0 || idx >= p->nservers)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->servers[idx].down_until_ms = monotonic_ms() + down_ms;
+    p->servers[idx].failure_seq = ++p->failure_count;
+    pthread_mutex_unlock(&p->lock);
+}
+
+void pool_server_ok(struct pool *p, int idx)
+{
+    if (idx < 0 || idx >= p->nservers)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->servers[idx].down_until_ms = 0;
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* The counters are read under the lock too: the mutex is the only thing that
+ * makes them consistent, and const here only promises the pool is unchanged. */
+int pool_in_use(const struct pool *p)
+{
+    struct pool *mp = (struct pool *)p;
+    int n;
+
+    pthread_mutex_lock(&mp->lock);
+    n = mp->in_use;
+    pthread_mutex_unlock(&mp->lock);
+    return n;
+}
+
+int pool_waiting(const struct pool *p)
+{
+    struct pool *mp = (struct pool *)p;
+    int n;
+
+    pthread_mutex_lock(&mp->lock);
+    n = mp->nwaiting;
+    pthread_mutex_unlock(&mp->lock);
+    return n;
+}

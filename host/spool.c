@@ -1,0 +1,272 @@
+/* The message spool: an evbuffer while the message is small, an unlinked
+ * temporary file once it crosses the threshold. Sending never copies file
+ * content into memory: the output gets a file segment libevent can sendfile
+ * or mmap. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "spool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+
+#include "log.h"
+
+#define SPOOL_DEFAULT_DIR "/var/tmp"
+#define SPOOL_WRITE_IOVECS 64
+
+struct spool {
+    size_t mem_threshold;
+    char *dir;
+    struct evbuffer *mem;
+    int fd;          /* the temporary file, kept open across messages; -1 before the first */
+    bool in_file;    /* this message lives in fd, not in mem */
+    bool handed_out; /* fd content is referenced by a file segment someone may still send */
+    int write_errno; /* a failed write spoils the message until spool_reset */
+    uint64_t size;
+};
+
+struct spool *spool_new(size_t mem_threshold, const char *dir)
+{
+    struct spool *s = calloc(1, sizeof(*s));
+
+    if (s == NULL)
+        return NULL;
+    s->mem_threshold = mem_threshold;
+    s->dir = strdup(dir != NULL && dir[0] != '\0' ? dir : SPOOL_DEFAULT_DIR);
+    s->mem = evbuffer_new();
+    s->fd = -1;
+    if (s->dir == NULL || s->mem == NULL) {
+        spool_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void spool_free(struct spool *s)
+{
+    if (s == NULL)
+        return;
+    if (s->fd >= 0)
+        close(s->fd);
+    if (s->mem != NULL)
+        evbuffer_free(s->mem);
+    free(s->dir);
+    free(s);
+}
+
+void spool_reset(struct spool *s)
+{
+    evbuffer_drain(s->mem, evbuffer_get_length(s->mem));
+    /* A file segment handed out may still be in some output buffer; truncating
+     * under it would corrupt that send (or SIGBUS an mmap), so start afresh. */
+    if (s->fd >= 0 && (s->handed_out || ftruncate(s->fd, 0) != 0)) {
+        close(s->fd);
+        s->fd = -1;
+    }
+    s->handed_out = false;
+    s->in_file = false;
+    s->write_errno = 0;
+    s->size = 0;
+}
+
+uint64_t spool_size(const struct spool *s)
+{
+    return s->size;
+}
+
+static int open_unlinked_tmp(const char *dir)
+{
+    char path[4096];
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+    if (fd >= 0)
+        return fd;
+    /* Filesystems without O_TMPFILE: a named file, unlinked at once. */
+    if (snprintf(path, sizeof(path), "%s/sluice-spool-XXXXXX", dir) >= (int)sizeof(path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(path);
+    return fd;
+}
+
+/* Writes and drains all of buf at offset off with pwritev, so nothing depends
+ * on the file position a dup()ed descriptor in a file segment shares. */
+static int write_buffer_at(int fd, struct evbuffer *buf, uint64_t off)
+{
+    struct evbuffer_iovec vec[SPOOL_WRITE_IOVECS];
+
+    while (evbuffer_get_length(buf) > 0) {
+        int n = evbuffer_peek(buf, -1, NULL, vec, SPOOL_WRITE_IOVECS);
+        ssize_t written;
+
+        if (n > SPOOL_WRITE_IOVECS)
+            n = SPOOL_WRITE_IOVECS;
+        written = pwritev(fd, (struct iovec *)vec, n, (off_t)off);
+        if (written < 0 && errno == EINTR)
+            continue;
+        if (written <= 0) {
+            if (written == 0)
+                errno = EIO;
+            return -1;
+        }
+        evbuffer_drain(buf, (size_t)written);
+        off += (uint64_t)written;
+    }
+    return 0;
+}
+
+/* Crossing the threshold: the memory part goes first, then the rest follows
+ * it in the file. */
+static int move_to_file(struct spool *s)
+{
+    if (s->fd < 0) {
+        s->fd = open_unlinked_tmp(s->dir);
+        if (s->fd < 0) {
+            int saved = errno;
+
+            log_err(NULL, "spool: cannot create a temporary file in %s: %s", s->dir,
+                    strerror(saved));
+            errno = saved;
+            return -1;
+        }
+    }
+    s->in_file = true;
+    return write_buffer_at(s->fd, s->mem, 0);
+}
+
+static int spool_fail(struct spool *s, struct evbuffer *src)
+{
+    int saved = errno != 0 ? errno : EIO;
+
+    evbuffer_drain(src, evbuffer_get_length(src));
+    s->write_errno = saved;
+    errno = saved;
+    return -1;
+}
+
+int spool_append(struct spool *s, struct evbuffer *src)
+{
+    size_t len = evbuffer_get_length(src);
+
+    if (s->write_errno != 0) {
+        errno = s->write_errno;
+        return spool_fail(s, src);
+    }
+    if (!s->in_file && s->size + len <= s->mem_threshold) {
+        if (evbuffer_add_buffer(s->mem, src) != 0)
+            return spool_fail(s, src);
+        s->size += len;
+        return 0;
+    }
+    if (!s->in_file && move_to_file(s) != 0)
+        return spool_fail(s, src);
+    if (write_buffer_at(s->fd, src, s->size) != 0)
+        return spool_fail(s, src);
+    s->size += len;
+    return 0;
+}
+
+/* Memory content is added by reference where libevent allows it, else
+ * copied (it is at most mem_threshold bytes). */
+static int add_memory_to(struct spool *s, struct evbuffer *out)
+{
+    struct evbuffer_iovec vec[SPOOL_WRITE_IOVECS];
+    size_t total = evbuffer_get_length(s->mem);
+    size_t done = 0;
+
+    if (evbuffer_add_buffer_reference(out, s->mem) == 0)
+        return 0;
+    while (done < total) {
+        struct evbuffer_ptr pos;
+        int n;
+
+        if (evbuffer_ptr_set(s->mem, &pos, done, EVBUFFER_PTR_SET) != 0)
+            return -1;
+        n = evbuffer_peek(s->mem, -1, &pos, vec, SPOOL_WRITE_IOVECS);
+        if (n <= 0)
+            return -1;
+        if (n > SPOOL_WRITE_IOVECS)
+            n = SPOOL_WRITE_IOVECS;
+        for (int i = 0; i < n; i++) {
+            if (evbuffer_add(out, vec[i].iov_base, vec[i].iov_len) != 0)
+                return -1;
+            done += vec[i].iov_len;
+        }
+    }
+    return 0;
+}
+
+static int add_file_to(struct spool *s, struct evbuffer *out)
+{
+    struct evbuffer_file_segment *seg;
+    int fd = dup(s->fd);
+    int rc;
+
+    if (fd < 0)
+        return -1;
+    seg = evbuffer_file_segment_new(fd, 0, (ev_off_t)s->size, EVBUF_FS_CLOSE_ON_FREE);
+    if (seg == NULL) {
+        close(fd);
+        return -1;
+    }
+    rc = evbuffer_add_file_segment(out, seg, 0, (ev_off_t)s->size);
+    /* out holds its own reference; ours goes now. */
+    evbuffer_file_segment_free(seg);
+    if (rc == 0)
+        s->handed_out = true;
+    return rc;
+}
+
+int spool_add_to(struct spool *s, struct evbuffer *out)
+{
+    if (s->write_errno != 0)
+        return -1;
+    if (s->size == 0)
+        return 0;
+    return s->in_file ? add_file_to(s, out) : add_memory_to(s, out);
+}
+
+static ssize_t read_file_at(int fd, uint64_t off, char *buf, size_t len)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+ssize_t spool_read(struct spool *s, uint64_t off, void *buf, size_t len)
+{
+    struct evbuffer_ptr pos;
+
+    if (off >= s->size || len == 0)
+        return 0;
+    if (len > s->size - off)
+        len = (size_t)(s->size - off);
+    if (s->in_file)
+        return read_file_at(s->fd, off, buf, len);
+    if (evbuffer_ptr_set(s->mem, &pos, (size_t)off, EVBUFFER_PTR_SET) != 0)
+        return -1;
+    return evbuffer_copyout_from(s->mem, &pos, buf, len);
+}
