@@ -1,0 +1,701 @@
+#include "backend.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "config.h"
+#include "log.h"
+#include "netaddr.h"
+#include "pool.h"
+#include "proxy_proto.h"
+#include "smtp_cmd.h"
+#include "spool.h"
+#include "worker.h"
+
+/* Waiting for QUIT's answer is a courtesy; it must not hold a slot long. */
+#define BACKEND_QUIT_WAIT_MS 5000
+
+enum backend_state {
+    B_WAIT_SLOT,
+    B_RESOLVING,
+    B_CONNECTING,
+    B_GREETING,
+    B_EHLO,
+    B_XCLIENT,
+    B_XCLIENT_EHLO,
+    B_READY,
+    B_CLOSING,
+    B_DEAD,
+};
+
+enum pending_kind { P_USER, P_NOOP, P_DATA, P_FINAL };
+
+struct pending {
+    enum pending_kind kind;
+    backend_cb cb;
+    void *arg;
+    struct spool *spool;
+    struct pending *next;
+};
+
+struct backend {
+    struct loop *loop;
+    struct pool *pool;
+    const struct pool_conf *pc;
+    int pool_index;
+    enum backend_state state;
+
+    char sid[32];
+    struct sockaddr_storage client_addr, client_local;
+    char *client_helo;
+    char *client_name; /* confirmed name, "[UNAVAILABLE]" or "[TEMPUNAVAIL]" */
+    bool client_esmtp;
+
+    struct pool_waiter *waiter;
+    bool has_slot;
+    int server, tried;
+    struct dns_query *dnsq;
+    struct bufferevent *bev;
+    char peer[300];
+
+    struct ehlo_caps caps;
+    backend_cb open_cb;
+    void *open_arg;
+
+    struct pending *head, *tail;
+    struct event *noop_timer;
+    bool keepalive;
+    struct event *quit_timer;
+    struct event *start_ev;
+
+    int in_handler;
+    bool free_when_idle;
+};
+
+static void backend_try_server(struct backend *b);
+static void backend_read_cb(struct bufferevent *bev, void *arg);
+static void backend_event_cb(struct bufferevent *bev, short what, void *arg);
+
+static struct timeval ms_to_tv(int64_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    return tv;
+}
+
+/* ---- lifetime --------------------------------------------------------- */
+
+static void backend_free(struct backend *b)
+{
+    if (b->in_handler > 0) {
+        b->free_when_idle = true;
+        return;
+    }
+    if (b->waiter)
+        pool_cancel(b->waiter);
+    if (b->dnsq)
+        dns_cancel(b->dnsq);
+    if (b->bev)
+        bufferevent_free(b->bev);
+    if (b->has_slot)
+        pool_release(b->pool);
+    if (b->noop_timer)
+        event_free(b->noop_timer);
+    if (b->quit_timer)
+        event_free(b->quit_timer);
+    if (b->start_ev)
+        event_free(b->start_ev);
+    while (b->head) {
+        struct pending *p = b->head;
+        b->head = p->next;
+        free(p);
+    }
+    free(b->client_helo);
+    free(b->client_name);
+    free(b);
+}
+
+static void backend_enter(struct backend *b) { b->in_handler++; }
+
+/* Returns false when the backend was freed meanwhile and must not be touched. */
+static bool backend_leave(struct backend *b)
+{
+    if (--b->in_handler == 0 && b->free_when_idle) {
+        b->free_when_idle = false;
+        backend_free(b);
+        return false;
+    }
+    return true;
+}
+
+static void backend_drop_connection(struct backend *b)
+{
+    if (b->bev) {
+        bufferevent_free(b->bev);
+        b->bev = NULL;
+    }
+}
+
+/* ---- replies to the owner --------------------------------------------- */
+
+static void backend_deliver(backend_cb cb, void *arg, enum backend_status st, int code,
+                            const char *text, size_t len, size_t nlines)
+{
+    struct backend_reply r = {
+        .status = st, .code = code, .text = text, .len = len, .nlines = nlines};
+    if (cb)
+        cb(arg, &r);
+}
+
+static void backend_open_done(struct backend *b, enum backend_status st, const char *text,
+                              size_t len, int code, size_t nlines)
+{
+    backend_cb cb = b->open_cb;
+    b->open_cb = NULL;
+    backend_deliver(cb, b->open_arg, st, code, text, len, nlines);
+}
+
+/* The connection is unusable: every queued command learns it. */
+static void backend_fail(struct backend *b, const char *why)
+{
+    if (b->state == B_DEAD)
+        return;
+    bool was_open = b->state >= B_READY;
+    if (b->state != B_CLOSING)
+        log_warn(b->sid, "backend %s: %s", b->peer, why);
+    b->state = B_DEAD;
+    backend_drop_connection(b);
+    if (b->noop_timer)
+        event_del(b->noop_timer);
+    if (!was_open && b->open_cb) {
+        backend_open_done(b, BACKEND_LOST, NULL, 0, 0, 0);
+        return;
+    }
+    while (b->head && b->state == B_DEAD) {
+        struct pending *p = b->head;
+        b->head = p->next;
+        if (!b->head)
+            b->tail = NULL;
+        backend_cb cb = p->cb;
+        void *arg = p->arg;
+        free(p);
+        backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
+    }
+}
+
+/* ---- writing ------------------------------------------------------------ */
+
+static void backend_set_reply_timeout(struct backend *b, int64_t ms)
+{
+    struct timeval rt = ms_to_tv(ms);
+    struct timeval wt = ms_to_tv(b->pc->final_timeout_ms);
+    bufferevent_set_timeouts(b->bev, &rt, &wt);
+}
+
+static void backend_idle_timeouts(struct backend *b)
+{
+    struct timeval wt = ms_to_tv(b->pc->final_timeout_ms);
+    bufferevent_set_timeouts(b->bev, NULL, &wt);
+}
+
+static void backend_write(struct backend *b, const char *line, size_t len)
+{
+    bufferevent_write(b->bev, line, len);
+}
+
+static int backend_queue(struct backend *b, enum pending_kind kind, backend_cb cb, void *arg)
+{
+    struct pending *p = calloc(1, sizeof *p);
+    if (!p)
+        return -1;
+    p->kind = kind;
+    p->cb = cb;
+    p->arg = arg;
+    if (b->tail)
+        b->tail->next = p;
+    else
+        b->head = p;
+    b->tail = p;
+    backend_set_reply_timeout(b, b->pc->command_timeout_ms);
+    return 0;
+}
+
+/* ---- the handshake ------------------------------------------------------ */
+
+static void backend_send_ehlo(struct backend *b, const char *name)
+{
+    char line[600];
+    int n = snprintf(line, sizeof line, "EHLO %s\r\n", name);
+    if (n < 0 || (size_t)n >= sizeof line)
+        n = snprintf(line, sizeof line, "EHLO %s\r\n", b->pc->helo_name);
+    backend_write(b, line, (size_t)n);
+}
+
+static size_t backend_xclient_attr(char *out, size_t cap, const char *key, const char *value)
+{
+    char enc[1100];
+    if (smtp_xtext_encode(value, strlen(value), enc, sizeof enc) < 0)
+        return 0;
+    int n = snprintf(out, cap, " %s=%s", key, enc);
+    return (n > 0 && (size_t)n < cap) ? (size_t)n : 0;
+}
+
+static void backend_send_xclient(struct backend *b)
+{
+    char line[2400] = "XCLIENT";
+    size_t len = strlen(line);
+    char addr[INET6_ADDRSTRLEN + 8], port[16];
+    const struct sockaddr *ca = (const struct sockaddr *)&b->client_addr;
+    char ip[INET6_ADDRSTRLEN];
+    netaddr_ntop(ca, ip, sizeof ip);
+    if (strchr(ip, ':'))
+        snprintf(addr, sizeof addr, "IPV6:%s", ip);
+    else
+        snprintf(addr, sizeof addr, "%s", ip);
+    snprintf(port, sizeof port, "%d", netaddr_port(ca));
+    if (b->caps.xclient_addr)
+        len += backend_xclient_attr(line + len, sizeof line - len, "ADDR", addr);
+    if (b->caps.xclient_port)
+        len += backend_xclient_attr(line + len, sizeof line - len, "PORT", port);
+    if (b->caps.xclient_name)
+        len += backend_xclient_attr(line + len, sizeof line - len, "NAME", b->client_name);
+    if (b->caps.xclient_helo && b->client_helo[0])
+        len += backend_xclient_attr(line + len, sizeof line - len, "HELO", b->client_helo);
+    if (b->caps.xclient_proto)
+        len += backend_xclient_attr(line + len, sizeof line - len, "PROTO",
+                                    b->client_esmtp ? "ESMTP" : "SMTP");
+    if (len + 3 > sizeof line) {
+        backend_fail(b, "XCLIENT line too long");
+        return;
+    }
+    memcpy(line + len, "\r\n", 3);
+    backend_write(b, line, len + 2);
+}
+
+static void backend_ready(struct backend *b, const char *text, const struct smtp_reply *r)
+{
+    b->state = B_READY;
+    pool_server_ok(b->pool, b->server);
+    backend_idle_timeouts(b);
+    log_debug(b->sid, "backend %s: ready", b->peer);
+    backend_open_done(b, BACKEND_REPLY, text, r->len, r->code, r->nlines);
+}
+
+/* A server that does not greet with 2xx is treated like one that refused
+ * the connection: the next server of the pool gets the session. */
+static void backend_next_server(struct backend *b, const char *why)
+{
+    log_warn(b->sid, "backend %s: %s", b->peer, why);
+    pool_server_failed(b->pool, b->server);
+    backend_drop_connection(b);
+    b->tried++;
+    b->server = pool_next_server(b->pool, b->server, b->tried);
+    if (b->server < 0) {
+        b->state = B_DEAD;
+        backend_open_done(b, BACKEND_UNREACHABLE, NULL, 0, 0, 0);
+        return;
+    }
+    backend_try_server(b);
+}
+
+static void backend_handshake_reply(struct backend *b, const char *text, const struct smtp_reply *r)
+{
+    bool ok = r->code >= 200 && r->code < 300;
+    switch (b->state) {
+    case B_GREETING:
+        if (!ok) {
+            backend_next_server(b, "refused the session at its greeting");
+            return;
+        }
+        b->state = B_EHLO;
+        backend_send_ehlo(b, b->pc->helo_name);
+        return;
+    case B_EHLO:
+        if (!ok)
+            break;
+        reply_ehlo_caps(text, r, &b->caps);
+        if (b->pc->xclient && b->caps.xclient) {
+            b->state = B_XCLIENT;
+            backend_send_xclient(b);
+            return;
+        }
+        if (b->pc->xclient)
+            log_debug(b->sid, "backend %s: does not offer XCLIENT", b->peer);
+        backend_ready(b, text, r);
+        return;
+    case B_XCLIENT:
+        if (!ok)
+            break;
+        /* Postfix answers XCLIENT with a new greeting; EHLO again as the client. */
+        b->state = B_XCLIENT_EHLO;
+        backend_send_ehlo(b, b->client_helo[0] ? b->client_helo : b->pc->helo_name);
+        return;
+    case B_XCLIENT_EHLO:
+        if (!ok)
+            break;
+        reply_ehlo_caps(text, r, &b->caps);
+        backend_ready(b, text, r);
+        return;
+    default:
+        return;
+    }
+    log_warn(b->sid, "backend %s: handshake refused with %d", b->peer, r->code);
+    b->state = B_DEAD;
+    backend_drop_connection(b);
+    backend_open_done(b, BACKEND_REPLY, text, r->len, r->code, r->nlines);
+}
+
+/* ---- replies in the ready state --------------------------------------- */
+
+static void backend_noop_arm(struct backend *b)
+{
+    if (b->keepalive && b->noop_timer && !b->head && b->state == B_READY) {
+        struct timeval tv = ms_to_tv(b->pc->noop_interval_ms);
+        event_add(b->noop_timer, &tv);
+    }
+}
+
+static void backend_start_body(struct backend *b, struct pending *p)
+{
+    struct evbuffer *out = bufferevent_get_output(b->bev);
+    if (spool_add_to(p->spool, out) < 0) {
+        backend_fail(b, "cannot read the spooled message");
+        return;
+    }
+    evbuffer_add(out, ".\r\n", 3);
+    p->kind = P_FINAL;
+    backend_set_reply_timeout(b, b->pc->final_timeout_ms);
+}
+
+static void backend_command_reply(struct backend *b, const char *text, const struct smtp_reply *r)
+{
+    struct pending *p = b->head;
+    if (!p) {
+        /* Unsolicited: typically 421 before the server closes an idle session. */
+        backend_fail(b, r->code == 421 ? "closed the idle session (421)" : "unexpected reply");
+        return;
+    }
+    if (p->kind == P_DATA && r->code == 354) {
+        backend_start_body(b, p);
+        return;
+    }
+    b->head = p->next;
+    if (!b->head)
+        b->tail = NULL;
+    if (b->head)
+        backend_set_reply_timeout(b, b->head->kind == P_FINAL ? b->pc->final_timeout_ms
+                                                             : b->pc->command_timeout_ms);
+    else
+        backend_idle_timeouts(b);
+    backend_cb cb = p->cb;
+    void *arg = p->arg;
+    enum pending_kind kind = p->kind;
+    free(p);
+    if (r->code == 421) {
+        /* 421 means the server is closing; nothing more will work here. */
+        backend_deliver(cb, arg, BACKEND_REPLY, r->code, text, r->len, r->nlines);
+        backend_fail(b, "closing (421)");
+        return;
+    }
+    if (kind != P_NOOP)
+        backend_deliver(cb, arg, BACKEND_REPLY, r->code, text, r->len, r->nlines);
+    if (b->state == B_READY)
+        backend_noop_arm(b);
+}
+
+static void backend_handle_reply(struct backend *b, const char *text, const struct smtp_reply *r)
+{
+    if (b->state == B_CLOSING) {
+        b->state = B_DEAD;
+        backend_free(b);
+        return;
+    }
+    if (b->state < B_READY)
+        backend_handshake_reply(b, text, r);
+    else if (b->state == B_READY)
+        backend_command_reply(b, text, r);
+}
+
+static void backend_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct backend *b = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    backend_enter(b);
+    while (b->bev == bev && b->state != B_DEAD && !b->free_when_idle) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0)
+            break;
+        size_t want = avail < REPLY_MAX_LEN ? avail : REPLY_MAX_LEN;
+        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)want);
+        struct smtp_reply r;
+        int rc = reply_parse(buf, want, &r);
+        if (rc == 0 && want < REPLY_MAX_LEN)
+            break;
+        if (rc <= 0) {
+            backend_fail(b, "protocol violation in reply");
+            break;
+        }
+        /* The text stays valid for the callback: drained only afterwards. */
+        char *copy = malloc(r.len);
+        if (!copy) {
+            backend_fail(b, "out of memory");
+            break;
+        }
+        memcpy(copy, buf, r.len);
+        evbuffer_drain(in, r.len);
+        backend_handle_reply(b, copy, &r);
+        free(copy);
+    }
+    backend_leave(b);
+}
+
+static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct backend *b = arg;
+    backend_enter(b);
+    if (what & BEV_EVENT_CONNECTED) {
+        evutil_socket_t fd = bufferevent_getfd(bev);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        b->state = B_GREETING;
+        backend_set_reply_timeout(b, b->pc->command_timeout_ms);
+        backend_leave(b);
+        return;
+    }
+    const char *why = (what & BEV_EVENT_TIMEOUT) ? "timed out"
+                      : (what & BEV_EVENT_EOF)   ? "closed the connection"
+                                                 : "connection error";
+    if (b->state == B_CLOSING) {
+        b->state = B_DEAD;
+        backend_free(b);
+    } else if (b->state == B_CONNECTING || b->state == B_GREETING) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "%s: %s", b->state == B_CONNECTING ? "connect" : "greeting",
+                 (what & BEV_EVENT_ERROR) ? evutil_socket_error_to_string(
+                                                EVUTIL_SOCKET_ERROR())
+                                          : why);
+        backend_next_server(b, msg);
+    } else {
+        backend_fail(b, why);
+    }
+    backend_leave(b);
+}
+
+/* ---- connecting --------------------------------------------------------- */
+
+static void backend_connect_addr(struct backend *b, const struct sockaddr_storage *ss)
+{
+    const struct sockaddr *sa = (const struct sockaddr *)ss;
+    socklen_t salen =
+        sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    b->bev = bufferevent_socket_new(b->loop->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!b->bev) {
+        backend_next_server(b, "cannot create a socket");
+        return;
+    }
+    bufferevent_setcb(b->bev, backend_read_cb, NULL, backend_event_cb, b);
+    struct timeval ct = ms_to_tv(b->pc->connect_timeout_ms);
+    bufferevent_set_timeouts(b->bev, &ct, &ct);
+    bufferevent_enable(b->bev, EV_READ | EV_WRITE);
+    b->state = B_CONNECTING;
+    if (b->pc->proxy_protocol) {
+        unsigned char hdr[PROXY_MAX_HEADER];
+        size_t n = proxy_v2_build(hdr, sizeof hdr, (const struct sockaddr *)&b->client_addr,
+                                  (const struct sockaddr *)&b->client_local);
+        bufferevent_write(b->bev, hdr, n);
+    }
+    if (bufferevent_socket_connect(b->bev, sa, (int)salen) < 0)
+        backend_next_server(b, "connect failed");
+}
+
+static void backend_resolved(void *arg, enum dns_status st, const struct sockaddr_storage *addrs,
+                             size_t n)
+{
+    struct backend *b = arg;
+    b->dnsq = NULL;
+    backend_enter(b);
+    if (st != DNS_OK || n == 0)
+        backend_next_server(b, "cannot resolve the server's name");
+    else
+        backend_connect_addr(b, &addrs[0]);
+    backend_leave(b);
+}
+
+static void backend_try_server(struct backend *b)
+{
+    const struct server_conf *sc = &b->pc->servers[b->server];
+    snprintf(b->peer, sizeof b->peer, "%s:%s", sc->host, sc->port);
+    b->state = B_RESOLVING;
+    b->dnsq = dns_resolve(b->loop->dns, sc->host, atoi(sc->port), backend_resolved, b);
+    if (!b->dnsq)
+        backend_next_server(b, "cannot start the name lookup");
+}
+
+static void backend_slot_cb(void *arg, bool granted)
+{
+    struct backend *b = arg;
+    b->waiter = NULL;
+    backend_enter(b);
+    if (!granted) {
+        log_warn(b->sid, "backend pool %s: no free connection within %lld ms", b->pc->name,
+                 (long long)b->pc->wait_ms);
+        b->state = B_DEAD;
+        backend_open_done(b, BACKEND_POOL_FULL, NULL, 0, 0, 0);
+    } else {
+        b->has_slot = true;
+        b->tried = 0;
+        b->server = pool_first_server(b->pool);
+        backend_try_server(b);
+    }
+    backend_leave(b);
+}
+
+static void backend_start_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct backend *b = arg;
+    backend_enter(b);
+    b->tried = 0;
+    b->server = pool_first_server(b->pool);
+    backend_try_server(b);
+    backend_leave(b);
+}
+
+static void backend_noop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct backend *b = arg;
+    if (b->state != B_READY || b->head || !b->keepalive)
+        return;
+    if (backend_queue(b, P_NOOP, NULL, NULL) == 0)
+        backend_write(b, "NOOP\r\n", 6);
+}
+
+static const char *backend_client_name(const struct backend_client *c)
+{
+    if (c->name_status == DNS_OK && c->name)
+        return c->name;
+    return c->name_status == DNS_TEMPFAIL ? "[TEMPUNAVAIL]" : "[UNAVAILABLE]";
+}
+
+struct backend *backend_open(struct loop *loop, struct pool *pool, int pool_index,
+                             const struct backend_client *client, backend_cb cb, void *arg)
+{
+    struct backend *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->loop = loop;
+    b->pool = pool;
+    b->pc = pool_conf(pool);
+    b->pool_index = pool_index;
+    snprintf(b->sid, sizeof b->sid, "%s", client->sid);
+    b->client_addr = client->addr;
+    b->client_local = client->local;
+    b->client_helo = strdup(client->helo ? client->helo : "");
+    b->client_name = strdup(backend_client_name(client));
+    b->client_esmtp = client->esmtp;
+    b->open_cb = cb;
+    b->open_arg = arg;
+    b->noop_timer = event_new(loop->base, -1, 0, backend_noop_cb, b);
+    snprintf(b->peer, sizeof b->peer, "pool %s", b->pc->name);
+    if (!b->client_helo || !b->client_name || !b->noop_timer) {
+        backend_free(b);
+        return NULL;
+    }
+    b->state = B_WAIT_SLOT;
+    /* The slot callback never runs inside backend_open: the owner always
+     * has the handle before it hears anything. */
+    b->start_ev = event_new(loop->base, -1, 0, backend_start_cb, b);
+    int rc = b->start_ev ? pool_acquire(pool, loop->base, backend_slot_cb, b, &b->waiter) : -1;
+    if (rc < 0) {
+        b->waiter = NULL;
+        backend_free(b);
+        return NULL;
+    }
+    if (rc == 1) {
+        b->has_slot = true;
+        event_active(b->start_ev, 0, 0);
+    }
+    return b;
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+void backend_command(struct backend *b, const char *line, size_t len, backend_cb cb, void *arg)
+{
+    if (b->state != B_READY || backend_queue(b, P_USER, cb, arg) < 0) {
+        backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
+        return;
+    }
+    if (b->noop_timer)
+        event_del(b->noop_timer);
+    backend_write(b, line, len);
+}
+
+void backend_send_message(struct backend *b, struct spool *spool, backend_cb cb, void *arg)
+{
+    if (b->state != B_READY || backend_queue(b, P_DATA, cb, arg) < 0) {
+        backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
+        return;
+    }
+    b->tail->spool = spool;
+    if (b->noop_timer)
+        event_del(b->noop_timer);
+    backend_write(b, "DATA\r\n", 6);
+}
+
+void backend_keepalive(struct backend *b, bool on)
+{
+    b->keepalive = on;
+    if (!on) {
+        if (b->noop_timer)
+            event_del(b->noop_timer);
+        return;
+    }
+    backend_noop_arm(b);
+}
+
+static void backend_quit_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct backend *b = arg;
+    b->state = B_DEAD;
+    backend_free(b);
+}
+
+void backend_close(struct backend *b)
+{
+    while (b->head) {
+        struct pending *p = b->head;
+        b->head = p->next;
+        free(p);
+    }
+    b->tail = NULL;
+    b->open_cb = NULL;
+    if (b->noop_timer)
+        event_del(b->noop_timer);
+    if (b->state != B_READY || !b->bev) {
+        b->state = B_DEAD;
+        backend_free(b);
+        return;
+    }
+    b->state = B_CLOSING;
+    backend_write(b, "QUIT\r\n", 6);
+    b->quit_timer = event_new(b->loop->base, -1, 0, backend_quit_timeout, b);
+    if (!b->quit_timer) {
+        backend_free(b);
+        return;
+    }
+    struct timeval tv = ms_to_tv(BACKEND_QUIT_WAIT_MS);
+    bufferevent_set_timeouts(b->bev, &tv, &tv);
+    event_add(b->quit_timer, &tv);
+}
+
+bool backend_usable(const struct backend *b) { return b->state == B_READY; }
+const struct ehlo_caps *backend_caps(const struct backend *b) { return &b->caps; }
+const char *backend_peer_name(const struct backend *b) { return b->peer; }
+int backend_pool_index(const struct backend *b) { return b->pool_index; }

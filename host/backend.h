@@ -1,0 +1,75 @@
+/* The client side: one SMTP connection from sluice to a backend server of a
+ * pool, owned by one session on one loop thread. Commands are queued and
+ * their replies delivered in order (RFC 2920 pipelining is safe because every
+ * command is answered exactly once, in order). */
+#ifndef SLUICE_BACKEND_H
+#define SLUICE_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "dns.h"
+#include "reply.h"
+
+struct loop;
+struct pool;
+struct spool;
+struct backend;
+
+enum backend_status {
+    BACKEND_REPLY = 0,     /* the server answered: code/text are its reply */
+    BACKEND_UNREACHABLE,   /* no server of the pool accepted a connection */
+    BACKEND_POOL_FULL,     /* no slot within the pool's wait time */
+    BACKEND_LOST,          /* connection closed, timed out or broke protocol */
+    BACKEND_INTERNAL,      /* local failure (memory, spool) */
+};
+
+struct backend_reply {
+    enum backend_status status;
+    int code;          /* with BACKEND_REPLY */
+    const char *text;  /* the reply as received, all lines (valid during the callback) */
+    size_t len;
+    size_t nlines;
+};
+
+typedef void (*backend_cb)(void *arg, const struct backend_reply *r);
+
+/* Who the client is, for XCLIENT and the PROXY header. Copied at open. */
+struct backend_client {
+    const char *sid;
+    struct sockaddr_storage addr;  /* the real client */
+    struct sockaddr_storage local; /* where the client connected to */
+    const char *helo;              /* the client's HELO/EHLO argument */
+    bool esmtp;                    /* the client said EHLO */
+    enum dns_status name_status;   /* reverse lookup outcome */
+    const char *name;              /* the confirmed reverse name when DNS_OK */
+};
+
+/* Takes a slot of the pool (waiting for one if needed), connects (trying the
+ * pool's servers in turn), and runs the handshake: PROXY header, banner,
+ * EHLO, XCLIENT + new banner + EHLO. cb gets BACKEND_REPLY with the final
+ * EHLO reply (2xx) when ready, or the failing reply / status. */
+struct backend *backend_open(struct loop *loop, struct pool *pool, int pool_index,
+                             const struct backend_client *client, backend_cb cb, void *arg);
+
+/* Sends one command line (CRLF included); cb gets its reply. */
+void backend_command(struct backend *b, const char *line, size_t len, backend_cb cb, void *arg);
+
+/* DATA, then (after 354) the spooled message in wire form and ".\r\n"; cb
+ * gets the reply to DATA if it is not 354, else the final reply. */
+void backend_send_message(struct backend *b, struct spool *spool, backend_cb cb, void *arg);
+
+/* Keep the idle connection alive with NOOP while the client uploads. */
+void backend_keepalive(struct backend *b, bool on);
+
+/* Sends QUIT and lets go: no callback runs after this; the connection and
+ * its pool slot are released when the server answers or after a short wait. */
+void backend_close(struct backend *b);
+
+bool backend_usable(const struct backend *b);
+const struct ehlo_caps *backend_caps(const struct backend *b);
+const char *backend_peer_name(const struct backend *b); /* "127.0.0.1:25" */
+int backend_pool_index(const struct backend *b);
+
+#endif

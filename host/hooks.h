@@ -1,0 +1,39 @@
+/* Hook dispatch points of the session. The plugin host (conf.d chain) runs
+ * here; a verdict may arrive later (pending), so every caller continues in
+ * its done callback, which may run before hooks_run returns. */
+#ifndef SLUICE_HOOKS_H
+#define SLUICE_HOOKS_H
+
+enum hook_point {
+    HOOK_CONNECT,
+    HOOK_HELO,
+    HOOK_MAIL,
+    HOOK_RCPT,
+    HOOK_DATA,
+    HOOK_EOM,
+    HOOK_DISCONNECT,
+    HOOK_COUNT
+};
+
+enum hook_verdict_kind {
+    VERDICT_CONTINUE,
+    VERDICT_ACCEPT,
+    VERDICT_REJECT,
+    VERDICT_TEMPFAIL,
+    VERDICT_DISCONNECT,
+};
+
+struct hook_verdict {
+    enum hook_verdict_kind kind;
+    int code;      /* 0: the default of the hook (reply table) */
+    char esc[12];  /* "" : default */
+    char text[256];/* "" : default */
+};
+
+struct session;
+typedef void (*hook_done_cb)(struct session *s, const struct hook_verdict *v);
+
+const char *hook_name(enum hook_point point);
+void hooks_run(struct session *s, enum hook_point point, hook_done_cb done);
+
+#endif

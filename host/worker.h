@@ -1,0 +1,42 @@
+/* The worker process: N loop threads sharing one configuration and the
+ * backend pools. */
+#ifndef SLUICE_WORKER_H
+#define SLUICE_WORKER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+struct event_base;
+struct evconnlistener;
+struct sluice_config;
+struct dns_ctx;
+struct pool;
+
+struct loop {
+    int index;
+    struct event_base *base;
+    struct dns_ctx *dns;
+    struct worker *worker;
+    struct evconnlistener **listeners;
+    size_t nlisteners;
+    pthread_t thread;
+    uint32_t session_seq;
+    unsigned sessions;
+};
+
+struct worker {
+    const struct sluice_config *cfg;
+    struct pool **pools; /* one per cfg->pools[i] */
+    struct loop *loops;
+    int nloops;
+    atomic_int sessions; /* open sessions, all threads */
+    atomic_bool stopping;
+};
+
+/* fds[l * nloops + t]: the listening socket of listen entry l for loop t.
+ * Runs until SIGTERM/SIGINT; ready_fd (or -1) receives "ok\n" once every loop
+ * listens, or "error: ...\n". Returns the process exit status. */
+int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd);
+
+#endif
