@@ -1,0 +1,259 @@
+"""The relay path: what a client sends reaches the routed backend unchanged,
+and the backend's answers reach the client verbatim."""
+
+import os
+import random
+import smtplib
+import unittest
+
+from sluice_harness import SluiceTestCase, has_enhanced_code, pool
+
+SENDER = "sender@x.example"
+
+
+def tricky_body():
+    """Lines a relay could damage: leading dots, a lone dot, 8-bit bytes, a
+    998-byte line (the RFC 5321 maximum without CRLF)."""
+    return (b"From: s@x.example\r\nSubject: relay test\r\n\r\n"
+            b".a line starting with a dot\r\n"
+            b"..two dots\r\n"
+            b".\r\n"
+            b"8-bit: \xc3\xa9\xe2\x82\xac\xff\x80\r\n"
+            + b"L" * 998 + b"\r\n"
+            b"\r\n"
+            b"last line\r\n")
+
+
+class RelayTest(SluiceTestCase):
+    def relay(self, *backend_args, routes=(("a.example", "a"),), pool_options=None, **conf):
+        """One backend "a" behind sluice; returns (sluice, port, backend)."""
+        b = self.start_backend("a", *backend_args)
+        s, port = self.start_relay([pool("a", [b.port], **(pool_options or {}))], routes, **conf)
+        return s, port, b
+
+    def smtp(self, port):
+        client = smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=60)
+        self.addCleanup(client.close)
+        return client
+
+    def test_single_recipient_body_arrives_byte_identical(self):
+        _, port, b = self.relay()
+        body = tricky_body()
+        with self.smtp(port) as c:
+            refused = c.sendmail(SENDER, ["user@a.example"], body, mail_options=["BODY=8BITMIME"])
+        self.assertEqual(refused, {})
+        [msg] = b.wait_messages(1)
+        self.assertEqual(msg["data"], body)
+        self.assertEqual(msg["mail_from"], SENDER)
+        self.assertIn("BODY=8BITMIME", msg["mail_options"])
+        self.assertEqual(msg["rcpt_tos"], ["user@a.example"])
+        self.assertFalse(msg["bare_lf"])
+
+    def test_multi_recipient_message_arrives_once_byte_identical(self):
+        _, port, b = self.relay()
+        body = tricky_body()
+        rcpts = ["one@a.example", "two@a.example", "three@a.example"]
+        with self.smtp(port) as c:
+            self.assertEqual(c.sendmail(SENDER, rcpts, body), {})
+        [msg] = b.wait_messages(1)
+        self.assertEqual(msg["rcpt_tos"], rcpts)
+        self.assertEqual(msg["data"], body)
+
+    def test_30mib_message_arrives_byte_identical(self):
+        _, port, b = self.relay()
+        rng = random.Random(5321)
+        alphabet = bytes(range(33, 127))
+        lines = [b"Subject: big\r\n\r\n"]
+        size = 0
+        while size < 30 * 1024 * 1024:
+            n = rng.randrange(1, 999)
+            line = bytes(rng.choice(alphabet) for _ in range(8)) * (n // 8) + b"\r\n"
+            if rng.random() < 0.05:
+                line = b"." + line
+            lines.append(line)
+            size += len(line)
+        body = b"".join(lines)
+        with self.smtp(port) as c:
+            self.assertEqual(c.sendmail(SENDER, ["big@a.example"], body), {})
+        [msg] = b.wait_messages(1, timeout=60)
+        self.assertEqual(len(msg["data"]), len(body))
+        self.assertTrue(msg["data"] == body, "30 MiB body differs")
+
+    def test_backend_550_on_one_rcpt_reaches_client_verbatim_others_deliver(self):
+        _, port, b = self.relay("--rcpt-reply", "nobody@a.example=550 5.1.1 No such user here")
+        rcpts = ["first@a.example", "nobody@a.example", "last@a.example"]
+        with self.smtp(port) as c:
+            refused = c.sendmail(SENDER, rcpts, b"Subject: x\r\n\r\nhello\r\n")
+        self.assertEqual(refused, {"nobody@a.example": (550, b"5.1.1 No such user here")})
+        [msg] = b.wait_messages(1)
+        self.assertEqual(msg["rcpt_tos"], ["first@a.example", "last@a.example"])
+
+    def test_multiline_backend_reply_relayed_whole(self):
+        lines = ["550-5.1.1 first line of the refusal", "550-5.1.1 second line",
+                 "550 5.1.1 third and last line"]
+        _, port, _ = self.relay("--rcpt-reply", "multi@a.example=" + "|".join(lines))
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        reply = c.cmd("RCPT TO:<multi@a.example>")
+        self.assertEqual([line.decode() for line in reply.lines], lines)
+
+    def test_fully_pipelined_transaction_answers_in_order(self):
+        _, port, b = self.relay()
+        c = self.open_session(port)
+        c.send(b"MAIL FROM:<%s>\r\nRCPT TO:<p1@a.example>\r\nRCPT TO:<p2@a.example>\r\nDATA\r\n"
+               % SENDER.encode())
+        codes = [c.read_reply().code for _ in range(4)]
+        self.assertEqual(codes, [250, 250, 250, 354])
+        body = b"Subject: pipelined\r\n\r\n..dot\r\nbody\r\n"
+        c.send(body + b".\r\nQUIT\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertReply(c.read_reply(), 221)
+        [msg] = b.wait_messages(1)
+        self.assertEqual(msg["rcpt_tos"], ["p1@a.example", "p2@a.example"])
+        self.assertEqual(msg["data"], b"Subject: pipelined\r\n\r\n.dot\r\nbody\r\n")
+
+    def test_unrouted_domain_refused_and_backend_never_contacted(self):
+        s, port, b = self.relay()
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        reply = c.cmd("RCPT TO:<victim@elsewhere.example>")
+        self.assertEqual(reply.text, "550 5.7.1 Relay access denied")
+        self.assertReply(c.cmd("QUIT"), 221)
+        self.assertEqual(b.connection_count(), 0)
+
+    def test_trusted_client_unrouted_domain_goes_to_default_pool(self):
+        a = self.start_backend("a")
+        d = self.start_backend("d")
+        _, port = self.start_relay([pool("a", [a.port]), pool("d", [d.port])],
+                                   [("a.example", "a")], relay_networks=["127.0.0.0/8"],
+                                   default_pool="d")
+        with self.smtp(port) as c:
+            self.assertEqual(c.sendmail(SENDER, ["far@unrouted.example"], b"x\r\n"), {})
+        [msg] = d.wait_messages(1)
+        self.assertEqual(msg["rcpt_tos"], ["far@unrouted.example"])
+        self.assertEqual(a.connection_count(), 0)
+
+    def test_two_domains_routed_to_two_backends(self):
+        a = self.start_backend("a")
+        bb = self.start_backend("b")
+        _, port = self.start_relay([pool("a", [a.port]), pool("b", [bb.port])],
+                                   [("a.example", "a"), ("b.example", "b")])
+        with self.smtp(port) as c:
+            self.assertEqual(c.sendmail(SENDER, ["u@a.example"], b"for a\r\n"), {})
+            self.assertEqual(c.sendmail(SENDER, ["u@b.example"], b"for b\r\n"), {})
+        self.assertEqual(a.wait_messages(1)[0]["data"], b"for a\r\n")
+        self.assertEqual(bb.wait_messages(1)[0]["data"], b"for b\r\n")
+        self.assertEqual(a.message_count(), 1)
+
+    def test_route_table_sends_one_address_of_a_domain_elsewhere(self):
+        a = self.start_backend("a")
+        bb = self.start_backend("b")
+        table = os.path.join(self.workdir, "routes.txt")
+        with open(table, "w") as f:
+            f.write("c.example a\nspecial@c.example b\n")
+        _, port = self.start_relay([pool("a", [a.port]), pool("b", [bb.port])], [],
+                                   route_table=table)
+        with self.smtp(port) as c:
+            self.assertEqual(c.sendmail(SENDER, ["plain@c.example"], b"to a\r\n"), {})
+            self.assertEqual(c.sendmail(SENDER, ["special@c.example"], b"to b\r\n"), {})
+        self.assertEqual(a.wait_messages(1)[0]["rcpt_tos"], ["plain@c.example"])
+        self.assertEqual(bb.wait_messages(1)[0]["rcpt_tos"], ["special@c.example"])
+
+    def test_recipient_of_other_route_gets_452_and_next_transaction_delivers_it(self):
+        a = self.start_backend("a")
+        bb = self.start_backend("b")
+        _, port = self.start_relay([pool("a", [a.port]), pool("b", [bb.port])],
+                                   [("a.example", "a"), ("b.example", "b")])
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@b.example>"), 452, "4.5.3")
+        self.assertReply(c.cmd("DATA"), 354)
+        self.assertReply(c.cmd(b"first\r\n."), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@b.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        self.assertReply(c.cmd(b"second\r\n."), 250)
+        self.assertEqual(a.wait_messages(1)[0]["rcpt_tos"], ["u@a.example"])
+        [msg] = bb.wait_messages(1)
+        self.assertEqual((msg["rcpt_tos"], msg["data"]), (["u@b.example"], b"second\r\n"))
+
+    def test_backend_refusing_mail_from_answers_that_rcpt_and_later_ones(self):
+        _, port, b = self.relay("--mail-reply", "550 5.7.1 Sender blocked by backend")
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertEqual(c.cmd("RCPT TO:<u1@a.example>").text, "550 5.7.1 Sender blocked by backend")
+        self.assertEqual(c.cmd("RCPT TO:<u2@a.example>").text, "550 5.7.1 Sender blocked by backend")
+        self.assertEqual(c.cmd("DATA").code // 100, 5)
+        self.assertEqual(b.message_count(), 0)
+
+    def test_every_reply_carries_an_enhanced_status_code(self):
+        _, port, _ = self.relay()
+        c = self.open_session(port)
+        replies = []
+        for line in ("NOOP", "HELP", "VRFY postmaster", "RSET", "FROB", "RCPT TO:<u@a.example>",
+                     "MAIL FROM:<%s>" % SENDER, "RCPT TO:<x@elsewhere.example>",
+                     "RCPT TO:<u@a.example>"):
+            replies.append(c.cmd(line))
+        self.assertReply(c.cmd("DATA"), 354)
+        replies.append(c.cmd(b"body\r\n."))
+        replies.append(c.cmd("QUIT"))
+        for reply in replies:
+            self.assertTrue(has_enhanced_code(reply), reply)
+
+    def test_backend_reply_without_enhanced_code_gets_one_of_its_class(self):
+        _, port, _ = self.relay("--rcpt-reply", "old@a.example=550 User unknown")
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertEqual(c.cmd("RCPT TO:<old@a.example>").text, "550 5.0.0 User unknown")
+
+    def test_help_vrfy_noop_rset_answered_locally(self):
+        _, port, b = self.relay()
+        c = self.open_session(port)
+        self.assertReply(c.cmd("HELP"), 214)
+        self.assertReply(c.cmd("VRFY someone@a.example"), 252)
+        self.assertReply(c.cmd("NOOP"), 250, "2.0.0")
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RSET"), 250, "2.0.0")
+        # RSET ended the transaction: a RCPT now lacks its MAIL.
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 503, "5.5.1")
+        self.assertEqual(b.connection_count(), 0)
+
+    def test_unknown_command_500_and_rcpt_before_mail_503(self):
+        _, port, _ = self.relay()
+        c = self.open_session(port)
+        self.assertReply(c.cmd("FROBNICATE now"), 500, "5.5.1")
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 503, "5.5.1")
+
+    def test_size_parameter_over_limit_refused_at_mail(self):
+        _, port, _ = self.relay()
+        c = self.open_session(port)
+        too_big = 40 * 1024 * 1024 + 1
+        self.assertReply(c.cmd("MAIL FROM:<%s> SIZE=%d" % (SENDER, too_big)), 552, "5.3.4")
+
+    def test_message_over_limit_refused_and_not_delivered(self):
+        _, port, b = self.relay(limits={"max_message_size": "1M", "max_recipients": 100})
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        try:
+            c.send((b"x" * 998 + b"\r\n") * 2100 + b".\r\n")
+        except ConnectionError:
+            pass  # refusing early and closing is allowed; the reply is still read below
+        self.assertReply(c.read_reply(), 552, "5.3.4")
+        self.assertEqual(b.message_count(), 0)
+
+    def test_later_transactions_reuse_the_backend_connection(self):
+        _, port, b = self.relay()
+        with self.smtp(port) as c:
+            self.assertEqual(c.sendmail(SENDER, ["u@a.example"], b"one\r\n"), {})
+            self.assertEqual(c.sendmail(SENDER, ["v@a.example"], b"two\r\n"), {})
+        msgs = b.wait_messages(2)
+        self.assertEqual([m["data"] for m in msgs], [b"one\r\n", b"two\r\n"])
+        self.assertEqual(msgs[0]["conn"], msgs[1]["conn"])
+        self.assertEqual(b.connection_count(), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
