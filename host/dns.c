@@ -1,0 +1,893 @@
+/* Asynchronous DNS per loop thread: c-ares asks, libevent waits.
+ *
+ * Lifetime rule: a query lives until both its user callback has run (or was
+ * cancelled) and every c-ares callback it started has come back, because
+ * c-ares cannot forget a question once asked. */
+#include "dns.h"
+
+#include <ares.h>
+#include <arpa/nameser.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+/* Enough for any real A/AAAA answer (a UDP reply holds fewer). */
+#define DNS_MAX_ADDRTTLS 64
+/* Room for "d.c.b.a.in-addr.arpa" and 32 nibbles of "ip6.arpa". */
+#define DNS_REVERSE_NAME_MAX 80
+#define DNS_SERVER_TEXT_MAX 64
+
+struct dns_sock {
+    struct dns_ctx *ctx;
+    ares_socket_t fd;
+    struct event *ev;
+    struct dns_sock *next;
+};
+
+struct dns_ctx {
+    struct event_base *base;
+    ares_channel channel;
+    struct event *ares_timer; /* c-ares' own retransmits and timeouts */
+    struct dns_sock *socks;
+    struct dns_query *queries; /* every live query, for dns_ctx_free */
+    int depth;                 /* > 0 while inside one of our libevent callbacks */
+    bool closing;              /* dns_ctx_free was called during a callback */
+};
+
+enum dns_query_kind { DNS_Q_ADDR, DNS_Q_NAME, DNS_Q_RECORDS };
+
+struct dns_query {
+    struct dns_ctx *ctx;
+    struct dns_query *prev, *next;
+    enum dns_query_kind kind;
+    union {
+        dns_addr_cb addr;
+        dns_name_cb name;
+        dns_records_cb records;
+    } cb;
+    void *arg;
+    int pending;    /* c-ares callbacks still to come */
+    bool starting;  /* inside the public call: an answer must wait for the loop */
+    bool answered;  /* the result below is final */
+    bool finished;  /* the user callback ran or was cancelled */
+    struct event *timer; /* overall timeout, or zero-delay delivery */
+
+    enum dns_status status;
+    int port;                        /* DNS_Q_ADDR */
+    struct sockaddr_storage *addrs;  /* DNS_Q_ADDR */
+    size_t naddrs;
+    struct sockaddr_storage client;  /* DNS_Q_NAME: the address to confirm */
+    char *name;                      /* DNS_Q_NAME */
+    enum dns_type type;              /* DNS_Q_RECORDS */
+    char **rr;
+    size_t nrr;
+    uint32_t ttl;
+};
+
+/* ---- the context's event plumbing ---- */
+
+static void dns_ctx_destroy(struct dns_ctx *ctx);
+
+static void dns_ctx_enter(struct dns_ctx *ctx)
+{
+    ctx->depth++;
+}
+
+/* Returns true when the context is gone and must not be touched. */
+static bool dns_ctx_leave(struct dns_ctx *ctx)
+{
+    if (--ctx->depth == 0 && ctx->closing) {
+        dns_ctx_destroy(ctx);
+        return true;
+    }
+    return false;
+}
+
+static void dns_ctx_rearm_timer(struct dns_ctx *ctx)
+{
+    struct timeval tv;
+    if (ctx->closing)
+        return;
+    if (ares_timeout(ctx->channel, NULL, &tv))
+        evtimer_add(ctx->ares_timer, &tv);
+    else
+        evtimer_del(ctx->ares_timer);
+}
+
+static void dns_ctx_process(struct dns_ctx *ctx, ares_socket_t rfd, ares_socket_t wfd)
+{
+    dns_ctx_enter(ctx);
+    ares_process_fd(ctx->channel, rfd, wfd);
+    dns_ctx_rearm_timer(ctx);
+    dns_ctx_leave(ctx);
+}
+
+static void dns_ares_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    dns_ctx_process(arg, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+}
+
+static void dns_sock_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct dns_sock *s = arg;
+    /* s may be freed by c-ares closing the socket inside ares_process_fd. */
+    dns_ctx_process(s->ctx, (what & EV_READ) ? s->fd : ARES_SOCKET_BAD,
+                    (what & EV_WRITE) ? s->fd : ARES_SOCKET_BAD);
+}
+
+static struct dns_sock **dns_sock_find(struct dns_ctx *ctx, ares_socket_t fd)
+{
+    struct dns_sock **p = &ctx->socks;
+    while (*p && (*p)->fd != fd)
+        p = &(*p)->next;
+    return p;
+}
+
+static void dns_sock_remove(struct dns_sock **p)
+{
+    struct dns_sock *s = *p;
+    *p = s->next;
+    event_free(s->ev);
+    free(s);
+}
+
+static void dns_sock_state_cb(void *data, ares_socket_t fd, int readable, int writable)
+{
+    struct dns_ctx *ctx = data;
+    struct dns_sock **p = dns_sock_find(ctx, fd);
+    short what = (short)((readable ? EV_READ : 0) | (writable ? EV_WRITE : 0));
+
+    if (*p) {
+        if (what == 0) {
+            dns_sock_remove(p);
+            return;
+        }
+        event_del((*p)->ev);
+        event_assign((*p)->ev, ctx->base, fd, what | EV_PERSIST, dns_sock_cb, *p);
+        event_add((*p)->ev, NULL);
+        return;
+    }
+    if (what == 0)
+        return;
+    struct dns_sock *s = calloc(1, sizeof(*s));
+    if (!s)
+        return; /* c-ares' timeout still ends the query */
+    s->ctx = ctx;
+    s->fd = fd;
+    s->ev = event_new(ctx->base, fd, what | EV_PERSIST, dns_sock_cb, s);
+    if (!s->ev) {
+        free(s);
+        return;
+    }
+    event_add(s->ev, NULL);
+    s->next = ctx->socks;
+    ctx->socks = s;
+}
+
+/* ---- configuration ---- */
+
+static void dns_library_init_once(void)
+{
+    ares_library_init(ARES_LIB_INIT_ALL);
+}
+
+static int dns_parse_port(const char *s, int *port)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 1 || v > 65535)
+        return -1;
+    *port = (int)v;
+    return 0;
+}
+
+/* "ip", "ip:port", "v6", "[v6]" or "[v6]:port". */
+static int dns_parse_server(const char *text, struct ares_addr_port_node *node)
+{
+    char host[DNS_SERVER_TEXT_MAX];
+    const char *port = NULL;
+    size_t len = strlen(text);
+
+    if (len >= sizeof(host))
+        return -1;
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (!close || (close[1] && close[1] != ':'))
+            return -1;
+        memcpy(host, text + 1, (size_t)(close - text - 1));
+        host[close - text - 1] = '\0';
+        port = close[1] ? close + 2 : NULL;
+    } else {
+        const char *colon = strchr(text, ':');
+        memcpy(host, text, len + 1);
+        if (colon && !strchr(colon + 1, ':')) {
+            host[colon - text] = '\0';
+            port = colon + 1;
+        }
+    }
+    int portnum = 0; /* 0: the default, 53 */
+    if (port && dns_parse_port(port, &portnum) < 0)
+        return -1;
+    node->udp_port = node->tcp_port = portnum;
+    if (inet_pton(AF_INET, host, &node->addr.addr4) == 1)
+        node->family = AF_INET;
+    else if (inet_pton(AF_INET6, host, &node->addr.addr6) == 1)
+        node->family = AF_INET6;
+    else
+        return -1;
+    return 0;
+}
+
+static int dns_set_servers(ares_channel channel, const struct dns_conf *conf, char *err,
+                           size_t errlen)
+{
+    struct ares_addr_port_node *nodes = calloc(conf->nservers, sizeof(*nodes));
+    if (!nodes) {
+        snprintf(err, errlen, "dns: out of memory");
+        return -1;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < conf->nservers && rc == 0; i++) {
+        if (dns_parse_server(conf->servers[i], &nodes[i]) < 0) {
+            snprintf(err, errlen, "dns: bad server \"%s\" (want ip or ip:port)",
+                     conf->servers[i]);
+            rc = -1;
+        }
+        nodes[i].next = i + 1 < conf->nservers ? &nodes[i + 1] : NULL;
+    }
+    if (rc == 0) {
+        int st = ares_set_servers_ports(channel, nodes);
+        if (st != ARES_SUCCESS) {
+            snprintf(err, errlen, "dns: cannot set servers: %s", ares_strerror(st));
+            rc = -1;
+        }
+    }
+    free(nodes);
+    return rc;
+}
+
+static int dns_channel_init(struct dns_ctx *ctx, const struct dns_conf *conf, char *err,
+                            size_t errlen)
+{
+    struct ares_options opts;
+    int mask = ARES_OPT_SOCK_STATE_CB;
+
+    memset(&opts, 0, sizeof(opts));
+    opts.sock_state_cb = dns_sock_state_cb;
+    opts.sock_state_cb_data = ctx;
+    if (conf && conf->timeout_ms > 0) {
+        opts.timeout = conf->timeout_ms > INT32_MAX ? INT32_MAX : (int)conf->timeout_ms;
+        mask |= ARES_OPT_TIMEOUTMS;
+    }
+    if (conf && conf->tries > 0) {
+        opts.tries = conf->tries;
+        mask |= ARES_OPT_TRIES;
+    }
+    int st = ares_init_options(&ctx->channel, &opts, mask);
+    if (st != ARES_SUCCESS) {
+        snprintf(err, errlen, "dns: cannot initialise c-ares: %s", ares_strerror(st));
+        return -1;
+    }
+    if (conf && conf->nservers > 0 && dns_set_servers(ctx->channel, conf, err, errlen) < 0) {
+        ares_destroy(ctx->channel);
+        return -1;
+    }
+    return 0;
+}
+
+struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf, char *err,
+                            size_t errlen)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, dns_library_init_once);
+
+    struct dns_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        snprintf(err, errlen, "dns: out of memory");
+        return NULL;
+    }
+    ctx->base = base;
+    ctx->ares_timer = evtimer_new(base, dns_ares_timer_cb, ctx);
+    if (!ctx->ares_timer) {
+        snprintf(err, errlen, "dns: cannot create a timer");
+        free(ctx);
+        return NULL;
+    }
+    if (dns_channel_init(ctx, conf, err, errlen) < 0) {
+        event_free(ctx->ares_timer);
+        free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* ---- queries: lifetime and delivery ---- */
+
+static void dns_query_free(struct dns_query *q)
+{
+    struct dns_ctx *ctx = q->ctx;
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        ctx->queries = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    event_free(q->timer);
+    free(q->addrs);
+    free(q->name);
+    for (size_t i = 0; i < q->nrr; i++)
+        free(q->rr[i]);
+    free(q->rr);
+    free(q);
+}
+
+static void dns_query_release(struct dns_query *q)
+{
+    if (q->finished && q->pending == 0)
+        dns_query_free(q);
+}
+
+static void dns_query_deliver(struct dns_query *q)
+{
+    if (q->finished)
+        return;
+    q->finished = true;
+    evtimer_del(q->timer);
+    enum dns_status st = q->status;
+    switch (q->kind) {
+    case DNS_Q_ADDR:
+        q->cb.addr(q->arg, st, st == DNS_OK ? q->addrs : NULL, st == DNS_OK ? q->naddrs : 0);
+        break;
+    case DNS_Q_NAME:
+        q->cb.name(q->arg, st, st == DNS_OK ? q->name : NULL);
+        break;
+    case DNS_Q_RECORDS:
+        q->cb.records(q->arg, st, st == DNS_OK ? (const char *const *)q->rr : NULL,
+                      st == DNS_OK ? q->nrr : 0, st == DNS_OK ? q->ttl : 0);
+        break;
+    }
+    dns_query_release(q);
+}
+
+static void dns_query_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct dns_query *q = arg;
+    struct dns_ctx *ctx = q->ctx;
+
+    if (!q->answered) {
+        q->answered = true;
+        q->status = DNS_TEMPFAIL;
+    }
+    dns_ctx_enter(ctx);
+    dns_query_deliver(q);
+    dns_ctx_leave(ctx);
+}
+
+/* The result is final; hand it over, but never from inside the public call. */
+static void dns_query_complete(struct dns_query *q, enum dns_status st)
+{
+    if (q->finished || q->answered)
+        return;
+    q->answered = true;
+    q->status = st;
+    if (q->starting) {
+        struct timeval now = {0, 0};
+        evtimer_add(q->timer, &now);
+        return;
+    }
+    dns_query_deliver(q);
+}
+
+/* Called first by every c-ares callback: false when nobody wants the answer. */
+static bool dns_query_came_back(struct dns_query *q)
+{
+    q->pending--;
+    if (q->finished || q->answered) {
+        dns_query_release(q);
+        return false;
+    }
+    return true;
+}
+
+static struct dns_query *dns_query_new(struct dns_ctx *ctx, enum dns_query_kind kind, void *arg)
+{
+    if (ctx->closing)
+        return NULL;
+    struct dns_query *q = calloc(1, sizeof(*q));
+    if (!q)
+        return NULL;
+    q->timer = evtimer_new(ctx->base, dns_query_timer_cb, q);
+    if (!q->timer) {
+        free(q);
+        return NULL;
+    }
+    q->ctx = ctx;
+    q->kind = kind;
+    q->arg = arg;
+    q->starting = true;
+    q->next = ctx->queries;
+    if (q->next)
+        q->next->prev = q;
+    ctx->queries = q;
+    return q;
+}
+
+static void dns_query_arm_timeout(struct dns_query *q, int64_t timeout_ms)
+{
+    if (timeout_ms <= 0)
+        return; /* c-ares' own timeout and tries bound the query */
+    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
+    evtimer_add(q->timer, &tv);
+}
+
+/* Ends the public call: from now on answers go straight to the callback. */
+static struct dns_query *dns_query_started(struct dns_query *q)
+{
+    q->starting = false;
+    dns_ctx_rearm_timer(q->ctx);
+    return q;
+}
+
+static enum dns_status dns_status_from_ares(int st)
+{
+    switch (st) {
+    case ARES_SUCCESS:
+        return DNS_OK;
+    case ARES_ENODATA:
+    case ARES_ENOTFOUND:
+    case ARES_ENONAME:
+    case ARES_EBADNAME:
+        return DNS_NOTFOUND;
+    default:
+        return DNS_TEMPFAIL;
+    }
+}
+
+void dns_cancel(struct dns_query *q)
+{
+    if (!q || q->finished)
+        return;
+    q->finished = true;
+    evtimer_del(q->timer);
+    dns_query_release(q);
+}
+
+/* ---- dns_resolve ---- */
+
+static int dns_numeric_address(const char *name, int port, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, name, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, name, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        return 0;
+    }
+    return -1;
+}
+
+static void dns_set_port(struct sockaddr_storage *ss, int port)
+{
+    if (ss->ss_family == AF_INET)
+        ((struct sockaddr_in *)ss)->sin_port = htons((uint16_t)port);
+    else if (ss->ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)ss)->sin6_port = htons((uint16_t)port);
+}
+
+static enum dns_status dns_copy_addrinfo(struct dns_query *q, const struct ares_addrinfo *ai)
+{
+    size_t n = 0;
+    for (const struct ares_addrinfo_node *nd = ai ? ai->nodes : NULL; nd; nd = nd->ai_next)
+        n++;
+    if (n == 0)
+        return DNS_NOTFOUND;
+    q->addrs = calloc(n, sizeof(*q->addrs));
+    if (!q->addrs)
+        return DNS_TEMPFAIL;
+    for (const struct ares_addrinfo_node *nd = ai->nodes; nd; nd = nd->ai_next) {
+        if ((nd->ai_family != AF_INET && nd->ai_family != AF_INET6) ||
+            (size_t)nd->ai_addrlen > sizeof(q->addrs[0]))
+            continue;
+        memcpy(&q->addrs[q->naddrs], nd->ai_addr, (size_t)nd->ai_addrlen);
+        dns_set_port(&q->addrs[q->naddrs], q->port);
+        q->naddrs++;
+    }
+    return q->naddrs ? DNS_OK : DNS_NOTFOUND;
+}
+
+static void dns_resolve_cb(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
+{
+    struct dns_query *q = arg;
+    if (dns_query_came_back(q)) {
+        enum dns_status st = dns_status_from_ares(status);
+        if (st == DNS_OK)
+            st = dns_copy_addrinfo(q, ai);
+        dns_query_complete(q, st);
+    }
+    ares_freeaddrinfo(ai);
+}
+
+struct dns_query *dns_resolve(struct dns_ctx *ctx, const char *name, int port, dns_addr_cb cb,
+                              void *arg)
+{
+    struct dns_query *q = dns_query_new(ctx, DNS_Q_ADDR, arg);
+    if (!q)
+        return NULL;
+    q->cb.addr = cb;
+    q->port = port;
+
+    struct sockaddr_storage numeric;
+    if (dns_numeric_address(name, port, &numeric) == 0) {
+        q->addrs = malloc(sizeof(numeric));
+        if (q->addrs) {
+            memcpy(q->addrs, &numeric, sizeof(numeric));
+            q->naddrs = 1;
+        }
+        dns_query_complete(q, q->addrs ? DNS_OK : DNS_TEMPFAIL);
+        return dns_query_started(q);
+    }
+    struct ares_addrinfo_hints hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    q->pending++;
+    ares_getaddrinfo(ctx->channel, name, NULL, &hints, dns_resolve_cb, q);
+    return dns_query_started(q);
+}
+
+/* ---- dns_reverse_confirmed ---- */
+
+/* A v4-mapped v6 client is a v4 client: its PTR lives in in-addr.arpa. */
+static int dns_client_address(const struct sockaddr *sa, struct sockaddr_storage *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (sa->sa_family == AF_INET) {
+        memcpy(out, sa, sizeof(struct sockaddr_in));
+        return 0;
+    }
+    if (sa->sa_family != AF_INET6)
+        return -1;
+    const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+    if (!IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+        memcpy(out, sa, sizeof(struct sockaddr_in6));
+        return 0;
+    }
+    struct sockaddr_in *sin = (struct sockaddr_in *)out;
+    sin->sin_family = AF_INET;
+    memcpy(&sin->sin_addr, &sin6->sin6_addr.s6_addr[12], 4);
+    return 0;
+}
+
+static const void *dns_addr_bytes(const struct sockaddr_storage *ss, int *len)
+{
+    if (ss->ss_family == AF_INET) {
+        *len = 4;
+        return &((const struct sockaddr_in *)ss)->sin_addr;
+    }
+    *len = 16;
+    return &((const struct sockaddr_in6 *)ss)->sin6_addr;
+}
+
+static void dns_reverse_name(const struct sockaddr_storage *ss, char *out, size_t outlen)
+{
+    int len;
+    const unsigned char *b = dns_addr_bytes(ss, &len);
+    size_t used = 0;
+
+    out[0] = '\0';
+    for (int i = len - 1; i >= 0; i--) {
+        if (len == 4)
+            used += (size_t)snprintf(out + used, outlen - used, "%u.", b[i]);
+        else
+            used += (size_t)snprintf(out + used, outlen - used, "%x.%x.", b[i] & 0xf, b[i] >> 4);
+    }
+    snprintf(out + used, outlen - used, "%s", len == 4 ? "in-addr.arpa" : "ip6.arpa");
+}
+
+static bool dns_addrinfo_contains(const struct ares_addrinfo *ai,
+                                  const struct sockaddr_storage *client)
+{
+    int len;
+    const void *want = dns_addr_bytes(client, &len);
+    for (const struct ares_addrinfo_node *nd = ai ? ai->nodes : NULL; nd; nd = nd->ai_next) {
+        if (nd->ai_family != client->ss_family)
+            continue;
+        const void *got = nd->ai_family == AF_INET
+                              ? (const void *)&((struct sockaddr_in *)nd->ai_addr)->sin_addr
+                              : (const void *)&((struct sockaddr_in6 *)nd->ai_addr)->sin6_addr;
+        if (memcmp(got, want, (size_t)len) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void dns_confirm_cb(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
+{
+    struct dns_query *q = arg;
+    if (dns_query_came_back(q)) {
+        enum dns_status st = dns_status_from_ares(status);
+        if (st == DNS_OK && !dns_addrinfo_contains(ai, &q->client))
+            st = DNS_NOTFOUND;
+        dns_query_complete(q, st);
+    }
+    ares_freeaddrinfo(ai);
+}
+
+static void dns_confirm_start(struct dns_query *q, const char *ptr_name)
+{
+    size_t len = strlen(ptr_name);
+    /* Absolute, so the search list cannot turn it into another name. */
+    char *absolute = malloc(len + 2);
+    q->name = strdup(ptr_name);
+    if (!absolute || !q->name) {
+        free(absolute);
+        dns_query_complete(q, DNS_TEMPFAIL);
+        return;
+    }
+    memcpy(absolute, ptr_name, len);
+    memcpy(absolute + len, ".", 2);
+
+    struct ares_addrinfo_hints hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = q->client.ss_family;
+    hints.ai_flags = ARES_AI_NOSORT;
+    q->pending++;
+    ares_getaddrinfo(q->ctx->channel, absolute, NULL, &hints, dns_confirm_cb, q);
+    free(absolute);
+}
+
+static void dns_ptr_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    struct dns_query *q = arg;
+    if (!dns_query_came_back(q))
+        return;
+    if (status != ARES_SUCCESS) {
+        dns_query_complete(q, dns_status_from_ares(status));
+        return;
+    }
+    int len;
+    const void *bytes = dns_addr_bytes(&q->client, &len);
+    struct hostent *host = NULL;
+    status = ares_parse_ptr_reply(abuf, alen, bytes, len, q->client.ss_family, &host);
+    if (status != ARES_SUCCESS || !host || !host->h_name || !host->h_name[0]) {
+        if (host)
+            ares_free_hostent(host);
+        /* A malformed answer is the server's fault, not a definite "no". */
+        dns_query_complete(q, status == ARES_ENODATA || status == ARES_SUCCESS ? DNS_NOTFOUND
+                                                                               : DNS_TEMPFAIL);
+        return;
+    }
+    dns_confirm_start(q, host->h_name);
+    ares_free_hostent(host);
+}
+
+struct dns_query *dns_reverse_confirmed(struct dns_ctx *ctx, const struct sockaddr *addr,
+                                        int64_t timeout_ms, dns_name_cb cb, void *arg)
+{
+    struct dns_query *q = dns_query_new(ctx, DNS_Q_NAME, arg);
+    if (!q)
+        return NULL;
+    q->cb.name = cb;
+    if (dns_client_address(addr, &q->client) < 0) {
+        dns_query_complete(q, DNS_NOTFOUND);
+        return dns_query_started(q);
+    }
+    char rname[DNS_REVERSE_NAME_MAX];
+    dns_reverse_name(&q->client, rname, sizeof(rname));
+    dns_query_arm_timeout(q, timeout_ms);
+    q->pending++;
+    ares_query(ctx->channel, rname, C_IN, T_PTR, dns_ptr_cb, q);
+    return dns_query_started(q);
+}
+
+/* ---- dns_query_records ---- */
+
+static int dns_rr_append(struct dns_query *q, char *text)
+{
+    if (!text)
+        return -1;
+    char **grown = realloc(q->rr, (q->nrr + 1) * sizeof(*grown));
+    if (!grown) {
+        free(text);
+        return -1;
+    }
+    q->rr = grown;
+    q->rr[q->nrr++] = text;
+    return 0;
+}
+
+static enum dns_status dns_parse_addresses(struct dns_query *q, const unsigned char *abuf,
+                                           int alen)
+{
+    struct ares_addrttl v4[DNS_MAX_ADDRTTLS];
+    struct ares_addr6ttl v6[DNS_MAX_ADDRTTLS];
+    int n = DNS_MAX_ADDRTTLS;
+    int st = q->type == DNS_A ? ares_parse_a_reply(abuf, alen, NULL, v4, &n)
+                              : ares_parse_aaaa_reply(abuf, alen, NULL, v6, &n);
+    if (st != ARES_SUCCESS)
+        return dns_status_from_ares(st);
+    for (int i = 0; i < n; i++) {
+        char text[INET6_ADDRSTRLEN];
+        int ttl = q->type == DNS_A ? v4[i].ttl : v6[i].ttl;
+        if (q->type == DNS_A)
+            inet_ntop(AF_INET, &v4[i].ipaddr, text, sizeof(text));
+        else
+            inet_ntop(AF_INET6, &v6[i].ip6addr, text, sizeof(text));
+        if (dns_rr_append(q, strdup(text)) < 0)
+            return DNS_TEMPFAIL;
+        if (ttl >= 0 && (i == 0 || (uint32_t)ttl < q->ttl))
+            q->ttl = (uint32_t)ttl;
+    }
+    return q->nrr ? DNS_OK : DNS_NOTFOUND;
+}
+
+/* Appends one character-string; control bytes (NUL, CR, LF...) become '?'
+ * so the text is safe to put into an SMTP reply or a log line. */
+static char *dns_txt_join(char *text, size_t *len, const unsigned char *s, size_t slen)
+{
+    char *grown = realloc(text, *len + slen + 1);
+    if (!grown) {
+        free(text);
+        return NULL;
+    }
+    for (size_t i = 0; i < slen; i++)
+        grown[*len + i] = (s[i] < 0x20 || s[i] == 0x7f) ? '?' : (char)s[i];
+    *len += slen;
+    grown[*len] = '\0';
+    return grown;
+}
+
+static enum dns_status dns_parse_txt(struct dns_query *q, const unsigned char *abuf, int alen)
+{
+    struct ares_txt_ext *txt = NULL;
+    int st = ares_parse_txt_reply_ext(abuf, alen, &txt);
+    if (st != ARES_SUCCESS)
+        return dns_status_from_ares(st);
+    char *text = NULL;
+    size_t len = 0;
+    enum dns_status result = DNS_OK;
+    for (struct ares_txt_ext *t = txt; t && result == DNS_OK; t = t->next) {
+        if (t->record_start && text) {
+            result = dns_rr_append(q, text) < 0 ? DNS_TEMPFAIL : DNS_OK;
+            text = NULL;
+            len = 0;
+        }
+        if (result == DNS_OK && !(text = dns_txt_join(text, &len, t->txt, t->length)))
+            result = DNS_TEMPFAIL;
+    }
+    if (result == DNS_OK && text)
+        result = dns_rr_append(q, text) < 0 ? DNS_TEMPFAIL : DNS_OK;
+    else
+        free(text);
+    ares_free_data(txt);
+    return result == DNS_OK && q->nrr == 0 ? DNS_NOTFOUND : result;
+}
+
+static enum dns_status dns_parse_mx(struct dns_query *q, const unsigned char *abuf, int alen)
+{
+    struct ares_mx_reply *mx = NULL;
+    int st = ares_parse_mx_reply(abuf, alen, &mx);
+    if (st != ARES_SUCCESS)
+        return dns_status_from_ares(st);
+    enum dns_status result = DNS_OK;
+    for (struct ares_mx_reply *m = mx; m && result == DNS_OK; m = m->next) {
+        size_t size = strlen(m->host) + 8;
+        char *text = malloc(size);
+        if (text)
+            snprintf(text, size, "%u %s", (unsigned)m->priority, m->host);
+        if (dns_rr_append(q, text) < 0)
+            result = DNS_TEMPFAIL;
+    }
+    ares_free_data(mx);
+    return result == DNS_OK && q->nrr == 0 ? DNS_NOTFOUND : result;
+}
+
+static enum dns_status dns_parse_ptr(struct dns_query *q, const unsigned char *abuf, int alen)
+{
+    /* The parser wants the address asked about; only the names matter here. */
+    struct in_addr unused = {0};
+    struct hostent *host = NULL;
+    int st = ares_parse_ptr_reply(abuf, alen, &unused, sizeof(unused), AF_INET, &host);
+    if (st != ARES_SUCCESS)
+        return dns_status_from_ares(st);
+    enum dns_status result = DNS_OK;
+    if (dns_rr_append(q, strdup(host->h_name)) < 0)
+        result = DNS_TEMPFAIL;
+    for (char **alias = host->h_aliases; alias && *alias && result == DNS_OK; alias++) {
+        if (strcmp(*alias, host->h_name) != 0 && dns_rr_append(q, strdup(*alias)) < 0)
+            result = DNS_TEMPFAIL;
+    }
+    ares_free_hostent(host);
+    return result;
+}
+
+static enum dns_status dns_parse_records(struct dns_query *q, const unsigned char *abuf,
+                                         int alen)
+{
+    switch (q->type) {
+    case DNS_A:
+    case DNS_AAAA:
+        return dns_parse_addresses(q, abuf, alen);
+    case DNS_TXT:
+        return dns_parse_txt(q, abuf, alen);
+    case DNS_MX:
+        return dns_parse_mx(q, abuf, alen);
+    case DNS_PTR:
+        return dns_parse_ptr(q, abuf, alen);
+    }
+    return DNS_TEMPFAIL;
+}
+
+static void dns_records_cb_ares(void *arg, int status, int timeouts, unsigned char *abuf,
+                                int alen)
+{
+    struct dns_query *q = arg;
+    if (!dns_query_came_back(q))
+        return;
+    enum dns_status st = dns_status_from_ares(status);
+    if (st == DNS_OK)
+        st = dns_parse_records(q, abuf, alen);
+    dns_query_complete(q, st);
+}
+
+struct dns_query *dns_query_records(struct dns_ctx *ctx, const char *name, enum dns_type type,
+                                    int64_t timeout_ms, dns_records_cb cb, void *arg)
+{
+    struct dns_query *q = dns_query_new(ctx, DNS_Q_RECORDS, arg);
+    if (!q)
+        return NULL;
+    q->cb.records = cb;
+    q->type = type;
+    dns_query_arm_timeout(q, timeout_ms);
+    q->pending++;
+    ares_query(ctx->channel, name, C_IN, (int)type, dns_records_cb_ares, q);
+    return dns_query_started(q);
+}
+
+/* ---- teardown ---- */
+
+static void dns_ctx_destroy(struct dns_ctx *ctx)
+{
+    for (struct dns_query *q = ctx->queries; q; q = q->next) {
+        q->finished = true;
+        evtimer_del(q->timer);
+    }
+    /* Calls every pending query back with ARES_EDESTRUCTION: they only
+     * release themselves, since all are finished. */
+    ares_destroy(ctx->channel);
+    while (ctx->queries)
+        dns_query_free(ctx->queries);
+    while (ctx->socks)
+        dns_sock_remove(&ctx->socks);
+    event_free(ctx->ares_timer);
+    free(ctx);
+}
+
+void dns_ctx_free(struct dns_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    if (ctx->depth > 0) {
+        /* Inside one of our callbacks: c-ares is on the stack. Silence every
+         * query now, tear down when the callback unwinds. */
+        for (struct dns_query *q = ctx->queries; q; q = q->next)
+            q->finished = true;
+        ctx->closing = true;
+        return;
+    }
+    dns_ctx_destroy(ctx);
+}

@@ -1,0 +1,680 @@
+/* dns against a real server: a dnsmasq this test starts on a free port of
+ * 127.0.0.1, and a UDP socket of our own that never answers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "dns.h"
+
+#define DNSMASQ "/usr/sbin/dnsmasq"
+#define STARTUP_WAIT_MS 5000
+#define STOP_WAIT_MS 3000
+#define LOOP_LIMIT_MS 5000
+#define LOOP_MAX_TURNS 100000
+#define RECORD_TTL 300
+
+static pid_t dnsmasq_pid = -1;
+static int dnsmasq_port;
+static int silent_fd = -1; /* bound, never read: every query to it times out */
+static int silent_port;
+
+/* ---- helpers ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int bind_local(int type, int port)
+{
+    int fd = socket(AF_INET, type, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int local_port(int fd)
+{
+    struct sockaddr_in sin;
+    socklen_t len = sizeof(sin);
+    if (getsockname(fd, (struct sockaddr *)&sin, &len) < 0)
+        return -1;
+    return ntohs(sin.sin_port);
+}
+
+/* A port free for both UDP and TCP right now. */
+static int free_port(void)
+{
+    for (int attempt = 0; attempt < 20; attempt++) {
+        int udp = bind_local(SOCK_DGRAM, 0);
+        int port = udp >= 0 ? local_port(udp) : -1;
+        int tcp = port > 0 ? bind_local(SOCK_STREAM, port) : -1;
+        if (udp >= 0)
+            close(udp);
+        if (tcp >= 0) {
+            close(tcp);
+            return port;
+        }
+    }
+    return -1;
+}
+
+static void start_dnsmasq(int port)
+{
+    char port_arg[32];
+    snprintf(port_arg, sizeof(port_arg), "--port=%d", port);
+    char ttl_arg[32];
+    snprintf(ttl_arg, sizeof(ttl_arg), "--local-ttl=%d", RECORD_TTL);
+    char *argv[] = {
+        DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts", port_arg,
+        "--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file=",
+        "--conf-file=/dev/null", "--user=root", "--group=root", ttl_arg,
+        /* authoritative "no" for everything else under these names */
+        "--local=/test/", "--local=/127.in-addr.arpa/",
+        "--host-record=mail.test,127.0.0.55,::55",
+        "--host-record=other.test,127.0.0.78",
+        "--ptr-record=66.0.0.127.in-addr.arpa,liar.test",
+        "--ptr-record=77.0.0.127.in-addr.arpa,other.test",
+        "--txt-record=multi.test,first part ,second part",
+        "--txt-record=multi.test,another record",
+        "--mx-host=example.test,mx1.example.test,10", NULL};
+
+    dnsmasq_pid = fork();
+    if (dnsmasq_pid == 0) {
+        execv(DNSMASQ, argv);
+        _exit(127);
+    }
+}
+
+/* dnsmasq is up once it holds the port. */
+static int wait_for_dnsmasq(int port)
+{
+    int64_t deadline = now_ms() + STARTUP_WAIT_MS;
+    while (now_ms() < deadline) {
+        int status;
+        if (waitpid(dnsmasq_pid, &status, WNOHANG) == dnsmasq_pid) {
+            dnsmasq_pid = -1;
+            return -1;
+        }
+        int fd = bind_local(SOCK_DGRAM, port);
+        if (fd < 0 && errno == EADDRINUSE)
+            return 0;
+        if (fd >= 0)
+            close(fd);
+        sleep_ms(20);
+    }
+    return -1;
+}
+
+static void stop_dnsmasq(void)
+{
+    if (dnsmasq_pid <= 0)
+        return;
+    kill(dnsmasq_pid, SIGTERM);
+    int64_t deadline = now_ms() + STOP_WAIT_MS;
+    while (now_ms() < deadline) {
+        if (waitpid(dnsmasq_pid, NULL, WNOHANG) == dnsmasq_pid) {
+            dnsmasq_pid = -1;
+            return;
+        }
+        sleep_ms(20);
+    }
+    kill(dnsmasq_pid, SIGKILL);
+    waitpid(dnsmasq_pid, NULL, 0);
+    dnsmasq_pid = -1;
+}
+
+static int group_setup(void **state)
+{
+    silent_fd = bind_local(SOCK_DGRAM, 0);
+    if (silent_fd < 0)
+        return -1;
+    silent_port = local_port(silent_fd);
+    dnsmasq_port = free_port();
+    if (dnsmasq_port < 0)
+        return -1;
+    start_dnsmasq(dnsmasq_port);
+    if (dnsmasq_pid < 0 || wait_for_dnsmasq(dnsmasq_port) < 0) {
+        fprintf(stderr, "dnsmasq did not start\n");
+        stop_dnsmasq();
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    stop_dnsmasq();
+    if (silent_fd >= 0)
+        close(silent_fd);
+    return 0;
+}
+
+/* One event_base and dns_ctx per test. */
+struct fixture {
+    struct event_base *base;
+    struct dns_ctx *dns;
+    char server[32];
+    char *servers[1];
+    struct dns_conf conf;
+};
+
+static struct fixture *fixture_new(int port, int64_t timeout_ms, int tries)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->base = event_base_new();
+    assert_non_null(f->base);
+    snprintf(f->server, sizeof(f->server), "127.0.0.1:%d", port);
+    f->servers[0] = f->server;
+    f->conf = (struct dns_conf){.servers = f->servers, .nservers = 1, .timeout_ms = timeout_ms,
+                                .tries = tries};
+    char err[256] = "";
+    f->dns = dns_ctx_new(f->base, &f->conf, err, sizeof(err));
+    if (!f->dns)
+        fail_msg("dns_ctx_new: %s", err);
+    return f;
+}
+
+static void fixture_free(struct fixture *f)
+{
+    if (f->dns)
+        dns_ctx_free(f->dns);
+    event_base_free(f->base);
+    free(f);
+}
+
+static int setup_real(void **state)
+{
+    *state = fixture_new(dnsmasq_port, 1000, 2);
+    return 0;
+}
+
+static int setup_silent(void **state)
+{
+    *state = fixture_new(silent_port, 200, 1);
+    return 0;
+}
+
+static int teardown_fixture(void **state)
+{
+    fixture_free(*state);
+    return 0;
+}
+
+static void stop_loop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    event_base_loopbreak(arg);
+}
+
+/* Runs the loop until *done reaches want, or for ms when want is 0. */
+static void run_loop(struct event_base *base, const int *done, int want, int ms)
+{
+    struct event *limit = evtimer_new(base, stop_loop_cb, base);
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(limit, &tv);
+    int64_t deadline = now_ms() + ms;
+    for (int turn = 0; turn < LOOP_MAX_TURNS && now_ms() < deadline; turn++) {
+        if (want > 0 && *done >= want)
+            break;
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    event_free(limit);
+}
+
+static const char *addr_text(const struct sockaddr_storage *ss, char *buf, size_t len)
+{
+    const void *a = ss->ss_family == AF_INET
+                        ? (const void *)&((const struct sockaddr_in *)ss)->sin_addr
+                        : (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+    return inet_ntop(ss->ss_family, a, buf, (socklen_t)len);
+}
+
+static int addr_port(const struct sockaddr_storage *ss)
+{
+    return ntohs(ss->ss_family == AF_INET ? ((const struct sockaddr_in *)ss)->sin_port
+                                          : ((const struct sockaddr_in6 *)ss)->sin6_port);
+}
+
+static void make_addr(const char *text, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, text, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        return;
+    }
+    assert_int_equal(inet_pton(AF_INET6, text, &sin6->sin6_addr), 1);
+    sin6->sin6_family = AF_INET6;
+}
+
+/* ---- what the callbacks saw ---- */
+
+struct seen {
+    int calls;
+    enum dns_status st;
+    char text[8][128]; /* addresses as "ip port", names, or records */
+    size_t n;
+    uint32_t ttl;
+};
+
+static void addr_cb(void *arg, enum dns_status st, const struct sockaddr_storage *addrs,
+                    size_t naddrs)
+{
+    struct seen *s = arg;
+    s->calls++;
+    s->st = st;
+    for (size_t i = 0; i < naddrs && s->n < 8; i++, s->n++) {
+        char ip[INET6_ADDRSTRLEN];
+        snprintf(s->text[s->n], sizeof(s->text[0]), "%s %d", addr_text(&addrs[i], ip, sizeof(ip)),
+                 addr_port(&addrs[i]));
+    }
+}
+
+static void name_cb(void *arg, enum dns_status st, const char *name)
+{
+    struct seen *s = arg;
+    s->calls++;
+    s->st = st;
+    if (name)
+        snprintf(s->text[s->n++], sizeof(s->text[0]), "%s", name);
+}
+
+static void records_cb(void *arg, enum dns_status st, const char *const *rr, size_t nrr,
+                       uint32_t ttl)
+{
+    struct seen *s = arg;
+    s->calls++;
+    s->st = st;
+    s->ttl = ttl;
+    for (size_t i = 0; i < nrr && s->n < 8; i++, s->n++)
+        snprintf(s->text[s->n], sizeof(s->text[0]), "%s", rr[i]);
+}
+
+static bool seen_has(const struct seen *s, const char *text)
+{
+    for (size_t i = 0; i < s->n; i++) {
+        if (strcmp(s->text[i], text) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* ---- dns_resolve ---- */
+
+static void resolve_returns_a_and_aaaa_with_port(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    assert_non_null(dns_resolve(f->dns, "mail.test", 2525, addr_cb, &s));
+    run_loop(f->base, &s.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(s.calls, 1);
+    assert_int_equal(s.st, DNS_OK);
+    assert_int_equal(s.n, 2);
+    assert_true(seen_has(&s, "127.0.0.55 2525"));
+    assert_true(seen_has(&s, "::55 2525"));
+}
+
+static void resolve_unknown_name_is_notfound(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    assert_non_null(dns_resolve(f->dns, "nosuch.test", 25, addr_cb, &s));
+    run_loop(f->base, &s.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(s.calls, 1);
+    assert_int_equal(s.st, DNS_NOTFOUND);
+    assert_int_equal(s.n, 0);
+}
+
+static void resolve_numeric_answers_later_not_inside_the_call(void **state)
+{
+    struct fixture *f = *state;
+    struct seen v4 = {0}, v6 = {0};
+    assert_non_null(dns_resolve(f->dns, "192.0.2.7", 25, addr_cb, &v4));
+    assert_non_null(dns_resolve(f->dns, "2001:db8::7", 587, addr_cb, &v6));
+    assert_int_equal(v4.calls, 0);
+    assert_int_equal(v6.calls, 0);
+    run_loop(f->base, &v6.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(v4.calls, 1);
+    assert_int_equal(v4.st, DNS_OK);
+    assert_string_equal(v4.text[0], "192.0.2.7 25");
+    assert_int_equal(v6.calls, 1);
+    assert_string_equal(v6.text[0], "2001:db8::7 587");
+}
+
+static void resolve_times_out_as_tempfail(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    int64_t start = now_ms();
+    assert_non_null(dns_resolve(f->dns, "mail.test", 25, addr_cb, &s));
+    run_loop(f->base, &s.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(s.calls, 1);
+    assert_int_equal(s.st, DNS_TEMPFAIL);
+    assert_true(now_ms() - start < 2000);
+}
+
+/* ---- dns_reverse_confirmed ---- */
+
+static void reverse_of(struct fixture *f, const char *ip, int64_t timeout_ms, struct seen *s)
+{
+    struct sockaddr_storage ss;
+    make_addr(ip, &ss);
+    assert_non_null(dns_reverse_confirmed(f->dns, (struct sockaddr *)&ss, timeout_ms, name_cb, s));
+    run_loop(f->base, &s->calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(s->calls, 1);
+}
+
+static void reverse_confirmed_name_for_v4(void **state)
+{
+    struct seen s = {0};
+    reverse_of(*state, "127.0.0.55", 2000, &s);
+    assert_int_equal(s.st, DNS_OK);
+    assert_string_equal(s.text[0], "mail.test");
+}
+
+static void reverse_confirmed_name_for_v6(void **state)
+{
+    struct seen s = {0};
+    reverse_of(*state, "::55", 2000, &s);
+    assert_int_equal(s.st, DNS_OK);
+    assert_string_equal(s.text[0], "mail.test");
+}
+
+static void reverse_v4_mapped_client_is_treated_as_v4(void **state)
+{
+    struct seen s = {0};
+    reverse_of(*state, "::ffff:127.0.0.55", 2000, &s);
+    assert_int_equal(s.st, DNS_OK);
+    assert_string_equal(s.text[0], "mail.test");
+}
+
+static void reverse_name_without_address_is_notfound(void **state)
+{
+    struct seen s = {0};
+    reverse_of(*state, "127.0.0.66", 2000, &s);
+    assert_int_equal(s.st, DNS_NOTFOUND);
+    assert_int_equal(s.n, 0);
+}
+
+static void reverse_name_pointing_elsewhere_is_notfound(void **state)
+{
+    struct seen s = {0};
+    reverse_of(*state, "127.0.0.77", 2000, &s);
+    assert_int_equal(s.st, DNS_NOTFOUND);
+}
+
+static void reverse_without_ptr_is_notfound(void **state)
+{
+    struct seen s = {0};
+    reverse_of(*state, "127.0.0.99", 2000, &s);
+    assert_int_equal(s.st, DNS_NOTFOUND);
+}
+
+/* c-ares alone would wait 2 x 5 s here: only the overall timeout can end it. */
+static void reverse_timeout_is_tempfail_on_time(void **state)
+{
+    struct fixture *f = fixture_new(silent_port, 5000, 2);
+    struct seen s = {0};
+    int64_t start = now_ms();
+    reverse_of(f, "127.0.0.55", 300, &s);
+    int64_t took = now_ms() - start;
+    assert_int_equal(s.st, DNS_TEMPFAIL);
+    assert_true(took >= 250 && took < 1500);
+    fixture_free(f);
+}
+
+/* ---- dns_query_records ---- */
+
+static void query(struct fixture *f, const char *name, enum dns_type type, struct seen *s)
+{
+    assert_non_null(dns_query_records(f->dns, name, type, 2000, records_cb, s));
+    run_loop(f->base, &s->calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(s->calls, 1);
+}
+
+static void txt_strings_of_one_record_are_joined(void **state)
+{
+    struct seen s = {0};
+    query(*state, "multi.test", DNS_TXT, &s);
+    assert_int_equal(s.st, DNS_OK);
+    assert_int_equal(s.n, 2);
+    assert_true(seen_has(&s, "first part second part"));
+    assert_true(seen_has(&s, "another record"));
+    assert_int_equal(s.ttl, 0);
+}
+
+static void mx_is_preference_and_name(void **state)
+{
+    struct seen s = {0};
+    query(*state, "example.test", DNS_MX, &s);
+    assert_int_equal(s.st, DNS_OK);
+    assert_int_equal(s.n, 1);
+    assert_string_equal(s.text[0], "10 mx1.example.test");
+}
+
+static void a_and_aaaa_records_carry_ttl(void **state)
+{
+    struct seen a = {0}, aaaa = {0};
+    query(*state, "mail.test", DNS_A, &a);
+    query(*state, "mail.test", DNS_AAAA, &aaaa);
+    assert_int_equal(a.st, DNS_OK);
+    assert_string_equal(a.text[0], "127.0.0.55");
+    assert_int_equal(a.ttl, RECORD_TTL);
+    assert_int_equal(aaaa.st, DNS_OK);
+    assert_string_equal(aaaa.text[0], "::55");
+    assert_int_equal(aaaa.ttl, RECORD_TTL);
+}
+
+static void ptr_record_gives_the_name(void **state)
+{
+    struct seen s = {0};
+    query(*state, "66.0.0.127.in-addr.arpa", DNS_PTR, &s);
+    assert_int_equal(s.st, DNS_OK);
+    assert_int_equal(s.n, 1);
+    assert_string_equal(s.text[0], "liar.test");
+}
+
+static void missing_records_are_notfound(void **state)
+{
+    struct seen nxdomain = {0}, nodata = {0};
+    query(*state, "nosuch.test", DNS_TXT, &nxdomain);
+    query(*state, "other.test", DNS_MX, &nodata);
+    assert_int_equal(nxdomain.st, DNS_NOTFOUND);
+    assert_int_equal(nodata.st, DNS_NOTFOUND);
+}
+
+static void query_timeout_is_tempfail_on_time(void **state)
+{
+    struct fixture *f = fixture_new(silent_port, 5000, 2);
+    struct seen s = {0};
+    int64_t start = now_ms();
+    query(f, "2.0.0.127.zen.test", DNS_TXT, &s);
+    int64_t took = now_ms() - start;
+    assert_int_equal(s.st, DNS_TEMPFAIL);
+    assert_true(took < 2500);
+    fixture_free(f);
+}
+
+/* ---- cancel, teardown, re-entry ---- */
+
+static void cancelled_query_never_calls_back(void **state)
+{
+    struct fixture *f = *state;
+    struct seen lookup = {0}, numeric = {0}, records = {0}, reverse = {0};
+    struct sockaddr_storage ss;
+    make_addr("127.0.0.55", &ss);
+    dns_cancel(dns_resolve(f->dns, "mail.test", 25, addr_cb, &lookup));
+    dns_cancel(dns_resolve(f->dns, "192.0.2.1", 25, addr_cb, &numeric));
+    dns_cancel(dns_query_records(f->dns, "multi.test", DNS_TXT, 1000, records_cb, &records));
+    dns_cancel(dns_reverse_confirmed(f->dns, (struct sockaddr *)&ss, 1000, name_cb, &reverse));
+    /* A later query completing proves the answers to the others arrived too. */
+    struct seen last = {0};
+    query(f, "mail.test", DNS_A, &last);
+    run_loop(f->base, NULL, 0, 300);
+    assert_int_equal(lookup.calls + numeric.calls + records.calls + reverse.calls, 0);
+}
+
+static void cancel_after_timeout_timer_armed_stays_silent(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    dns_cancel(dns_query_records(f->dns, "x.test", DNS_TXT, 100, records_cb, &s));
+    run_loop(f->base, NULL, 0, 400);
+    assert_int_equal(s.calls, 0);
+}
+
+static void ctx_free_with_pending_queries_calls_nobody(void **state)
+{
+    struct fixture *f = *state;
+    struct seen a = {0}, b = {0}, c = {0};
+    assert_non_null(dns_resolve(f->dns, "mail.test", 25, addr_cb, &a));
+    assert_non_null(dns_resolve(f->dns, "192.0.2.1", 25, addr_cb, &b));
+    assert_non_null(dns_query_records(f->dns, "multi.test", DNS_TXT, 1000, records_cb, &c));
+    dns_ctx_free(f->dns);
+    f->dns = NULL;
+    run_loop(f->base, NULL, 0, 300);
+    assert_int_equal(a.calls + b.calls + c.calls, 0);
+}
+
+struct chain {
+    struct fixture *f;
+    struct seen first, second;
+};
+
+static void chain_second_cb(void *arg, enum dns_status st, const char *const *rr, size_t nrr,
+                            uint32_t ttl)
+{
+    struct chain *c = arg;
+    records_cb(&c->second, st, rr, nrr, ttl);
+}
+
+static void chain_first_cb(void *arg, enum dns_status st, const struct sockaddr_storage *addrs,
+                           size_t naddrs)
+{
+    struct chain *c = arg;
+    addr_cb(&c->first, st, addrs, naddrs);
+    assert_non_null(dns_query_records(c->f->dns, "example.test", DNS_MX, 2000, chain_second_cb, c));
+}
+
+static void query_started_inside_a_callback_completes(void **state)
+{
+    struct chain c = {.f = *state};
+    assert_non_null(dns_resolve(c.f->dns, "mail.test", 25, chain_first_cb, &c));
+    run_loop(c.f->base, &c.second.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(c.first.calls, 1);
+    assert_int_equal(c.second.calls, 1);
+    assert_string_equal(c.second.text[0], "10 mx1.example.test");
+}
+
+static void free_ctx_cb(void *arg, enum dns_status st, const char *const *rr, size_t nrr,
+                        uint32_t ttl)
+{
+    struct chain *c = arg;
+    records_cb(&c->first, st, rr, nrr, ttl);
+    dns_ctx_free(c->f->dns);
+    c->f->dns = NULL;
+}
+
+static void ctx_freed_inside_a_callback_silences_the_rest(void **state)
+{
+    struct chain c = {.f = *state};
+    assert_non_null(dns_query_records(c.f->dns, "mail.test", DNS_A, 2000, free_ctx_cb, &c));
+    assert_non_null(dns_query_records(c.f->dns, "mail.test", DNS_A, 2000, records_cb, &c.second));
+    run_loop(c.f->base, NULL, 0, 500);
+    assert_int_equal(c.first.calls, 1);
+    assert_int_equal(c.second.calls, 0);
+}
+
+static void bad_server_text_is_refused(void **state)
+{
+    struct event_base *base = event_base_new();
+    char *servers[] = {"127.0.0.1:99999"};
+    struct dns_conf conf = {.servers = servers, .nservers = 1, .timeout_ms = 100, .tries = 1};
+    char err[256] = "";
+    assert_null(dns_ctx_new(base, &conf, err, sizeof(err)));
+    assert_non_null(strstr(err, "127.0.0.1:99999"));
+    event_base_free(base);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(resolve_returns_a_and_aaaa_with_port, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(resolve_unknown_name_is_notfound, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(resolve_numeric_answers_later_not_inside_the_call,
+                                        setup_silent, teardown_fixture),
+        cmocka_unit_test_setup_teardown(resolve_times_out_as_tempfail, setup_silent,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(reverse_confirmed_name_for_v4, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(reverse_confirmed_name_for_v6, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(reverse_v4_mapped_client_is_treated_as_v4, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(reverse_name_without_address_is_notfound, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(reverse_name_pointing_elsewhere_is_notfound, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(reverse_without_ptr_is_notfound, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test(reverse_timeout_is_tempfail_on_time),
+        cmocka_unit_test_setup_teardown(txt_strings_of_one_record_are_joined, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(mx_is_preference_and_name, setup_real, teardown_fixture),
+        cmocka_unit_test_setup_teardown(a_and_aaaa_records_carry_ttl, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(ptr_record_gives_the_name, setup_real, teardown_fixture),
+        cmocka_unit_test_setup_teardown(missing_records_are_notfound, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test(query_timeout_is_tempfail_on_time),
+        cmocka_unit_test_setup_teardown(cancelled_query_never_calls_back, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(cancel_after_timeout_timer_armed_stays_silent,
+                                        setup_silent, teardown_fixture),
+        cmocka_unit_test_setup_teardown(ctx_free_with_pending_queries_calls_nobody, setup_silent,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(query_started_inside_a_callback_completes, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(ctx_freed_inside_a_callback_silences_the_rest,
+                                        setup_real, teardown_fixture),
+        cmocka_unit_test(bad_server_text_is_refused),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
