@@ -39,7 +39,21 @@ remove_policy() {
 }
 trap remove_policy EXIT
 
+postfix_running() {
+    [ -x /usr/sbin/postfix ] && /usr/sbin/postfix status >/dev/null 2>&1
+}
+postfix_was_running=0
+if postfix_running; then
+    postfix_was_running=1
+fi
+
 apt-get update
 apt-get install -y --no-install-recommends "${packages[@]}" </dev/null
+
+# A system Postfix the install started would hold port 25; one that ran
+# before is the operator's and stays as it was.
+if [ "$postfix_was_running" -eq 0 ] && postfix_running; then
+    /usr/sbin/postfix stop || true
+fi
 
 echo "install-deps.sh: done"
