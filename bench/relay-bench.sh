@@ -88,7 +88,6 @@ pools = (
 );
 routes = ( { match = "$DOMAIN"; pool = "sink"; } );
 default_pool = "sink";
-data = { spool_dir = "$work"; };
 dns = { servers = [ "127.0.0.1:$dead_dns_port" ]; timeout = "1s"; };
 CONF
 

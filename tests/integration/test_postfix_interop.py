@@ -164,7 +164,6 @@ pools = (
 );
 routes = ( {{ match = "{domain}"; pool = "postfix"; }} );
 default_pool = "postfix";
-data = {{ spool_dir = "{dir}"; }};
 dns = {{ servers = [ "127.0.0.1:{dns}" ]; timeout = "1s"; }};
 """.format(dir=self.dir, port=self.port, backend=self.backend_port, helo=PROXY_HELO,
            domain=DOMAIN, dns=free_port(socket.SOCK_DGRAM)))
