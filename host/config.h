@@ -1,4 +1,4 @@
-/* The configuration: sluice.conf plus conf.d/*.conf, parsed with libconfig.
+/* The configuration: sluice.conf plus the *.conf files of conf.d, parsed with libconfig.
  * One immutable struct sluice_config per loaded generation; the daemon never
  * modifies it after config_load() returns. */
 #ifndef SLUICE_CONFIG_H

@@ -23,6 +23,10 @@ void netlist_free(struct netlist *list);
 int netaddr_split_hostport(const char *in, char *host, size_t hostlen, char *port,
                            size_t portlen, const char *default_port);
 
+/* Checks a decimal port 1..65535 and writes it canonically ("025" -> "25")
+ * into port. Returns 0, or -1 when it is not such a port. */
+int netaddr_parse_port(const char *s, char *port, size_t portlen);
+
 /* Numeric text form of an address ("192.0.2.1", "2001:db8::1"; v4-mapped v6
  * shown as v4) and its port. Returns buf. */
 const char *netaddr_ntop(const struct sockaddr *sa, char *buf, size_t buflen);
