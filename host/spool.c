@@ -83,6 +83,11 @@ uint64_t spool_size(const struct spool *s)
     return s->size;
 }
 
+bool spool_in_file(const struct spool *s)
+{
+    return s->in_file;
+}
+
 static int open_unlinked_tmp(const char *dir)
 {
     char path[4096];

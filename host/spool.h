@@ -2,6 +2,7 @@
 #ifndef SLUICE_SPOOL_H
 #define SLUICE_SPOOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -20,6 +21,9 @@ void spool_reset(struct spool *s);
  * errno on a write failure (the caller answers 451 4.3.0). */
 int spool_append(struct spool *s, struct evbuffer *src);
 uint64_t spool_size(const struct spool *s);
+/* True once the current message has moved to the temporary file (for tests
+ * and logs). */
+bool spool_in_file(const struct spool *s);
 
 /* Adds the whole content to out for sending, without copying file content
  * into memory (evbuffer file segments / sendfile). The spool stays valid and
