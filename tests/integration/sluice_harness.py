@@ -337,16 +337,17 @@ class RawClient:
 
 # --- the test base --------------------------------------------------------
 
-def base_config(workdir, listen_port, pools, routes=(), **overrides):
-    """The configuration most tests run with: one listener, the given pools
-    and routes, nobody trusted, DNS that fails fast."""
+def base_config(workdir, listen_port, pools, routes=(), listen_options=None, **overrides):
+    """The configuration most tests run with: one listener (plus
+    listen_options), the given pools and routes, nobody trusted, DNS that
+    fails fast. An override of None removes the setting."""
     conf_dir = os.path.join(workdir, "conf.d")
     os.makedirs(conf_dir, exist_ok=True)
     settings = {
         "hostname": "sluice.test",
         "threads": 2,
         "log_level": "info",
-        "listen": ({"address": "127.0.0.1", "port": listen_port},),
+        "listen": (dict({"address": "127.0.0.1", "port": listen_port}, **(listen_options or {})),),
         "relay_networks": [],
         "pools": tuple(pools),
         "routes": tuple({"match": m, "pool": p} for m, p in routes),
