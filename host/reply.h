@@ -81,7 +81,8 @@ int reply_parse(const char *buf, size_t len, struct smtp_reply *out);
 /* Writes the reply (buf, r->len) for relaying to a client into out (a buffer
  * of at least r->len + 8 * r->nlines + 16 bytes): every line ends in CRLF; a
  * line without an enhanced status code of the reply's class gets "C.0.0 "
- * inserted after "ddd-"/"ddd ". Returns the number of bytes written. */
+ * inserted after "ddd-"/"ddd ". Returns the number of bytes written, or 0 when
+ * outlen is smaller than that bound. */
 size_t reply_format_relay(const char *buf, const struct smtp_reply *r, char *out, size_t outlen);
 
 /* True when the text of a reply line starts with an enhanced status code whose
