@@ -248,30 +248,34 @@ static void reset_empties_and_the_next_small_message_is_in_memory(void **state)
  * already handed out must not change under it. */
 static void reset_after_sending_leaves_the_queued_copy_intact(void **state)
 {
-    struct spool *s = spool_new(THRESHOLD, tmp_dir());
-    size_t len = 6 * THRESHOLD;
-    unsigned char *first = pattern_new(len);
-    unsigned char *second = malloc(len);
-    unsigned char *got = malloc(len);
-    struct evbuffer *out = evbuffer_new();
+    size_t sizes[] = {THRESHOLD / 2, 6 * THRESHOLD}; /* from memory, from the file */
 
-    assert_non_null(s);
-    assert_non_null(second);
-    assert_non_null(got);
-    assert_non_null(out);
-    memset(second, 'x', len);
-    append_in_chunks(s, first, len, 1000);
-    assert_int_equal(spool_add_to(s, out), 0);
-    spool_reset(s);
-    append_in_chunks(s, second, len, 1000);
-    assert_int_equal(evbuffer_remove(out, got, len), (int)len);
-    assert_memory_equal(got, first, len);
-    assert_reads_exactly(s, second, len);
-    evbuffer_free(out);
-    spool_free(s);
-    free(first);
-    free(second);
-    free(got);
+    for (size_t i = 0; i < 2; i++) {
+        size_t len = sizes[i];
+        struct spool *s = spool_new(THRESHOLD, tmp_dir());
+        unsigned char *first = pattern_new(len);
+        unsigned char *second = malloc(len);
+        unsigned char *got = malloc(len);
+        struct evbuffer *out = evbuffer_new();
+
+        assert_non_null(s);
+        assert_non_null(second);
+        assert_non_null(got);
+        assert_non_null(out);
+        memset(second, 'x', len);
+        append_in_chunks(s, first, len, 100);
+        assert_int_equal(spool_add_to(s, out), 0);
+        spool_reset(s);
+        append_in_chunks(s, second, len, 100);
+        assert_int_equal(evbuffer_remove(out, got, len), (int)len);
+        assert_memory_equal(got, first, len);
+        assert_reads_exactly(s, second, len);
+        evbuffer_free(out);
+        spool_free(s);
+        free(first);
+        free(second);
+        free(got);
+    }
 }
 
 static void empty_spool_adds_nothing(void **state)
