@@ -36,7 +36,7 @@ class ConfigCheckTest(SluiceTestCase):
         self.assertIn("nosuch", output)
 
     def test_start_with_broken_config_exits_nonzero_with_file_and_line(self):
-        text = "threads = 2;\nlisten = ( { address = \"127.0.0.1\" port = 1; } );\n"
+        text = "log_level = \"info\";\nlisten = ( { address = = \"127.0.0.1\"; } );\n"
         code, output = run_sluice_check(self.workdir, text, check_only=False)
         self.assertNotEqual(code, 0, output)
         self.assertTrue(re.search(r"sluice\.conf:2: \S", output), output)
