@@ -1,6 +1,11 @@
 /* Asynchronous DNS for one loop thread: a c-ares channel whose sockets are
  * driven by the thread's event_base. Every callback runs on that thread.
- * Never blocks. */
+ * Never blocks.
+ *
+ * A query start returns NULL, and never calls cb, only when out of memory or
+ * while the ctx is being freed. A callback may start new queries, cancel
+ * others and free the objects behind arg. timeout_ms <= 0 means no overall
+ * timer: c-ares' own timeout and tries bound the query. */
 #ifndef SLUICE_DNS_H
 #define SLUICE_DNS_H
 
@@ -22,7 +27,8 @@ enum dns_status {
 /* servers from conf override /etc/resolv.conf. Returns NULL and writes err. */
 struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf, char *err,
                             size_t errlen);
-/* Cancels outstanding queries without calling their callbacks. */
+/* Cancels outstanding queries without calling their callbacks. May be called
+ * from inside a dns callback: the teardown then waits until it returns. */
 void dns_ctx_free(struct dns_ctx *ctx);
 
 /* Addresses of a host name (A and AAAA; a numeric address answers at once,
@@ -42,14 +48,16 @@ struct dns_query *dns_reverse_confirmed(struct dns_ctx *ctx, const struct sockad
 /* Records of one type (for plugins: TXT for DNSBL reasons, MX, PTR, A, AAAA).
  * rr[i] is the text form: an address, a name, "pref name" for MX, or the
  * joined strings of one TXT record. ttl is the smallest TTL seen (A/AAAA
- * only; 0 otherwise). */
+ * only; 0 otherwise). TXT bytes below 0x20 (NUL, CR, LF) and 0x7f come out
+ * as '?', so a record is safe to quote in a reply. */
 enum dns_type { DNS_A = 1, DNS_AAAA = 28, DNS_TXT = 16, DNS_PTR = 12, DNS_MX = 15 };
 typedef void (*dns_records_cb)(void *arg, enum dns_status st, const char *const *rr, size_t nrr,
                                uint32_t ttl);
 struct dns_query *dns_query_records(struct dns_ctx *ctx, const char *name, enum dns_type type,
                                     int64_t timeout_ms, dns_records_cb cb, void *arg);
 
-/* The callback of q will not run. q must not have completed yet. */
+/* The callback of q will not run. q must not have completed yet. NULL is a
+ * no-op, so the result of a failed start can be passed as is. */
 void dns_cancel(struct dns_query *q);
 
 #endif

@@ -110,6 +110,7 @@ static void start_dnsmasq(int port)
         "--ptr-record=77.0.0.127.in-addr.arpa,other.test",
         "--txt-record=multi.test,first part ,second part",
         "--txt-record=multi.test,another record",
+        "--txt-record=crlf.test,listed\r\n250 fake",
         "--mx-host=example.test,mx1.example.test,10", NULL};
 
     dnsmasq_pid = fork();
@@ -376,6 +377,17 @@ static void resolve_numeric_answers_later_not_inside_the_call(void **state)
     assert_string_equal(v6.text[0], "2001:db8::7 587");
 }
 
+/* c-ares may answer a name from /etc/hosts inside the call: still later. */
+static void resolve_localhost_answers_later_not_inside_the_call(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    assert_non_null(dns_resolve(f->dns, "localhost", 25, addr_cb, &s));
+    assert_int_equal(s.calls, 0);
+    run_loop(f->base, &s.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(s.calls, 1);
+}
+
 static void resolve_times_out_as_tempfail(void **state)
 {
     struct fixture *f = *state;
@@ -445,6 +457,18 @@ static void reverse_without_ptr_is_notfound(void **state)
     assert_int_equal(s.st, DNS_NOTFOUND);
 }
 
+static void reverse_of_a_non_ip_address_is_notfound_later(void **state)
+{
+    struct fixture *f = *state;
+    struct seen s = {0};
+    struct sockaddr_storage ss = {.ss_family = AF_UNIX};
+    assert_non_null(dns_reverse_confirmed(f->dns, (struct sockaddr *)&ss, 1000, name_cb, &s));
+    assert_int_equal(s.calls, 0);
+    run_loop(f->base, &s.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(s.calls, 1);
+    assert_int_equal(s.st, DNS_NOTFOUND);
+}
+
 /* c-ares alone would wait 2 x 5 s here: only the overall timeout can end it. */
 static void reverse_timeout_is_tempfail_on_time(void **state)
 {
@@ -476,6 +500,14 @@ static void txt_strings_of_one_record_are_joined(void **state)
     assert_true(seen_has(&s, "first part second part"));
     assert_true(seen_has(&s, "another record"));
     assert_int_equal(s.ttl, 0);
+}
+
+static void txt_control_bytes_cannot_break_a_reply_line(void **state)
+{
+    struct seen s = {0};
+    query(*state, "crlf.test", DNS_TXT, &s);
+    assert_int_equal(s.st, DNS_OK);
+    assert_string_equal(s.text[0], "listed??250 fake");
 }
 
 static void mx_is_preference_and_name(void **state)
@@ -640,6 +672,8 @@ int main(void)
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(resolve_numeric_answers_later_not_inside_the_call,
                                         setup_silent, teardown_fixture),
+        cmocka_unit_test_setup_teardown(resolve_localhost_answers_later_not_inside_the_call,
+                                        setup_real, teardown_fixture),
         cmocka_unit_test_setup_teardown(resolve_times_out_as_tempfail, setup_silent,
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_confirmed_name_for_v4, setup_real,
@@ -654,8 +688,12 @@ int main(void)
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_without_ptr_is_notfound, setup_real,
                                         teardown_fixture),
+        cmocka_unit_test_setup_teardown(reverse_of_a_non_ip_address_is_notfound_later, setup_real,
+                                        teardown_fixture),
         cmocka_unit_test(reverse_timeout_is_tempfail_on_time),
         cmocka_unit_test_setup_teardown(txt_strings_of_one_record_are_joined, setup_real,
+                                        teardown_fixture),
+        cmocka_unit_test_setup_teardown(txt_control_bytes_cannot_break_a_reply_line, setup_real,
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(mx_is_preference_and_name, setup_real, teardown_fixture),
         cmocka_unit_test_setup_teardown(a_and_aaaa_records_carry_ttl, setup_real,
