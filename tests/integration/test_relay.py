@@ -244,6 +244,19 @@ class RelayTest(SluiceTestCase):
         self.assertReply(c.read_reply(), 552, "5.3.4")
         self.assertEqual(b.message_count(), 0)
 
+    def test_each_transaction_logs_one_tx_line_with_envelope_and_result(self):
+        s, port, b = self.relay("--rcpt-reply", "gone@a.example=550 5.1.1 Gone")
+        with self.smtp(port) as c:
+            c.sendmail(SENDER, ["u@a.example", "gone@a.example"], b"logged\r\n")
+        b.wait_messages(1)
+        [line] = s.wait_log(r"\btx ")
+        self.assertIn("from=<%s>" % SENDER, line)
+        self.assertRegex(line, r"rcpt=<?u@a\.example>?:250,<?gone@a\.example>?:550\b")
+        self.assertIn("helo=client.test", line)
+        self.assertIn("backend=127.0.0.1:%d" % b.port, line)
+        self.assertRegex(line, r"\bresult=250\b")
+        self.assertRegex(line, r"\bsize=\d+")
+
     def test_later_transactions_reuse_the_backend_connection(self):
         _, port, b = self.relay()
         with self.smtp(port) as c:
