@@ -381,8 +381,15 @@ class SluiceTestCase(unittest.TestCase):
         self.clients = []
         self.addCleanup(self._cleanup)
 
+    def _failed(self):
+        # The outcome's success flag is per test part (cleanups start afresh),
+        # so look at what the result has recorded against this test.
+        result = getattr(self._outcome, "result", None)
+        reported = getattr(result, "errors", []) + getattr(result, "failures", [])
+        return any(test is self for test, _ in reported) or not self._outcome.success
+
     def _cleanup(self):
-        failed = not self._outcome.success
+        failed = self._failed()
         for c in self.clients:
             c.close()
         for s in self.sluices:
