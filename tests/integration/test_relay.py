@@ -182,8 +182,9 @@ class RelayTest(SluiceTestCase):
         _, port, b = self.relay("--mail-reply", "550 5.7.1 Sender blocked by backend")
         c = self.open_session(port)
         self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
-        self.assertEqual(c.cmd("RCPT TO:<u1@a.example>").text, "550 5.7.1 Sender blocked by backend")
-        self.assertEqual(c.cmd("RCPT TO:<u2@a.example>").text, "550 5.7.1 Sender blocked by backend")
+        for rcpt in ("u1@a.example", "u2@a.example"):
+            self.assertEqual(c.cmd("RCPT TO:<%s>" % rcpt).text,
+                             "550 5.7.1 Sender blocked by backend")
         self.assertEqual(c.cmd("DATA").code // 100, 5)
         self.assertEqual(b.message_count(), 0)
 
