@@ -34,6 +34,7 @@ struct data_decoder {
     bool done;             /* <CRLF>.<CRLF> seen */
     bool saw_bare_newline; /* a bare CR or LF was seen */
     uint64_t out_bytes;    /* bytes written to out so far */
+    bool over_limit;       /* bytes were dropped at out_limit: the message is too big */
 };
 
 void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode);
@@ -41,7 +42,9 @@ void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode);
 /* Consumes bytes of in (up to and including the terminator), appends the wire
  * form to out, and returns the number of bytes consumed. When out_limit is
  * reached (out_bytes >= out_limit), bytes are still consumed and checked for
- * the terminator but no longer written (the caller answers 552 at the end). */
+ * the terminator but no longer written (the caller answers 552 at the end).
+ * out_bytes never exceeds out_limit; over_limit tells a message of exactly
+ * out_limit bytes from a bigger one. */
 size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct evbuffer *out,
                    uint64_t out_limit);
 
@@ -50,7 +53,8 @@ size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct ev
  * with true. Appends to out. */
 void data_unstuff(const char *in, size_t len, bool *at_bol, struct evbuffer *out);
 /* Content -> wire form: lines starting with '.' get one more '.'; bare CR/LF
- * are written as CRLF. at_bol as above. */
+ * are written as CRLF. at_bol as above. A CR that ends in is taken as bare,
+ * so split content after a LF, never between CR and LF. */
 void data_stuff(const char *in, size_t len, bool *at_bol, struct evbuffer *out);
 
 #endif

@@ -1,0 +1,271 @@
+#include "data_codec.h"
+
+#include <string.h>
+#include <sys/types.h>
+
+#include <event2/buffer.h>
+
+/* Decoder states. The pending ones hold bytes already consumed whose meaning
+ * depends on what follows: a CR, a '.' at the start of a line that began after
+ * CRLF, or that '.' and a CR (the terminator but for its LF). */
+enum {
+    DS_BOL_CRLF = 0, /* at a line start after CRLF (or right after DATA) */
+    DS_BOL_BARE,     /* at a line start after a bare CR or LF */
+    DS_MID,          /* inside a line */
+    DS_CR,           /* pending "\r" */
+    DS_DOT,          /* pending "." */
+    DS_DOT_CR,       /* pending ".\r" */
+};
+
+/* One call's view: the input, the start of the run of input bytes that go out
+ * unchanged, and where the pending bytes began (-1: in an earlier call). */
+struct decode_ctx {
+    struct data_decoder *d;
+    const char *in;
+    struct evbuffer *out;
+    uint64_t limit;
+    size_t run_start;
+    ssize_t pend_at;
+};
+
+void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode)
+{
+    memset(d, 0, sizeof *d);
+    d->mode = mode;
+    d->state = DS_BOL_CRLF;
+    d->line_after_crlf = true;
+}
+
+static void emit(struct decode_ctx *c, const char *p, size_t n)
+{
+    struct data_decoder *d = c->d;
+    if (n == 0)
+        return;
+    if (d->out_bytes >= c->limit) {
+        d->over_limit = true;
+        return;
+    }
+    if (n > c->limit - d->out_bytes) {
+        n = (size_t)(c->limit - d->out_bytes);
+        d->over_limit = true;
+    }
+    if (evbuffer_add(c->out, p, n) == 0)
+        d->out_bytes += n;
+}
+
+static void flush_run(struct decode_ctx *c, size_t upto)
+{
+    if (upto > c->run_start)
+        emit(c, c->in + c->run_start, upto - c->run_start);
+    c->run_start = upto;
+}
+
+/* The pending bytes go out as repl; output resumes verbatim at resume. */
+static void pending_replace(struct decode_ctx *c, const char *repl, size_t rlen, size_t resume)
+{
+    if (c->pend_at >= 0)
+        flush_run(c, (size_t)c->pend_at);
+    emit(c, repl, rlen);
+    c->run_start = resume;
+}
+
+/* The pending bytes go out unchanged: a no-op when they are in this input. */
+static void pending_keep(struct decode_ctx *c, const char *literal, size_t n, size_t i)
+{
+    if (c->pend_at < 0) {
+        emit(c, literal, n);
+        c->run_start = i;
+    }
+}
+
+static void bare_newline(struct decode_ctx *c)
+{
+    c->d->saw_bare_newline = true;
+    c->d->state = DS_BOL_BARE;
+    c->d->line_after_crlf = false;
+}
+
+/* Inside a line: skip to the next CR or LF with memchr. Returns the new index. */
+static size_t decode_mid(struct decode_ctx *c, size_t i, size_t len)
+{
+    const char *p = c->in + i;
+    const char *lf = memchr(p, '\n', len - i);
+    size_t span = lf ? (size_t)(lf - p) : len - i;
+    const char *cr = memchr(p, '\r', span);
+    if (cr != NULL) {
+        c->d->state = DS_CR;
+        c->pend_at = cr - c->in;
+        return (size_t)(cr - c->in) + 1;
+    }
+    if (lf == NULL)
+        return len;
+    size_t at = (size_t)(lf - c->in);
+    flush_run(c, at);
+    emit(c, "\r\n", 2);
+    c->run_start = at + 1;
+    bare_newline(c);
+    return at + 1;
+}
+
+static size_t decode_cr(struct decode_ctx *c, size_t i)
+{
+    if (c->in[i] == '\n') {
+        pending_keep(c, "\r", 1, i);
+        c->d->state = DS_BOL_CRLF;
+        c->d->line_after_crlf = true;
+        return i + 1;
+    }
+    pending_replace(c, "\r\n", 2, i);
+    bare_newline(c);
+    return i;
+}
+
+static size_t decode_dot(struct decode_ctx *c, size_t i)
+{
+    switch (c->in[i]) {
+    case '.':
+        pending_keep(c, ".", 1, i);
+        c->d->state = DS_MID;
+        return i + 1;
+    case '\r':
+        c->d->state = DS_DOT_CR;
+        return i + 1;
+    case '\n':
+        pending_replace(c, "\r\n", 2, i + 1);
+        bare_newline(c);
+        return i + 1;
+    default:
+        /* A lone leading dot is stuffing: the line is the rest. */
+        pending_replace(c, "", 0, i);
+        c->d->state = DS_MID;
+        return i;
+    }
+}
+
+/* Returns the index after the terminator, or i when the CR was bare. */
+static size_t decode_dot_cr(struct decode_ctx *c, size_t i)
+{
+    if (c->in[i] == '\n') {
+        if (c->pend_at >= 0)
+            flush_run(c, (size_t)c->pend_at);
+        c->run_start = i + 1;
+        c->d->done = true;
+        return i + 1;
+    }
+    pending_replace(c, "\r\n", 2, i);
+    bare_newline(c);
+    return i;
+}
+
+static size_t decode_step(struct decode_ctx *c, size_t i, size_t len)
+{
+    struct data_decoder *d = c->d;
+    switch (d->state) {
+    case DS_BOL_CRLF:
+        if (c->in[i] == '.') {
+            d->state = DS_DOT;
+            c->pend_at = (ssize_t)i;
+            return i + 1;
+        }
+        d->state = DS_MID;
+        return i;
+    case DS_BOL_BARE:
+        /* Not un-stuffed, so a leading dot is body text and gets stuffed. */
+        if (c->in[i] == '.') {
+            flush_run(c, i);
+            emit(c, ".", 1);
+        }
+        d->state = DS_MID;
+        d->line_after_crlf = false;
+        return i + (c->in[i] == '.');
+    case DS_MID:
+        return decode_mid(c, i, len);
+    case DS_CR:
+        return decode_cr(c, i);
+    case DS_DOT:
+        return decode_dot(c, i);
+    default:
+        return decode_dot_cr(c, i);
+    }
+}
+
+static bool state_is_pending(int state)
+{
+    return state == DS_CR || state == DS_DOT || state == DS_DOT_CR;
+}
+
+size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct evbuffer *out,
+                   uint64_t out_limit)
+{
+    struct decode_ctx c = {d, in, out, out_limit, 0, -1};
+    size_t i = 0;
+
+    while (i < len && !d->done)
+        i = decode_step(&c, i, len);
+    if (d->done)
+        return i;
+    if (state_is_pending(d->state))
+        flush_run(&c, c.pend_at >= 0 ? (size_t)c.pend_at : c.run_start);
+    else
+        flush_run(&c, len);
+    return len;
+}
+
+static void add_span(struct evbuffer *out, const char *p, size_t n)
+{
+    if (n > 0)
+        evbuffer_add(out, p, n);
+}
+
+void data_unstuff(const char *in, size_t len, bool *at_bol, struct evbuffer *out)
+{
+    size_t i = 0, run = 0;
+    while (i < len) {
+        if (*at_bol && in[i] == '.') {
+            add_span(out, in + run, i - run);
+            run = i + 1;
+        }
+        const char *lf = memchr(in + i, '\n', len - i);
+        *at_bol = lf != NULL;
+        i = lf ? (size_t)(lf - in) + 1 : len;
+    }
+    add_span(out, in + run, len - run);
+}
+
+void data_stuff(const char *in, size_t len, bool *at_bol, struct evbuffer *out)
+{
+    size_t i = 0, run = 0;
+    while (i < len) {
+        if (*at_bol && in[i] == '.') {
+            add_span(out, in + run, i - run);
+            add_span(out, ".", 1);
+            run = i;
+        }
+        *at_bol = false;
+        const char *p = in + i;
+        const char *lf = memchr(p, '\n', len - i);
+        size_t span = lf ? (size_t)(lf - p) : len - i;
+        const char *cr = memchr(p, '\r', span);
+        if (cr != NULL) {
+            size_t at = (size_t)(cr - in);
+            if (at + 1 < len && in[at + 1] == '\n') {
+                i = at + 2;
+            } else {
+                add_span(out, in + run, at + 1 - run);
+                add_span(out, "\n", 1);
+                run = i = at + 1;
+            }
+            *at_bol = true;
+        } else if (lf != NULL) {
+            size_t at = (size_t)(lf - in);
+            add_span(out, in + run, at - run);
+            add_span(out, "\r", 1);
+            run = at;
+            i = at + 1;
+            *at_bol = true;
+        } else {
+            i = len;
+        }
+    }
+    add_span(out, in + run, len - run);
+}

@@ -1,0 +1,475 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <event2/buffer.h>
+
+#include "data_codec.h"
+
+#define S(lit) (lit), (sizeof(lit) - 1)
+#define NO_LIMIT UINT64_MAX
+
+struct decoded {
+    char *out;
+    size_t out_len;
+    size_t consumed;
+    bool done, bare, over;
+};
+
+static void decoded_free(struct decoded *r) { free(r->out); }
+
+/* Feeds in chunks of the given sizes (cycled; 0 means "all the rest"). */
+static struct decoded decode_chunks(const char *in, size_t len, enum bare_newline_mode mode,
+                                    const size_t *chunks, size_t nchunks, uint64_t limit)
+{
+    struct data_decoder d;
+    struct evbuffer *out = evbuffer_new();
+    struct decoded r = {0};
+    size_t pos = 0, k = 0;
+    data_decoder_init(&d, mode);
+    while (pos < len && !d.done) {
+        size_t n = chunks[k++ % nchunks];
+        if (n == 0 || n > len - pos)
+            n = len - pos;
+        size_t used = data_decode(&d, in + pos, n, out, limit);
+        assert_true(used <= n);
+        if (!d.done)
+            assert_int_equal(used, n);
+        pos += used;
+    }
+    r.out_len = evbuffer_get_length(out);
+    r.out = malloc(r.out_len + 1);
+    evbuffer_remove(out, r.out, r.out_len);
+    r.out[r.out_len] = '\0';
+    r.consumed = pos;
+    r.done = d.done;
+    r.bare = d.saw_bare_newline;
+    r.over = d.over_limit;
+    assert_int_equal(d.out_bytes, r.out_len);
+    evbuffer_free(out);
+    return r;
+}
+
+static struct decoded decode_all(const char *in, size_t len, enum bare_newline_mode mode)
+{
+    static const size_t all[] = {0};
+    return decode_chunks(in, len, mode, all, 1, NO_LIMIT);
+}
+
+static void assert_same(const struct decoded *a, const struct decoded *b)
+{
+    assert_int_equal(a->out_len, b->out_len);
+    assert_memory_equal(a->out, b->out, a->out_len);
+    assert_int_equal(a->consumed, b->consumed);
+    assert_int_equal(a->done, b->done);
+    assert_int_equal(a->bare, b->bare);
+}
+
+static void expect(const char *in, size_t len, const char *want, size_t want_len, bool done,
+                   bool bare)
+{
+    for (int mode = BARE_NEWLINE_REJECT; mode <= BARE_NEWLINE_NORMALIZE; mode++) {
+        struct decoded r = decode_all(in, len, (enum bare_newline_mode)mode);
+        assert_int_equal(r.out_len, want_len);
+        assert_memory_equal(r.out, want, want_len);
+        assert_int_equal(r.done, done);
+        assert_int_equal(r.bare, bare);
+        decoded_free(&r);
+    }
+}
+
+static void test_compliant_message_passes_unchanged(void **state)
+{
+    (void)state;
+    const char *body = "Subject: x\r\n\r\n..leading dot\r\nplain\r\n...\r\n";
+    char in[128];
+    size_t n = strlen(body);
+    memcpy(in, body, n);
+    memcpy(in + n, ".\r\n", 3);
+    struct decoded r = decode_all(in, n + 3, BARE_NEWLINE_REJECT);
+    assert_true(r.done);
+    assert_false(r.bare);
+    assert_int_equal(r.consumed, n + 3);
+    assert_int_equal(r.out_len, n);
+    assert_memory_equal(r.out, body, n);
+    decoded_free(&r);
+}
+
+static void test_dot_crlf_right_after_data_is_an_empty_message(void **state)
+{
+    (void)state;
+    expect(S(".\r\n"), "", 0, true, false);
+}
+
+static void test_bytes_after_terminator_are_not_consumed(void **state)
+{
+    (void)state;
+    struct decoded r = decode_all(S("a\r\n.\r\nQUIT\r\n"), BARE_NEWLINE_REJECT);
+    assert_true(r.done);
+    assert_int_equal(r.consumed, 6);
+    assert_string_equal(r.out, "a\r\n");
+    decoded_free(&r);
+}
+
+static void test_decoder_consumes_nothing_once_done(void **state)
+{
+    (void)state;
+    struct data_decoder d;
+    struct evbuffer *out = evbuffer_new();
+    data_decoder_init(&d, BARE_NEWLINE_REJECT);
+    assert_int_equal(data_decode(&d, S(".\r\n"), out, NO_LIMIT), 3);
+    assert_int_equal(data_decode(&d, S("x\r\n.\r\n"), out, NO_LIMIT), 0);
+    assert_int_equal(evbuffer_get_length(out), 0);
+    evbuffer_free(out);
+}
+
+static void test_lone_leading_dot_is_unstuffed(void **state)
+{
+    (void)state;
+    expect(S("a\r\n.b\r\n.\r\n"), S("a\r\nb\r\n"), true, false);
+}
+
+static void test_bare_lf_dot_lf_never_ends_data(void **state)
+{
+    (void)state;
+    expect(S("a\n.\nb"), S("a\r\n..\r\nb"), false, true);
+}
+
+static void test_crlf_dot_lf_never_ends_data(void **state)
+{
+    (void)state;
+    /* The dot line began after CRLF: un-stuffed, then ended by a bare LF. */
+    expect(S("a\r\n.\nb"), S("a\r\n\r\nb"), false, true);
+}
+
+static void test_lf_dot_crlf_never_ends_data(void **state)
+{
+    (void)state;
+    expect(S("a\n.\r\nb"), S("a\r\n..\r\nb"), false, true);
+}
+
+static void test_cr_dot_cr_never_ends_data(void **state)
+{
+    (void)state;
+    expect(S("a\r.\rb"), S("a\r\n..\r\nb"), false, true);
+}
+
+static void test_crlf_dot_cr_never_ends_data(void **state)
+{
+    (void)state;
+    expect(S("a\r\n.\rb"), S("a\r\n\r\nb"), false, true);
+    expect(S("a\r\n.\r"), S("a\r\n"), false, false);
+}
+
+static void test_crlf_dot_cr_cr_lf_never_ends_data(void **state)
+{
+    (void)state;
+    expect(S("a\r\n.\r\r\nb"), S("a\r\n\r\n\r\nb"), false, true);
+}
+
+static void test_lf_dot_cr_dot_never_ends_data(void **state)
+{
+    (void)state;
+    expect(S("a\r\n\n.\r\nb"), S("a\r\n\r\n..\r\nb"), false, true);
+    expect(S("a\r\r\n.\r\n"), S("a\r\n\r\n"), true, true);
+}
+
+static void test_only_crlf_dot_crlf_ends_data_after_smuggling_attempts(void **state)
+{
+    (void)state;
+    const char in[] = "x\n.\nMAIL FROM:<evil@x>\r\n\r\n.\r\nNEXT";
+    const char want[] = "x\r\n..\r\nMAIL FROM:<evil@x>\r\n\r\n";
+    struct decoded r = decode_all(in, sizeof in - 1, BARE_NEWLINE_NORMALIZE);
+    assert_true(r.done);
+    assert_true(r.bare);
+    assert_int_equal(r.consumed, sizeof in - 1 - 4);
+    assert_int_equal(r.out_len, sizeof want - 1);
+    assert_memory_equal(r.out, want, r.out_len);
+    decoded_free(&r);
+}
+
+static void test_nul_bytes_pass_through_as_body(void **state)
+{
+    (void)state;
+    expect(S("a\0b\r\n\0.\r\n.\r\n"), S("a\0b\r\n\0.\r\n"), true, false);
+}
+
+/* Reference model: whole lines, written plainly from the rules in the header. */
+static size_t model_decode(const char *in, size_t len, char *out, size_t *out_len, bool *done,
+                           bool *bare)
+{
+    size_t i = 0, o = 0, line_start = 0;
+    bool after_crlf = true;
+    *done = *bare = false;
+    while (i < len) {
+        if (in[i] != '\r' && in[i] != '\n') {
+            i++;
+            continue;
+        }
+        bool crlf = in[i] == '\r' && i + 1 < len && in[i + 1] == '\n';
+        if (in[i] == '\r' && i + 1 >= len)
+            break; /* undecided */
+        const char *raw = in + line_start;
+        size_t raw_len = i - line_start;
+        if (after_crlf && crlf && raw_len == 1 && raw[0] == '.') {
+            *done = true;
+            *out_len = o;
+            return i + 2;
+        }
+        if (after_crlf && raw_len > 0 && raw[0] == '.') {
+            raw++;
+            raw_len--;
+        }
+        if (raw_len > 0 && raw[0] == '.')
+            out[o++] = '.';
+        memcpy(out + o, raw, raw_len);
+        o += raw_len;
+        out[o++] = '\r';
+        out[o++] = '\n';
+        *bare |= !crlf;
+        after_crlf = crlf;
+        i += crlf ? 2 : 1;
+        line_start = i;
+    }
+    *out_len = o;
+    return len;
+}
+
+static void random_message(char *buf, size_t n, unsigned *seed)
+{
+    static const char alphabet[] = "\r\n.a";
+    for (size_t i = 0; i < n; i++)
+        buf[i] = alphabet[rand_r(seed) % 4];
+}
+
+static void test_decoder_matches_line_model_on_random_input(void **state)
+{
+    (void)state;
+    unsigned seed = 12345;
+    char in[80], want[300];
+    for (int iter = 0; iter < 20000; iter++) {
+        size_t body = (size_t)(rand_r(&seed) % 60);
+        random_message(in, body, &seed);
+        memcpy(in + body, "\r\n.\r\nZZ", 7);
+        size_t len = body + 7, want_len;
+        bool done, bare;
+        size_t used = model_decode(in, len, want, &want_len, &done, &bare);
+        struct decoded r = decode_all(in, len, BARE_NEWLINE_NORMALIZE);
+        assert_true(done);
+        assert_true(r.done);
+        assert_int_equal(r.consumed, used);
+        assert_int_equal(r.bare, bare);
+        assert_int_equal(r.out_len, want_len);
+        assert_memory_equal(r.out, want, want_len);
+        decoded_free(&r);
+    }
+}
+
+static void test_output_is_identical_byte_by_byte_and_in_random_splits(void **state)
+{
+    (void)state;
+    unsigned seed = 777;
+    char in[200];
+    static const size_t one[] = {1};
+    for (int iter = 0; iter < 3000; iter++) {
+        size_t body = (size_t)(rand_r(&seed) % 180);
+        random_message(in, body, &seed);
+        memcpy(in + body, "\r\n.\r\nQUIT", 9);
+        size_t len = body + 9;
+        struct decoded whole = decode_all(in, len, BARE_NEWLINE_REJECT);
+        struct decoded bytes = decode_chunks(in, len, BARE_NEWLINE_REJECT, one, 1, NO_LIMIT);
+        assert_same(&whole, &bytes);
+        size_t splits[5];
+        for (int k = 0; k < 5; k++)
+            splits[k] = 1 + (size_t)(rand_r(&seed) % 7);
+        struct decoded rnd = decode_chunks(in, len, BARE_NEWLINE_REJECT, splits, 5, NO_LIMIT);
+        assert_same(&whole, &rnd);
+        decoded_free(&whole);
+        decoded_free(&bytes);
+        decoded_free(&rnd);
+    }
+}
+
+static void test_terminator_split_at_every_boundary_is_found(void **state)
+{
+    (void)state;
+    const char in[] = "line\r\n..x\r\n.\r\nRSET\r\n";
+    size_t len = sizeof in - 1;
+    struct decoded whole = decode_all(in, len, BARE_NEWLINE_REJECT);
+    for (size_t cut = 1; cut < len; cut++) {
+        size_t chunks[2] = {cut, 0};
+        struct decoded r = decode_chunks(in, len, BARE_NEWLINE_REJECT, chunks, 2, NO_LIMIT);
+        assert_same(&whole, &r);
+        decoded_free(&r);
+    }
+    assert_int_equal(whole.consumed, len - 6);
+    decoded_free(&whole);
+}
+
+static void test_output_stops_at_limit_but_terminator_is_still_found(void **state)
+{
+    (void)state;
+    static const size_t three[] = {3};
+    const char in[] = "0123456789\r\nabcdef\r\n.\r\n";
+    struct decoded r = decode_chunks(in, sizeof in - 1, BARE_NEWLINE_REJECT, three, 1, 8);
+    assert_true(r.done);
+    assert_true(r.over);
+    assert_int_equal(r.out_len, 8);
+    assert_memory_equal(r.out, "01234567", 8);
+    decoded_free(&r);
+
+    r = decode_chunks(in, sizeof in - 1, BARE_NEWLINE_REJECT, three, 1, 20);
+    assert_false(r.over);
+    assert_int_equal(r.out_len, 20);
+    decoded_free(&r);
+}
+
+static void test_large_message_is_decoded_in_few_buffer_chunks(void **state)
+{
+    (void)state;
+    size_t lines = 100000, n = lines * 10 + 3;
+    char *in = malloc(n);
+    for (size_t i = 0; i < lines; i++)
+        memcpy(in + i * 10, i % 7 ? "abcdefgh\r\n" : "..cdefgh\r\n", 10);
+    memcpy(in + lines * 10, ".\r\n", 3);
+    struct data_decoder d;
+    struct evbuffer *out = evbuffer_new();
+    data_decoder_init(&d, BARE_NEWLINE_REJECT);
+    assert_int_equal(data_decode(&d, in, n, out, NO_LIMIT), n);
+    assert_true(d.done);
+    assert_int_equal(evbuffer_get_length(out), n - 3);
+    /* A verbatim span goes out as one evbuffer_add, not one per line. */
+    assert_true(evbuffer_peek(out, -1, NULL, NULL, 0) <= 4);
+    evbuffer_free(out);
+    free(in);
+}
+
+static char *buf_take(struct evbuffer *b, size_t *len)
+{
+    *len = evbuffer_get_length(b);
+    char *s = malloc(*len + 1);
+    evbuffer_remove(b, s, *len);
+    s[*len] = '\0';
+    return s;
+}
+
+static void test_unstuff_removes_one_leading_dot_per_line(void **state)
+{
+    (void)state;
+    struct evbuffer *out = evbuffer_new();
+    bool bol = true;
+    data_unstuff(S("..a\r\nb.\r\n...\r\n\r\n"), &bol, out);
+    size_t n;
+    char *s = buf_take(out, &n);
+    assert_string_equal(s, ".a\r\nb.\r\n..\r\n\r\n");
+    assert_true(bol);
+    free(s);
+    evbuffer_free(out);
+}
+
+static void test_stuff_adds_a_dot_and_normalises_bare_newlines(void **state)
+{
+    (void)state;
+    struct evbuffer *out = evbuffer_new();
+    bool bol = true;
+    data_stuff(S(".a\r\nb\n.c\r.\r\nd"), &bol, out);
+    size_t n;
+    char *s = buf_take(out, &n);
+    assert_string_equal(s, "..a\r\nb\r\n..c\r\n..\r\nd");
+    assert_false(bol);
+    free(s);
+    evbuffer_free(out);
+}
+
+static void test_stuff_then_unstuff_round_trips_in_any_split(void **state)
+{
+    (void)state;
+    unsigned seed = 99;
+    char content[120];
+    for (int iter = 0; iter < 2000; iter++) {
+        size_t n = (size_t)(rand_r(&seed) % 100);
+        for (size_t i = 0; i < n; i++)
+            content[i] = ".a\r\n"[rand_r(&seed) % 2 ? 0 : 1];
+        /* content with CRLF endings only, so the round trip is exact */
+        for (size_t i = 0; i + 1 < n; i += 5) {
+            content[i] = '\r';
+            content[i + 1] = '\n';
+        }
+        struct evbuffer *wire = evbuffer_new(), *back = evbuffer_new();
+        bool bol = true;
+        size_t cut = n ? (size_t)(rand_r(&seed) % (n + 1)) : 0;
+        if (cut > 0 && content[cut - 1] == '\r')
+            cut--;
+        data_stuff(content, cut, &bol, wire);
+        data_stuff(content + cut, n - cut, &bol, wire);
+        size_t wn;
+        char *w = buf_take(wire, &wn);
+        bol = true;
+        size_t wcut = wn ? (size_t)(rand_r(&seed) % (wn + 1)) : 0;
+        data_unstuff(w, wcut, &bol, back);
+        data_unstuff(w + wcut, wn - wcut, &bol, back);
+        size_t bn;
+        char *b = buf_take(back, &bn);
+        assert_int_equal(bn, n);
+        assert_memory_equal(b, content, n);
+
+        /* the wire form never holds a line that is a lone dot */
+        for (size_t i = 0; i + 2 < wn; i++) {
+            bool bol_here = i == 0 || w[i - 1] == '\n';
+            assert_false(bol_here && w[i] == '.' && w[i + 1] == '\r' && w[i + 2] == '\n');
+        }
+        free(w);
+        free(b);
+        evbuffer_free(wire);
+        evbuffer_free(back);
+    }
+}
+
+static void test_decode_then_unstuff_gives_content(void **state)
+{
+    (void)state;
+    struct decoded r = decode_all(S("..x\r\ny\r\n.\r\n"), BARE_NEWLINE_REJECT);
+    struct evbuffer *out = evbuffer_new();
+    bool bol = true;
+    data_unstuff(r.out, r.out_len, &bol, out);
+    size_t n;
+    char *s = buf_take(out, &n);
+    assert_string_equal(s, ".x\r\ny\r\n");
+    free(s);
+    evbuffer_free(out);
+    decoded_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_compliant_message_passes_unchanged),
+        cmocka_unit_test(test_dot_crlf_right_after_data_is_an_empty_message),
+        cmocka_unit_test(test_bytes_after_terminator_are_not_consumed),
+        cmocka_unit_test(test_decoder_consumes_nothing_once_done),
+        cmocka_unit_test(test_lone_leading_dot_is_unstuffed),
+        cmocka_unit_test(test_bare_lf_dot_lf_never_ends_data),
+        cmocka_unit_test(test_crlf_dot_lf_never_ends_data),
+        cmocka_unit_test(test_lf_dot_crlf_never_ends_data),
+        cmocka_unit_test(test_cr_dot_cr_never_ends_data),
+        cmocka_unit_test(test_crlf_dot_cr_never_ends_data),
+        cmocka_unit_test(test_crlf_dot_cr_cr_lf_never_ends_data),
+        cmocka_unit_test(test_lf_dot_cr_dot_never_ends_data),
+        cmocka_unit_test(test_only_crlf_dot_crlf_ends_data_after_smuggling_attempts),
+        cmocka_unit_test(test_nul_bytes_pass_through_as_body),
+        cmocka_unit_test(test_decoder_matches_line_model_on_random_input),
+        cmocka_unit_test(test_output_is_identical_byte_by_byte_and_in_random_splits),
+        cmocka_unit_test(test_terminator_split_at_every_boundary_is_found),
+        cmocka_unit_test(test_output_stops_at_limit_but_terminator_is_still_found),
+        cmocka_unit_test(test_large_message_is_decoded_in_few_buffer_chunks),
+        cmocka_unit_test(test_unstuff_removes_one_leading_dot_per_line),
+        cmocka_unit_test(test_stuff_adds_a_dot_and_normalises_bare_newlines),
+        cmocka_unit_test(test_stuff_then_unstuff_round_trips_in_any_split),
+        cmocka_unit_test(test_decode_then_unstuff_gives_content),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
