@@ -48,6 +48,18 @@ class LimitsTest(SluiceTestCase):
                          sorted(b"message %d\r\n" % i for i in range(CLIENTS)))
         self.assertLessEqual(b.max_concurrent(), POOL_CAP)
 
+    def test_full_pool_after_the_wait_gives_451_4_4_5(self):
+        b, port = self.relay(pool_options={"max_connections": 1, "wait": "1s"})
+        holder = self.start_data(port)  # holds the only backend slot
+        b.wait_event("connect")
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        started = time.monotonic()
+        self.assertReply(c.cmd("RCPT TO:<v@a.example>"), 451, "4.4.5")
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(b.max_concurrent(), 1)
+        self.assertReply(holder.cmd(b"held\r\n."), 250)
+
     def test_bare_lf_rejected_with_550_5_5_2_and_nothing_delivered(self):
         b, port = self.relay()
         c = self.start_data(port)
