@@ -48,6 +48,7 @@ struct pending {
 
 struct backend {
     struct loop *loop;
+    struct backend *prev, *next; /* the loop's list */
     struct pool *pool;
     const struct pool_conf *pc;
     int pool_index;
@@ -119,7 +120,22 @@ static void backend_free(struct backend *b)
     }
     free(b->client_helo);
     free(b->client_name);
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        b->loop->backend_list = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
     free(b);
+}
+
+void backend_abort_all(struct loop *loop)
+{
+    while (loop->backend_list) {
+        struct backend *b = loop->backend_list;
+        b->in_handler = 0;
+        backend_free(b);
+    }
 }
 
 static void backend_enter(struct backend *b) { b->in_handler++; }
@@ -590,6 +606,10 @@ struct backend *backend_open(struct loop *loop, struct pool *pool, int pool_inde
     if (!b)
         return NULL;
     b->loop = loop;
+    b->next = loop->backend_list;
+    if (b->next)
+        b->next->prev = b;
+    loop->backend_list = b;
     b->pool = pool;
     b->pc = pool_conf(pool);
     b->pool_index = pool_index;

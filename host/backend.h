@@ -67,6 +67,9 @@ void backend_keepalive(struct backend *b, bool on);
  * its pool slot are released when the server answers or after a short wait. */
 void backend_close(struct backend *b);
 
+/* Shutdown: frees every backend connection of the loop at once. */
+void backend_abort_all(struct loop *loop);
+
 bool backend_usable(const struct backend *b);
 const struct ehlo_caps *backend_caps(const struct backend *b);
 const char *backend_peer_name(const struct backend *b); /* "127.0.0.1:25" */

@@ -3,6 +3,7 @@
 #define SLUICE_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 enum log_level { SLOG_ERR, SLOG_WARN, SLOG_INFO, SLOG_DEBUG };
 
@@ -14,7 +15,8 @@ int log_level_parse(const char *name, enum log_level *out);
 /* sid may be NULL for process-wide events. */
 void log_msg(enum log_level level, const char *sid, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void log_vmsg(enum log_level level, const char *sid, const char *fmt, va_list ap);
+void log_vmsg(enum log_level level, const char *sid, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 #define log_err(sid, ...) log_msg(SLOG_ERR, (sid), __VA_ARGS__)
 #define log_warn(sid, ...) log_msg(SLOG_WARN, (sid), __VA_ARGS__)

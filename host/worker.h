@@ -12,6 +12,8 @@ struct evconnlistener;
 struct sluice_config;
 struct dns_ctx;
 struct pool;
+struct session;
+struct backend;
 
 struct loop {
     int index;
@@ -23,6 +25,8 @@ struct loop {
     pthread_t thread;
     uint32_t session_seq;
     unsigned sessions;
+    struct session *session_list; /* every session of this loop */
+    struct backend *backend_list; /* every backend connection, closing ones too */
 };
 
 struct worker {

@@ -1,0 +1,209 @@
+#include "master.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "worker.h"
+
+#define MASTER_LISTEN_BACKLOG 1024
+
+static int master_open_socket(const struct listen_conf *lc, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE,
+                             .ai_socktype = SOCK_STREAM};
+    struct addrinfo *ai = NULL;
+    int rc = getaddrinfo(lc->address, lc->port, &hints, &ai);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s:%s: %s", lc->address, lc->port, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0 ||
+        (ai->ai_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) < 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, MASTER_LISTEN_BACKLOG) < 0) {
+        snprintf(err, errlen, "cannot listen on %s port %s: %s", lc->address, lc->port,
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+/* One SO_REUSEPORT socket per listen address per loop thread: the kernel
+ * spreads connections over the threads. */
+static int *master_open_sockets(const struct sluice_config *cfg)
+{
+    size_t n = cfg->nlistens * (size_t)cfg->threads;
+    int *fds = calloc(n, sizeof *fds);
+    if (!fds)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        fds[i] = -1;
+    for (size_t l = 0; l < cfg->nlistens; l++) {
+        for (int t = 0; t < cfg->threads; t++) {
+            char err[300];
+            int fd = master_open_socket(&cfg->listens[l], err, sizeof err);
+            if (fd < 0) {
+                fprintf(stderr, "%s:%d: %s\n", cfg->path, cfg->listens[l].line, err);
+                for (size_t i = 0; i < n; i++)
+                    if (fds[i] >= 0)
+                        close(fds[i]);
+                free(fds);
+                return NULL;
+            }
+            fds[l * (size_t)cfg->threads + (size_t)t] = fd;
+        }
+    }
+    return fds;
+}
+
+/* systemd's readiness protocol, without libsystemd. */
+static void master_notify_systemd(const char *state)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (!path || (path[0] != '/' && path[0] != '@'))
+        return;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    if (len >= sizeof sa.sun_path)
+        return;
+    memcpy(sa.sun_path, path, len);
+    if (sa.sun_path[0] == '@')
+        sa.sun_path[0] = '\0';
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    sendto(fd, state, strlen(state), 0, (struct sockaddr *)&sa,
+           (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len));
+    close(fd);
+}
+
+/* Reads the worker's one-line report: 0 when it is serving. */
+static int master_wait_ready(int fd)
+{
+    char buf[700];
+    size_t len = 0;
+    while (len + 1 < sizeof buf) {
+        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+        if (memchr(buf, '\n', len))
+            break;
+    }
+    buf[len] = '\0';
+    if (strncmp(buf, "ok\n", 3) == 0)
+        return 0;
+    if (strncmp(buf, "error: ", 7) == 0)
+        fprintf(stderr, "sluice: %s", buf + 7);
+    else
+        fprintf(stderr, "sluice: the worker exited before it was ready\n");
+    return -1;
+}
+
+static int master_supervise(pid_t worker)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGCHLD);
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGTERM || sig == SIGINT) {
+            log_info(NULL, "master: stopping");
+            master_notify_systemd("STOPPING=1");
+            kill(worker, SIGTERM);
+            int status = 0;
+            while (waitpid(worker, &status, 0) < 0 && errno == EINTR)
+                ;
+            return 0;
+        }
+        if (sig == SIGHUP) {
+            log_warn(NULL, "master: SIGHUP ignored: reload is not available yet, restart to apply");
+            continue;
+        }
+        int status = 0;
+        pid_t pid = waitpid(worker, &status, WNOHANG);
+        if (pid == worker) {
+            log_err(NULL, "master: worker exited (%s %d)",
+                    WIFSIGNALED(status) ? "signal" : "status",
+                    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+            return 1;
+        }
+    }
+}
+
+int master_run(struct sluice_config *cfg)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int *fds = master_open_sockets(cfg);
+    if (!fds)
+        return 1;
+    int pipefd[2];
+    if (pipe(pipefd) < 0) {
+        fprintf(stderr, "sluice: pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "sluice: fork: %s\n", strerror(errno));
+        return 1;
+    }
+    if (pid == 0) {
+        close(pipefd[0]);
+        int rc = worker_run(cfg, fds, pipefd[1]);
+        close(pipefd[1]);
+        free(fds);
+        config_free(cfg);
+        _exit(rc);
+    }
+    close(pipefd[1]);
+    int ready = master_wait_ready(pipefd[0]);
+    close(pipefd[0]);
+    if (ready < 0) {
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+        free(fds);
+        return 1;
+    }
+    log_info(NULL, "sluice ready: %zu listen addresses, %d loop threads", cfg->nlistens,
+             cfg->threads);
+    master_notify_systemd("READY=1");
+    int rc = master_supervise(pid);
+    size_t n = cfg->nlistens * (size_t)cfg->threads;
+    for (size_t i = 0; i < n; i++)
+        close(fds[i]);
+    free(fds);
+    return rc;
+}

@@ -1,0 +1,11 @@
+/* The master process: owns the configuration and the listening sockets,
+ * forks the worker, and relays signals to it. Runs no plugin code. */
+#ifndef SLUICE_MASTER_H
+#define SLUICE_MASTER_H
+
+struct sluice_config;
+
+/* Runs until stopped; returns the process exit status. */
+int master_run(struct sluice_config *cfg);
+
+#endif

@@ -1,0 +1,113 @@
+/* Shared by the session modules: session.c (life and I/O), session_cmd.c
+ * (commands), session_relay.c (backend side of a transaction, DATA). */
+#ifndef SLUICE_SESSION_INTERNAL_H
+#define SLUICE_SESSION_INTERNAL_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include "backend.h"
+#include "data_codec.h"
+#include "dns.h"
+#include "hooks.h"
+#include "reply.h"
+#include "smtp_cmd.h"
+
+enum session_phase {
+    PH_PROXY,        /* waiting for the PROXY header */
+    PH_RDNS,         /* reverse lookup at accept */
+    PH_CONNECT_HOOK, /* connect hook running */
+    PH_COMMANDS,
+    PH_DATA,         /* after 354: everything is message */
+    PH_CLOSING,
+};
+
+struct rcpt_entry {
+    char *addr;
+    int code; /* the reply the client got */
+};
+
+struct txn {
+    bool active;       /* MAIL accepted */
+    char *from;        /* the reverse path, NUL-terminated copy */
+    size_t from_len;
+    struct mail_params mp;
+    int pool;          /* the route of the transaction, -1 before the first recipient */
+    bool backend_open; /* MAIL FROM accepted by the backend: it has a transaction */
+    char *fail_reply;  /* answers every later RCPT (backend refused MAIL, or failed) */
+    size_t fail_len;
+    struct rcpt_entry *rcpts;
+    size_t nrcpts, cap, naccepted;
+    uint64_t size;
+    struct timeval start;
+};
+
+struct session {
+    char sid[16];
+    struct loop *loop;
+    const struct sluice_config *cfg;
+    const struct listen_conf *listen;
+    struct session *prev, *next; /* the loop's list */
+
+    struct bufferevent *bev;
+    struct event *finish_ev;
+    struct sockaddr_storage peer;  /* the real client (after PROXY) */
+    struct sockaddr_storage local; /* where it connected to */
+    char client_ip[INET6_ADDRSTRLEN];
+    int client_port;
+    struct dns_query *rdns_query;
+    enum dns_status rdns_status;
+    char *rdns_name;
+
+    enum session_phase phase;
+    bool busy;       /* a command is in progress: no further input is read */
+    bool processing; /* inside session_process (re-entrancy guard) */
+    bool finishing;
+    bool discarding_line;
+    bool early_talker;
+    bool rejected; /* refused at connect: 503 to all but QUIT */
+    int errors;
+    char *line;    /* the current command line, cfg->max_line_length bytes */
+
+    char *helo;
+    bool esmtp;
+
+    struct txn txn;
+    char *cur_rcpt_addr; /* the RCPT being processed */
+    struct rcpt_params cur_rcpt_params;
+    int cur_rcpt_pool;
+
+    struct backend *backend;
+
+    struct spool *spool;
+    struct evbuffer *data_out;
+    struct data_decoder decoder;
+    struct event *data_timer;
+    bool spool_failed;
+};
+
+/* session.c */
+void session_write(struct session *s, const char *buf, size_t len);
+void session_reply(struct session *s, enum reply_id id);
+void session_error(struct session *s, enum reply_id id);
+void session_close_after(struct session *s, enum reply_id id); /* R_COUNT: no reply */
+void session_relay_reply(struct session *s, const struct backend_reply *r);
+bool session_apply_verdict(struct session *s, enum hook_point point, const struct hook_verdict *v);
+void session_done(struct session *s);
+void session_busy(struct session *s);
+void session_txn_reset(struct session *s);
+void session_txn_add_rcpt(struct session *s, int code);
+void session_log_txn(struct session *s, const char *result);
+
+/* session_cmd.c */
+void session_command(struct session *s, const char *line, size_t len);
+
+/* session_relay.c */
+void session_rcpt_relay(struct session *s);
+void session_data_start(struct session *s);
+bool session_data_input(struct session *s);
+
+#endif

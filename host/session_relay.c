@@ -1,0 +1,386 @@
+/* The backend side of a transaction: opening the backend session at the
+ * first recipient, replaying MAIL FROM, relaying RCPT replies, and the
+ * message itself (DATA, spool, end of message). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "config.h"
+#include "log.h"
+#include "pool.h"
+#include "session_internal.h"
+#include "spool.h"
+#include "worker.h"
+
+#define LINE_MAX_OUT 1200
+
+static enum reply_id relay_status_reply(enum backend_status st)
+{
+    switch (st) {
+    case BACKEND_UNREACHABLE:
+        return R_BACKEND_UNREACHABLE;
+    case BACKEND_POOL_FULL:
+        return R_POOL_FULL;
+    case BACKEND_INTERNAL:
+        return R_INTERNAL;
+    default:
+        return R_BACKEND_LOST;
+    }
+}
+
+/* Remembers the reply that answers this and every later RCPT. */
+static void relay_set_fail(struct session *s, const char *buf, size_t len)
+{
+    free(s->txn.fail_reply);
+    s->txn.fail_reply = malloc(len);
+    s->txn.fail_len = s->txn.fail_reply ? len : 0;
+    if (s->txn.fail_reply)
+        memcpy(s->txn.fail_reply, buf, len);
+}
+
+static void relay_fail_status(struct session *s, enum backend_status st)
+{
+    enum reply_id id = relay_status_reply(st);
+    relay_set_fail(s, reply_text(id), reply_len(id));
+}
+
+static void relay_fail_reply(struct session *s, const struct backend_reply *r)
+{
+    struct smtp_reply sr = {.code = r->code, .len = r->len, .nlines = r->nlines};
+    size_t cap = r->len + 8 * r->nlines + 16;
+    char *out = malloc(cap);
+    if (!out) {
+        relay_fail_status(s, BACKEND_INTERNAL);
+        return;
+    }
+    relay_set_fail(s, out, reply_format_relay(r->text, &sr, out, cap));
+    free(out);
+}
+
+/* Answers the current RCPT with the transaction's failure reply. */
+static void relay_rcpt_failed(struct session *s)
+{
+    session_write(s, s->txn.fail_reply, s->txn.fail_len);
+    session_txn_add_rcpt(s, atoi(s->txn.fail_reply));
+    session_done(s);
+}
+
+static void relay_drop_backend(struct session *s)
+{
+    if (s->backend) {
+        backend_close(s->backend);
+        s->backend = NULL;
+    }
+    s->txn.backend_open = false;
+}
+
+/* ---- RCPT ------------------------------------------------------------- */
+
+static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
+{
+    struct session *s = arg;
+    if (r->status != BACKEND_REPLY) {
+        log_warn(s->sid, "backend lost at RCPT");
+        relay_drop_backend(s);
+        relay_fail_status(s, r->status);
+        relay_rcpt_failed(s);
+        return;
+    }
+    session_relay_reply(s, r);
+    session_txn_add_rcpt(s, r->code);
+    session_done(s);
+}
+
+static void relay_send_rcpt(struct session *s)
+{
+    char line[LINE_MAX_OUT];
+    const struct rcpt_params *rp = &s->cur_rcpt_params;
+    bool dsn = backend_caps(s->backend)->dsn;
+    int n = snprintf(line, sizeof line, "RCPT TO:<%s>", s->cur_rcpt_addr);
+    if (dsn && rp->notify) {
+        static const char *const names[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
+        const char *sep = " NOTIFY=";
+        for (unsigned i = 0; i < 4; i++) {
+            if (rp->notify & (1u << i)) {
+                n += snprintf(line + n, sizeof line - (size_t)n, "%s%s", sep, names[i]);
+                sep = ",";
+            }
+        }
+    }
+    if (dsn && rp->orcpt[0])
+        n += snprintf(line + n, sizeof line - (size_t)n, " ORCPT=%s", rp->orcpt);
+    if (!dsn && (rp->notify || rp->orcpt[0]))
+        log_info(s->sid, "backend %s lacks DSN: NOTIFY/ORCPT dropped",
+                 backend_peer_name(s->backend));
+    n += snprintf(line + n, sizeof line - (size_t)n, "\r\n");
+    backend_command(s->backend, line, (size_t)n, relay_rcpt_reply, s);
+}
+
+/* ---- MAIL FROM replay ------------------------------------------------- */
+
+static void relay_mail_reply(void *arg, const struct backend_reply *r)
+{
+    struct session *s = arg;
+    if (r->status != BACKEND_REPLY) {
+        relay_drop_backend(s);
+        relay_fail_status(s, r->status);
+        relay_rcpt_failed(s);
+        return;
+    }
+    if (r->code / 100 != 2) {
+        log_info(s->sid, "backend %s refused MAIL FROM with %d", backend_peer_name(s->backend),
+                 r->code);
+        relay_fail_reply(s, r);
+        relay_rcpt_failed(s);
+        return;
+    }
+    s->txn.backend_open = true;
+    relay_send_rcpt(s);
+}
+
+static size_t relay_mail_params(const struct session *s, char *out, size_t cap)
+{
+    const struct mail_params *mp = &s->txn.mp;
+    const struct ehlo_caps *caps = backend_caps(s->backend);
+    size_t n = 0;
+    if (mp->size >= 0 && caps->size)
+        n += (size_t)snprintf(out + n, cap - n, " SIZE=%lld", (long long)mp->size);
+    if (mp->body != SMTP_BODY_UNSET && caps->eightbitmime)
+        n += (size_t)snprintf(out + n, cap - n, " BODY=%s",
+                              mp->body == SMTP_BODY_8BITMIME ? "8BITMIME" : "7BIT");
+    if (mp->smtputf8)
+        n += (size_t)snprintf(out + n, cap - n, " SMTPUTF8");
+    if (caps->dsn && mp->ret != SMTP_RET_UNSET)
+        n += (size_t)snprintf(out + n, cap - n, " RET=%s",
+                              mp->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
+    if (caps->dsn && mp->envid[0])
+        n += (size_t)snprintf(out + n, cap - n, " ENVID=%s", mp->envid);
+    if (!caps->dsn && (mp->ret != SMTP_RET_UNSET || mp->envid[0]))
+        log_info(s->sid, "backend %s lacks DSN: RET/ENVID dropped", backend_peer_name(s->backend));
+    return n;
+}
+
+static void relay_send_mail(struct session *s)
+{
+    const struct ehlo_caps *caps = backend_caps(s->backend);
+    if (s->txn.mp.smtputf8 && !caps->smtputf8) {
+        relay_set_fail(s, reply_text(R_NEED_SMTPUTF8), reply_len(R_NEED_SMTPUTF8));
+        relay_rcpt_failed(s);
+        return;
+    }
+    if (s->txn.mp.body == SMTP_BODY_8BITMIME && !caps->eightbitmime) {
+        relay_set_fail(s, reply_text(R_NEED_8BITMIME), reply_len(R_NEED_8BITMIME));
+        relay_rcpt_failed(s);
+        return;
+    }
+    char line[LINE_MAX_OUT];
+    int n = snprintf(line, sizeof line, "MAIL FROM:<%s>", s->txn.from);
+    if (n < 0 || (size_t)n >= sizeof line - 300) {
+        relay_fail_status(s, BACKEND_INTERNAL);
+        relay_rcpt_failed(s);
+        return;
+    }
+    n += (int)relay_mail_params(s, line + n, sizeof line - (size_t)n - 3);
+    memcpy(line + n, "\r\n", 2);
+    backend_command(s->backend, line, (size_t)n + 2, relay_mail_reply, s);
+}
+
+/* ---- opening the backend session -------------------------------------- */
+
+static void relay_backend_ready(void *arg, const struct backend_reply *r)
+{
+    struct session *s = arg;
+    if (r->status != BACKEND_REPLY || r->code / 100 != 2) {
+        if (r->status == BACKEND_REPLY)
+            relay_fail_reply(s, r);
+        else
+            relay_fail_status(s, r->status);
+        relay_drop_backend(s);
+        relay_rcpt_failed(s);
+        return;
+    }
+    log_debug(s->sid, "backend %s: session open", backend_peer_name(s->backend));
+    relay_send_mail(s);
+}
+
+static void relay_open_backend(struct session *s)
+{
+    struct worker *w = s->loop->worker;
+    struct backend_client c = {
+        .sid = s->sid,
+        .addr = s->peer,
+        .local = s->local,
+        .helo = s->helo,
+        .esmtp = s->esmtp,
+        .name_status = s->rdns_status,
+        .name = s->rdns_name,
+    };
+    s->backend = backend_open(s->loop, w->pools[s->txn.pool], s->txn.pool, &c,
+                              relay_backend_ready, s);
+    if (!s->backend) {
+        relay_fail_status(s, BACKEND_INTERNAL);
+        relay_rcpt_failed(s);
+    }
+}
+
+/* The recipient passed relay control and every hook: hand it to the
+ * backend, opening or reusing the backend session as needed. */
+void session_rcpt_relay(struct session *s)
+{
+    if (s->txn.fail_reply) {
+        relay_rcpt_failed(s);
+        return;
+    }
+    if (s->backend &&
+        (backend_pool_index(s->backend) != s->txn.pool || !backend_usable(s->backend)))
+        relay_drop_backend(s);
+    if (!s->backend)
+        relay_open_backend(s);
+    else if (!s->txn.backend_open)
+        relay_send_mail(s);
+    else
+        relay_send_rcpt(s);
+}
+
+/* ---- DATA ------------------------------------------------------------- */
+
+static void relay_data_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    log_info(s->sid, "DATA took longer than %lld ms, closing",
+             (long long)s->cfg->data_total_timeout_ms);
+    session_log_txn(s, "timeout");
+    session_close_after(s, R_DATA_TIMEOUT);
+}
+
+static void relay_data_done(struct session *s, const struct hook_verdict *v)
+{
+    if (session_apply_verdict(s, HOOK_DATA, v)) {
+        session_done(s);
+        return;
+    }
+    if (!s->backend || !backend_usable(s->backend)) {
+        session_reply(s, R_BACKEND_LOST);
+        session_log_txn(s, "451");
+        relay_drop_backend(s);
+        session_txn_reset(s);
+        session_done(s);
+        return;
+    }
+    session_reply(s, R_DATA_GO);
+    spool_reset(s->spool);
+    evbuffer_drain(s->data_out, evbuffer_get_length(s->data_out));
+    data_decoder_init(&s->decoder, s->cfg->bare_newline);
+    if (!s->data_timer)
+        s->data_timer = event_new(s->loop->base, -1, 0, relay_data_timeout, s);
+    if (s->data_timer) {
+        int64_t ms = s->cfg->data_total_timeout_ms;
+        struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        event_add(s->data_timer, &tv);
+    }
+    backend_keepalive(s->backend, true);
+    s->phase = PH_DATA;
+    session_done(s);
+}
+
+void session_data_start(struct session *s)
+{
+    hooks_run(s, HOOK_DATA, relay_data_done);
+}
+
+static void relay_message_reply(void *arg, const struct backend_reply *r)
+{
+    struct session *s = arg;
+    char result[16];
+    if (r->status != BACKEND_REPLY) {
+        log_warn(s->sid, "backend lost during the message: the client gets 451");
+        session_reply(s, R_BACKEND_LOST);
+        snprintf(result, sizeof result, "451");
+        session_log_txn(s, result);
+        relay_drop_backend(s);
+    } else {
+        session_relay_reply(s, r);
+        snprintf(result, sizeof result, "%d", r->code);
+        session_log_txn(s, result);
+        /* After a 2xx the backend's transaction is over; otherwise RSET it. */
+        if (r->code / 100 == 2)
+            s->txn.backend_open = false;
+    }
+    session_txn_reset(s);
+    session_done(s);
+}
+
+static void relay_eom_done(struct session *s, const struct hook_verdict *v)
+{
+    if (session_apply_verdict(s, HOOK_EOM, v)) {
+        session_log_txn(s, "rejected");
+        session_txn_reset(s);
+        session_done(s);
+        return;
+    }
+    if (!s->backend || !backend_usable(s->backend)) {
+        relay_message_reply(s, &(struct backend_reply){.status = BACKEND_LOST});
+        return;
+    }
+    backend_send_message(s->backend, s->spool, relay_message_reply, s);
+}
+
+/* The message is complete: refuse it locally or pass it on. */
+static void relay_end_of_data(struct session *s)
+{
+    if (s->data_timer)
+        event_del(s->data_timer);
+    if (s->backend)
+        backend_keepalive(s->backend, false);
+    s->phase = PH_COMMANDS;
+    s->txn.size = s->decoder.out_bytes;
+    enum reply_id refuse = R_COUNT;
+    if (s->decoder.saw_bare_newline && s->cfg->bare_newline == BARE_NEWLINE_REJECT)
+        refuse = R_BARE_NEWLINE;
+    else if (s->decoder.out_bytes > (uint64_t)s->cfg->max_message_size)
+        refuse = R_TOO_BIG;
+    else if (s->spool_failed)
+        refuse = R_INTERNAL;
+    if (refuse != R_COUNT) {
+        session_reply(s, refuse);
+        session_log_txn(s, refuse == R_INTERNAL ? "451" : "550");
+        session_txn_reset(s);
+        session_done(s);
+        return;
+    }
+    hooks_run(s, HOOK_EOM, relay_eom_done);
+}
+
+/* Feeds buffered client bytes through the decoder into the spool. Returns
+ * true when the end of data was reached (the session is then busy with the
+ * message), false when more input is needed. */
+bool session_data_input(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    uint64_t limit = (uint64_t)s->cfg->max_message_size + 1;
+    bool done = false;
+    while (!done && evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        size_t used = data_decode(&s->decoder, v.iov_base, v.iov_len, s->data_out, limit);
+        evbuffer_drain(in, used);
+        done = s->decoder.done;
+    }
+    if (evbuffer_get_length(s->data_out) > 0 && spool_append(s->spool, s->data_out) < 0) {
+        if (!s->spool_failed)
+            log_err(s->sid, "spool write failed: %s", strerror(errno));
+        s->spool_failed = true;
+        evbuffer_drain(s->data_out, evbuffer_get_length(s->data_out));
+    }
+    if (!done)
+        return false;
+    session_busy(s);
+    relay_end_of_data(s);
+    return true;
+}
