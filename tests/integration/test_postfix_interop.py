@@ -142,6 +142,7 @@ class Sluice:
         self.proc = None
         self.log = []
         self._ready = threading.Event()
+        self._reader = None
 
     def _write_config(self):
         os.makedirs(os.path.join(self.dir, "conf.d"))
@@ -179,19 +180,24 @@ dns = {{ servers = [ "127.0.0.1:{dns}" ]; timeout = "1s"; }};
         self.proc = subprocess.Popen([binary, "-c", self.conf], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, errors="replace")
-        threading.Thread(target=self._collect_stderr, daemon=True).start()
+        self._reader = threading.Thread(target=self._collect_stderr, daemon=True)
+        self._reader.start()
         if not self._ready.wait(START_TIMEOUT) or not wait_for_port(self.port, 5):
             raise RuntimeError("sluice did not become ready:\n" + "".join(self.log))
 
     def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(5)
+        self.proc.stderr.close()
 
 
 def received_lines(mbox):
