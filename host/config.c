@@ -430,14 +430,14 @@ struct list_spec {
     size_t elem_size;
     const struct opt *opts;
     int (*from_string)(struct loader *ld, const config_setting_t *e, void *elem);
-    const char *what; /* "a group { ... }" */
+    const char *what; /* what each element must be, for the message */
 };
 
 static int load_list(struct loader *ld, const config_setting_t *s, const struct list_spec *spec,
                      void **array, size_t *count)
 {
     if (!is_array_like(s))
-        return fail_at(ld, s, "'%s' must be a list ( ... ) of %s", setting_name(s), spec->what);
+        return fail_at(ld, s, "'%s' must be a list ( ... )", setting_name(s));
     size_t n = (size_t)config_setting_length(s);
     if (n == 0)
         return fail_at(ld, s, "'%s' must not be empty", setting_name(s));
@@ -480,7 +480,7 @@ static int load_listens(struct loader *ld, const config_setting_t *s, void *obj)
 {
     struct sluice_config *cfg = obj;
     static const struct list_spec spec = {sizeof(struct listen_conf), listen_opts, NULL,
-                                          "a group { address = ...; port = ...; }"};
+                                          "a group { ... }"};
     if (load_list(ld, s, &spec, (void **)&cfg->listens, &cfg->nlistens) < 0)
         return -1;
     for (size_t i = 0; i < cfg->nlistens; i++) {
@@ -547,7 +547,7 @@ static int load_pools(struct loader *ld, const config_setting_t *s, void *obj)
 {
     struct sluice_config *cfg = obj;
     static const struct list_spec spec = {sizeof(struct pool_conf), pool_opts, NULL,
-                                          "a group { name = ...; servers = ...; }"};
+                                          "a group { ... }"};
     if (load_list(ld, s, &spec, (void **)&cfg->pools, &cfg->npools) < 0)
         return -1;
     for (size_t i = 0; i < cfg->npools; i++) {
@@ -575,7 +575,7 @@ static int load_routes(struct loader *ld, const config_setting_t *s, void *obj)
 {
     struct sluice_config *cfg = obj;
     static const struct list_spec spec = {sizeof(struct route_conf), route_opts, NULL,
-                                          "a group { match = ...; pool = ...; }"};
+                                          "a group { ... }"};
     if (config_setting_length(s) == 0 && is_array_like(s))
         return 0; /* "routes = ();" is a valid way to say none */
     if (load_list(ld, s, &spec, (void **)&cfg->routes, &cfg->nroutes) < 0)
