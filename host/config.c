@@ -159,9 +159,15 @@ static int parse_with_unit(const char *s, const struct unit *units, int64_t *out
     return -1;
 }
 
-int config_parse_duration(const char *s, int64_t *ms) { return parse_with_unit(s, duration_units, ms); }
+int config_parse_duration(const char *s, int64_t *ms)
+{
+    return parse_with_unit(s, duration_units, ms);
+}
 
-int config_parse_size(const char *s, int64_t *bytes) { return parse_with_unit(s, size_units, bytes); }
+int config_parse_size(const char *s, int64_t *bytes)
+{
+    return parse_with_unit(s, size_units, bytes);
+}
 
 /* ---- reading one setting ---- */
 

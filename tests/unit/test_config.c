@@ -349,9 +349,9 @@ static void test_values_out_of_range_are_errors(void **state)
     expect_error(f, MINIMAL "timeouts = { command = -5; };\n",
                  ":3: 'command' must not be negative");
     expect_error(f,
-                 LISTEN_LINE "pools = ( { name = \"a\"; servers = ( { host = \"h\"; weight = 0; } );"
-                             " } );\n",
-                 ":2: 'weight' must be between 1 and 1000");
+                 LISTEN_LINE "pools = ( { name = \"a\";\n"
+                             "  servers = ( { host = \"h\"; weight = 0; } ); } );\n",
+                 ":3: 'weight' must be between 1 and 1000");
     expect_error(f, POOLS_LINE "listen = ( { address = \"::1\"; port = 70000; } );\n",
                  ":2: 'port' must be a port number between 1 and 65535");
     expect_error(f, POOLS_LINE "listen = ( { address = \"::1\"; port = \"smtp\"; } );\n",

@@ -159,8 +159,8 @@ static void test_duplicate_config_route_is_an_error_with_both_lines(void **state
     add_route(f, "example.com", "local", 7);
     add_route(f, "EXAMPLE.com", "hosted", 9);
     assert_null(route_table_build(&f->cfg, f->err, sizeof f->err));
-    assert_string_equal(f->err,
-                        "sluice.conf:9: duplicate route for \"example.com\" (first defined at line 7)");
+    assert_string_equal(f->err, "sluice.conf:9: duplicate route for \"example.com\""
+                                " (first defined at line 7)");
 }
 
 static void test_unknown_pool_in_config_route(void **state)
