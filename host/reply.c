@@ -14,7 +14,7 @@ struct reply_entry {
 /* The greeting and the EHLO reply are built by the session; everything else
  * sluice says itself is here, each with its enhanced status code. */
 static const struct reply_entry reply_table[R_COUNT] = {
-    [R_OK] = REPLY("250 2.0.0 Ok"),
+    [R_GENERIC_OK] = REPLY("250 2.0.0 Ok"),
     [R_MAIL_OK] = REPLY("250 2.1.0 Ok"),
     [R_RCPT_OK] = REPLY("250 2.1.5 Ok"),
     [R_RSET_OK] = REPLY("250 2.0.0 Ok"),

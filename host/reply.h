@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 enum reply_id {
-    R_OK,               /* 250 2.0.0 Ok */
+    R_GENERIC_OK,               /* 250 2.0.0 Ok */
     R_MAIL_OK,          /* 250 2.1.0 Ok */
     R_RCPT_OK,          /* 250 2.1.5 Ok  (only used without a backend, e.g. tests) */
     R_RSET_OK,          /* 250 2.0.0 Ok */
