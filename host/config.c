@@ -84,13 +84,25 @@ struct opt {
 static int fail_at(struct loader *ld, const config_setting_t *s, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* "file:line: " or "file: ". libconfig names an @include'd file as written,
+ * relative to the including file's directory, so that directory is put back. */
+static int print_location(struct loader *ld, const char *file, unsigned line)
+{
+    const char *base = strrchr(ld->path, '/');
+    int dir_len = 0;
+    if (file == NULL)
+        file = ld->path;
+    else if (file[0] != '/' && strcmp(file, ld->path) != 0 && base != NULL)
+        dir_len = (int)(base - ld->path + 1);
+    if (line)
+        return snprintf(ld->err, ld->errlen, "%.*s%s:%u: ", dir_len, ld->path, file, line);
+    return snprintf(ld->err, ld->errlen, "%.*s%s: ", dir_len, ld->path, file);
+}
+
 static int fail_at(struct loader *ld, const config_setting_t *s, const char *fmt, ...)
 {
-    const char *file = s && config_setting_source_file(s) ? config_setting_source_file(s)
-                                                          : ld->path;
-    unsigned line = s ? config_setting_source_line(s) : 0;
-    int n = line ? snprintf(ld->err, ld->errlen, "%s:%u: ", file, line)
-                 : snprintf(ld->err, ld->errlen, "%s: ", file);
+    int n = print_location(ld, s ? config_setting_source_file(s) : NULL,
+                           s ? config_setting_source_line(s) : 0);
     if (n >= 0 && (size_t)n < ld->errlen) {
         va_list ap;
         va_start(ap, fmt);
@@ -765,6 +777,13 @@ static int fill_computed_defaults(struct loader *ld, struct sluice_config *cfg)
 
 /* ---- files ---- */
 
+static void report_syntax_error(struct loader *ld, const config_t *cf)
+{
+    int n = print_location(ld, config_error_file(cf), (unsigned)config_error_line(cf));
+    if (n >= 0 && (size_t)n < ld->errlen)
+        snprintf(ld->err + n, ld->errlen - (size_t)n, "%s", config_error_text(cf));
+}
+
 static int read_file(struct loader *ld, config_t *cf, const char *path)
 {
     config_init(cf);
@@ -783,9 +802,7 @@ static int read_file(struct loader *ld, config_t *cf, const char *path)
         snprintf(ld->err, ld->errlen, "%s: cannot read: %s", path,
                  saved ? strerror(saved) : config_error_text(cf));
     else
-        snprintf(ld->err, ld->errlen, "%s:%d: %s", config_error_file(cf) ? config_error_file(cf)
-                                                                          : path,
-                 config_error_line(cf), config_error_text(cf));
+        report_syntax_error(ld, cf);
     return -1;
 }
 

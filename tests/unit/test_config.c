@@ -445,6 +445,19 @@ static void test_dns_servers_must_be_numeric(void **state)
                  ":3: 'servers': each entry must be \"ip\" or \"ip:port\"");
 }
 
+static void test_errors_in_included_files_name_the_included_file(void **state)
+{
+    struct fixture *f = *state;
+    make_dir(f, "inc");
+    write_file(f, "inc/pools.inc",
+               "\npools = ( { name = \"a\"; servers = ( \"h\" ); bogus = 1; } );\n");
+    expect_error_in(f, LISTEN_LINE "@include \"inc/pools.inc\"\n", "inc/pools.inc",
+                    ":2: unknown setting 'bogus'");
+    write_file(f, "inc/pools.inc", "\npools = = 1;\n");
+    expect_error_in(f, LISTEN_LINE "@include \"inc/pools.inc\"\n", "inc/pools.inc",
+                    ":2: syntax error");
+}
+
 /* ---- durations and sizes ---- */
 
 static void test_durations_parse_every_unit(void **state)
@@ -627,6 +640,7 @@ int main(void)
         T(test_route_table_file_errors_name_the_table),
         T(test_choice_settings_list_the_choices),
         T(test_dns_servers_must_be_numeric),
+        T(test_errors_in_included_files_name_the_included_file),
         T(test_durations_parse_every_unit),
         T(test_bad_durations_are_refused),
         T(test_sizes_use_binary_units),
