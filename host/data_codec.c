@@ -220,6 +220,8 @@ static void add_span(struct evbuffer *out, const char *p, size_t n)
 void data_unstuff(const char *in, size_t len, bool *at_bol, struct evbuffer *out)
 {
     size_t i = 0, run = 0;
+    if (len == 0)
+        return; /* in may be NULL (an empty evbuffer's pullup) */
     while (i < len) {
         if (*at_bol && in[i] == '.') {
             add_span(out, in + run, i - run);
@@ -235,6 +237,8 @@ void data_unstuff(const char *in, size_t len, bool *at_bol, struct evbuffer *out
 void data_stuff(const char *in, size_t len, bool *at_bol, struct evbuffer *out)
 {
     size_t i = 0, run = 0;
+    if (len == 0)
+        return;
     while (i < len) {
         if (*at_bol && in[i] == '.') {
             add_span(out, in + run, i - run);

@@ -429,6 +429,21 @@ static void test_stuff_then_unstuff_round_trips_in_any_split(void **state)
     }
 }
 
+static void test_empty_input_with_null_pointer_writes_nothing(void **state)
+{
+    (void)state;
+    struct evbuffer *out = evbuffer_new();
+    struct data_decoder d;
+    bool bol = true;
+    data_unstuff(NULL, 0, &bol, out);
+    data_stuff(NULL, 0, &bol, out);
+    data_decoder_init(&d, BARE_NEWLINE_REJECT);
+    assert_int_equal(data_decode(&d, NULL, 0, out, NO_LIMIT), 0);
+    assert_true(bol);
+    assert_int_equal(evbuffer_get_length(out), 0);
+    evbuffer_free(out);
+}
+
 static void test_decode_then_unstuff_gives_content(void **state)
 {
     (void)state;
@@ -469,6 +484,7 @@ int main(void)
         cmocka_unit_test(test_unstuff_removes_one_leading_dot_per_line),
         cmocka_unit_test(test_stuff_adds_a_dot_and_normalises_bare_newlines),
         cmocka_unit_test(test_stuff_then_unstuff_round_trips_in_any_split),
+        cmocka_unit_test(test_empty_input_with_null_pointer_writes_nothing),
         cmocka_unit_test(test_decode_then_unstuff_gives_content),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
