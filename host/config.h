@@ -62,6 +62,31 @@ struct dns_conf {
     int tries;          /* default 2 */
 };
 
+enum store_backend { STORE_LMDB, STORE_REDIS };
+
+/* The key/value store behind the SDK's sluice_kv_* (group "store"). */
+struct store_conf {
+    enum store_backend backend; /* "lmdb" (default) or "redis" */
+    char *path;                 /* LMDB directory, default "/var/lib/sluice/store" */
+    int64_t map_size;           /* LMDB map size, default "256M" */
+    char *redis_address;        /* "127.0.0.1:6379" (default) or "/run/redis/redis.sock" */
+    int64_t redis_timeout_ms;   /* per command, default 1s */
+    int redis_database;         /* SELECT, default 0 */
+};
+
+/* Connection limits, checked at accept on the real client address (group
+ * "connections"). 0 disables a limit. */
+struct connection_conf {
+    int64_t max_sessions;    /* all sessions of the instance, default 1000 */
+    int64_t per_address;     /* concurrent sessions per client address, default 20 */
+    int64_t per_network;     /* per /network_v4 or /network_v6, default 50 */
+    int network_v4;          /* prefix length, default 24 */
+    int network_v6;          /* prefix length, default 64 */
+    int64_t rate;            /* new connections per address per rate_interval, default 60 */
+    int64_t rate_interval_ms;/* default 1m */
+    struct netlist *allowlist; /* exempt from every limit */
+};
+
 /* One conf.d file: a chain entry. Filled in by config, interpreted by the
  * plugin host. */
 struct chain_entry_conf {
@@ -110,6 +135,12 @@ struct sluice_config {
     enum bare_newline_mode bare_newline;
 
     struct dns_conf dns;
+    struct store_conf store;
+    struct connection_conf connections;
+    char *metrics_listen;  /* "127.0.0.1:9125": Prometheus text on /metrics; NULL: off */
+    int thread_pool_size;  /* blocking work threads, default 4 */
+    char *plugin_dir;      /* shipped plugins; default SLUICE_PLUGIN_DIR */
+    int64_t plugin_timeout_ms; /* default pending timeout of an entry, 10s */
 
     struct chain_entry_conf *entries;
     size_t nentries;
