@@ -1,0 +1,48 @@
+/* The key/value store behind the SDK (sdk/include/sluice/store.h): LMDB
+ * embedded (every LMDB call on the thread pool) or Redis (hiredis with its
+ * libevent adapter, one connection per loop thread, a timeout per command). */
+#ifndef SLUICE_STORE_H
+#define SLUICE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct store_conf;
+struct workpool;
+struct store;        /* process-wide: the LMDB environment, or the Redis settings */
+struct store_thread; /* per loop thread: the Redis connection */
+
+/* Opens the store in the worker (after fork). LMDB: creates the directory
+ * and the environment. Redis: only checks the settings (connections are per
+ * thread, made lazily and re-made after a failure). NULL + err on failure. */
+struct store *store_open(const struct store_conf *conf, struct workpool *wp, char *err,
+                         size_t errlen);
+void store_close(struct store *st);
+
+struct store_thread *store_thread_new(struct store *st, struct event_base *base);
+void store_thread_free(struct store_thread *t);
+
+enum store_status { STORE_OK, STORE_NOTFOUND, STORE_ERROR };
+
+/* Callbacks run on the loop thread of t. value is valid during the call. */
+typedef void (*store_get_cb)(void *arg, enum store_status st, const void *value, size_t len);
+typedef void (*store_done_cb)(void *arg, enum store_status st);
+typedef void (*store_int_cb)(void *arg, enum store_status st, int64_t value);
+
+/* Each returns 0 (callback will run exactly once, never from inside the
+ * call) or -1 (it will not). */
+int store_get(struct store_thread *t, const void *key, size_t klen, store_get_cb cb, void *arg);
+int store_set(struct store_thread *t, const void *key, size_t klen, const void *val, size_t vlen,
+              int64_t ttl_ms, store_done_cb cb, void *arg);
+int store_del(struct store_thread *t, const void *key, size_t klen, store_done_cb cb, void *arg);
+int store_incr(struct store_thread *t, const void *key, size_t klen, int64_t delta,
+               int64_t ttl_ms, store_int_cb cb, void *arg);
+
+/* Raw Redis; -1 when the store is LMDB. reply is a redisReply * (hiredis),
+ * NULL on a failure/timeout (errstr says why). */
+typedef void (*store_redis_cb)(void *arg, void *reply, const char *errstr);
+int store_redis_argv(struct store_thread *t, int argc, const char *const *argv,
+                     const size_t *argvlen, store_redis_cb cb, void *arg);
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * sluice plugin SDK: asynchronous services. Never block a loop thread: start
+ * the operation here, return SLUICE_PENDING from the hook (or keep going),
+ * and finish in the callback.
+ *
+ * Every service is bound to the session and the entry that started it: its
+ * callback runs on the session's loop thread, with the same session and
+ * entry current (sluice_session_data() works), and never after the session
+ * ended. When the entry's pending timeout fires first, the host decides the
+ * hook and cancels the entry's outstanding operations of that session, so a
+ * late answer never reaches the plugin.
+ */
+#ifndef SLUICE_ASYNC_H
+#define SLUICE_ASYNC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- DNS (the host's c-ares channel of the loop thread) ------------------ */
+
+enum sluice_dns_status {
+    SLUICE_DNS_OK,
+    SLUICE_DNS_NOTFOUND, /* NXDOMAIN or no record of the type */
+    SLUICE_DNS_TEMPFAIL, /* timeout, SERVFAIL, network error */
+};
+
+enum sluice_dns_type {
+    SLUICE_DNS_A = 1,
+    SLUICE_DNS_PTR = 12,
+    SLUICE_DNS_MX = 15,
+    SLUICE_DNS_TXT = 16,
+    SLUICE_DNS_AAAA = 28,
+};
+
+/* rr[i]: an address in text form (A, AAAA), a name (PTR), "pref name" (MX),
+ * or the joined strings of one TXT record (control bytes replaced by '?').
+ * ttl: the smallest TTL of an A/AAAA answer, else 0. */
+typedef void (*sluice_dns_cb)(sluice_session *s, void *arg, enum sluice_dns_status st,
+                              const char *const *rr, size_t nrr, uint32_t ttl);
+
+/* Queries name for records of type. timeout_ms <= 0: the resolver's own.
+ * Returns 0, or -1 when the query could not start (no callback then). Any
+ * hook but disconnect. */
+int sluice_dns_query(sluice_session *s, const char *name, enum sluice_dns_type type,
+                     int64_t timeout_ms, sluice_dns_cb cb, void *arg);
+
+/* ---- timers --------------------------------------------------------------- */
+
+typedef void (*sluice_timer_cb)(sluice_session *s, void *arg);
+/* One-shot timer after ms milliseconds. Returns 0 or -1. */
+int sluice_timer(sluice_session *s, int64_t ms, sluice_timer_cb cb, void *arg);
+
+/* ---- blocking work on the thread pool -------------------------------------- */
+
+/* Runs on a pool thread: no SDK call but sluice_log_entry() is allowed there,
+ * and nothing of the session may be touched. */
+typedef void (*sluice_work_fn)(void *arg);
+/* Runs on the session's loop thread when work is done. s is NULL when the
+ * session ended meanwhile: then only release arg. */
+typedef void (*sluice_work_done_fn)(sluice_session *s, void *arg);
+
+/* Hands work to the worker's thread pool. Returns 0, or -1 (no callback). */
+int sluice_work(sluice_session *s, sluice_work_fn work, sluice_work_done_fn done, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,52 @@
+/*
+ * sluice plugin SDK: an entry's settings (its conf.d file) and identity.
+ * Call from init() (validate everything there: init also runs at
+ * `sluice -t`), or later from any thread: the settings are immutable.
+ *
+ * path is a libconfig path into the entry's file: "threshold",
+ * "zones.[0].name", "codes.[2].weight".
+ */
+#ifndef SLUICE_CONFIG_SDK_H
+#define SLUICE_CONFIG_SDK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The entry's name (its file stem, "20-dnsbl") and file path. */
+const char *sluice_entry_name(const sluice_entry *e);
+const char *sluice_entry_file(const sluice_entry *e);
+
+/* Each getter returns 0 with *out set, 1 when the setting is absent (*out
+ * untouched: keep your default), -1 when it has the wrong type or value. */
+int sluice_setting_string(const sluice_entry *e, const char *path, const char **out);
+int sluice_setting_int(const sluice_entry *e, const char *path, int64_t *out);
+int sluice_setting_bool(const sluice_entry *e, const char *path, bool *out);
+int sluice_setting_double(const sluice_entry *e, const char *path, double *out);
+/* "30s", "10m", "250ms" or an integer of milliseconds. */
+int sluice_setting_duration(const sluice_entry *e, const char *path, int64_t *ms);
+/* "25M", "512K" or an integer of bytes. */
+int sluice_setting_size(const sluice_entry *e, const char *path, int64_t *bytes);
+/* Elements of a list, array or group; -1 when absent or a scalar. */
+int sluice_setting_count(const sluice_entry *e, const char *path);
+/* The line of a setting in the entry's file (0 when absent), for messages. */
+int sluice_setting_line(const sluice_entry *e, const char *path);
+
+/* Fails (returns -1 and writes "file:line: unknown setting 'x'") when the
+ * group at path ("" for the top level) holds a setting not in names (a
+ * NULL-terminated list). The host's own keys (plugin, enabled, script,
+ * timeout, on_timeout) are always allowed at the top level. */
+int sluice_settings_check(const sluice_entry *e, const char *path, const char *const *names,
+                          char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
