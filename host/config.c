@@ -19,6 +19,11 @@
 #define CONFIG_DEFAULT_PORT "25"
 #define CONFIG_DNS_DEFAULT_PORT "53"
 #define CONFIG_HOST_TEXT_MAX 256
+#define CONFIG_REDIS_DEFAULT_PORT "6379"
+#define CONFIG_THREAD_POOL_MAX 256
+#ifndef SLUICE_PLUGIN_DIR
+#define SLUICE_PLUGIN_DIR "/usr/lib/sluice/plugins"
+#endif
 
 static bool is_numeric_ip(const char *s)
 {
@@ -232,6 +237,57 @@ static const struct copt dns_opts[] = {
     OEND,
 };
 
+/* "ip:port", with a numeric address and an explicit port. */
+static bool is_numeric_hostport(const char *v)
+{
+    char host[INET6_ADDRSTRLEN + 1], port[CONFIG_PORT_TEXT_MAX];
+    if (netaddr_split_hostport(v, host, sizeof host, port, sizeof port, NULL) < 0)
+        return false;
+    return port[0] != '\0' && is_numeric_ip(host);
+}
+
+/* "host:port", "host" (port 6379) or the path of a unix socket. */
+static bool is_redis_address(const char *v)
+{
+    char host[CONFIG_HOST_TEXT_MAX], port[CONFIG_PORT_TEXT_MAX];
+    return v[0] == '/' || netaddr_split_hostport(v, host, sizeof host, port, sizeof port,
+                                                 CONFIG_REDIS_DEFAULT_PORT) == 0;
+}
+
+static const char *const store_backends[] = {"lmdb", "redis", NULL};
+
+static const struct copt store_opts[] = {
+    {.name = "backend",
+     .kind = OPT_ENUM,
+     FIELD(struct sluice_config, store.backend),
+     .idef = STORE_LMDB,
+     .choices = store_backends},
+    OSTRING("path", struct sluice_config, store.path, "/var/lib/sluice/store"),
+    OSIZE("map_size", struct sluice_config, store.map_size, 1 << 20, INT64_MAX, "256M"),
+    {.name = "redis_address",
+     .kind = OPT_STRING,
+     FIELD(struct sluice_config, store.redis_address),
+     .sdef = "127.0.0.1:6379",
+     .valid = is_redis_address,
+     .expect = "must be \"host:port\" or the path of a unix socket"},
+    ODURATION("redis_timeout", struct sluice_config, store.redis_timeout_ms, 1, "1s"),
+    OINT("redis_database", struct sluice_config, store.redis_database, 0, CONFIG_INT_MAX, 0),
+    OEND,
+};
+
+static const struct copt connections_opts[] = {
+    OINT64("max_sessions", struct sluice_config, connections.max_sessions, 0, CONFIG_INT_MAX,
+           1000),
+    OINT64("per_address", struct sluice_config, connections.per_address, 0, CONFIG_INT_MAX, 20),
+    OINT64("per_network", struct sluice_config, connections.per_network, 0, CONFIG_INT_MAX, 50),
+    OINT("network_v4", struct sluice_config, connections.network_v4, 0, 32, 24),
+    OINT("network_v6", struct sluice_config, connections.network_v6, 0, 128, 64),
+    OINT64("rate", struct sluice_config, connections.rate, 0, CONFIG_INT_MAX, 60),
+    ODURATION("rate_interval", struct sluice_config, connections.rate_interval_ms, 1, "1m"),
+    ONETLIST("allowlist", struct sluice_config, connections.allowlist),
+    OEND,
+};
+
 static const struct copt root_opts[] = {
     OSTRING("hostname", struct sluice_config, hostname, NULL),
     OINT("threads", struct sluice_config, threads, 0, CONFIG_THREADS_MAX, 0),
@@ -251,6 +307,16 @@ static const struct copt root_opts[] = {
     OGROUP("timeouts", timeouts_opts),
     OGROUP("data", data_opts),
     OGROUP("dns", dns_opts),
+    OGROUP("store", store_opts),
+    OGROUP("connections", connections_opts),
+    {.name = "metrics_listen",
+     .kind = OPT_STRING,
+     FIELD(struct sluice_config, metrics_listen),
+     .valid = is_numeric_hostport,
+     .expect = "must be \"ip:port\" with a numeric address"},
+    OINT("thread_pool_size", struct sluice_config, thread_pool_size, 1, CONFIG_THREAD_POOL_MAX, 4),
+    OSTRING("plugin_dir", struct sluice_config, plugin_dir, SLUICE_PLUGIN_DIR),
+    ODURATION("plugin_timeout", struct sluice_config, plugin_timeout_ms, 1, "10s"),
     OEND,
 };
 
@@ -278,20 +344,35 @@ static char *resolve_path(const char *base_dir, const char *path)
     return out;
 }
 
+/* Replaces a relative *path with one under dir; NULL stays NULL. */
+static int resolve_in_place(const char *dir, char **path)
+{
+    if (*path == NULL)
+        return 0;
+    char *resolved = resolve_path(dir, *path);
+    if (resolved == NULL)
+        return -1;
+    free(*path);
+    *path = resolved;
+    return 0;
+}
+
 static int resolve_paths(struct copt_loader *ld, struct sluice_config *cfg)
 {
     char *dir = dir_of(cfg->path);
     if (dir == NULL)
         return copt_fail(ld, NULL, "out of memory");
-    char *conf_dir = resolve_path(dir, cfg->conf_dir ? cfg->conf_dir : "conf.d");
-    char *table = cfg->route_table_file ? resolve_path(dir, cfg->route_table_file) : NULL;
-    bool ok = conf_dir && (table || !cfg->route_table_file);
+    int rc = 0;
+    if (cfg->conf_dir == NULL)
+        rc = (cfg->conf_dir = strdup("conf.d")) ? 0 : -1;
+    if (rc == 0)
+        rc = resolve_in_place(dir, &cfg->conf_dir);
+    if (rc == 0)
+        rc = resolve_in_place(dir, &cfg->route_table_file);
+    if (rc == 0)
+        rc = resolve_in_place(dir, &cfg->plugin_dir);
     free(dir);
-    free(cfg->conf_dir);
-    free(cfg->route_table_file);
-    cfg->conf_dir = conf_dir;
-    cfg->route_table_file = table;
-    return ok ? 0 : copt_fail(ld, NULL, "out of memory");
+    return rc == 0 ? 0 : copt_fail(ld, NULL, "out of memory");
 }
 
 static int fill_computed_defaults(struct copt_loader *ld, struct sluice_config *cfg)
@@ -559,6 +640,11 @@ void config_free(struct sluice_config *cfg)
         free_entry(&cfg->entries[i]);
     free(cfg->entries);
     netlist_free(cfg->relay_networks);
+    netlist_free(cfg->connections.allowlist);
+    free(cfg->store.path);
+    free(cfg->store.redis_address);
+    free(cfg->metrics_listen);
+    free(cfg->plugin_dir);
     route_table_free(cfg->route_table);
     free(cfg->path);
     free(cfg->conf_dir);

@@ -266,6 +266,79 @@ static void test_minimal_config_gets_the_documented_defaults(void **state)
     assert_int_equal(c->nentries, 0);
 }
 
+static void test_store_connections_metrics_and_plugins_defaults(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(load(f, MINIMAL), 0);
+    const struct sluice_config *c = f->cfg;
+    assert_int_equal(c->store.backend, STORE_LMDB);
+    assert_string_equal(c->store.path, "/var/lib/sluice/store");
+    assert_int_equal(c->store.map_size, 256 * 1024 * 1024);
+    assert_string_equal(c->store.redis_address, "127.0.0.1:6379");
+    assert_int_equal(c->store.redis_timeout_ms, 1000);
+    assert_int_equal(c->store.redis_database, 0);
+    assert_int_equal(c->connections.max_sessions, 1000);
+    assert_int_equal(c->connections.per_address, 20);
+    assert_int_equal(c->connections.per_network, 50);
+    assert_int_equal(c->connections.network_v4, 24);
+    assert_int_equal(c->connections.network_v6, 64);
+    assert_int_equal(c->connections.rate, 60);
+    assert_int_equal(c->connections.rate_interval_ms, 60000);
+    assert_null(c->connections.allowlist);
+    assert_null(c->metrics_listen);
+    assert_int_equal(c->thread_pool_size, 4);
+    assert_non_null(c->plugin_dir);
+    assert_int_equal(c->plugin_timeout_ms, 10000);
+}
+
+static void test_store_connections_metrics_and_plugins_values(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(load(f, MINIMAL "store = { backend = \"redis\"; path = \"/srv/kv\";\n"
+                                     "  map_size = \"1G\"; redis_address = \"/run/redis.sock\";\n"
+                                     "  redis_timeout = \"250ms\"; redis_database = 3; };\n"
+                                     "connections = { max_sessions = 0; per_address = 5;\n"
+                                     "  per_network = 9; network_v4 = 16; network_v6 = 48;\n"
+                                     "  rate = 10; rate_interval = \"10s\";\n"
+                                     "  allowlist = [ \"192.0.2.0/24\" ]; };\n"
+                                     "metrics_listen = \"127.0.0.1:9125\";\n"
+                                     "thread_pool_size = 8;\n"
+                                     "plugin_dir = \"plugins\";\n"
+                                     "plugin_timeout = \"3s\";\n"),
+                     0);
+    const struct sluice_config *c = f->cfg;
+    assert_int_equal(c->store.backend, STORE_REDIS);
+    assert_string_equal(c->store.path, "/srv/kv");
+    assert_int_equal(c->store.map_size, 1024 * 1024 * 1024);
+    assert_string_equal(c->store.redis_address, "/run/redis.sock");
+    assert_int_equal(c->store.redis_timeout_ms, 250);
+    assert_int_equal(c->store.redis_database, 3);
+    assert_int_equal(c->connections.max_sessions, 0);
+    assert_int_equal(c->connections.per_address, 5);
+    assert_int_equal(c->connections.per_network, 9);
+    assert_int_equal(c->connections.network_v4, 16);
+    assert_int_equal(c->connections.network_v6, 48);
+    assert_int_equal(c->connections.rate, 10);
+    assert_int_equal(c->connections.rate_interval_ms, 10000);
+    assert_int_equal(netlist_count(c->connections.allowlist), 1);
+    assert_string_equal(c->metrics_listen, "127.0.0.1:9125");
+    assert_int_equal(c->thread_pool_size, 8);
+    char want[256];
+    snprintf(want, sizeof want, "%s/plugins", f->dir);
+    assert_string_equal(c->plugin_dir, want);
+    assert_int_equal(c->plugin_timeout_ms, 3000);
+
+    expect_error(f, MINIMAL "metrics_listen = \"localhost:9125\";\n",
+                 ":3: 'metrics_listen': \"localhost:9125\" must be \"ip:port\" with a numeric "
+                 "address");
+    expect_error(f, MINIMAL "metrics_listen = \"127.0.0.1\";\n",
+                 ":3: 'metrics_listen': \"127.0.0.1\" must be \"ip:port\" with a numeric address");
+    expect_error(f, MINIMAL "store = { backend = \"bdb\"; };\n",
+                 ":3: 'backend' must be one of \"lmdb\", \"redis\"");
+    expect_error(f, MINIMAL "connections = { network_v4 = 33; };\n",
+                 ":3: 'network_v4' must be between 0 and 32");
+}
+
 static void test_shipped_example_loads(void **state)
 {
     struct fixture *f = *state;
@@ -627,6 +700,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_full_config_loads_every_value),
         T(test_minimal_config_gets_the_documented_defaults),
+        T(test_store_connections_metrics_and_plugins_defaults),
+        T(test_store_connections_metrics_and_plugins_values),
         T(test_shipped_example_loads),
         T(test_missing_file_is_reported),
         T(test_syntax_error_reports_libconfig_line),
