@@ -193,7 +193,10 @@ static size_t scan_dot_domain(const unsigned char *p, size_t n, bool utf8)
     }
 }
 
-static bool is_dcontent(unsigned char c) { return c >= 33 && c <= 126 && c != '[' && c != ']' && c != '\\'; }
+static bool is_dcontent(unsigned char c)
+{
+    return c >= 33 && c <= 126 && c != '[' && c != ']' && c != '\\';
+}
 
 static bool literal_valid(const char *p, size_t n)
 {
