@@ -12,7 +12,7 @@
 #include <cmocka.h>
 
 #include "config.h"
-#include "limits.h"
+#include "conn_limits.h"
 #include "netaddr.h"
 
 #define T0 1000000u /* an arbitrary start of the test clock, in ms */

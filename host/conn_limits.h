@@ -3,8 +3,8 @@
  * One object per worker, shared by every loop thread (one mutex inside).
  * Checked on the real client address (after a PROXY header), before any
  * plugin runs. */
-#ifndef SLUICE_LIMITS_H
-#define SLUICE_LIMITS_H
+#ifndef SLUICE_CONN_LIMITS_H
+#define SLUICE_CONN_LIMITS_H
 
 #include <stddef.h>
 #include <stdint.h>
