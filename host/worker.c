@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "config.h"
 #include "dns.h"
+#include "conn_limits.h"
 #include "log.h"
 #include "pool.h"
 #include "session.h"
@@ -171,7 +172,8 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
     w.loops = calloc((size_t)w.nloops, sizeof *w.loops);
     struct listener_ctx *ctxs = calloc((size_t)w.nloops * cfg->nlistens, sizeof *ctxs);
     int rc = 1, started = 0;
-    if (!w.loops || !ctxs || worker_pools_init(&w) < 0) {
+    w.limits = limits_new(&cfg->connections);
+    if (!w.loops || !ctxs || !w.limits || worker_pools_init(&w) < 0) {
         snprintf(err, sizeof err, "out of memory");
         goto out;
     }
@@ -208,6 +210,7 @@ out:
         worker_loop_free(&w.loops[i]);
     }
     worker_pools_free(&w);
+    limits_free(w.limits);
     free(w.loops);
     free(ctxs);
     return rc;

@@ -12,6 +12,7 @@ struct evconnlistener;
 struct sluice_config;
 struct dns_ctx;
 struct pool;
+struct limits;
 struct session;
 struct backend;
 
@@ -32,6 +33,7 @@ struct loop {
 struct worker {
     const struct sluice_config *cfg;
     struct pool **pools; /* one per cfg->pools[i] */
+    struct limits *limits; /* connection limits, shared by the loops */
     struct loop *loops;
     int nloops;
     atomic_int sessions; /* open sessions, all threads */
