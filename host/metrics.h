@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 struct metric_counter;
+struct metric_gauge;
 struct metric_histogram;
 
 /* Registration (at worker start or entry init; not on the hot path). labels
@@ -20,6 +21,24 @@ struct metric_histogram *metrics_histogram(const char *name, const char *help,
 void metrics_counter_add(struct metric_counter *c, uint64_t n);
 void metrics_histogram_observe(struct metric_histogram *h, double v);
 
+/* A value that goes up and down (open sessions). Same registration rules. */
+struct metric_gauge *metrics_gauge(const char *name, const char *help, const char *labels);
+void metrics_gauge_add(struct metric_gauge *g, int64_t delta);
+void metrics_gauge_set(struct metric_gauge *g, int64_t value);
+
+/* Rules shared by every registration: name is [a-zA-Z_:][a-zA-Z0-9_:]*; a
+ * name already registered with another type gives NULL; labels must be
+ * `k="v"` pairs joined by commas, values escaped (see below), no `__*`
+ * names, no `le` on histograms; histogram bounds are finite and strictly
+ * increasing, and a series asked for again with other bounds gives NULL.
+ * The help text of the first registration of a name is kept. Updating a
+ * NULL metric does nothing, so a failed registration costs nothing later. */
+
+/* Escapes a label value (\\, \" and \n) into out (always NUL-terminated
+ * when outlen > 0). Returns the escaped length; the output was truncated
+ * when it is >= outlen. */
+size_t metrics_escape_label_value(const char *in, char *out, size_t outlen);
+
 /* Text exposition of every metric, malloc'd, NUL-terminated. */
 char *metrics_render(size_t *len);
 
@@ -27,6 +46,8 @@ char *metrics_render(size_t *len);
  * with err. metrics_stop joins it. */
 int metrics_start(const char *listen, char *err, size_t errlen);
 void metrics_stop(void);
+/* The port the endpoint listens on (useful with port 0), or -1 when stopped. */
+int metrics_port(void);
 
 /* Frees every metric (worker exit). */
 void metrics_free_all(void);
