@@ -12,6 +12,11 @@ struct evconnlistener;
 struct sluice_config;
 struct dns_ctx;
 struct pool;
+struct chain;
+struct workpool;
+struct store;
+struct store_thread;
+struct limits;
 struct limits;
 struct session;
 struct backend;
@@ -20,6 +25,7 @@ struct loop {
     int index;
     struct event_base *base;
     struct dns_ctx *dns;
+    struct store_thread *store;
     struct worker *worker;
     struct evconnlistener **listeners;
     size_t nlisteners;
@@ -33,6 +39,10 @@ struct loop {
 struct worker {
     const struct sluice_config *cfg;
     struct pool **pools; /* one per cfg->pools[i] */
+    struct chain *chain; /* the chain new sessions start with */
+    struct workpool *workpool;
+    struct store *store;
+    struct limits *limits;
     struct limits *limits; /* connection limits, shared by the loops */
     struct loop *loops;
     int nloops;
