@@ -17,7 +17,6 @@ struct workpool;
 struct store;
 struct store_thread;
 struct limits;
-struct limits;
 struct session;
 struct backend;
 
@@ -42,7 +41,6 @@ struct worker {
     struct chain *chain; /* the chain new sessions start with */
     struct workpool *workpool;
     struct store *store;
-    struct limits *limits;
     struct limits *limits; /* connection limits, shared by the loops */
     struct loop *loops;
     int nloops;
