@@ -16,6 +16,7 @@
 #include "dns.h"
 #include "conn_limits.h"
 #include "log.h"
+#include "metrics.h"
 #include "pool.h"
 #include "session.h"
 
@@ -187,6 +188,8 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
             snprintf(err, sizeof err, "cannot start a loop thread");
             goto out;
         }
+    if (cfg->metrics_listen && metrics_start(cfg->metrics_listen, err, sizeof err) < 0)
+        goto out;
     worker_report(ready_fd, "ok\n");
     log_info(NULL, "worker: %d loop threads, %zu listeners each", w.nloops, cfg->nlistens);
     worker_wait_for_stop();
@@ -198,6 +201,7 @@ out:
         worker_report(ready_fd, msg);
         log_err(NULL, "worker: %s", err);
     }
+    metrics_stop();
     for (int i = 0; i < started; i++)
         event_base_once(w.loops[i].base, -1, EV_TIMEOUT, worker_loop_stop_cb, &w.loops[i], NULL);
     for (int i = 0; i < started; i++)
@@ -213,5 +217,6 @@ out:
     limits_free(w.limits);
     free(w.loops);
     free(ctxs);
+    metrics_free_all();
     return rc;
 }
