@@ -39,6 +39,10 @@ int store_del(struct store_thread *t, const void *key, size_t klen, store_done_c
 int store_incr(struct store_thread *t, const void *key, size_t klen, int64_t delta,
                int64_t ttl_ms, store_int_cb cb, void *arg);
 
+/* LMDB: deletes every expired record (the first store thread also does so
+ * every few minutes); cb gets how many. -1 when the store is Redis. */
+int store_purge_expired(struct store_thread *t, store_int_cb cb, void *arg);
+
 /* Raw Redis; -1 when the store is LMDB. reply is a redisReply * (hiredis),
  * NULL on a failure/timeout (errstr says why). */
 typedef void (*store_redis_cb)(void *arg, void *reply, const char *errstr);
