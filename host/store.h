@@ -1,8 +1,8 @@
 /* The key/value store behind the SDK (sdk/include/sluice/store.h): LMDB
  * embedded (every LMDB call on the thread pool) or Redis (hiredis with its
  * libevent adapter, one connection per loop thread, a timeout per command). */
-#ifndef SLUICE_STORE_H
-#define SLUICE_STORE_H
+#ifndef SLUICE_HOST_STORE_H
+#define SLUICE_HOST_STORE_H
 
 #include <stddef.h>
 #include <stdint.h>
