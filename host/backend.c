@@ -43,6 +43,8 @@ struct pending {
     backend_cb cb;
     void *arg;
     struct spool *spool;
+    struct evbuffer *prefix; /* a rewritten header, sent before the spool from offset */
+    uint64_t offset;
     struct pending *next;
 };
 
@@ -93,6 +95,13 @@ static struct timeval ms_to_tv(int64_t ms)
 
 /* ---- lifetime --------------------------------------------------------- */
 
+static void pending_free(struct pending *p)
+{
+    if (p->prefix)
+        evbuffer_free(p->prefix);
+    free(p);
+}
+
 static void backend_free(struct backend *b)
 {
     if (b->in_handler > 0) {
@@ -116,7 +125,7 @@ static void backend_free(struct backend *b)
     while (b->head) {
         struct pending *p = b->head;
         b->head = p->next;
-        free(p);
+        pending_free(p);
     }
     free(b->client_helo);
     free(b->client_name);
@@ -201,7 +210,7 @@ static void backend_fail(struct backend *b, const char *why)
             b->tail = NULL;
         backend_cb cb = p->cb;
         void *arg = p->arg;
-        free(p);
+        pending_free(p);
         backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
     }
 }
@@ -381,7 +390,9 @@ static void backend_noop_arm(struct backend *b)
 static void backend_start_body(struct backend *b, struct pending *p)
 {
     struct evbuffer *out = bufferevent_get_output(b->bev);
-    if (spool_add_to(p->spool, out) < 0) {
+    if (p->prefix)
+        evbuffer_add_buffer(out, p->prefix);
+    if (spool_add_range_to(p->spool, p->offset, out) < 0) {
         backend_fail(b, "cannot read the spooled message");
         return;
     }
@@ -413,7 +424,7 @@ static void backend_command_reply(struct backend *b, const char *text, const str
     backend_cb cb = p->cb;
     void *arg = p->arg;
     enum pending_kind kind = p->kind;
-    free(p);
+    pending_free(p);
     if (r->code == 421) {
         /* 421 means the server is closing; nothing more will work here. */
         backend_deliver(cb, arg, BACKEND_REPLY, r->code, text, r->len, r->nlines);
@@ -657,13 +668,18 @@ void backend_command(struct backend *b, const char *line, size_t len, backend_cb
     backend_write(b, line, len);
 }
 
-void backend_send_message(struct backend *b, struct spool *spool, backend_cb cb, void *arg)
+void backend_send_message(struct backend *b, struct spool *spool, struct evbuffer *prefix,
+                          uint64_t offset, backend_cb cb, void *arg)
 {
     if (b->state != B_READY || backend_queue(b, P_DATA, cb, arg) < 0) {
+        if (prefix)
+            evbuffer_free(prefix);
         backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
         return;
     }
     b->tail->spool = spool;
+    b->tail->prefix = prefix;
+    b->tail->offset = offset;
     if (b->noop_timer)
         event_del(b->noop_timer);
     backend_write(b, "DATA\r\n", 6);
@@ -692,7 +708,7 @@ void backend_close(struct backend *b)
     while (b->head) {
         struct pending *p = b->head;
         b->head = p->next;
-        free(p);
+        pending_free(p);
     }
     b->tail = NULL;
     b->open_cb = NULL;

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "dns.h"
@@ -16,6 +17,7 @@ struct loop;
 struct pool;
 struct spool;
 struct backend;
+struct evbuffer;
 
 enum backend_status {
     BACKEND_REPLY = 0,     /* the server answered: code/text are its reply */
@@ -57,8 +59,11 @@ struct backend *backend_open(struct loop *loop, struct pool *pool, int pool_inde
 void backend_command(struct backend *b, const char *line, size_t len, backend_cb cb, void *arg);
 
 /* DATA, then (after 354) the spooled message in wire form and ".\r\n"; cb
- * gets the reply to DATA if it is not 354, else the final reply. */
-void backend_send_message(struct backend *b, struct spool *spool, backend_cb cb, void *arg);
+ * gets the reply to DATA if it is not 354, else the final reply. With a
+ * prefix (taken over, freed by the backend), the prefix is sent first and
+ * the spool from offset: a message whose header plugins changed. */
+void backend_send_message(struct backend *b, struct spool *spool, struct evbuffer *prefix,
+                          uint64_t offset, backend_cb cb, void *arg);
 
 /* Keep the idle connection alive with NOOP while the client uploads. */
 void backend_keepalive(struct backend *b, bool on);

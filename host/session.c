@@ -20,6 +20,7 @@
 #include "hooks.h"
 #include "log.h"
 #include "netaddr.h"
+#include "plugin_host.h"
 #include "pool.h"
 #include "proxy_proto.h"
 #include "reply.h"
@@ -28,6 +29,8 @@
 #include "smtp_cmd.h"
 #include "spool.h"
 #include "worker.h"
+
+#include <sluice/session.h>
 
 /* Input kept unread while a command waits (hook or backend); the kernel
  * buffers the rest, so a client that floods us costs bounded memory. */
@@ -204,6 +207,9 @@ static void session_txn_clear(struct session *s)
     s->cur_rcpt_addr = NULL;
     memset(t, 0, sizeof *t);
     t->pool = -1;
+    session_notes_clear(s, SLUICE_TRANSACTION);
+    message_info_free(s->msg);
+    s->msg = NULL;
 }
 
 static void session_backend_rset_cb(void *arg, const struct backend_reply *r)
@@ -468,6 +474,11 @@ static void session_free(struct session *s)
     if (s->data_out)
         evbuffer_free(s->data_out);
     session_txn_clear(s);
+    session_plugins_free(s);
+    if (s->throttle_cfg)
+        ev_token_bucket_cfg_free(s->throttle_cfg);
+    if (s->chain && chain_unref(s->chain))
+        chain_free(s->chain);
     free(s->helo);
     free(s->rdns_name);
     free(s->line);
@@ -536,6 +547,10 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     s->cfg = cfg;
     s->listen = listen;
     s->txn.pool = -1;
+    s->chain = loop->worker->chain;
+    if (s->chain)
+        chain_ref(s->chain);
+    session_plugins_init(s);
     memcpy(&s->peer, peer, (size_t)peerlen < sizeof s->peer ? (size_t)peerlen : sizeof s->peer);
     socklen_t llen = sizeof s->local;
     getsockname(fd, (struct sockaddr *)&s->local, &llen);

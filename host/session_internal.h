@@ -16,6 +16,14 @@
 #include "reply.h"
 #include "smtp_cmd.h"
 
+#include <sluice/plugin.h>
+
+struct chain;
+struct plugin_entry;
+struct note;
+struct sdk_op;
+struct message_info;
+
 enum session_phase {
     PH_PROXY,        /* waiting for the PROXY header */
     PH_RDNS,         /* reverse lookup at accept */
@@ -87,6 +95,40 @@ struct session {
     struct data_decoder decoder;
     struct event *data_timer;
     bool spool_failed;
+
+    /* ---- plugin host (chain.c, sdk_*.c) ---- */
+    struct chain *chain; /* the generation this session started with */
+    struct {
+        enum hook_point point;
+        size_t next;       /* the next entry to run */
+        hook_done_cb done;
+        bool active;       /* a hook is being run */
+        bool pending;      /* entry returned PENDING, waiting for sluice_resume */
+        bool in_call;      /* inside an entry's hook function */
+        bool have_resume;  /* sluice_resume called inside the hook function */
+        bool rcpt_accepted;/* an entry accepted the current recipient */
+        enum sluice_verdict resumed;
+        struct plugin_entry *entry; /* the pending entry */
+        struct event *timeout_ev;
+    } run;
+    struct plugin_entry *current_entry; /* whose code runs now (SDK calls) */
+    struct plugin_entry *saved_entry_stack; /* restored after a bound callback */
+    struct verdict_reply {
+        bool set;
+        int code;
+        char esc[12];
+        char text[256];
+    } reply, deferred;
+    enum hook_point deferred_when;
+    bool deferred_cleared; /* an accept at connect/helo/mail */
+    struct note *notes;
+    size_t nnotes;
+    void **entry_data;
+    void (**entry_data_free)(void *);
+    struct sdk_op *ops;
+    struct message_info *msg; /* headers parsed at eom and pending header changes */
+    uint64_t throttle_bps;
+    struct ev_token_bucket_cfg *throttle_cfg;
 };
 
 /* session.c */
@@ -104,6 +146,18 @@ void session_log_txn(struct session *s, const char *result);
 
 /* session_cmd.c */
 void session_command(struct session *s, const char *line, size_t len);
+
+/* sdk_session.c, sdk_message.c: plugin-visible state */
+void session_plugins_init(struct session *s);
+void session_plugins_free(struct session *s);
+void session_notes_clear(struct session *s, int scope);
+void session_apply_throttle(struct session *s);
+void message_info_free(struct message_info *m);
+/* Parses the header of the spooled message (eom). */
+void message_info_parse(struct session *s);
+/* Header changes: returns true with *prefix holding the new header (wire
+ * form) and *body_offset where the spool continues, when there are any. */
+bool message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_offset);
 
 /* session_relay.c */
 void session_rcpt_relay(struct session *s);

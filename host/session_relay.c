@@ -75,6 +75,7 @@ static void relay_drop_backend(struct session *s)
     if (s->backend) {
         backend_close(s->backend);
         s->backend = NULL;
+        session_apply_throttle(s);
     }
     s->txn.backend_open = false;
 }
@@ -222,6 +223,8 @@ static void relay_open_backend(struct session *s)
     };
     s->backend = backend_open(s->loop, w->pools[s->txn.pool], s->txn.pool, &c,
                               relay_backend_ready, s);
+    /* A throttle applies only while no backend connection is held. */
+    session_apply_throttle(s);
     if (!s->backend) {
         relay_fail_status(s, BACKEND_INTERNAL);
         relay_rcpt_failed(s);
@@ -327,7 +330,13 @@ static void relay_eom_done(struct session *s, const struct hook_verdict *v)
         relay_message_reply(s, &(struct backend_reply){.status = BACKEND_LOST});
         return;
     }
-    backend_send_message(s->backend, s->spool, relay_message_reply, s);
+    struct evbuffer *prefix = evbuffer_new();
+    uint64_t offset = 0;
+    if (prefix && !message_rewrite(s, prefix, &offset)) {
+        evbuffer_free(prefix);
+        prefix = NULL;
+    }
+    backend_send_message(s->backend, s->spool, prefix, offset, relay_message_reply, s);
 }
 
 /* The message is complete: refuse it locally or pass it on. */
@@ -353,6 +362,7 @@ static void relay_end_of_data(struct session *s)
         session_done(s);
         return;
     }
+    message_info_parse(s);
     hooks_run(s, HOOK_EOM, relay_eom_done);
 }
 

@@ -185,13 +185,12 @@ int spool_append(struct spool *s, struct evbuffer *src)
 
 /* Memory content is added by reference where libevent allows it, else
  * copied (it is at most mem_threshold bytes). */
-static int add_memory_to(struct spool *s, struct evbuffer *out)
+static int add_memory_to(struct spool *s, size_t done, struct evbuffer *out)
 {
     struct evbuffer_iovec vec[SPOOL_WRITE_IOVECS];
     size_t total = evbuffer_get_length(s->mem);
-    size_t done = 0;
 
-    if (evbuffer_add_buffer_reference(out, s->mem) == 0)
+    if (done == 0 && evbuffer_add_buffer_reference(out, s->mem) == 0)
         return 0;
     while (done < total) {
         struct evbuffer_ptr pos;
@@ -213,7 +212,7 @@ static int add_memory_to(struct spool *s, struct evbuffer *out)
     return 0;
 }
 
-static int add_file_to(struct spool *s, struct evbuffer *out)
+static int add_file_to(struct spool *s, uint64_t off, struct evbuffer *out)
 {
     struct evbuffer_file_segment *seg;
     int fd = dup(s->fd);
@@ -221,12 +220,13 @@ static int add_file_to(struct spool *s, struct evbuffer *out)
 
     if (fd < 0)
         return -1;
-    seg = evbuffer_file_segment_new(fd, 0, (ev_off_t)s->size, EVBUF_FS_CLOSE_ON_FREE);
+    seg = evbuffer_file_segment_new(fd, (ev_off_t)off, (ev_off_t)(s->size - off),
+                                    EVBUF_FS_CLOSE_ON_FREE);
     if (seg == NULL) {
         close(fd);
         return -1;
     }
-    rc = evbuffer_add_file_segment(out, seg, 0, (ev_off_t)s->size);
+    rc = evbuffer_add_file_segment(out, seg, 0, (ev_off_t)(s->size - off));
     /* out holds its own reference; ours goes now. */
     evbuffer_file_segment_free(seg);
     if (rc == 0)
@@ -240,7 +240,16 @@ int spool_add_to(struct spool *s, struct evbuffer *out)
         return -1;
     if (s->size == 0)
         return 0;
-    return s->in_file ? add_file_to(s, out) : add_memory_to(s, out);
+    return s->in_file ? add_file_to(s, 0, out) : add_memory_to(s, 0, out);
+}
+
+int spool_add_range_to(struct spool *s, uint64_t off, struct evbuffer *out)
+{
+    if (s->write_errno != 0 || off > s->size)
+        return -1;
+    if (off == s->size)
+        return 0;
+    return s->in_file ? add_file_to(s, off, out) : add_memory_to(s, (size_t)off, out);
 }
 
 static ssize_t read_file_at(int fd, uint64_t off, char *buf, size_t len)

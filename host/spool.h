@@ -30,6 +30,9 @@ bool spool_in_file(const struct spool *s);
  * unchanged. Returns 0 or -1. */
 int spool_add_to(struct spool *s, struct evbuffer *out);
 
+/* The same from byte off to the end (a message whose header was rewritten). */
+int spool_add_range_to(struct spool *s, uint64_t off, struct evbuffer *out);
+
 /* Random-access read for plugins: copies up to len bytes at off into buf,
  * returns bytes copied (0 at the end) or -1. */
 ssize_t spool_read(struct spool *s, uint64_t off, void *buf, size_t len);

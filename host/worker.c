@@ -14,6 +14,8 @@
 #include "backend.h"
 #include "config.h"
 #include "dns.h"
+#include "plugin_host.h"
+#include "workpool.h"
 #include "conn_limits.h"
 #include "log.h"
 #include "metrics.h"
@@ -38,10 +40,46 @@ static void worker_accept_error(struct evconnlistener *l, void *arg)
     log_err(NULL, "accept: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 }
 
+/* Loop threads report their plugin thread_init before the worker says ready. */
+static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t start_cond = PTHREAD_COND_INITIALIZER;
+static int start_reported, start_failed;
+static char start_err[512];
+
+static void worker_loop_started(bool ok, const char *err)
+{
+    pthread_mutex_lock(&start_lock);
+    start_reported++;
+    if (!ok && !start_failed) {
+        start_failed = 1;
+        snprintf(start_err, sizeof start_err, "%s", err);
+    }
+    pthread_cond_broadcast(&start_cond);
+    pthread_mutex_unlock(&start_lock);
+}
+
+static int worker_wait_started(int n, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&start_lock);
+    while (start_reported < n)
+        pthread_cond_wait(&start_cond, &start_lock);
+    int failed = start_failed;
+    if (failed)
+        snprintf(err, errlen, "%s", start_err);
+    pthread_mutex_unlock(&start_lock);
+    return failed ? -1 : 0;
+}
+
 static void *worker_loop_main(void *arg)
 {
     struct loop *loop = arg;
-    event_base_dispatch(loop->base);
+    char err[512] = "";
+    int rc = chain_thread_init(loop->worker->chain, loop->index, err, sizeof err);
+    worker_loop_started(rc == 0, err);
+    if (rc == 0)
+        event_base_dispatch(loop->base);
+    /* Plugins' per-thread state goes on the thread that made it. */
+    chain_thread_fini(loop->worker->chain, loop->index);
     return NULL;
 }
 
@@ -174,10 +212,14 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
     struct listener_ctx *ctxs = calloc((size_t)w.nloops * cfg->nlistens, sizeof *ctxs);
     int rc = 1, started = 0;
     w.limits = limits_new(&cfg->connections);
-    if (!w.loops || !ctxs || !w.limits || worker_pools_init(&w) < 0) {
+    w.workpool = workpool_new(cfg->thread_pool_size);
+    if (!w.loops || !ctxs || !w.limits || !w.workpool || worker_pools_init(&w) < 0) {
         snprintf(err, sizeof err, "out of memory");
         goto out;
     }
+    w.chain = chain_build(cfg, &w, w.nloops, err, sizeof err);
+    if (!w.chain)
+        goto out;
     for (int i = 0; i < w.nloops; i++)
         if (worker_loop_init(&w, &w.loops[i], i, fds, &ctxs[(size_t)i * cfg->nlistens], err,
                              sizeof err) < 0)
@@ -188,6 +230,8 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
             snprintf(err, sizeof err, "cannot start a loop thread");
             goto out;
         }
+    if (worker_wait_started(w.nloops, err, sizeof err) < 0)
+        goto out;
     if (cfg->metrics_listen && metrics_start(cfg->metrics_listen, err, sizeof err) < 0)
         goto out;
     worker_report(ready_fd, "ok\n");
@@ -206,6 +250,9 @@ out:
         event_base_once(w.loops[i].base, -1, EV_TIMEOUT, worker_loop_stop_cb, &w.loops[i], NULL);
     for (int i = 0; i < started; i++)
         pthread_join(w.loops[i].thread, NULL);
+    if (w.workpool)
+        workpool_free(w.workpool);
+    w.workpool = NULL;
     for (int i = 0; w.loops && i < w.nloops; i++) {
         if (i >= started && w.loops[i].base) {
             session_close_all(&w.loops[i]);
@@ -213,6 +260,8 @@ out:
         }
         worker_loop_free(&w.loops[i]);
     }
+    if (w.chain && chain_unref(w.chain))
+        chain_free(w.chain);
     worker_pools_free(&w);
     limits_free(w.limits);
     free(w.loops);

@@ -35,6 +35,10 @@ int sluice_setting_duration(const sluice_entry *e, const char *path, int64_t *ms
 int sluice_setting_size(const sluice_entry *e, const char *path, int64_t *bytes);
 /* Elements of a list, array or group; -1 when absent or a scalar. */
 int sluice_setting_count(const sluice_entry *e, const char *path);
+/* The name of the i-th setting of the group at path ("" for the top level),
+ * or NULL past the end: to walk free-form options (the Lua bridge passes
+ * them to scripts). */
+const char *sluice_setting_name_at(const sluice_entry *e, const char *path, int i);
 /* The line of a setting in the entry's file (0 when absent), for messages. */
 int sluice_setting_line(const sluice_entry *e, const char *path);
 

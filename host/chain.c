@@ -1,0 +1,263 @@
+/* Running the chain at a hook: each entry's verdict, pending verdicts with
+ * their timeout, accept and deferred rejection semantics. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "hooks.h"
+#include "log.h"
+#include "plugin_host.h"
+#include "sdk_op.h"
+#include "session_internal.h"
+#include "worker.h"
+
+static const char *const hook_names[HOOK_COUNT] = {
+    "connect", "helo", "mail", "rcpt", "data", "eom", "disconnect",
+};
+
+const char *hook_name(enum hook_point point)
+{
+    return point < HOOK_COUNT ? hook_names[point] : "?";
+}
+
+static const char *verdict_name(enum sluice_verdict v)
+{
+    static const char *const names[] = {"continue", "accept", "reject",
+                                        "tempfail", "disconnect", "pending"};
+    return (unsigned)v < 6 ? names[v] : "?";
+}
+
+static void chain_continue(struct session *s);
+
+/* postmaster@ (any domain) and the bare <postmaster> are never refused by
+ * a deferred rejection (RFC 5321 4.5.1). */
+static bool chain_is_postmaster(const char *addr)
+{
+    if (!addr)
+        return false;
+    size_t n = strlen("postmaster");
+    return strncasecmp(addr, "postmaster", n) == 0 && (addr[n] == '@' || addr[n] == '\0');
+}
+
+static void chain_verdict_from_reply(struct hook_verdict *hv, const struct verdict_reply *r)
+{
+    if (!r->set)
+        return;
+    hv->code = r->code;
+    snprintf(hv->esc, sizeof hv->esc, "%s", r->esc);
+    snprintf(hv->text, sizeof hv->text, "%s", r->text);
+}
+
+/* The hook is decided: tell the session. */
+static void chain_finish(struct session *s, enum sluice_verdict v)
+{
+    struct hook_verdict hv = {.kind = VERDICT_CONTINUE};
+    enum hook_point point = s->run.point;
+    switch (v) {
+    case SLUICE_ACCEPT:
+        hv.kind = VERDICT_ACCEPT;
+        break;
+    case SLUICE_REJECT:
+        hv.kind = VERDICT_REJECT;
+        break;
+    case SLUICE_TEMPFAIL:
+        hv.kind = VERDICT_TEMPFAIL;
+        break;
+    case SLUICE_DISCONNECT:
+        hv.kind = VERDICT_DISCONNECT;
+        break;
+    default:
+        break;
+    }
+    if (hv.kind != VERDICT_CONTINUE && hv.kind != VERDICT_ACCEPT)
+        chain_verdict_from_reply(&hv, &s->reply);
+    bool deferred_due = s->deferred.set && !s->deferred_cleared &&
+                        ((point == HOOK_RCPT && s->deferred_when == HOOK_RCPT &&
+                          !s->run.rcpt_accepted && !chain_is_postmaster(s->cur_rcpt_addr)) ||
+                         (point == HOOK_DATA && s->deferred_when == HOOK_DATA));
+    if (hv.kind == VERDICT_CONTINUE && deferred_due) {
+        hv.kind = VERDICT_REJECT;
+        chain_verdict_from_reply(&hv, &s->deferred);
+        log_info(s->sid, "%s: deferred rejection applied", hook_name(point));
+    }
+    s->run.active = false;
+    s->reply.set = false;
+    hook_done_cb done = s->run.done;
+    s->run.done = NULL;
+    done(s, &hv);
+}
+
+/* Returns true when the verdict decides the hook. */
+static bool chain_take_verdict(struct session *s, struct plugin_entry *e, enum sluice_verdict v)
+{
+    if (v != SLUICE_CONTINUE)
+        log_debug(s->sid, "%s: entry %s: %s", hook_name(s->run.point), e->name, verdict_name(v));
+    if (v == SLUICE_CONTINUE || v == SLUICE_PENDING)
+        return false;
+    if (v == SLUICE_ACCEPT) {
+        if (s->run.point == HOOK_RCPT)
+            s->run.rcpt_accepted = true;
+        else if (s->run.point <= HOOK_MAIL)
+            s->deferred_cleared = true;
+    }
+    if (s->run.point == HOOK_DISCONNECT)
+        return false; /* every entry sees the end of the session */
+    chain_finish(s, v);
+    return true;
+}
+
+static void chain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    if (!s->run.pending)
+        return;
+    struct plugin_entry *e = s->run.entry;
+    log_warn(s->sid, "%s: entry %s gave no verdict within %lld ms: %s", hook_name(s->run.point),
+             e->name, (long long)e->timeout_ms, verdict_name(e->on_timeout));
+    s->run.pending = false;
+    s->run.entry = NULL;
+    sdk_op_abandon_entry(s, e);
+    s->reply.set = false;
+    if (!chain_take_verdict(s, e, e->on_timeout))
+        chain_continue(s);
+}
+
+static void chain_wait(struct session *s, struct plugin_entry *e)
+{
+    s->run.pending = true;
+    s->run.entry = e;
+    if (!s->run.timeout_ev)
+        s->run.timeout_ev = event_new(s->loop->base, -1, 0, chain_timeout_cb, s);
+    if (s->run.timeout_ev) {
+        struct timeval tv = {.tv_sec = e->timeout_ms / 1000,
+                             .tv_usec = (e->timeout_ms % 1000) * 1000};
+        event_add(s->run.timeout_ev, &tv);
+    }
+}
+
+static void chain_continue(struct session *s)
+{
+    struct chain *c = s->chain;
+    while (c && s->run.next < c->n) {
+        struct plugin_entry *e = &c->entries[s->run.next++];
+        sluice_hook_fn fn = e->plugin->hooks[s->run.point];
+        if (!fn)
+            continue;
+        s->reply.set = false;
+        s->run.have_resume = false;
+        s->current_entry = e;
+        s->run.in_call = true;
+        enum sluice_verdict v = fn((sluice_session *)s, e->state, e->thread_state[s->loop->index]);
+        s->run.in_call = false;
+        s->current_entry = NULL;
+        if (v == SLUICE_PENDING) {
+            if (!s->run.have_resume) {
+                chain_wait(s, e);
+                return;
+            }
+            v = s->run.resumed;
+        }
+        if ((unsigned)v > SLUICE_PENDING) {
+            log_warn(s->sid, "%s: entry %s returned an unknown verdict %d: continue",
+                     hook_name(s->run.point), e->name, (int)v);
+            v = SLUICE_CONTINUE;
+        }
+        if (chain_take_verdict(s, e, v))
+            return;
+    }
+    chain_finish(s, SLUICE_CONTINUE);
+}
+
+void hooks_run(struct session *s, enum hook_point point, hook_done_cb done)
+{
+    s->run.point = point;
+    s->run.next = 0;
+    s->run.done = done;
+    s->run.active = true;
+    s->run.pending = false;
+    s->run.rcpt_accepted = false;
+    chain_continue(s);
+}
+
+void sluice_resume(sluice_session *ss, enum sluice_verdict verdict)
+{
+    struct session *s = (struct session *)ss;
+    if (verdict == SLUICE_PENDING)
+        verdict = SLUICE_CONTINUE;
+    if (s->run.in_call) {
+        s->run.have_resume = true;
+        s->run.resumed = verdict;
+        return;
+    }
+    if (!s->run.pending) {
+        log_debug(s->sid, "late sluice_resume ignored (no pending hook)");
+        return;
+    }
+    struct plugin_entry *e = s->run.entry;
+    if (s->current_entry && s->current_entry != e) {
+        log_warn(s->sid, "entry %s resumed a hook pending on %s: ignored", s->current_entry->name,
+                 e->name);
+        return;
+    }
+    s->run.pending = false;
+    s->run.entry = NULL;
+    if (s->run.timeout_ev)
+        event_del(s->run.timeout_ev);
+    /* The plugin's callback is still on the stack: run the rest from here,
+     * it returns into the callback only after the session moved on. */
+    struct plugin_entry *saved = s->current_entry;
+    s->current_entry = NULL;
+    if (!chain_take_verdict(s, e, verdict))
+        chain_continue(s);
+    s->current_entry = saved;
+}
+
+/* ---- replies and deferred rejections -------------------------------------- */
+
+static void chain_format_reply(struct verdict_reply *r, int code, const char *esc,
+                               const char *fmt, va_list ap)
+{
+    r->set = true;
+    r->code = code;
+    snprintf(r->esc, sizeof r->esc, "%s", esc ? esc : "");
+    r->text[0] = '\0';
+    if (fmt)
+        vsnprintf(r->text, sizeof r->text, fmt, ap);
+    /* One line: nothing a plugin copies from the client may split it. */
+    for (char *p = r->text; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = ' ';
+}
+
+void sluice_reply(sluice_session *ss, int code, const char *esc, const char *fmt, ...)
+{
+    struct session *s = (struct session *)ss;
+    va_list ap;
+    va_start(ap, fmt);
+    chain_format_reply(&s->reply, code, esc, fmt, ap);
+    va_end(ap);
+}
+
+void sluice_defer_reject(sluice_session *ss, enum sluice_hook when, int code, const char *esc,
+                         const char *fmt, ...)
+{
+    struct session *s = (struct session *)ss;
+    va_list ap;
+    va_start(ap, fmt);
+    chain_format_reply(&s->deferred, code ? code : 550, esc ? esc : "5.7.1", fmt, ap);
+    va_end(ap);
+    s->deferred_when = when == SLUICE_HOOK_DATA ? HOOK_DATA : HOOK_RCPT;
+    log_info(s->sid, "%s: rejection deferred to %s", s->current_entry ? s->current_entry->name : "?",
+             hook_name(s->deferred_when));
+}
+
+bool sluice_deferred(const sluice_session *ss)
+{
+    const struct session *s = (const struct session *)ss;
+    return s->deferred.set && !s->deferred_cleared;
+}

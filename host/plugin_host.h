@@ -1,0 +1,56 @@
+/* The plugin host: the chain of entries built from conf.d, loading of the
+ * plugins, and the per-thread plugin state. A chain is immutable once built;
+ * sessions hold the chain they started with. */
+#ifndef SLUICE_PLUGIN_HOST_H
+#define SLUICE_PLUGIN_HOST_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sluice/plugin.h>
+
+struct sluice_config;
+struct chain_entry_conf;
+struct worker;
+
+/* A chain entry; the SDK's opaque sluice_entry. */
+struct plugin_entry {
+    char *name;                          /* file stem, "20-dnsbl" */
+    const struct chain_entry_conf *conf; /* owned by the config generation */
+    char *path;                          /* the .so loaded */
+    const struct sluice_plugin *plugin;
+    void *state;          /* from init() */
+    void **thread_state;  /* [loop index], from thread_init() */
+    bool *thread_ready;   /* [loop index] */
+    int index;
+    int64_t timeout_ms;
+    enum sluice_verdict on_timeout;
+    bool initialized;
+    struct worker *worker; /* NULL at `sluice -t` */
+};
+
+struct chain {
+    struct plugin_entry *entries;
+    size_t n;
+    int nthreads;
+    atomic_int refs; /* sessions and the worker's current pointer */
+    const struct sluice_config *cfg;
+};
+
+/* Loads every enabled entry's plugin and runs its init(). On failure returns
+ * NULL with "file: what is wrong" in err (nothing stays initialised). */
+struct chain *chain_build(const struct sluice_config *cfg, struct worker *w, int nthreads,
+                          char *err, size_t errlen);
+/* Runs thread_init of every entry for loop thread index (on that thread). */
+int chain_thread_init(struct chain *c, int index, char *err, size_t errlen);
+void chain_thread_fini(struct chain *c, int index);
+/* fini() of every entry; the .so files stay loaded (never dlclose). */
+void chain_free(struct chain *c);
+
+void chain_ref(struct chain *c);
+/* Returns true when this was the last reference. */
+bool chain_unref(struct chain *c);
+
+#endif

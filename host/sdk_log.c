@@ -1,0 +1,94 @@
+/* The SDK's logging and metrics. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sluice/log.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "plugin_host.h"
+#include "session_internal.h"
+
+static enum log_level sdk_level(enum sluice_log_level l)
+{
+    switch (l) {
+    case SLUICE_LOG_ERR:
+        return SLOG_ERR;
+    case SLUICE_LOG_WARN:
+        return SLOG_WARN;
+    case SLUICE_LOG_DEBUG:
+        return SLOG_DEBUG;
+    default:
+        return SLOG_INFO;
+    }
+}
+
+void sluice_log(const sluice_session *ss, enum sluice_log_level level, const char *fmt, ...)
+{
+    const struct session *s = (const struct session *)ss;
+    enum log_level lv = sdk_level(level);
+    if (lv > log_get_level())
+        return;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_msg(lv, s ? s->sid : NULL, "%s: %s",
+            s && s->current_entry ? s->current_entry->name : "plugin", msg);
+}
+
+void sluice_log_entry(const sluice_entry *e, enum sluice_log_level level, const char *fmt, ...)
+{
+    enum log_level lv = sdk_level(level);
+    if (lv > log_get_level())
+        return;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_msg(lv, NULL, "%s: %s", e ? ((const struct plugin_entry *)e)->name : "plugin", msg);
+}
+
+static int sdk_metric_names(const sluice_entry *e, const char *name, char *full, size_t fl,
+                            char *labels, size_t ll)
+{
+    if (!e || !name)
+        return -1;
+    int n = snprintf(full, fl, "sluice_plugin_%s", name);
+    int m = snprintf(labels, ll, "entry=\"%s\"", ((const struct plugin_entry *)e)->name);
+    return (n < 0 || (size_t)n >= fl || m < 0 || (size_t)m >= ll) ? -1 : 0;
+}
+
+sluice_counter *sluice_counter_new(sluice_entry *e, const char *name, const char *help)
+{
+    char full[256], labels[300];
+    if (sdk_metric_names(e, name, full, sizeof full, labels, sizeof labels) < 0)
+        return NULL;
+    return (sluice_counter *)metrics_counter(full, help ? help : name, labels);
+}
+
+void sluice_counter_add(sluice_counter *c, uint64_t n)
+{
+    if (c)
+        metrics_counter_add((struct metric_counter *)c, n);
+}
+
+sluice_histogram *sluice_histogram_new(sluice_entry *e, const char *name, const char *help,
+                                       const double *bounds, size_t nbounds)
+{
+    char full[256], labels[300];
+    if (sdk_metric_names(e, name, full, sizeof full, labels, sizeof labels) < 0)
+        return NULL;
+    return (sluice_histogram *)metrics_histogram(full, help ? help : name, labels, bounds,
+                                                 nbounds);
+}
+
+void sluice_histogram_observe(sluice_histogram *h, double value)
+{
+    if (h)
+        metrics_histogram_observe((struct metric_histogram *)h, value);
+}

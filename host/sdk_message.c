@@ -1,0 +1,314 @@
+/* The message at eom for plugins: its header fields, a streaming reader of
+ * the whole message, and header changes applied when it is relayed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+
+#include <sluice/session.h>
+
+#include "data_codec.h"
+#include "log.h"
+#include "session_internal.h"
+#include "spool.h"
+
+/* Caps that keep a hostile message's header from costing unbounded memory:
+ * fields beyond them stay in the message but are not visible to plugins. */
+#define HEADER_MAX_BYTES (1024 * 1024)
+#define HEADER_MAX_FIELDS 1000
+#define HEADER_MAX_ADDS 100
+#define READER_CHUNK 65536
+
+struct header_field {
+    char *name;
+    size_t name_len;
+    char *value; /* un-stuffed, folding kept, no final CRLF */
+    size_t value_len;
+    uint64_t off, len; /* the field's wire bytes in the spool, CRLFs included */
+    bool removed;
+};
+
+struct message_info {
+    struct header_field *fields;
+    size_t n;
+    uint64_t header_end; /* the spool offset where the header fields end */
+    char *adds;          /* "Name: value\r\n" lines to put on top */
+    size_t adds_len;
+    size_t nadds;
+    bool changed;
+};
+
+#define S(ss) ((struct session *)(ss))
+#define CS(ss) ((const struct session *)(ss))
+
+void message_info_free(struct message_info *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n; i++) {
+        free(m->fields[i].name);
+        free(m->fields[i].value);
+    }
+    free(m->fields);
+    free(m->adds);
+    free(m);
+}
+
+/* One physical line of the wire form: [p, eol) without CRLF; returns the
+ * length including CRLF, or 0 when the buffer ends first. */
+static size_t msg_line(const char *p, size_t avail, size_t *content_len)
+{
+    const char *lf = memchr(p, '\n', avail);
+    if (!lf)
+        return 0;
+    size_t total = (size_t)(lf - p) + 1;
+    *content_len = total >= 2 && lf[-1] == '\r' ? total - 2 : total - 1;
+    return total;
+}
+
+static void msg_append_value(struct header_field *f, const char *p, size_t len, bool fold)
+{
+    size_t extra = len + (fold ? 2 : 0);
+    char *v = realloc(f->value, f->value_len + extra + 1);
+    if (!v)
+        return;
+    if (fold) {
+        memcpy(v + f->value_len, "\r\n", 2);
+        f->value_len += 2;
+    }
+    memcpy(v + f->value_len, p, len);
+    f->value_len += len;
+    v[f->value_len] = '\0';
+    f->value = v;
+}
+
+static bool msg_new_field(struct message_info *m, const char *line, size_t len, uint64_t off,
+                          size_t total)
+{
+    const char *colon = memchr(line, ':', len);
+    if (!colon || colon == line || m->n >= HEADER_MAX_FIELDS)
+        return false;
+    for (const char *q = line; q < colon; q++)
+        if ((unsigned char)*q <= ' ' || (unsigned char)*q >= 0x7f)
+            return false;
+    struct header_field *fs = realloc(m->fields, (m->n + 1) * sizeof *fs);
+    if (!fs)
+        return false;
+    m->fields = fs;
+    struct header_field *f = &fs[m->n++];
+    memset(f, 0, sizeof *f);
+    f->name_len = (size_t)(colon - line);
+    f->name = strndup(line, f->name_len);
+    f->off = off;
+    f->len = total;
+    const char *v = colon + 1;
+    msg_append_value(f, v, len - (size_t)(v - line), false);
+    return f->name && f->value;
+}
+
+void message_info_parse(struct session *s)
+{
+    message_info_free(s->msg);
+    s->msg = calloc(1, sizeof *s->msg);
+    struct message_info *m = s->msg;
+    if (!m)
+        return;
+    uint64_t size = spool_size(s->spool);
+    size_t want = size < HEADER_MAX_BYTES ? (size_t)size : HEADER_MAX_BYTES;
+    char *buf = malloc(want ? want : 1);
+    ssize_t got = buf ? spool_read(s->spool, 0, buf, want) : -1;
+    size_t pos = 0;
+    while (got > 0 && pos < (size_t)got) {
+        size_t clen;
+        size_t total = msg_line(buf + pos, (size_t)got - pos, &clen);
+        const char *line = buf + pos;
+        if (total == 0 || clen == 0)
+            break; /* beyond the cap, or the blank line that ends the header */
+        if (line[0] == '.') { /* un-stuff */
+            line++;
+            clen--;
+        }
+        if ((line[0] == ' ' || line[0] == '\t') && m->n > 0) {
+            struct header_field *f = &m->fields[m->n - 1];
+            msg_append_value(f, line, clen, true);
+            f->len += total;
+        } else if (!msg_new_field(m, line, clen, pos, total)) {
+            break; /* not a header field: the body starts here */
+        }
+        pos += total;
+    }
+    m->header_end = pos;
+    free(buf);
+}
+
+/* ---- reading ------------------------------------------------------------- */
+
+size_t sluice_header_count(const sluice_session *s)
+{
+    return CS(s)->msg ? CS(s)->msg->n : 0;
+}
+
+bool sluice_header_at(const sluice_session *ss, size_t i, const char **name, size_t *name_len,
+                      const char **value, size_t *value_len)
+{
+    const struct message_info *m = CS(ss)->msg;
+    if (!m || i >= m->n)
+        return false;
+    *name = m->fields[i].name;
+    *name_len = m->fields[i].name_len;
+    *value = m->fields[i].value;
+    *value_len = m->fields[i].value_len;
+    return true;
+}
+
+const char *sluice_header_get(const sluice_session *ss, const char *name, size_t idx,
+                              size_t *value_len)
+{
+    const struct message_info *m = CS(ss)->msg;
+    for (size_t i = 0; m && i < m->n; i++) {
+        if (strcasecmp(m->fields[i].name, name) != 0 || idx-- > 0)
+            continue;
+        if (value_len)
+            *value_len = m->fields[i].value_len;
+        return m->fields[i].value;
+    }
+    return NULL;
+}
+
+uint64_t sluice_message_size(const sluice_session *s)
+{
+    return CS(s)->spool ? spool_size(CS(s)->spool) : 0;
+}
+
+struct sluice_message_reader {
+    struct spool *spool;
+    uint64_t off;
+    bool at_bol;
+    struct evbuffer *pending;
+    char chunk[READER_CHUNK];
+};
+
+sluice_message_reader *sluice_message_open(sluice_session *ss)
+{
+    struct session *s = S(ss);
+    if (!s->spool)
+        return NULL;
+    sluice_message_reader *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->spool = s->spool;
+    r->at_bol = true;
+    r->pending = evbuffer_new();
+    if (!r->pending) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+ssize_t sluice_message_read(sluice_message_reader *r, void *buf, size_t len)
+{
+    while (evbuffer_get_length(r->pending) == 0) {
+        ssize_t n = spool_read(r->spool, r->off, r->chunk, sizeof r->chunk);
+        if (n <= 0)
+            return n;
+        r->off += (uint64_t)n;
+        data_unstuff(r->chunk, (size_t)n, &r->at_bol, r->pending);
+    }
+    return evbuffer_remove(r->pending, buf, len);
+}
+
+void sluice_message_close(sluice_message_reader *r)
+{
+    if (!r)
+        return;
+    evbuffer_free(r->pending);
+    free(r);
+}
+
+/* ---- changes ------------------------------------------------------------------ */
+
+static bool msg_valid_name(const char *name)
+{
+    if (!name || !*name || strlen(name) > 200)
+        return false;
+    for (const char *p = name; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f || *p == ':')
+            return false;
+    return true;
+}
+
+/* A value may fold ("\r\n" + SP/TAB) but holds no other CR or LF. */
+static bool msg_valid_value(const char *v)
+{
+    for (const char *p = v; *p; p++) {
+        if (*p == '\r') {
+            if (p[1] != '\n' || (p[2] != ' ' && p[2] != '\t'))
+                return false;
+            p++;
+        } else if (*p == '\n' || *p == '\0') {
+            return false;
+        }
+    }
+    return strlen(v) < 8192;
+}
+
+int sluice_header_add(sluice_session *ss, const char *name, const char *value)
+{
+    struct session *s = S(ss);
+    struct message_info *m = s->msg;
+    if (!m || !msg_valid_name(name) || !value || !msg_valid_value(value) ||
+        m->nadds >= HEADER_MAX_ADDS)
+        return -1;
+    size_t add = strlen(name) + strlen(value) + 4;
+    char *n = realloc(m->adds, m->adds_len + add + 1);
+    if (!n)
+        return -1;
+    m->adds = n;
+    /* A field name never starts with '.', so no stuffing is needed. */
+    m->adds_len += (size_t)snprintf(n + m->adds_len, add + 1, "%s: %s\r\n", name, value);
+    m->nadds++;
+    m->changed = true;
+    return 0;
+}
+
+int sluice_header_remove(sluice_session *ss, const char *name, int idx)
+{
+    struct message_info *m = S(ss)->msg;
+    if (!m || !msg_valid_name(name))
+        return -1;
+    int seen = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        if (strcasecmp(m->fields[i].name, name) != 0)
+            continue;
+        if (idx < 0 || seen == idx) {
+            m->fields[i].removed = true;
+            m->changed = true;
+        }
+        seen++;
+    }
+    return 0;
+}
+
+bool message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_offset)
+{
+    struct message_info *m = s->msg;
+    if (!m || !m->changed)
+        return false;
+    evbuffer_add(prefix, m->adds ? m->adds : "", m->adds_len);
+    for (size_t i = 0; i < m->n; i++) {
+        if (m->fields[i].removed)
+            continue;
+        char *raw = malloc((size_t)m->fields[i].len);
+        if (!raw)
+            continue;
+        ssize_t got = spool_read(s->spool, m->fields[i].off, raw, (size_t)m->fields[i].len);
+        if (got > 0)
+            evbuffer_add(prefix, raw, (size_t)got);
+        free(raw);
+    }
+    *body_offset = m->header_end;
+    return true;
+}
