@@ -1,0 +1,137 @@
+/* The DNSBL plugin's shared types: an entry's configuration and zone health
+ * (shared by the loop threads, so health is atomic), a session's lookups. */
+#ifndef DNSBL_H
+#define DNSBL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sluice/sluice.h>
+
+#include "dnsbl_cache.h"
+#include "dnsbl_parts.h"
+
+enum dnsbl_action { DNSBL_REJECT, DNSBL_SCORE, DNSBL_ALLOW };
+
+/* What a zone lists (bits). */
+#define DNSBL_T_IP4 1u
+#define DNSBL_T_IP6 2u
+#define DNSBL_T_HELO 4u
+#define DNSBL_T_SENDER 8u
+#define DNSBL_T_IP (DNSBL_T_IP4 | DNSBL_T_IP6)
+#define DNSBL_T_DOMAIN (DNSBL_T_HELO | DNSBL_T_SENDER)
+
+struct dnsbl_zone {
+    char *name;
+    double weight;
+    enum dnsbl_action action;
+    unsigned targets;
+    struct dnsbl_code *codes;
+    size_t ncodes;
+    bool want_reason;
+    atomic_bool disabled;
+    atomic_int_fast64_t next_probe_ms; /* the next health check, CLOCK_MONOTONIC */
+};
+
+struct dnsbl_conf {
+    sluice_entry *entry;
+    struct dnsbl_zone *zones;
+    size_t nzones;
+    double threshold;
+    bool defer;
+    struct dnsbl_net *allow;
+    size_t nallow;
+    int64_t health_interval_ms; /* 0: no health checks */
+    int64_t query_timeout_ms;   /* 0: the resolver's own */
+    int64_t negative_ttl_ms;
+    int64_t min_ttl_ms;
+    int64_t max_ttl_ms;
+    int64_t cache_size;
+    unsigned reject_targets; /* targets of zones in reject mode */
+    sluice_counter *queries, *listings, *timeouts, *cache_hits, *rejects, *disables;
+};
+
+int dnsbl_conf_load(sluice_entry *e, struct dnsbl_conf **out, char *err, size_t errlen);
+void dnsbl_conf_free(struct dnsbl_conf *c);
+
+/* ---- a session's lookups ---------------------------------------------------- */
+
+enum dnsbl_phase_id { DNSBL_PH_CONNECT, DNSBL_PH_HELO, DNSBL_PH_SENDER, DNSBL_PH_COUNT };
+
+enum dnsbl_role {
+    DNSBL_ROLE_LISTING,        /* the client, its HELO name or its sender's domain */
+    DNSBL_ROLE_PROBE_LISTED,   /* RFC 5782 test point: must be listed */
+    DNSBL_ROLE_PROBE_UNLISTED, /* RFC 5782 test point: must not be listed */
+};
+
+struct dnsbl_batch;
+
+struct dnsbl_lookup {
+    struct dnsbl_batch *batch;
+    struct dnsbl_zone *zone;
+    enum dnsbl_role role;
+    char name[DNSBL_NAME_MAX];
+    int answers_due; /* A, and TXT when asked */
+    enum sluice_dns_status status;
+    bool bad;    /* the zone answered outside 127/8 or with an error code */
+    uint32_t ttl; /* of the A answer */
+    struct dnsbl_answer answer;
+};
+
+/* The lookups of one phase; replaced (and retired until its answers are in)
+ * when a new HELO or MAIL restarts the phase. */
+struct dnsbl_batch {
+    struct dnsbl_sess *sess;
+    struct dnsbl_batch *next_retired;
+    enum dnsbl_phase_id phase;
+    bool retired;
+    size_t outstanding; /* lookups still waiting, plus one while starting */
+    size_t n;
+    struct dnsbl_lookup lk[];
+};
+
+/* What a finished phase found. */
+struct dnsbl_result {
+    bool done;
+    double reject_sum;
+    double score_sum;
+    bool allow;
+    const struct dnsbl_zone *culprit; /* first listed reject-mode zone */
+    char reason[DNSBL_REASON_MAX + 1];
+    char listed[512]; /* zone names, comma-separated */
+};
+
+struct dnsbl_sess {
+    struct dnsbl_conf *conf;
+    struct dnsbl_cache *cache;
+    struct dnsbl_batch *batch[DNSBL_PH_COUNT];
+    struct dnsbl_batch *retired;
+    struct dnsbl_result result[DNSBL_PH_COUNT];
+    int waiting_hook; /* the hook that returned PENDING, or -1 */
+    bool allowlisted;
+    bool session_accept_given;
+    bool mark_set;
+    char client[64];
+    char helo[DNSBL_NAME_MAX];
+    char sender_domain[DNSBL_NAME_MAX];
+};
+
+int64_t dnsbl_now_ms(void);
+
+/* Starts the phase's lookups of the zones listing any of targets, each
+ * "<prefix>.<zone>", replacing the phase's earlier batch; probes: also the
+ * health checks that are due. The phase may finish (dnsbl_phase_finished)
+ * before this returns, when every answer is cached. -1 when out of memory. */
+int dnsbl_phase_start(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase_id ph,
+                      unsigned targets, const char *prefix, bool probes);
+/* Forgets the phase's lookups and result (a new HELO, a new transaction). */
+void dnsbl_phase_reset(struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
+bool dnsbl_phase_done(const struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
+void dnsbl_batches_free(struct dnsbl_sess *ss);
+
+/* Called (by dnsbl_lookup.c) when a phase's answers are all in and evaluated. */
+void dnsbl_phase_finished(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
+
+#endif

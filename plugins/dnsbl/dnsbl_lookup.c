@@ -1,0 +1,359 @@
+/* A session's DNSBL lookups: A and TXT queries in parallel through the
+ * host's resolver, the per-thread cache, RFC 5782 health checks, and the
+ * evaluation of a finished phase into sums of weights. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "dnsbl.h"
+
+/* RFC 5782 section 5 test points. */
+#define PROBE4_LISTED "2.0.0.127"
+#define PROBE4_UNLISTED "1.0.0.127"
+#define PROBE6_LISTED "2.0.0.0.0.0.f.7.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0"
+#define PROBE6_UNLISTED "1.0.0.0.0.0.f.7.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0"
+#define PROBE_NAME_LISTED "test"
+#define PROBE_NAME_UNLISTED "invalid"
+
+int64_t dnsbl_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void batch_free_list(struct dnsbl_batch *b)
+{
+    while (b) {
+        struct dnsbl_batch *next = b->next_retired;
+        free(b);
+        b = next;
+    }
+}
+
+void dnsbl_batches_free(struct dnsbl_sess *ss)
+{
+    for (int i = 0; i < DNSBL_PH_COUNT; i++) {
+        free(ss->batch[i]);
+        ss->batch[i] = NULL;
+    }
+    batch_free_list(ss->retired);
+    ss->retired = NULL;
+}
+
+/* A batch whose answers are still due stays allocated (its queries hold
+ * pointers into it) until the session ends. */
+static void retired_sweep(struct dnsbl_sess *ss)
+{
+    struct dnsbl_batch **link = &ss->retired;
+    while (*link) {
+        struct dnsbl_batch *b = *link;
+        if (b->outstanding == 0) {
+            *link = b->next_retired;
+            free(b);
+        } else {
+            link = &b->next_retired;
+        }
+    }
+}
+
+static void batch_retire(struct dnsbl_sess *ss, struct dnsbl_batch *b)
+{
+    retired_sweep(ss);
+    if (!b)
+        return;
+    if (b->outstanding == 0) {
+        free(b);
+        return;
+    }
+    b->retired = true;
+    b->next_retired = ss->retired;
+    ss->retired = b;
+}
+
+bool dnsbl_phase_done(const struct dnsbl_sess *ss, enum dnsbl_phase_id ph)
+{
+    return ss->batch[ph] == NULL || ss->result[ph].done;
+}
+
+/* ---- evaluation ------------------------------------------------------------ */
+
+static void append_name(char *list, size_t cap, const char *name)
+{
+    size_t len = strlen(list);
+    snprintf(list + len, cap - len, "%s%s", len ? "," : "", name);
+}
+
+static void zone_disable(sluice_session *s, struct dnsbl_sess *ss, struct dnsbl_zone *z,
+                         const char *why)
+{
+    if (atomic_exchange(&z->disabled, true))
+        return;
+    sluice_counter_add(ss->conf->disables, 1);
+    sluice_log(s, SLUICE_LOG_ERR,
+               "dnsbl: zone %s DISABLED: %s; its listings are ignored until a health check "
+               "passes (RFC 5782: the list may refuse queries from this resolver)",
+               z->name, why);
+}
+
+static void zone_enable(sluice_session *s, struct dnsbl_zone *z)
+{
+    if (atomic_exchange(&z->disabled, false))
+        sluice_log(s, SLUICE_LOG_WARN, "dnsbl: zone %s re-enabled: its health check passed",
+                   z->name);
+}
+
+/* The two probes of a zone sit side by side: listed first. */
+static void probe_evaluate(sluice_session *s, struct dnsbl_sess *ss, const struct dnsbl_lookup *p)
+{
+    const struct dnsbl_lookup *q = p + 1;
+    struct dnsbl_zone *z = p->zone;
+    if (p->bad || q->bad) {
+        zone_disable(s, ss, z, "a health check was answered outside 127/8 or with an error code");
+        return;
+    }
+    if (p->status == SLUICE_DNS_TEMPFAIL || q->status == SLUICE_DNS_TEMPFAIL)
+        return; /* cannot tell */
+    if (q->answer.listed) {
+        zone_disable(s, ss, z, "it lists the test point that must not be listed (lists everything)");
+        return;
+    }
+    if (!p->answer.listed)
+        sluice_log(s, SLUICE_LOG_WARN, "dnsbl: zone %s does not list its RFC 5782 test point %s",
+                   z->name, p->name);
+    zone_enable(s, z);
+}
+
+static void listing_evaluate(struct dnsbl_sess *ss, const struct dnsbl_lookup *l,
+                             struct dnsbl_result *r)
+{
+    const struct dnsbl_zone *z = l->zone;
+    if (!l->answer.listed || atomic_load(&z->disabled))
+        return;
+    bool matched;
+    double w = dnsbl_listing_weight(z->weight, z->codes, z->ncodes, l->answer.codes,
+                                    l->answer.ncodes, &matched);
+    if (!matched)
+        return;
+    sluice_counter_add(ss->conf->listings, 1);
+    append_name(r->listed, sizeof r->listed, z->name);
+    if (z->action == DNSBL_ALLOW) {
+        r->allow = true;
+    } else if (z->action == DNSBL_SCORE) {
+        r->score_sum += w;
+    } else {
+        r->reject_sum += w;
+        if (!r->culprit && w > 0) {
+            r->culprit = z;
+            snprintf(r->reason, sizeof r->reason, "%s", l->answer.reason);
+        }
+    }
+}
+
+static void batch_evaluate(sluice_session *s, struct dnsbl_batch *b)
+{
+    struct dnsbl_sess *ss = b->sess;
+    for (size_t i = 0; i < b->n; i++)
+        if (b->lk[i].role == DNSBL_ROLE_PROBE_LISTED)
+            probe_evaluate(s, ss, &b->lk[i]);
+    struct dnsbl_result *r = &ss->result[b->phase];
+    memset(r, 0, sizeof *r);
+    for (size_t i = 0; i < b->n; i++)
+        if (b->lk[i].role == DNSBL_ROLE_LISTING)
+            listing_evaluate(ss, &b->lk[i], r);
+    r->done = true;
+}
+
+static void batch_settle(sluice_session *s, struct dnsbl_batch *b)
+{
+    if (--b->outstanding > 0 || b->retired)
+        return;
+    batch_evaluate(s, b);
+    dnsbl_phase_finished(s, b->sess, b->phase);
+}
+
+/* ---- answers ---------------------------------------------------------------- */
+
+static int64_t clamp_ttl_ms(const struct dnsbl_conf *c, int64_t ms)
+{
+    if (ms < c->min_ttl_ms)
+        return c->min_ttl_ms;
+    return ms > c->max_ttl_ms ? c->max_ttl_ms : ms;
+}
+
+static void lookup_cache(struct dnsbl_lookup *l)
+{
+    struct dnsbl_sess *ss = l->batch->sess;
+    if (l->role != DNSBL_ROLE_LISTING || l->bad || l->status == SLUICE_DNS_TEMPFAIL)
+        return;
+    int64_t ms = l->answer.listed ? (int64_t)l->ttl * 1000 : ss->conf->negative_ttl_ms;
+    dnsbl_cache_put(ss->cache, l->name, dnsbl_now_ms() + clamp_ttl_ms(ss->conf, ms), &l->answer);
+}
+
+static void lookup_answered(sluice_session *s, struct dnsbl_lookup *l)
+{
+    if (--l->answers_due > 0)
+        return;
+    if (!l->batch->retired)
+        lookup_cache(l);
+    batch_settle(s, l->batch);
+}
+
+static void note_failure(sluice_session *s, struct dnsbl_lookup *l)
+{
+    sluice_counter_add(l->batch->sess->conf->timeouts, 1);
+    sluice_log(s, SLUICE_LOG_WARN, "dnsbl: zone %s: lookup of %s failed (timeout or error); "
+               "ignored (fail open)", l->zone->name, l->name);
+}
+
+static void take_a_records(sluice_session *s, struct dnsbl_lookup *l, const char *const *rr,
+                           size_t nrr)
+{
+    for (size_t i = 0; i < nrr; i++) {
+        uint32_t a;
+        if (!dnsbl_answer_parse(rr[i], &a) || dnsbl_answer_classify(a) == DNSBL_ANSWER_BAD) {
+            l->bad = true;
+            if (l->role == DNSBL_ROLE_LISTING) {
+                char why[320];
+                snprintf(why, sizeof why, "it answered %.40s for %s", rr[i], l->name);
+                zone_disable(s, l->batch->sess, l->zone, why);
+            }
+            continue;
+        }
+        if (l->answer.ncodes < DNSBL_MAX_ANSWERS)
+            l->answer.codes[l->answer.ncodes++] = a;
+    }
+    l->answer.listed = !l->bad && l->answer.ncodes > 0;
+    if (l->bad)
+        l->answer.ncodes = 0;
+}
+
+static void a_answer_cb(sluice_session *s, void *arg, enum sluice_dns_status st,
+                        const char *const *rr, size_t nrr, uint32_t ttl)
+{
+    struct dnsbl_lookup *l = arg;
+    l->status = st;
+    l->ttl = ttl;
+    if (st == SLUICE_DNS_TEMPFAIL && !l->batch->retired)
+        note_failure(s, l);
+    if (st == SLUICE_DNS_OK)
+        take_a_records(s, l, rr, nrr);
+    lookup_answered(s, l);
+}
+
+static void txt_answer_cb(sluice_session *s, void *arg, enum sluice_dns_status st,
+                          const char *const *rr, size_t nrr, uint32_t ttl)
+{
+    struct dnsbl_lookup *l = arg;
+    if (st == SLUICE_DNS_OK && nrr > 0)
+        snprintf(l->answer.reason, sizeof l->answer.reason, "%s", rr[0]);
+    lookup_answered(s, l);
+}
+
+/* ---- starting ---------------------------------------------------------------- */
+
+static void lookup_start(sluice_session *s, struct dnsbl_lookup *l, bool want_txt)
+{
+    struct dnsbl_conf *c = l->batch->sess->conf;
+    if (l->role == DNSBL_ROLE_LISTING &&
+        dnsbl_cache_get(l->batch->sess->cache, l->name, dnsbl_now_ms(), &l->answer)) {
+        sluice_counter_add(c->cache_hits, 1);
+        l->status = l->answer.listed ? SLUICE_DNS_OK : SLUICE_DNS_NOTFOUND;
+        return;
+    }
+    l->batch->outstanding++;
+    l->answers_due = 1 + want_txt;
+    sluice_counter_add(c->queries, 1);
+    if (want_txt &&
+        sluice_dns_query(s, l->name, SLUICE_DNS_TXT, c->query_timeout_ms, txt_answer_cb, l) < 0)
+        l->answers_due--;
+    if (sluice_dns_query(s, l->name, SLUICE_DNS_A, c->query_timeout_ms, a_answer_cb, l) < 0) {
+        l->status = SLUICE_DNS_TEMPFAIL;
+        note_failure(s, l);
+        lookup_answered(s, l);
+    }
+}
+
+static struct dnsbl_lookup *lookup_add(struct dnsbl_batch *b, struct dnsbl_zone *z,
+                                       enum dnsbl_role role, const char *prefix)
+{
+    struct dnsbl_lookup *l = &b->lk[b->n];
+    if (!dnsbl_query_name(prefix, z->name, l->name, sizeof l->name))
+        return NULL;
+    l->batch = b;
+    l->zone = z;
+    l->role = role;
+    l->status = SLUICE_DNS_NOTFOUND;
+    b->n++;
+    return l;
+}
+
+/* One session per health interval (for the whole entry) runs the check. */
+static bool probe_due(const struct dnsbl_conf *c, struct dnsbl_zone *z)
+{
+    if (c->health_interval_ms <= 0)
+        return false;
+    int64_t now = dnsbl_now_ms();
+    int_fast64_t due = atomic_load(&z->next_probe_ms);
+    return now >= due &&
+           atomic_compare_exchange_strong(&z->next_probe_ms, &due, now + c->health_interval_ms);
+}
+
+static void probes_add(struct dnsbl_batch *b, struct dnsbl_zone *z)
+{
+    const char *listed = PROBE4_LISTED, *unlisted = PROBE4_UNLISTED;
+    if (!(z->targets & DNSBL_T_IP4) && (z->targets & DNSBL_T_IP6)) {
+        listed = PROBE6_LISTED;
+        unlisted = PROBE6_UNLISTED;
+    } else if (!(z->targets & DNSBL_T_IP)) {
+        listed = PROBE_NAME_LISTED;
+        unlisted = PROBE_NAME_UNLISTED;
+    }
+    struct dnsbl_lookup *p = lookup_add(b, z, DNSBL_ROLE_PROBE_LISTED, listed);
+    if (p && !lookup_add(b, z, DNSBL_ROLE_PROBE_UNLISTED, unlisted))
+        b->n--; /* a probe without its partner would be read past */
+}
+
+static struct dnsbl_batch *batch_build(struct dnsbl_sess *ss, enum dnsbl_phase_id ph,
+                                       unsigned targets, const char *prefix, bool probes)
+{
+    struct dnsbl_conf *c = ss->conf;
+    struct dnsbl_batch *b = calloc(1, sizeof *b + 3 * c->nzones * sizeof b->lk[0]);
+    if (!b)
+        return NULL;
+    b->sess = ss;
+    b->phase = ph;
+    for (size_t i = 0; i < c->nzones; i++) {
+        struct dnsbl_zone *z = &c->zones[i];
+        if (probes && probe_due(c, z))
+            probes_add(b, z);
+        if ((z->targets & targets) && !atomic_load(&z->disabled))
+            lookup_add(b, z, DNSBL_ROLE_LISTING, prefix);
+    }
+    return b;
+}
+
+void dnsbl_phase_reset(struct dnsbl_sess *ss, enum dnsbl_phase_id ph)
+{
+    batch_retire(ss, ss->batch[ph]);
+    ss->batch[ph] = NULL;
+    memset(&ss->result[ph], 0, sizeof ss->result[ph]);
+}
+
+int dnsbl_phase_start(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase_id ph,
+                      unsigned targets, const char *prefix, bool probes)
+{
+    dnsbl_phase_reset(ss, ph);
+    struct dnsbl_batch *b = batch_build(ss, ph, targets, prefix, probes);
+    if (!b)
+        return -1;
+    ss->batch[ph] = b;
+    b->outstanding = 1; /* held while starting, so no answer finishes the phase early */
+    for (size_t i = 0; i < b->n; i++) {
+        struct dnsbl_lookup *l = &b->lk[i];
+        lookup_start(s, l, l->role == DNSBL_ROLE_LISTING && l->zone->want_reason);
+    }
+    batch_settle(s, b);
+    return 0;
+}
