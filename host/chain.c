@@ -117,8 +117,8 @@ static void chain_timeout_cb(evutil_socket_t fd, short what, void *arg)
     if (!s->run.pending)
         return;
     struct plugin_entry *e = s->run.entry;
-    log_warn(s->sid, "%s: entry %s gave no verdict within %lld ms: %s", hook_name(s->run.point),
-             e->name, (long long)e->timeout_ms, verdict_name(e->on_timeout));
+    log_warn(s->sid, "entry %s timed out after %lld ms at %s: %s", e->name,
+             (long long)e->timeout_ms, hook_name(s->run.point), verdict_name(e->on_timeout));
     s->run.pending = false;
     s->run.entry = NULL;
     sdk_op_abandon_entry(s, e);

@@ -7,6 +7,7 @@
 #include "config.h"
 #include "log.h"
 #include "master.h"
+#include "plugin_host.h"
 
 #define SLUICE_DEFAULT_CONFIG SLUICE_SYSCONFDIR "/sluice.conf"
 
@@ -49,6 +50,14 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
+        /* The chain is built too: a plugin checks its own settings in init(). */
+        struct chain *chain = chain_build(cfg, NULL, 1, err, sizeof err);
+        if (!chain) {
+            fprintf(stderr, "%s\n", err);
+            config_free(cfg);
+            return 1;
+        }
+        chain_free(chain);
         printf("configuration ok\n");
         config_free(cfg);
         return 0;
