@@ -67,6 +67,22 @@ static void endpoint_serve_metrics(struct evhttp_request *req)
     evbuffer_free(body);
 }
 
+/* evhttp_send_error drops our headers, and a 405 must carry Allow. */
+static void endpoint_refuse_method(struct evhttp_request *req)
+{
+    static const char text[] = "405 Method Not Allowed: " METRICS_PATH " takes GET or HEAD\n";
+    struct evkeyvalq *headers = evhttp_request_get_output_headers(req);
+    struct evbuffer *body = evbuffer_new();
+    evhttp_add_header(headers, "Allow", "GET, HEAD");
+    evhttp_add_header(headers, "Content-Type", "text/plain; charset=utf-8");
+    evhttp_add_header(headers, "Connection", "close");
+    if (body)
+        evbuffer_add(body, text, sizeof text - 1);
+    evhttp_send_reply(req, 405, "Method Not Allowed", body);
+    if (body)
+        evbuffer_free(body);
+}
+
 static void endpoint_request(struct evhttp_request *req, void *arg)
 {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -76,8 +92,7 @@ static void endpoint_request(struct evhttp_request *req, void *arg)
         return;
     }
     if (!endpoint_method_ok(evhttp_request_get_command(req))) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-        evhttp_send_error(req, 405, "Method Not Allowed");
+        endpoint_refuse_method(req);
         return;
     }
     endpoint_serve_metrics(req);
