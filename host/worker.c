@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "config.h"
 #include "dns.h"
+#include "host_metrics.h"
 #include "plugin_host.h"
 #include "workpool.h"
 #include "conn_limits.h"
@@ -213,7 +214,8 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
     int rc = 1, started = 0;
     w.limits = limits_new(&cfg->connections);
     w.workpool = workpool_new(cfg->thread_pool_size);
-    if (!w.loops || !ctxs || !w.limits || !w.workpool || worker_pools_init(&w) < 0) {
+    if (!w.loops || !ctxs || !w.limits || !w.workpool || worker_pools_init(&w) < 0 ||
+        host_metrics_init(cfg) < 0) {
         snprintf(err, sizeof err, "out of memory");
         goto out;
     }
@@ -266,6 +268,7 @@ out:
     limits_free(w.limits);
     free(w.loops);
     free(ctxs);
+    host_metrics_free();
     metrics_free_all();
     return rc;
 }
