@@ -159,7 +159,9 @@ static enum store_status lmdb_status(struct store *st, const char *what, int rc)
         return STORE_OK;
     if (rc == MDB_NOTFOUND)
         return STORE_NOTFOUND;
-    lmdb_log_error(st, what, rc);
+    /* not a counter, or one that would overflow: the caller's mistake */
+    if (rc != EINVAL && rc != ERANGE)
+        lmdb_log_error(st, what, rc);
     return STORE_ERROR;
 }
 
