@@ -8,8 +8,10 @@ struct event_base;
 struct workpool;
 
 struct workpool *workpool_new(int nthreads);
-/* Finishes the jobs already queued (their done callbacks are NOT run: the
- * loops are gone), joins the threads. */
+/* Stops taking jobs, lets the ones running finish, joins the threads. Jobs
+ * still queued never run, and no done callback runs any more (the loops are
+ * gone): their args are not released. Call it after the loop threads stopped
+ * and before their bases are freed (the jobs' events live on those bases). */
 void workpool_free(struct workpool *wp);
 
 /* work(arg) runs on a pool thread; then done(arg) runs on base's loop thread
