@@ -128,7 +128,8 @@ static void register_globals(void)
     hm.relay_denied = metrics_counter("sluice_relay_denied_total",
                                       "Recipients refused because relaying to them is denied.",
                                       NULL);
-    hm.bytes = metrics_counter("sluice_message_bytes_total", "Message bytes sent to backends.",
+    hm.bytes = metrics_counter("sluice_message_bytes_total",
+                               "Bytes of messages a backend accepted (2xx at end of data).",
                                NULL);
     hm.duration = metrics_histogram(
         "sluice_transaction_duration_seconds",
@@ -189,7 +190,7 @@ void host_metrics_transaction(int code, uint64_t bytes, double seconds)
     if (c < 0)
         return;
     metrics_counter_add(hm.transactions[c], 1);
-    if (bytes)
+    if (c == CLASS_2XX)
         metrics_counter_add(hm.bytes, bytes);
     metrics_histogram_observe(hm.duration, seconds);
 }

@@ -29,9 +29,10 @@ void host_metrics_session_closed(void);
 void host_metrics_session_refused(void);
 
 /* A transaction ended with the final reply code given to the client at the
- * end of DATA (the backend's, or a plugin's / sluice's own 4xx/5xx), bytes
- * of the message sent to the backend (0 if it never got there), seconds
- * since MAIL FROM. Codes outside 2xx/4xx/5xx are ignored. */
+ * end of DATA (the backend's, or a plugin's / sluice's own 4xx/5xx); bytes
+ * is the message size, counted in sluice_message_bytes_total only with a
+ * 2xx (delivered to a backend); seconds since MAIL FROM. Codes outside
+ * 2xx/4xx/5xx (0: the transaction was abandoned) are ignored. */
 void host_metrics_transaction(int code, uint64_t bytes, double seconds);
 /* The reply code given to the client for one RCPT TO (relay denials
  * included). */

@@ -469,7 +469,7 @@ static void host_metrics_count_sessions_transactions_and_backends(void **state)
     host_metrics_rcpt(550);
     host_metrics_relay_denied();
     host_metrics_transaction(250, 1000, 0.2);
-    host_metrics_transaction(451, 0, 0.02);
+    host_metrics_transaction(451, 500, 0.02); /* not delivered: no bytes */
     host_metrics_transaction(0, 5, 1); /* no final reply: not a result class */
     host_metrics_backend_connect("mx", true);
     host_metrics_backend_connect("mx", false);
