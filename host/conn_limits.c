@@ -158,6 +158,8 @@ static int limits_table_init(struct limits_table *t)
     t->nbuckets = LIMITS_INITIAL_BUCKETS;
     t->count = 0;
     t->buckets = calloc(t->nbuckets, sizeof *t->buckets);
+    if (!t->buckets)
+        t->nbuckets = 0; /* tracks nothing */
     return t->buckets ? 0 : -1;
 }
 
@@ -198,6 +200,8 @@ static struct limits_entry *limits_table_find(const struct limits *l,
                                               const struct limits_table *t,
                                               const struct limits_key *k)
 {
+    if (!t->buckets)
+        return NULL;
     for (struct limits_entry *e = t->buckets[limits_hash(l, t, k)]; e; e = e->next)
         if (memcmp(&e->key, k, sizeof *k) == 0)
             return e;
@@ -282,6 +286,8 @@ static struct limits_entry *limits_entry_get(struct limits *l, struct limits_tab
         limits_refill(l, e, now);
         return e;
     }
+    if (!t->buckets)
+        return NULL;
     if (t->count >= LIMITS_MAX_TRACKED) {
         if (!l->full_logged)
             log_warn(NULL, "connection limits: %d clients tracked, newer ones are admitted "
@@ -398,10 +404,10 @@ enum limits_verdict limits_admit_at(struct limits *l, const struct sockaddr *cli
         whylen = sizeof scratch;
     }
     why[0] = '\0';
-    if (netlist_match(l->conf->allowlist, client))
-        return LIMITS_OK;
     pthread_mutex_lock(&l->mu);
-    enum limits_verdict v = limits_admit_locked(l, client, why, whylen, now_ms);
+    enum limits_verdict v = LIMITS_OK;
+    if (!netlist_match(l->conf->allowlist, client))
+        v = limits_admit_locked(l, client, why, whylen, now_ms);
     pthread_mutex_unlock(&l->mu);
     if (v != LIMITS_OK)
         atomic_fetch_add(&l->refused[v], 1);
@@ -427,20 +433,24 @@ static void limits_count_out(struct limits *l, struct limits_table *t, const str
         limits_table_remove(l, t, e);
 }
 
-void limits_release_at(struct limits *l, const struct sockaddr *client, uint64_t now_ms)
+static void limits_release_locked(struct limits *l, const struct sockaddr *client, uint64_t now_ms)
 {
-    if (netlist_match(l->conf->allowlist, client))
-        return;
     struct limits_key addr_key, net_key;
     bool ip = limits_key_of(l, client, false, &addr_key) == 0 &&
               limits_key_of(l, client, true, &net_key) == 0;
-    pthread_mutex_lock(&l->mu);
     if (l->total > 0)
         l->total--;
     if (ip && limits_tracks_addresses(l))
         limits_count_out(l, &l->addresses, &addr_key, now_ms);
     if (ip && limits_tracks_networks(l))
         limits_count_out(l, &l->networks, &net_key, now_ms);
+}
+
+void limits_release_at(struct limits *l, const struct sockaddr *client, uint64_t now_ms)
+{
+    pthread_mutex_lock(&l->mu);
+    if (!netlist_match(l->conf->allowlist, client))
+        limits_release_locked(l, client, now_ms);
     pthread_mutex_unlock(&l->mu);
 }
 
@@ -467,6 +477,25 @@ struct limits *limits_new(const struct connection_conf *c)
         return NULL;
     }
     return l;
+}
+
+void limits_reconfigure(struct limits *l, const struct connection_conf *c)
+{
+    pthread_mutex_lock(&l->mu);
+    bool same_networks = c->network_v4 == l->conf->network_v4 &&
+                         c->network_v6 == l->conf->network_v6;
+    l->conf = c;
+    if (!same_networks) {
+        /* Counts under the old prefixes cannot be found again: start afresh. */
+        limits_table_free(&l->networks);
+        if (limits_table_init(&l->networks) < 0)
+            log_err(NULL, "connection limits: out of memory, per_network not enforced");
+    }
+    for (size_t i = 0; i < l->addresses.nbuckets; i++)
+        for (struct limits_entry *e = l->addresses.buckets[i]; e; e = e->next)
+            if (e->tokens > limits_capacity(l))
+                e->tokens = limits_capacity(l);
+    pthread_mutex_unlock(&l->mu);
 }
 
 void limits_free(struct limits *l)

@@ -31,6 +31,12 @@ enum limits_verdict {
 struct limits *limits_new(const struct connection_conf *c);
 void limits_free(struct limits *l);
 
+/* After a reload: the new limits apply from the next admission; the sessions
+ * counted so far stay counted (a changed network prefix restarts the network
+ * counts). c replaces the previous configuration, which may be freed once
+ * this returns. Any thread. */
+void limits_reconfigure(struct limits *l, const struct connection_conf *c);
+
 /* Counts a new session of client in, or refuses it: LIMITS_OK, or the limit
  * it is over with a one-line explanation in why ("too many connections from
  * 192.0.2.1: 5"). Allowlisted clients are always admitted and never counted.

@@ -312,6 +312,32 @@ static void beyond_the_table_cap_clients_are_admitted_untracked(void **state)
     fixture_free(f);
 }
 
+static void reconfigure_applies_new_limits_and_keeps_the_counts(void **state)
+{
+    struct fixture *f = fixture_new();
+    f->conf.per_address = 1;
+    f->conf.per_network = 10;
+    fixture_start(f);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OVER_ADDRESS);
+    struct connection_conf wider = f->conf;
+    wider.per_address = 2;
+    wider.network_v4 = 16;
+    limits_reconfigure(f->limits, &wider);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OVER_ADDRESS);
+    assert_int_equal(limits_total(f->limits), 2);
+    /* Network counts restart under the new prefix; releases stay safe. */
+    struct sockaddr_storage ss = addr("192.0.2.1");
+    assert_int_equal(limits_network_sessions(f->limits, (struct sockaddr *)&ss), 1);
+    release(f, "192.0.2.1");
+    release(f, "192.0.2.1");
+    assert_int_equal(limits_total(f->limits), 0);
+    assert_int_equal(limits_network_sessions(f->limits, (struct sockaddr *)&ss), 0);
+    assert_int_equal(limits_address_sessions(f->limits, (struct sockaddr *)&ss), 0);
+    fixture_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -329,6 +355,7 @@ int main(void)
         cmocka_unit_test(zero_disables_every_limit),
         cmocka_unit_test(idle_entries_are_forgotten),
         cmocka_unit_test(beyond_the_table_cap_clients_are_admitted_untracked),
+        cmocka_unit_test(reconfigure_applies_new_limits_and_keeps_the_counts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
