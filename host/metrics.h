@@ -42,14 +42,17 @@ size_t metrics_escape_label_value(const char *in, char *out, size_t outlen);
 /* Text exposition of every metric, malloc'd, NUL-terminated. */
 char *metrics_render(size_t *len);
 
-/* Starts the HTTP endpoint ("ip:port") on its own thread. Returns 0 or -1
- * with err. metrics_stop joins it. */
+/* Starts the HTTP endpoint ("ip:port" or "[v6]:port", numeric; port 0 picks
+ * a free one) on its own thread: GET/HEAD /metrics answer 200 with
+ * metrics_render(), other paths 404, other methods 405. Returns 0 or -1
+ * with err. metrics_stop joins it (a no-op when not started). */
 int metrics_start(const char *listen, char *err, size_t errlen);
 void metrics_stop(void);
 /* The port the endpoint listens on (useful with port 0), or -1 when stopped. */
 int metrics_port(void);
 
-/* Frees every metric (worker exit). */
+/* Frees every metric (worker exit): after metrics_stop, once no thread can
+ * still update or register one. */
 void metrics_free_all(void);
 
 #endif
