@@ -25,6 +25,8 @@
 #define TARPIT_DEFAULT_MAX_DELAY_MS 30000
 #define TARPIT_DEFAULT_EARLY_TALKER_SCORE 5.0
 #define TARPIT_NOTE_EARLY_TALKER "tarpit.early_talker"
+/* The host's default plugin_timeout, for a warning only. */
+#define TARPIT_HOST_DEFAULT_TIMEOUT_MS 10000
 
 enum tarpit_early_action { EARLY_IGNORE, EARLY_REJECT, EARLY_DISCONNECT, EARLY_SCORE };
 
@@ -152,10 +154,15 @@ static int tarpit_read_throttle(const sluice_entry *e, struct tarpit_conf *c, ch
 static int tarpit_check_timeout(const sluice_entry *e, const struct tarpit_conf *c, char *err,
                                 size_t errlen)
 {
-    int64_t timeout_ms = 0;
-    if (sluice_setting_duration(e, "timeout", &timeout_ms) != 0)
-        return 0;
     int64_t longest = c->max_delay_ms > c->banner_delay_ms ? c->max_delay_ms : c->banner_delay_ms;
+    int64_t timeout_ms = 0;
+    if (sluice_setting_duration(e, "timeout", &timeout_ms) != 0) {
+        if (longest >= TARPIT_HOST_DEFAULT_TIMEOUT_MS)
+            sluice_log_entry(e, SLUICE_LOG_WARN,
+                             "no timeout set: delays beyond plugin_timeout (10s unless set in "
+                             "sluice.conf) end with on_timeout's outcome");
+        return 0;
+    }
     if (timeout_ms > longest)
         return 0;
     snprintf(err, errlen,
