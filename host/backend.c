@@ -12,6 +12,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "generation.h"
 #include "log.h"
 #include "netaddr.h"
 #include "pool.h"
@@ -50,6 +51,7 @@ struct pending {
 
 struct backend {
     struct loop *loop;
+    struct generation *gen; /* its pool and pool_conf live there */
     struct backend *prev, *next; /* the loop's list */
     struct pool *pool;
     const struct pool_conf *pc;
@@ -135,7 +137,10 @@ static void backend_free(struct backend *b)
         b->loop->backend_list = b->next;
     if (b->next)
         b->next->prev = b->prev;
+    struct generation *gen = b->gen;
     free(b);
+    if (gen)
+        generation_unref(gen);
 }
 
 void backend_abort_all(struct loop *loop)
@@ -610,13 +615,16 @@ static const char *backend_client_name(const struct backend_client *c)
     return c->name_status == DNS_TEMPFAIL ? "[TEMPUNAVAIL]" : "[UNAVAILABLE]";
 }
 
-struct backend *backend_open(struct loop *loop, struct pool *pool, int pool_index,
-                             const struct backend_client *client, backend_cb cb, void *arg)
+struct backend *backend_open(struct loop *loop, struct generation *gen, struct pool *pool,
+                             int pool_index, const struct backend_client *client, backend_cb cb,
+                             void *arg)
 {
     struct backend *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
     b->loop = loop;
+    b->gen = gen;
+    generation_ref(gen);
     b->next = loop->backend_list;
     if (b->next)
         b->next->prev = b;

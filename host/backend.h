@@ -14,6 +14,7 @@
 #include "reply.h"
 
 struct loop;
+struct generation;
 struct pool;
 struct spool;
 struct backend;
@@ -50,10 +51,12 @@ struct backend_client {
 
 /* Takes a slot of the pool (waiting for one if needed), connects (trying the
  * pool's servers in turn), and runs the handshake: PROXY header, banner,
- * EHLO, XCLIENT + new banner + EHLO. cb gets BACKEND_REPLY with the final
+ * EHLO, XCLIENT + new banner + EHLO. Holds a reference on gen (where pool
+ * lives) until the connection is gone. cb gets BACKEND_REPLY with the final
  * EHLO reply (2xx) when ready, or the failing reply / status. */
-struct backend *backend_open(struct loop *loop, struct pool *pool, int pool_index,
-                             const struct backend_client *client, backend_cb cb, void *arg);
+struct backend *backend_open(struct loop *loop, struct generation *gen, struct pool *pool,
+                             int pool_index, const struct backend_client *client, backend_cb cb,
+                             void *arg);
 
 /* Sends one command line (CRLF included); cb gets its reply. */
 void backend_command(struct backend *b, const char *line, size_t len, backend_cb cb, void *arg);

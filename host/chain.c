@@ -219,8 +219,8 @@ void sluice_resume(sluice_session *ss, enum sluice_verdict verdict)
 
 /* ---- replies and deferred rejections -------------------------------------- */
 
-static void chain_format_reply(struct verdict_reply *r, int code, const char *esc,
-                               const char *fmt, va_list ap)
+__attribute__((format(printf, 4, 0))) static void
+chain_format_reply(struct verdict_reply *r, int code, const char *esc, const char *fmt, va_list ap)
 {
     r->set = true;
     r->code = code;

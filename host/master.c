@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,8 @@
 #include "worker.h"
 
 #define MASTER_LISTEN_BACKLOG 1024
+/* Plugins initialise during a reload: give them time, but not forever. */
+#define MASTER_RELOAD_WAIT_MS 60000
 
 static int master_open_socket(const struct listen_conf *lc, char *err, size_t errlen)
 {
@@ -120,7 +123,52 @@ static int master_wait_ready(int fd)
     return -1;
 }
 
-static int master_supervise(pid_t worker)
+/* Reads one status line of the worker (reload result), waiting at most
+ * timeout_ms. */
+static int master_read_line(int fd, char *buf, size_t len, int timeout_ms)
+{
+    size_t got = 0;
+    while (got + 1 < len) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, timeout_ms);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        ssize_t n = read(fd, buf + got, 1);
+        if (n <= 0)
+            return -1;
+        if (buf[got++] == '\n')
+            break;
+    }
+    buf[got] = '\0';
+    return 0;
+}
+
+/* SIGHUP: check the files here (no plugin code runs in the master), then
+ * let the worker build the new chain and say how it went. */
+static void master_reload(const struct sluice_config *cfg, pid_t worker, int status_fd)
+{
+    struct sluice_config *next = NULL;
+    char err[1024];
+    if (config_load(cfg->path, &next, err, sizeof err) < 0) {
+        log_err(NULL, "master: reload refused, the running configuration stays: %s", err);
+        return;
+    }
+    config_free(next);
+    master_notify_systemd("RELOADING=1");
+    kill(worker, SIGHUP);
+    char line[800];
+    if (master_read_line(status_fd, line, sizeof line, MASTER_RELOAD_WAIT_MS) < 0)
+        log_err(NULL, "master: the worker did not report on the reload");
+    else if (strncmp(line, "reload ok", 9) == 0)
+        log_info(NULL, "master: reload done");
+    else
+        log_err(NULL, "master: %s", line);
+    master_notify_systemd("READY=1");
+}
+
+static int master_supervise(const struct sluice_config *cfg, pid_t worker, int status_fd)
 {
     sigset_t set;
     sigemptyset(&set);
@@ -142,7 +190,7 @@ static int master_supervise(pid_t worker)
             return 0;
         }
         if (sig == SIGHUP) {
-            log_warn(NULL, "master: SIGHUP ignored: reload is not available yet, restart to apply");
+            master_reload(cfg, worker, status_fd);
             continue;
         }
         int status = 0;
@@ -190,8 +238,8 @@ int master_run(struct sluice_config *cfg)
     }
     close(pipefd[1]);
     int ready = master_wait_ready(pipefd[0]);
-    close(pipefd[0]);
     if (ready < 0) {
+        close(pipefd[0]);
         kill(pid, SIGTERM);
         waitpid(pid, NULL, 0);
         free(fds);
@@ -200,7 +248,8 @@ int master_run(struct sluice_config *cfg)
     log_info(NULL, "sluice ready: %zu listen addresses, %d loop threads", cfg->nlistens,
              cfg->threads);
     master_notify_systemd("READY=1");
-    int rc = master_supervise(pid);
+    int rc = master_supervise(cfg, pid, pipefd[0]);
+    close(pipefd[0]);
     size_t n = cfg->nlistens * (size_t)cfg->threads;
     for (size_t i = 0; i < n; i++)
         close(fds[i]);

@@ -40,6 +40,7 @@ static int loader_open(struct plugin_entry *e, char *err, size_t errlen)
     if (!p) {
         snprintf(err, errlen, "%s: %s exports no '%s' descriptor: not a sluice plugin",
                  e->conf->file, e->path, SLUICE_PLUGIN_SYMBOL);
+        dlclose(h); /* refused before any of its code ran */
         return -1;
     }
     if (p->abi_major != SLUICE_ABI_MAJOR || p->abi_minor > SLUICE_ABI_MINOR) {
@@ -48,6 +49,7 @@ static int loader_open(struct plugin_entry *e, char *err, size_t errlen)
                  "(the major must match and the minor must not be newer): rebuild it",
                  e->conf->file, e->path, p->abi_major, p->abi_minor, SLUICE_ABI_MAJOR,
                  SLUICE_ABI_MINOR);
+        dlclose(h);
         return -1;
     }
     e->plugin = p;

@@ -14,12 +14,14 @@
 #include <event2/event.h>
 
 #include "backend.h"
+#include "conn_limits.h"
 #include "config.h"
 #include "data_codec.h"
 #include "dns.h"
 #include "hooks.h"
 #include "log.h"
 #include "netaddr.h"
+#include "generation.h"
 #include "plugin_host.h"
 #include "pool.h"
 #include "proxy_proto.h"
@@ -379,10 +381,30 @@ static void session_rdns_done(void *arg, enum dns_status st, const char *name)
     hooks_run(s, HOOK_CONNECT, session_connect_done);
 }
 
+/* Connection limits, on the real client address, before anything else costs. */
+static bool session_admit(struct session *s)
+{
+    struct limits *l = s->loop->worker->limits;
+    char why[200] = "";
+    if (!l)
+        return true;
+    enum limits_verdict v = limits_admit(l, (struct sockaddr *)&s->peer, why, sizeof why);
+    if (v == LIMITS_OK) {
+        s->limits_admitted = true;
+        return true;
+    }
+    log_info(s->sid, "connection from %s refused: %s (%s)", s->client_ip, limits_verdict_name(v),
+             why);
+    session_close_after(s, R_LIMIT);
+    return false;
+}
+
 static void session_identified(struct session *s)
 {
     netaddr_ntop((struct sockaddr *)&s->peer, s->client_ip, sizeof s->client_ip);
     s->client_port = netaddr_port((struct sockaddr *)&s->peer);
+    if (!session_admit(s))
+        return;
     s->phase = PH_RDNS;
     s->rdns_status = DNS_TEMPFAIL;
     s->rdns_query = dns_reverse_confirmed(s->loop->dns, (struct sockaddr *)&s->peer,
@@ -475,10 +497,12 @@ static void session_free(struct session *s)
         evbuffer_free(s->data_out);
     session_txn_clear(s);
     session_plugins_free(s);
+    if (s->limits_admitted)
+        limits_release(loop->worker->limits, (struct sockaddr *)&s->peer);
     if (s->throttle_cfg)
         ev_token_bucket_cfg_free(s->throttle_cfg);
-    if (s->chain && chain_unref(s->chain))
-        chain_free(s->chain);
+    if (s->gen)
+        generation_unref(s->gen);
     free(s->helo);
     free(s->rdns_name);
     free(s->line);
@@ -538,18 +562,18 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
                     int peerlen, const struct listen_conf *listen)
 {
     struct session *s = calloc(1, sizeof *s);
-    const struct sluice_config *cfg = loop->worker->cfg;
     if (!s) {
         evutil_closesocket(fd);
         return;
     }
+    /* The session keeps the generation it started with through a reload. */
+    s->gen = generation_current(loop->worker);
+    const struct sluice_config *cfg = s->gen->cfg;
     s->loop = loop;
     s->cfg = cfg;
     s->listen = listen;
     s->txn.pool = -1;
-    s->chain = loop->worker->chain;
-    if (s->chain)
-        chain_ref(s->chain);
+    s->chain = s->gen->chain;
     session_plugins_init(s);
     memcpy(&s->peer, peer, (size_t)peerlen < sizeof s->peer ? (size_t)peerlen : sizeof s->peer);
     socklen_t llen = sizeof s->local;

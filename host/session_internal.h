@@ -19,6 +19,7 @@
 #include <sluice/plugin.h>
 
 struct chain;
+struct generation;
 struct plugin_entry;
 struct note;
 struct sdk_op;
@@ -76,6 +77,7 @@ struct session {
     bool finishing;
     bool discarding_line;
     bool early_talker;
+    bool limits_admitted;
     bool rejected; /* refused at connect: 503 to all but QUIT */
     int errors;
     char *line;    /* the current command line, cfg->max_line_length bytes */
@@ -97,7 +99,8 @@ struct session {
     bool spool_failed;
 
     /* ---- plugin host (chain.c, sdk_*.c) ---- */
-    struct chain *chain; /* the generation this session started with */
+    struct generation *gen; /* the configuration this session started with */
+    struct chain *chain;    /* gen->chain */
     struct {
         enum hook_point point;
         size_t next;       /* the next entry to run */

@@ -11,6 +11,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "generation.h"
 #include "log.h"
 #include "pool.h"
 #include "session_internal.h"
@@ -211,7 +212,6 @@ static void relay_backend_ready(void *arg, const struct backend_reply *r)
 
 static void relay_open_backend(struct session *s)
 {
-    struct worker *w = s->loop->worker;
     struct backend_client c = {
         .sid = s->sid,
         .addr = s->peer,
@@ -221,7 +221,7 @@ static void relay_open_backend(struct session *s)
         .name_status = s->rdns_status,
         .name = s->rdns_name,
     };
-    s->backend = backend_open(s->loop, w->pools[s->txn.pool], s->txn.pool, &c,
+    s->backend = backend_open(s->loop, s->gen, s->gen->pools[s->txn.pool], s->txn.pool, &c,
                               relay_backend_ready, s);
     /* A throttle applies only while no backend connection is held. */
     session_apply_throttle(s);

@@ -15,7 +15,9 @@
 #include "config.h"
 #include "dns.h"
 #include "host_metrics.h"
+#include "generation.h"
 #include "plugin_host.h"
+#include "store.h"
 #include "workpool.h"
 #include "conn_limits.h"
 #include "log.h"
@@ -75,12 +77,12 @@ static void *worker_loop_main(void *arg)
 {
     struct loop *loop = arg;
     char err[512] = "";
-    int rc = chain_thread_init(loop->worker->chain, loop->index, err, sizeof err);
+    int rc = generation_thread_init(loop->worker->gen, loop, err, sizeof err);
     worker_loop_started(rc == 0, err);
     if (rc == 0)
         event_base_dispatch(loop->base);
     /* Plugins' per-thread state goes on the thread that made it. */
-    chain_thread_fini(loop->worker->chain, loop->index);
+    chain_thread_fini(loop->worker->gen->chain, loop->index);
     return NULL;
 }
 
@@ -114,6 +116,13 @@ static int worker_loop_init(struct worker *w, struct loop *loop, int index, cons
     loop->dns = dns_ctx_new(loop->base, &cfg->dns, err, errlen);
     if (!loop->dns)
         return -1;
+    if (w->store) {
+        loop->store = store_thread_new(w->store, loop->base);
+        if (!loop->store) {
+            snprintf(err, errlen, "cannot set up the store for a loop thread");
+            return -1;
+        }
+    }
     loop->listeners = calloc(cfg->nlistens, sizeof *loop->listeners);
     if (!loop->listeners) {
         snprintf(err, errlen, "out of memory");
@@ -145,6 +154,8 @@ static void worker_loop_free(struct loop *loop)
     free(loop->listeners);
     if (loop->dns)
         dns_ctx_free(loop->dns);
+    if (loop->store)
+        store_thread_free(loop->store);
     if (loop->base)
         event_base_free(loop->base);
 }
@@ -157,41 +168,116 @@ static void worker_report(int ready_fd, const char *msg)
     (void)n;
 }
 
-static int worker_pools_init(struct worker *w)
+/* ---- reload ---------------------------------------------------------------- */
+
+struct reload_call {
+    struct generation *g;
+    struct loop *loop;
+    pthread_mutex_t *lock;
+    pthread_cond_t *cond;
+    int *done;
+    int *failed;
+    char *err;
+    size_t errlen;
+};
+
+static void worker_reload_thread_init(evutil_socket_t fd, short what, void *arg)
 {
-    const struct sluice_config *cfg = w->cfg;
-    w->pools = calloc(cfg->npools ? cfg->npools : 1, sizeof *w->pools);
-    if (!w->pools)
-        return -1;
-    for (size_t i = 0; i < cfg->npools; i++) {
-        w->pools[i] = pool_new(&cfg->pools[i]);
-        if (!w->pools[i])
-            return -1;
+    struct reload_call *rc = arg;
+    char err[512] = "";
+    int r = generation_thread_init(rc->g, rc->loop, err, sizeof err);
+    pthread_mutex_lock(rc->lock);
+    if (r != 0 && !*rc->failed) {
+        *rc->failed = 1;
+        snprintf(rc->err, rc->errlen, "%s", err);
     }
-    return 0;
+    (*rc->done)++;
+    pthread_cond_broadcast(rc->cond);
+    pthread_mutex_unlock(rc->lock);
+    free(rc);
 }
 
-static void worker_pools_free(struct worker *w)
+/* thread_init of the new chain on every loop thread, each on its own. */
+static int worker_reload_threads(struct worker *w, struct generation *g, char *err, size_t errlen)
 {
-    if (!w->pools)
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+    int done = 0, failed = 0, posted = 0;
+    for (int i = 0; i < w->nloops; i++) {
+        struct reload_call *rc = calloc(1, sizeof *rc);
+        if (!rc)
+            break;
+        *rc = (struct reload_call){g, &w->loops[i], &lock, &cond, &done, &failed, err, errlen};
+        if (event_base_once(w->loops[i].base, -1, EV_TIMEOUT, worker_reload_thread_init, rc,
+                            NULL) < 0) {
+            free(rc);
+            break;
+        }
+        posted++;
+    }
+    pthread_mutex_lock(&lock);
+    while (done < posted)
+        pthread_cond_wait(&cond, &lock);
+    pthread_mutex_unlock(&lock);
+    if (posted < w->nloops && !failed) {
+        snprintf(err, errlen, "cannot reach every loop thread");
+        failed = 1;
+    }
+    return failed ? -1 : 0;
+}
+
+static void worker_report_reload(int fd, bool ok, const char *err)
+{
+    char msg[700];
+    snprintf(msg, sizeof msg, ok ? "reload ok\n" : "reload error: %s\n", err);
+    worker_report(fd, msg);
+}
+
+/* SIGHUP: a new generation for new sessions, or the old one stays. */
+static void worker_reload(struct worker *w, int status_fd)
+{
+    char err[512] = "";
+    struct sluice_config *cfg = NULL;
+    if (config_load(w->cfg->path, &cfg, err, sizeof err) < 0) {
+        log_err(NULL, "reload refused, the running configuration stays: %s", err);
+        worker_report_reload(status_fd, false, err);
         return;
-    for (size_t i = 0; i < w->cfg->npools; i++)
-        if (w->pools[i])
-            pool_free(w->pools[i]);
-    free(w->pools);
+    }
+    if (cfg->threads != w->nloops || cfg->nlistens != w->cfg->nlistens)
+        log_warn(NULL, "reload: listen addresses and threads change only with a restart");
+    struct generation *g = generation_new(w, cfg, true, ++w->gen_seq, err, sizeof err);
+    if (!g) {
+        log_err(NULL, "reload refused, the running configuration stays: %s", err);
+        worker_report_reload(status_fd, false, err);
+        return;
+    }
+    if (worker_reload_threads(w, g, err, sizeof err) < 0) {
+        log_err(NULL, "reload refused, the running configuration stays: %s", err);
+        generation_unref(g);
+        worker_report_reload(status_fd, false, err);
+        return;
+    }
+    generation_install(w, g);
+    log_info(NULL, "reload: configuration generation %u serves new sessions", g->id);
+    worker_report_reload(status_fd, true, "");
 }
 
 /* Blocks until SIGTERM or SIGINT arrives (signals are blocked in every
- * thread, so only this sigwait sees them). */
-static void worker_wait_for_stop(void)
+ * thread, so only this sigwait sees them); SIGHUP reloads meanwhile. */
+static void worker_wait_for_stop(struct worker *w, int status_fd)
 {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     for (;;) {
         int sig = 0;
-        if (sigwait(&set, &sig) == 0 && (sig == SIGTERM || sig == SIGINT))
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP)
+            worker_reload(w, status_fd);
+        else
             return;
     }
 }
@@ -200,6 +286,7 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
 {
     char err[512] = "";
     struct worker w = {.cfg = cfg, .nloops = cfg->threads};
+    pthread_mutex_init(&w.gen_lock, NULL);
     evthread_use_pthreads();
     sigset_t set;
     sigemptyset(&set);
@@ -214,18 +301,21 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
     int rc = 1, started = 0;
     w.limits = limits_new(&cfg->connections);
     w.workpool = workpool_new(cfg->thread_pool_size);
-    if (!w.loops || !ctxs || !w.limits || !w.workpool || worker_pools_init(&w) < 0 ||
-        host_metrics_init(cfg) < 0) {
+    if (!w.loops || !ctxs || !w.limits || !w.workpool || host_metrics_init(cfg) < 0) {
         snprintf(err, sizeof err, "out of memory");
         goto out;
     }
-    w.chain = chain_build(cfg, &w, w.nloops, err, sizeof err);
-    if (!w.chain)
+    w.store = store_open(&cfg->store, w.workpool, err, sizeof err);
+    if (!w.store)
+        goto out;
+    w.gen = generation_new(&w, (struct sluice_config *)cfg, false, ++w.gen_seq, err, sizeof err);
+    if (!w.gen)
         goto out;
     for (int i = 0; i < w.nloops; i++)
         if (worker_loop_init(&w, &w.loops[i], i, fds, &ctxs[(size_t)i * cfg->nlistens], err,
                              sizeof err) < 0)
             goto out;
+    w.loops_running = true;
     for (; started < w.nloops; started++)
         if (pthread_create(&w.loops[started].thread, NULL, worker_loop_main,
                            &w.loops[started]) != 0) {
@@ -238,7 +328,7 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
         goto out;
     worker_report(ready_fd, "ok\n");
     log_info(NULL, "worker: %d loop threads, %zu listeners each", w.nloops, cfg->nlistens);
-    worker_wait_for_stop();
+    worker_wait_for_stop(&w, ready_fd);
     rc = 0;
 out:
     if (rc != 0) {
@@ -252,23 +342,30 @@ out:
         event_base_once(w.loops[i].base, -1, EV_TIMEOUT, worker_loop_stop_cb, &w.loops[i], NULL);
     for (int i = 0; i < started; i++)
         pthread_join(w.loops[i].thread, NULL);
-    if (w.workpool)
-        workpool_free(w.workpool);
-    w.workpool = NULL;
-    for (int i = 0; w.loops && i < w.nloops; i++) {
-        if (i >= started && w.loops[i].base) {
+    pthread_mutex_lock(&w.gen_lock);
+    w.loops_running = false;
+    pthread_mutex_unlock(&w.gen_lock);
+    for (int i = started; w.loops && i < w.nloops; i++) {
+        if (w.loops[i].base) {
             session_close_all(&w.loops[i]);
             backend_abort_all(&w.loops[i]);
         }
-        worker_loop_free(&w.loops[i]);
     }
-    if (w.chain && chain_unref(w.chain))
-        chain_free(w.chain);
-    worker_pools_free(&w);
+    if (w.gen)
+        generation_unref(w.gen);
+    generation_retire_all(&w);
+    /* The pool's queued completions belong to the loops' bases: free it first. */
+    if (w.workpool)
+        workpool_free(w.workpool);
+    for (int i = 0; w.loops && i < w.nloops; i++)
+        worker_loop_free(&w.loops[i]);
+    if (w.store)
+        store_close(w.store);
     limits_free(w.limits);
     free(w.loops);
     free(ctxs);
     host_metrics_free();
     metrics_free_all();
+    pthread_mutex_destroy(&w.gen_lock);
     return rc;
 }

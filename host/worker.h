@@ -4,6 +4,7 @@
 #define SLUICE_WORKER_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -13,6 +14,7 @@ struct sluice_config;
 struct dns_ctx;
 struct pool;
 struct chain;
+struct generation;
 struct workpool;
 struct store;
 struct store_thread;
@@ -37,8 +39,11 @@ struct loop {
 
 struct worker {
     const struct sluice_config *cfg;
-    struct pool **pools; /* one per cfg->pools[i] */
-    struct chain *chain; /* the chain new sessions start with */
+    struct generation *gen;      /* what new sessions start with */
+    struct generation *retiring; /* released, waiting for thread_fini */
+    pthread_mutex_t gen_lock;
+    bool loops_running;
+    unsigned gen_seq;
     struct workpool *workpool;
     struct store *store;
     struct limits *limits; /* connection limits, shared by the loops */
