@@ -70,7 +70,7 @@ static enum sluice_verdict reject_now(sluice_session *s, struct dnsbl_sess *ss, 
     char text[256];
     reply_text(ss, culprit_phase(ss, last), text, sizeof text);
     sluice_counter_add(ss->conf->rejects, 1);
-    sluice_log(s, SLUICE_LOG_INFO, "dnsbl: reject: %s", text);
+    sluice_log(s, SLUICE_LOG_INFO, "reject: %s", text);
     sluice_reply(s, code, "5.7.1", "%s", text);
     return SLUICE_REJECT;
 }
@@ -87,7 +87,7 @@ static void mark_session(sluice_session *s, struct dnsbl_sess *ss)
     reply_text(ss, culprit_phase(ss, DNSBL_PH_HELO), text, sizeof text);
     ss->mark_set = true;
     sluice_counter_add(ss->conf->rejects, 1);
-    sluice_log(s, SLUICE_LOG_INFO, "dnsbl: deferred rejection: %s", text);
+    sluice_log(s, SLUICE_LOG_INFO, "deferred rejection: %s", text);
     sluice_defer_reject(s, SLUICE_HOOK_RCPT, 550, "5.7.1", "%s", text);
 }
 
@@ -181,7 +181,7 @@ static void publish(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase_i
     double total = 0;
     sluice_note_get_double(s, SLUICE_CONNECTION, "dnsbl.score", &total);
     sluice_note_set_double(s, SLUICE_CONNECTION, "dnsbl.score", total + r->score_sum);
-    sluice_log(s, SLUICE_LOG_INFO, "dnsbl: %s score=%g reject=%g listed=%s",
+    sluice_log(s, SLUICE_LOG_INFO, "%s score=%g reject=%g listed=%s",
                ph == DNSBL_PH_CONNECT ? "client" : ph == DNSBL_PH_HELO ? "helo" : "sender",
                r->score_sum, r->reject_sum, r->listed);
 }

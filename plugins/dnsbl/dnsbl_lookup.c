@@ -92,7 +92,7 @@ static void zone_disable(sluice_session *s, struct dnsbl_sess *ss, struct dnsbl_
         return;
     sluice_counter_add(ss->conf->disables, 1);
     sluice_log(s, SLUICE_LOG_ERR,
-               "dnsbl: zone %s DISABLED: %s; its listings are ignored until a health check "
+               "zone %s DISABLED: %s; its listings are ignored until a health check "
                "passes (RFC 5782: the list may refuse queries from this resolver)",
                z->name, why);
 }
@@ -100,16 +100,25 @@ static void zone_disable(sluice_session *s, struct dnsbl_sess *ss, struct dnsbl_
 static void zone_enable(sluice_session *s, struct dnsbl_zone *z)
 {
     if (atomic_exchange(&z->disabled, false))
-        sluice_log(s, SLUICE_LOG_WARN, "dnsbl: zone %s re-enabled: its health check passed",
+        sluice_log(s, SLUICE_LOG_WARN, "zone %s re-enabled: its health check passed",
                    z->name);
 }
 
-/* The two probes of a zone sit side by side: listed first. */
+static bool batch_saw_bad_answer(const struct dnsbl_batch *b, const struct dnsbl_zone *z)
+{
+    for (size_t i = 0; i < b->n; i++)
+        if (b->lk[i].zone == z && b->lk[i].bad)
+            return true;
+    return false;
+}
+
+/* The two probes of a zone sit side by side: listed first. A bad answer to
+ * the session's own lookup outweighs test points that look fine. */
 static void probe_evaluate(sluice_session *s, struct dnsbl_sess *ss, const struct dnsbl_lookup *p)
 {
     const struct dnsbl_lookup *q = p + 1;
     struct dnsbl_zone *z = p->zone;
-    if (p->bad || q->bad) {
+    if (batch_saw_bad_answer(p->batch, z)) {
         zone_disable(s, ss, z, "a health check was answered outside 127/8 or with an error code");
         return;
     }
@@ -120,7 +129,7 @@ static void probe_evaluate(sluice_session *s, struct dnsbl_sess *ss, const struc
         return;
     }
     if (!p->answer.listed)
-        sluice_log(s, SLUICE_LOG_WARN, "dnsbl: zone %s does not list its RFC 5782 test point %s",
+        sluice_log(s, SLUICE_LOG_WARN, "zone %s does not list its RFC 5782 test point %s",
                    z->name, p->name);
     zone_enable(s, z);
 }
@@ -203,7 +212,7 @@ static void lookup_answered(sluice_session *s, struct dnsbl_lookup *l)
 static void note_failure(sluice_session *s, struct dnsbl_lookup *l)
 {
     sluice_counter_add(l->batch->sess->conf->timeouts, 1);
-    sluice_log(s, SLUICE_LOG_WARN, "dnsbl: zone %s: lookup of %s failed (timeout or error); "
+    sluice_log(s, SLUICE_LOG_WARN, "zone %s: lookup of %s failed (timeout or error); "
                "ignored (fail open)", l->zone->name, l->name);
 }
 
@@ -326,9 +335,12 @@ static struct dnsbl_batch *batch_build(struct dnsbl_sess *ss, enum dnsbl_phase_i
     b->phase = ph;
     for (size_t i = 0; i < c->nzones; i++) {
         struct dnsbl_zone *z = &c->zones[i];
-        if (probes && probe_due(c, z))
+        /* A zone under a health check is asked too: the check's verdict
+         * comes first when the batch is evaluated. */
+        bool probing = probes && probe_due(c, z);
+        if (probing)
             probes_add(b, z);
-        if ((z->targets & targets) && !atomic_load(&z->disabled))
+        if ((z->targets & targets) && (probing || !atomic_load(&z->disabled)))
             lookup_add(b, z, DNSBL_ROLE_LISTING, prefix);
     }
     return b;

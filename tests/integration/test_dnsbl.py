@@ -29,6 +29,7 @@ BOTH_HALVES = "127.0.0.11"  # half1.test and half2.test
 ONE_HALF = "127.0.0.12"     # half2.test only
 DNSWL = "127.0.0.13"        # one.test and allow.test
 SCORED = "127.0.0.14"       # score.test only
+REFUSED = "127.0.0.30"      # flaky.test answers the error code 127.255.255.254
 LISTED_V6 = "2001:db8::1"   # six.test (ip6tset)
 
 # rbldnsd datasets: every IP zone lists its RFC 5782 test point 127.0.0.2.
@@ -42,6 +43,7 @@ ZONES = {
     "six.test": ("ip6tset", ":127.0.0.2:Listed v6\n2001:db8:0:0\n"),
     "errcode.test": ("ip4set", "127.0.0.0/8 :127.255.255.254:Query refused\n"),
     "listsall.test": ("ip4set", "127.0.0.0/8\n"),
+    "flaky.test": ("ip4set", "127.0.0.2\n127.0.0.9\n127.0.0.30 :127.255.255.254:Refused\n"),
     "dom.test": ("dnset", ":127.0.0.2:Domain listed\nspammer.example\ntest\n"),
 }
 
@@ -260,7 +262,7 @@ class DnsblTest(SluiceTestCase):
         port = self.relay([zone("score.test", 5.0, action="score")], threshold=Raw("1.0"))
         self.deliver(self.session_from(port, SCORED))
         self.backend.wait_messages(1)
-        lines = self.sluice.wait_log(r"dnsbl: client score=5 reject=0 listed=score\.test")
+        lines = self.sluice.wait_log(r"20-dnsbl: client score=5 reject=0 listed=score\.test")
         self.assertTrue(lines)
 
     # --- domains ------------------------------------------------------------
@@ -295,6 +297,16 @@ class DnsblTest(SluiceTestCase):
         port = self.relay([zone("listsall.test")])
         self.deliver(self.session_from(port, CLEAN))
         self.sluice.wait_log(r"zone listsall\.test DISABLED")
+
+    def test_disabled_zone_is_enabled_again_when_its_health_check_passes(self):
+        port = self.relay([zone("flaky.test")], health_interval="1s")
+        self.deliver(self.session_from(port, REFUSED))
+        self.sluice.wait_log(r"zone flaky\.test DISABLED")
+        self.deliver(self.session_from(port, LISTED))  # disabled: the listing is ignored
+        time.sleep(1.2)
+        reply = self.mail_until_rcpt(self.session_from(port, LISTED))
+        self.assertReply(reply, 550, "5.7.1", "blocked using flaky.test")
+        self.sluice.wait_log(r"zone flaky\.test re-enabled")
 
     def test_silent_dns_server_fails_open_within_the_timeout(self):
         silent = SilentDns()
