@@ -217,8 +217,9 @@ class Limits(LuaTestCase):
         self.assertReply(c.cmd("MAIL FROM:<x@sender.test>"), 250)
         self.assertReply(c.cmd("RCPT TO:<boom@example.test>"), 451, "4.7.1")
         self.assertReply(c.cmd("RCPT TO:<fine@example.test>"), 250)
-        lines = self.sluice().wait_log(r"policy\.lua:6: .*attempt to index")
-        self.assertIn("lua:", lines[0])
+        # the session id, the entry, then file:line
+        self.sluice().wait_log(r"[0-9A-F]{12} 50-policy: lua: \S*policy\.lua:6: "
+                               r".*attempt to index")
 
     def test_on_error_continue_lets_the_session_through(self):
         script = self.write_script("policy.lua", ERROR_SCRIPT)
@@ -287,6 +288,19 @@ class Waits(LuaTestCase):
         self.assertLess(time.monotonic() - started, 0.3)
         self.assertReply(sleeper.read_reply(), 250)
         self.assertGreaterEqual(time.monotonic() - started, 0.29)
+
+    def test_timed_out_wait_is_abandoned_and_the_next_call_runs(self):
+        script = self.write_script("waits.lua", WAIT_SCRIPT)
+        _, port = self.start_lua(script, {"timeout": "100ms", "on_timeout": "tempfail"},
+                                 threads=1)
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<x@sender.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<sleep@example.test>"), 451)
+        # the timer the host cancelled must not resume anything later
+        time.sleep(0.4)
+        self.assertReply(c.cmd("RCPT TO:<fine@example.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<missing@example.test>"), 550, "5.7.1",
+                         "status tempfail")
 
 
 if __name__ == "__main__":
