@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "generation.h"
+#include "host_metrics.h"
 #include "log.h"
 #include "netaddr.h"
 #include "pool.h"
@@ -313,6 +314,7 @@ static void backend_ready(struct backend *b, const char *text, const struct smtp
 {
     b->state = B_READY;
     pool_server_ok(b->pool, b->server);
+    host_metrics_backend_connect(b->pc->name, true);
     backend_idle_timeouts(b);
     log_debug(b->sid, "backend %s: ready", b->peer);
     backend_open_done(b, BACKEND_REPLY, text, r->len, r->code, r->nlines);
@@ -324,6 +326,7 @@ static void backend_next_server(struct backend *b, const char *why)
 {
     log_warn(b->sid, "backend %s: %s", b->peer, why);
     pool_server_failed(b->pool, b->server);
+    host_metrics_backend_connect(b->pc->name, false);
     backend_drop_connection(b);
     b->tried++;
     b->server = pool_next_server(b->pool, b->server, b->tried);

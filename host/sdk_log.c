@@ -59,7 +59,9 @@ static int sdk_metric_names(const sluice_entry *e, const char *name, char *full,
     if (!e || !name)
         return -1;
     int n = snprintf(full, fl, "sluice_plugin_%s", name);
-    int m = snprintf(labels, ll, "entry=\"%s\"", ((const struct plugin_entry *)e)->name);
+    char esc[200];
+    metrics_escape_label_value(((const struct plugin_entry *)e)->name, esc, sizeof esc);
+    int m = snprintf(labels, ll, "entry=\"%s\"", esc);
     return (n < 0 || (size_t)n >= fl || m < 0 || (size_t)m >= ll) ? -1 : 0;
 }
 

@@ -15,6 +15,7 @@
 
 #include "backend.h"
 #include "conn_limits.h"
+#include "host_metrics.h"
 #include "config.h"
 #include "data_codec.h"
 #include "dns.h"
@@ -245,6 +246,7 @@ void session_txn_add_rcpt(struct session *s, int code)
     t->rcpts[t->nrcpts].code = code;
     s->cur_rcpt_addr = NULL;
     t->nrcpts++;
+    host_metrics_rcpt(code);
     if (code / 100 == 2)
         t->naccepted++;
 }
@@ -272,6 +274,8 @@ void session_log_txn(struct session *s, const char *result)
     struct timeval now, d;
     gettimeofday(&now, NULL);
     timersub(&now, &t->start, &d);
+    host_metrics_transaction(atoi(result), t->size,
+                             (double)d.tv_sec + (double)d.tv_usec / 1e6);
     log_info(s->sid, "tx client=%s helo=%s from=<%s> rcpt=%s size=%llu backend=%s result=%s "
              "duration=%ld.%03lds",
              s->client_ip, helo, from, rcpts[0] ? rcpts : "-", (unsigned long long)t->size,
@@ -395,6 +399,7 @@ static bool session_admit(struct session *s)
     }
     log_info(s->sid, "connection from %s refused: %s (%s)", s->client_ip, limits_verdict_name(v),
              why);
+    host_metrics_session_refused();
     session_close_after(s, R_LIMIT);
     return false;
 }
@@ -514,6 +519,7 @@ static void session_free(struct session *s)
         s->next->prev = s->prev;
     loop->sessions--;
     atomic_fetch_sub(&loop->worker->sessions, 1);
+    host_metrics_session_closed();
     free(s);
 }
 
@@ -587,6 +593,7 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     loop->session_list = s;
     loop->sessions++;
     atomic_fetch_add(&loop->worker->sessions, 1);
+    host_metrics_session_opened();
 
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

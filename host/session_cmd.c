@@ -9,6 +9,7 @@
 #include <event2/bufferevent.h>
 
 #include "config.h"
+#include "host_metrics.h"
 #include "log.h"
 #include "netaddr.h"
 #include "pool.h"
@@ -211,6 +212,8 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
         char addr[300];
         log_sanitize(addr, sizeof addr, path.addr, path.addr_len);
         log_info(s->sid, "relay denied: client %s, recipient <%s>", s->client_ip, addr);
+        host_metrics_relay_denied();
+        host_metrics_rcpt(550);
         session_error(s, R_RELAY_DENIED);
         return;
     }

@@ -321,7 +321,7 @@ static void relay_message_reply(void *arg, const struct backend_reply *r)
 static void relay_eom_done(struct session *s, const struct hook_verdict *v)
 {
     if (session_apply_verdict(s, HOOK_EOM, v)) {
-        session_log_txn(s, "rejected");
+        session_log_txn(s, v->kind == VERDICT_REJECT ? "554" : "451");
         session_txn_reset(s);
         session_done(s);
         return;

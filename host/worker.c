@@ -305,9 +305,10 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
         snprintf(err, sizeof err, "out of memory");
         goto out;
     }
+    /* A store that cannot open is a store failure: plugins fail open. */
     w.store = store_open(&cfg->store, w.workpool, err, sizeof err);
     if (!w.store)
-        goto out;
+        log_err(NULL, "store unavailable, plugins using it fail open: %s", err);
     w.gen = generation_new(&w, (struct sluice_config *)cfg, false, ++w.gen_seq, err, sizeof err);
     if (!w.gen)
         goto out;

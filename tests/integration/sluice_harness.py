@@ -359,6 +359,9 @@ def base_config(workdir, listen_port, pools, routes=(), listen_options=None, **o
         "dns": {"servers": ["127.0.0.1:%d" % free_port(socket.SOCK_DGRAM)],
                 "timeout": "1s"},
         "conf_dir": conf_dir,
+        # Everything arrives from 127.0.0.1: only the limit tests turn these on.
+        "connections": {"per_address": 0, "per_network": 0, "rate": 0},
+        "store": {"backend": "lmdb", "path": os.path.join(workdir, "store")},
     }
     for key, value in overrides.items():
         if value is None:

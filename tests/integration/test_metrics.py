@@ -84,7 +84,6 @@ class MetricsTest(SluiceTestCase):
         self.assertNotEqual(code, 0, output)
         self.assertIn("metrics", output)
 
-    @unittest.skip("until host_metrics_* calls are wired into session*.c and backend.c")
     def test_counters_follow_sessions_transactions_and_denials(self):
         port, mport, b = self.relay_with_metrics()
         self.assertEqual(self.send(port, ["one@a.example"]), {})
