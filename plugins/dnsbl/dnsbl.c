@@ -245,16 +245,34 @@ static enum sluice_verdict dnsbl_connect(sluice_session *s, void *entry_state, v
     int family = dnsbl_reverse_addr(sa, rev, sizeof rev);
     if (family < 0)
         return SLUICE_CONTINUE;
+    ss->active = true;
     if (dnsbl_phase_start(s, ss, DNSBL_PH_CONNECT, family_target(family), rev, true) < 0)
         return SLUICE_CONTINUE;
     return wait_or_decide(s, ss, SLUICE_HOOK_CONNECT);
+}
+
+/* A hook still marked waiting was decided by the entry's pending timeout,
+ * and the host cancelled every outstanding lookup of the entry: what is
+ * unanswered will never be, so it counts as nothing (fail open). */
+static void recover_from_timeout(sluice_session *s, struct dnsbl_sess *ss)
+{
+    if (ss->waiting_hook < 0)
+        return;
+    sluice_log(s, SLUICE_LOG_WARN, "the entry's timeout cut the wait for the lists; "
+               "unanswered lookups are ignored (keep query_timeout below the entry's timeout)");
+    ss->waiting_hook = -1;
+    for (int ph = 0; ph < DNSBL_PH_COUNT; ph++)
+        dnsbl_phase_abandon(ss, (enum dnsbl_phase_id)ph);
 }
 
 /* Hooks after connect see no state when connect skipped it (trusted). */
 static struct dnsbl_sess *active_sess(sluice_session *s)
 {
     struct dnsbl_sess *ss = sess_of(s);
-    return ss && (ss->batch[DNSBL_PH_CONNECT] || ss->allowlisted) ? ss : NULL;
+    if (!ss || !(ss->active || ss->allowlisted))
+        return NULL;
+    recover_from_timeout(s, ss);
+    return ss;
 }
 
 static bool has_targets(const struct dnsbl_conf *c, unsigned t)

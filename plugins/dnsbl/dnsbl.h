@@ -110,6 +110,7 @@ struct dnsbl_sess {
     struct dnsbl_batch *retired;
     struct dnsbl_result result[DNSBL_PH_COUNT];
     int waiting_hook; /* the hook that returned PENDING, or -1 */
+    bool active;      /* the client is being looked up */
     bool allowlisted;
     bool session_accept_given;
     bool mark_set;
@@ -128,6 +129,9 @@ int dnsbl_phase_start(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase
                       unsigned targets, const char *prefix, bool probes);
 /* Forgets the phase's lookups and result (a new HELO, a new transaction). */
 void dnsbl_phase_reset(struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
+/* Gives up the phase's unanswered lookups (the host cancelled them): what
+ * they would have found is not counted. */
+void dnsbl_phase_abandon(struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
 bool dnsbl_phase_done(const struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
 void dnsbl_batches_free(struct dnsbl_sess *ss);
 

@@ -9,6 +9,7 @@
 #define DEFAULT_THRESHOLD 1.0
 #define DEFAULT_WEIGHT 1.0
 #define DEFAULT_HEALTH_INTERVAL_MS (5 * 60 * 1000)
+#define DEFAULT_QUERY_TIMEOUT_MS (5 * 1000) /* below the default entry timeout (10s) */
 #define DEFAULT_NEGATIVE_TTL_MS (60 * 1000)
 #define DEFAULT_MIN_TTL_MS (10 * 1000)
 #define DEFAULT_MAX_TTL_MS (60 * 60 * 1000)
@@ -294,6 +295,7 @@ int dnsbl_conf_load(sluice_entry *e, struct dnsbl_conf **out, char *err, size_t 
     c->threshold = DEFAULT_THRESHOLD;
     c->defer = true;
     c->health_interval_ms = DEFAULT_HEALTH_INTERVAL_MS;
+    c->query_timeout_ms = DEFAULT_QUERY_TIMEOUT_MS;
     c->negative_ttl_ms = DEFAULT_NEGATIVE_TTL_MS;
     c->min_ttl_ms = DEFAULT_MIN_TTL_MS;
     c->max_ttl_ms = DEFAULT_MAX_TTL_MS;

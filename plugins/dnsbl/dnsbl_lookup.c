@@ -353,6 +353,14 @@ void dnsbl_phase_reset(struct dnsbl_sess *ss, enum dnsbl_phase_id ph)
     memset(&ss->result[ph], 0, sizeof ss->result[ph]);
 }
 
+void dnsbl_phase_abandon(struct dnsbl_sess *ss, enum dnsbl_phase_id ph)
+{
+    if (dnsbl_phase_done(ss, ph))
+        return;
+    batch_retire(ss, ss->batch[ph]);
+    ss->batch[ph] = NULL;
+}
+
 int dnsbl_phase_start(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase_id ph,
                       unsigned targets, const char *prefix, bool probes)
 {

@@ -149,7 +149,8 @@ class DnsblTest(SluiceTestCase):
     def tearDownClass(cls):
         cls.rbldnsd.stop()
 
-    def relay(self, zones, dns_port=None, listen_options=None, **settings):
+    def relay(self, zones, dns_port=None, listen_options=None, dns_timeout="1s", timeouts=None,
+              **settings):
         """sluice with one dnsbl entry; returns its port."""
         conf_dir = os.path.join(self.workdir, "conf.d")
         os.makedirs(conf_dir, exist_ok=True)
@@ -158,12 +159,13 @@ class DnsblTest(SluiceTestCase):
             f.write('plugin = "dnsbl";\n' + render_config(entry))
         self.backend = self.start_backend("a")
         port = free_port()
-        dns = {"servers": ["127.0.0.1:%d" % (dns_port or self.rbldnsd.port)], "timeout": "1s",
+        dns = {"servers": ["127.0.0.1:%d" % (dns_port or self.rbldnsd.port)], "timeout": dns_timeout,
                "tries": 1}
         plugin_dir = os.path.join(os.path.dirname(sluice_bin()), "plugins")
         self.sluice = self.start_sluice(base_config(
             self.workdir, port, [pool("a", [self.backend.port])], [("a.example", "a")],
-            listen_options=listen_options, dns=dns, plugin_dir=plugin_dir))
+            listen_options=listen_options, dns=dns, plugin_dir=plugin_dir,
+            timeouts=dict({"command": "5m", "data_block": "3m"}, **(timeouts or {}))))
         return port
 
     def session_from(self, port, source):
@@ -311,12 +313,30 @@ class DnsblTest(SluiceTestCase):
     def test_silent_dns_server_fails_open_within_the_timeout(self):
         silent = SilentDns()
         self.addCleanup(silent.stop)
-        port = self.relay([zone("one.test")], dns_port=silent.port, defer=False)
+        port = self.relay([zone("one.test")], dns_port=silent.port, defer=False,
+                          timeouts={"reverse_lookup": "1s"})
         started = time.monotonic()
         self.deliver(self.session_from(port, LISTED))
-        self.assertLess(time.monotonic() - started, 8)
+        self.assertLess(time.monotonic() - started, 5)  # reverse lookup 1s, the list 1s
         self.assertGreater(silent.queries, 0)
         self.sluice.wait_log(r"one\.test: lookup of .* failed")
+
+    def test_entry_timeout_cutting_the_wait_fails_open_and_later_hooks_do_not_wait(self):
+        silent = SilentDns()
+        self.addCleanup(silent.stop)
+        port = self.relay([zone("one.test")], dns_port=silent.port, dns_timeout="30s",
+                          query_timeout="30s", timeout="1s", on_timeout="continue")
+        c = self.session_from(port, LISTED)
+        self.assertReply(c.read_reply(), 220)  # after the host's own reverse lookup gave up
+        started = time.monotonic()
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<v@a.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        self.assertReply(c.cmd(BODY + b"."), 250)
+        self.assertLess(time.monotonic() - started, 4)  # one cut wait (1s), not one per hook
+        self.sluice.wait_log(r"timeout cut the wait")
 
     # --- configuration ------------------------------------------------------
 
