@@ -303,5 +303,42 @@ class Waits(LuaTestCase):
                          "status tempfail")
 
 
+MESSAGE_SCRIPT = """
+local kept
+sluice.on("rcpt", function(s)
+    kept = s
+    assert(os.execute == nil and io == nil and debug == nil)
+end)
+sluice.on("eom", function(s)
+    assert(not pcall(kept.ip, kept), "a kept session object must be dead")
+    local n, bytes = 0, 0
+    for chunk in s:body_chunks(7) do
+        n = n + 1
+        bytes = bytes + #chunk
+    end
+    local names = {}
+    for _, h in ipairs(s:headers()) do names[#names + 1] = h.name end
+    s:add_header("X-Chunks", n .. " chunks " .. bytes .. " bytes of " .. s:size())
+    s:add_header("X-Names", table.concat(names, ","))
+    s:add_header("X-Rcpts", table.concat(s:recipients(), ","))
+end)
+"""
+
+
+class MessageAccess(LuaTestCase):
+
+    def test_eom_handler_streams_the_message_and_sees_headers_and_recipients(self):
+        script = self.write_script("message.lua", MESSAGE_SCRIPT)
+        b, port = self.start_lua(script)
+        c = self.open_session(port)
+        self.assertReply(self.send_message(c), 250)
+        data = b.wait_messages(1)[0]["data"]
+        size = len(MESSAGE % (b"hello", b"")) - len(b".\r\n")
+        chunks = (size + 6) // 7
+        self.assertIn(b"X-Chunks: %d chunks %d bytes of %d" % (chunks, size, size), data)
+        self.assertIn(b"X-Names: From,To,Subject,X-Sluice-Policy", data)
+        self.assertIn(b"X-Rcpts: b@example.test", data)
+
+
 if __name__ == "__main__":
     unittest.main()
