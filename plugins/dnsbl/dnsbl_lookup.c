@@ -125,7 +125,7 @@ static void probe_evaluate(sluice_session *s, struct dnsbl_sess *ss, const struc
     if (p->status == SLUICE_DNS_TEMPFAIL || q->status == SLUICE_DNS_TEMPFAIL)
         return; /* cannot tell */
     if (q->answer.listed) {
-        zone_disable(s, ss, z, "it lists the test point that must not be listed (lists everything)");
+        zone_disable(s, ss, z, "it lists the test point that must not be listed");
         return;
     }
     if (!p->answer.listed)

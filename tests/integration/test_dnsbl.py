@@ -159,8 +159,8 @@ class DnsblTest(SluiceTestCase):
             f.write('plugin = "dnsbl";\n' + render_config(entry))
         self.backend = self.start_backend("a")
         port = free_port()
-        dns = {"servers": ["127.0.0.1:%d" % (dns_port or self.rbldnsd.port)], "timeout": dns_timeout,
-               "tries": 1}
+        dns = {"servers": ["127.0.0.1:%d" % (dns_port or self.rbldnsd.port)],
+               "timeout": dns_timeout, "tries": 1}
         plugin_dir = os.path.join(os.path.dirname(sluice_bin()), "plugins")
         self.sluice = self.start_sluice(base_config(
             self.workdir, port, [pool("a", [self.backend.port])], [("a.example", "a")],
