@@ -93,8 +93,14 @@ static void chain_finish(struct session *s, enum sluice_verdict v)
 }
 
 /* Returns true when the verdict decides the hook. */
+chain_trace_fn chain_trace;
+
+const char *chain_verdict_name(enum sluice_verdict v) { return verdict_name(v); }
+
 static bool chain_take_verdict(struct session *s, struct plugin_entry *e, enum sluice_verdict v)
 {
+    if (chain_trace)
+        chain_trace(s, s->run.point, e->name, v, s->reply.set ? s->reply.text : NULL);
     if (v != SLUICE_CONTINUE)
         log_debug(s->sid, "%s: entry %s: %s", hook_name(s->run.point), e->name, verdict_name(v));
     if (v == SLUICE_CONTINUE || v == SLUICE_PENDING)
@@ -252,6 +258,8 @@ void sluice_defer_reject(sluice_session *ss, enum sluice_hook when, int code, co
     chain_format_reply(&s->deferred, code ? code : 550, esc ? esc : "5.7.1", fmt, ap);
     va_end(ap);
     s->deferred_when = when == SLUICE_HOOK_DATA ? HOOK_DATA : HOOK_RCPT;
+    /* A mark made after an allowlist accepted counts again. */
+    s->deferred_cleared = false;
     log_info(s->sid, "%s: rejection deferred to %s", s->current_entry ? s->current_entry->name : "?",
              hook_name(s->deferred_when));
 }

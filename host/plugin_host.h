@@ -49,6 +49,14 @@ void chain_thread_fini(struct chain *c, int index);
 /* fini() of every entry; the .so files stay loaded (never dlclose). */
 void chain_free(struct chain *c);
 
+/* sluice-check watches every entry's verdict through this (NULL in the
+ * daemon). reply_text is the plugin's reply text when it set one. */
+struct session;
+typedef void (*chain_trace_fn)(const struct session *s, int hook, const char *entry,
+                               enum sluice_verdict v, const char *reply_text);
+extern chain_trace_fn chain_trace;
+const char *chain_verdict_name(enum sluice_verdict v);
+
 void chain_ref(struct chain *c);
 /* Returns true when this was the last reference. */
 bool chain_unref(struct chain *c);

@@ -233,8 +233,23 @@ static void relay_open_backend(struct session *s)
 
 /* The recipient passed relay control and every hook: hand it to the
  * backend, opening or reusing the backend session as needed. */
+/* sluice-check: the recipient passed relay control and every entry. */
+static void relay_rcpt_checked(struct session *s)
+{
+    char line[300];
+    int n = snprintf(line, sizeof line, "250 2.1.5 Ok (check mode: pool %s)\r\n",
+                     s->cfg->pools[s->txn.pool].name);
+    session_write(s, line, (size_t)n);
+    session_txn_add_rcpt(s, 250);
+    session_done(s);
+}
+
 void session_rcpt_relay(struct session *s)
 {
+    if (s->loop->worker->check_mode) {
+        relay_rcpt_checked(s);
+        return;
+    }
     if (s->txn.fail_reply) {
         relay_rcpt_failed(s);
         return;
@@ -267,7 +282,8 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
         session_done(s);
         return;
     }
-    if (!s->backend || !backend_usable(s->backend)) {
+    bool check = s->loop->worker->check_mode;
+    if (!check && (!s->backend || !backend_usable(s->backend))) {
         session_reply(s, R_BACKEND_LOST);
         session_log_txn(s, "451");
         relay_drop_backend(s);
@@ -286,7 +302,8 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
         struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
         event_add(s->data_timer, &tv);
     }
-    backend_keepalive(s->backend, true);
+    if (s->backend)
+        backend_keepalive(s->backend, true);
     s->phase = PH_DATA;
     session_done(s);
 }
@@ -322,6 +339,14 @@ static void relay_eom_done(struct session *s, const struct hook_verdict *v)
 {
     if (session_apply_verdict(s, HOOK_EOM, v)) {
         session_log_txn(s, v->kind == VERDICT_REJECT ? "554" : "451");
+        session_txn_reset(s);
+        session_done(s);
+        return;
+    }
+    if (s->loop->worker->check_mode) {
+        static const char ok[] = "250 2.0.0 Ok (check mode: not relayed)\r\n";
+        session_write(s, ok, sizeof ok - 1);
+        session_log_txn(s, "250");
         session_txn_reset(s);
         session_done(s);
         return;

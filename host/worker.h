@@ -51,6 +51,7 @@ struct worker {
     int nloops;
     atomic_int sessions; /* open sessions, all threads */
     atomic_bool stopping;
+    bool check_mode; /* sluice-check: recipients and messages go nowhere */
 };
 
 /* fds[l * nloops + t]: the listening socket of listen entry l for loop t.
