@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <libconfig.h>
@@ -26,6 +28,48 @@ static char *loader_resolve(const struct sluice_config *cfg, const char *plugin)
     else
         snprintf(buf, sizeof buf, "%s/%s.so", cfg->plugin_dir, plugin);
     return strdup(buf);
+}
+
+/* Every .so this process loaded, as it was on disk then. dlopen() of the
+ * same path gives back the loaded image, so a file replaced later is not
+ * what runs: say so, and that a restart is needed. */
+struct loaded_so {
+    char *path;
+    dev_t dev;
+    ino_t ino;
+    struct timespec mtime;
+    struct loaded_so *next;
+};
+static struct loaded_so *loaded;
+static pthread_mutex_t loaded_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void loader_note_file(const struct plugin_entry *e)
+{
+    struct stat st;
+    if (stat(e->path, &st) < 0)
+        return;
+    pthread_mutex_lock(&loaded_lock);
+    struct loaded_so *l = loaded;
+    while (l && strcmp(l->path, e->path) != 0)
+        l = l->next;
+    if (!l) {
+        l = calloc(1, sizeof *l);
+        if (l && (l->path = strdup(e->path))) {
+            l->dev = st.st_dev;
+            l->ino = st.st_ino;
+            l->mtime = st.st_mtim;
+            l->next = loaded;
+            loaded = l;
+        } else {
+            free(l);
+        }
+    } else if (l->dev != st.st_dev || l->ino != st.st_ino ||
+               l->mtime.tv_sec != st.st_mtim.tv_sec || l->mtime.tv_nsec != st.st_mtim.tv_nsec) {
+        log_warn(NULL, "%s: %s changed on disk since it was loaded: the loaded code keeps "
+                       "running until sluice is restarted",
+                 e->conf->file, e->path);
+    }
+    pthread_mutex_unlock(&loaded_lock);
 }
 
 static int loader_open(struct plugin_entry *e, char *err, size_t errlen)
@@ -53,6 +97,7 @@ static int loader_open(struct plugin_entry *e, char *err, size_t errlen)
         return -1;
     }
     e->plugin = p;
+    loader_note_file(e);
     return 0;
 }
 
