@@ -19,14 +19,38 @@
 static const char *const timeout_outcomes[] = {"continue", "accept", "reject", "tempfail",
                                                "disconnect", NULL};
 
-/* "dnsbl" -> <plugin_dir>/dnsbl.so; a name with a '/' is a path. */
+/* A sluice run from its build tree finds the plugins built beside it. */
+static bool loader_beside_executable(const char *plugin, char *buf, size_t len)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0)
+        return false;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return false;
+    *slash = '\0';
+    int m = snprintf(buf, len, "%s/plugins/%s.so", exe, plugin);
+    return m > 0 && (size_t)m < len && access(buf, R_OK) == 0;
+}
+
+/* "dnsbl" -> <plugin_dir>/dnsbl.so; a name with a '/' is a path. When
+ * plugin_dir is the built-in default and lacks the plugin, the directory
+ * of the executable's plugins/ is tried. */
 static char *loader_resolve(const struct sluice_config *cfg, const char *plugin)
 {
     char buf[PATH_MAX];
-    if (strchr(plugin, '/'))
+    if (strchr(plugin, '/')) {
         snprintf(buf, sizeof buf, "%s", plugin);
-    else
-        snprintf(buf, sizeof buf, "%s/%s.so", cfg->plugin_dir, plugin);
+        return strdup(buf);
+    }
+    snprintf(buf, sizeof buf, "%s/%s.so", cfg->plugin_dir, plugin);
+    if (access(buf, R_OK) != 0 && strcmp(cfg->plugin_dir, SLUICE_PLUGIN_DIR) == 0) {
+        char beside[PATH_MAX];
+        if (loader_beside_executable(plugin, beside, sizeof beside))
+            return strdup(beside);
+    }
     return strdup(buf);
 }
 
