@@ -201,10 +201,11 @@ static int tarpit_init(sluice_entry *entry, void **entry_state, char *err, size_
         free(c);
         return -1;
     }
-    c->delayed = sluice_counter_new(entry, "tarpit_delays_total", "replies delayed by the tarpit");
-    c->early_talkers =
-        sluice_counter_new(entry, "tarpit_early_talkers_total", "clients that talked before the greeting");
-    c->throttled = sluice_counter_new(entry, "tarpit_throttled_total", "sessions whose reading was throttled");
+    c->delayed = sluice_counter_new(entry, "tarpit_delays_total", "Replies delayed.");
+    c->early_talkers = sluice_counter_new(entry, "tarpit_early_talkers_total",
+                                          "Clients that talked before the greeting.");
+    c->throttled = sluice_counter_new(entry, "tarpit_throttled_total",
+                                      "Throttles applied to suspect clients.");
     *entry_state = c;
     return 0;
 }
