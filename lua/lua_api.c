@@ -9,10 +9,6 @@
 #include "lua_plugin.h"
 #include "sluice_lua.h" /* the helper library, embedded at build time */
 
-/* Proposed for the SDK: the name of the i-th setting of the group at path
- * ("" for the top level), NULL past the end. Used when the host has it. */
-extern const char *sluice_setting_name_at(const sluice_entry *e, const char *path, int i)
-    __attribute__((weak));
 
 #define LUAP_PATH_MAX 256
 #define LUAP_REDIS_MAX_ARGS 64
@@ -448,7 +444,7 @@ static int options_len(lua_State *L)
     return 1;
 }
 
-/* pairs() needs the names of a group: only with sluice_setting_name_at. */
+/* pairs() walks the names of a group (sluice_setting_name_at). */
 static int options_next(lua_State *L)
 {
     const sluice_entry *e = thread_of(L)->e->entry;
@@ -456,7 +452,7 @@ static int options_next(lua_State *L)
     int i = (int)lua_tointeger(L, lua_upvalueindex(1));
     int count = sluice_setting_count(e, path);
     for (; i < count; i++) {
-        const char *name = sluice_setting_name_at ? sluice_setting_name_at(e, path, i) : NULL;
+        const char *name = sluice_setting_name_at(e, path, i);
         if (name && !(path[0] == '\0' && is_host_key(name))) {
             lua_pushinteger(L, i + 1);
             lua_replace(L, lua_upvalueindex(1));
@@ -471,8 +467,6 @@ static int options_next(lua_State *L)
 
 static int options_pairs(lua_State *L)
 {
-    if (!sluice_setting_name_at)
-        return luaL_error(L, "pairs(sluice.options) needs a host with sluice_setting_name_at");
     lua_pushinteger(L, 0);
     lua_pushcclosure(L, options_next, 1);
     lua_pushvalue(L, 1);
