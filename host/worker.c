@@ -257,6 +257,9 @@ static void worker_reload(struct worker *w, int status_fd)
         worker_report_reload(status_fd, false, err);
         return;
     }
+    /* Before the install: the old generation (whose cfg the limits read)
+     * may be retired and freed as soon as it is no longer current. */
+    limits_reconfigure(w->limits, &g->cfg->connections);
     generation_install(w, g);
     log_info(NULL, "reload: configuration generation %u serves new sessions", g->id);
     worker_report_reload(status_fd, true, "");
