@@ -47,6 +47,7 @@ struct pending {
     struct spool *spool;
     struct evbuffer *prefix; /* a rewritten header, sent before the spool from offset */
     uint64_t offset;
+    uint64_t sent_at; /* bytes_out once its command (or body) is written */
     struct pending *next;
 };
 
@@ -81,6 +82,7 @@ struct backend {
     bool keepalive;
     struct event *quit_timer;
     struct event *start_ev;
+    uint64_t bytes_out; /* everything ever put into the output buffer */
 
     int in_handler;
     bool free_when_idle;
@@ -239,6 +241,21 @@ static void backend_idle_timeouts(struct backend *b)
 static void backend_write(struct backend *b, const char *line, size_t len)
 {
     bufferevent_write(b->bev, line, len);
+    b->bytes_out += len;
+    if (b->tail)
+        b->tail->sent_at = b->bytes_out;
+}
+
+/* A reply to a command that has not fully left our output buffer cannot be
+ * its answer: the server is out of step (a stray or early reply), and taking
+ * it would pair every later reply with the wrong command. The greeting is
+ * exempt: a PROXY header may still be queued when it arrives. */
+static bool backend_reply_premature(struct backend *b)
+{
+    size_t unsent = evbuffer_get_length(bufferevent_get_output(b->bev));
+    if (b->state < B_READY)
+        return b->state != B_GREETING && unsent > 0;
+    return b->head && b->bytes_out - unsent < b->head->sent_at;
 }
 
 static int backend_queue(struct backend *b, enum pending_kind kind, backend_cb cb, void *arg)
@@ -398,6 +415,7 @@ static void backend_noop_arm(struct backend *b)
 static void backend_start_body(struct backend *b, struct pending *p)
 {
     struct evbuffer *out = bufferevent_get_output(b->bev);
+    size_t queued = evbuffer_get_length(out);
     if (p->prefix)
         evbuffer_add_buffer(out, p->prefix);
     if (spool_add_range_to(p->spool, p->offset, out) < 0) {
@@ -405,6 +423,8 @@ static void backend_start_body(struct backend *b, struct pending *p)
         return;
     }
     evbuffer_add(out, ".\r\n", 3);
+    b->bytes_out += evbuffer_get_length(out) - queued;
+    p->sent_at = b->bytes_out;
     p->kind = P_FINAL;
     backend_set_reply_timeout(b, b->pc->final_timeout_ms);
 }
@@ -419,6 +439,12 @@ static void backend_command_reply(struct backend *b, const char *text, const str
     }
     if (p->kind == P_DATA && r->code == 354) {
         backend_start_body(b, p);
+        return;
+    }
+    /* DATA is answered by 354 or an error; a 2xx here is not the message's
+     * acceptance (nothing was sent), so it must never reach the client. */
+    if (p->kind == P_DATA && r->code < 400) {
+        backend_fail(b, "answered DATA with neither 354 nor an error");
         return;
     }
     b->head = p->next;
@@ -450,6 +476,10 @@ static void backend_handle_reply(struct backend *b, const char *text, const stru
     if (b->state == B_CLOSING) {
         b->state = B_DEAD;
         backend_free(b);
+        return;
+    }
+    if (backend_reply_premature(b)) {
+        backend_fail(b, "replied before the command was sent");
         return;
     }
     if (b->state < B_READY)
