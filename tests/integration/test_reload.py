@@ -341,3 +341,84 @@ class LimitsReloadTest(ReloadTestCase):
         self.delivered(b, "<limits@reload.test>")
         first.cmd("QUIT")
         second.cmd("QUIT")
+
+
+class ReloadLifecycleTest(ReloadTestCase):
+    def dnsbl_entry(self, zone):
+        """A plugin with per-thread state (thread_init / thread_fini)."""
+        with open(os.path.join(self.conf_dir, "20-dnsbl.conf"), "w") as f:
+            f.write('plugin = "dnsbl";\nzones = ( { zone = "%s"; } );\n'
+                    'health_interval = "0";\n' % zone)
+
+    def test_burst_of_sighups_ends_on_the_last_configuration_and_later_reloads_report(self):
+        b = self.start_backend("a")
+        self.gen_entry("v0")
+        self.dnsbl_entry("zero.test")
+        s = self.start_sluice(self.config([pool("a", [b.port])]))
+        self.gen_entry("burst")
+        self.dnsbl_entry("burst.test")
+        for _ in range(5):
+            s.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.01)
+        s.wait_log(r"master: reload done", RELOAD_TIMEOUT)
+        # Coalesced SIGHUPs: wait until every reload the master started has ended.
+        wait_until(lambda: len(s.grep(r"serves new sessions")) ==
+                   len(s.grep(r"master: reload done")), RELOAD_TIMEOUT, what="reloads to end")
+        time.sleep(0.3)
+        self.relay_one("<burst@reload.test>")
+        self.assertEqual(self.delivered(b, "<burst@reload.test>").get_all("X-Gen"), ["burst"])
+
+        done = len(s.grep(r"master: reload done"))
+        self.gen_entry("after")
+        self.reloads_done = done
+        self.reload(s)
+        self.relay_one("<after@reload.test>")
+        self.assertEqual(self.delivered(b, "<after@reload.test>").get_all("X-Gen"), ["after"])
+        self.assertEqual(s.grep(r"refused|reload error|did not report"), [])
+
+    def test_stop_while_sessions_hold_old_generations_exits_cleanly(self):
+        b = self.start_backend("a")
+        self.gen_entry("one")
+        self.dnsbl_entry("one.test")
+        s = self.start_sluice(self.config([pool("a", [b.port])]))
+        on_first = self.open_session(self.port)
+        self.assertReply(self.send_message(on_first, "<first@reload.test>"), 250)
+
+        self.gen_entry("two")
+        self.dnsbl_entry("two.test")
+        self.reload(s)
+        in_data = self.open_session(self.port)
+        self.assertReply(in_data.cmd("MAIL FROM:<c@x.example>"), 250)
+        self.assertReply(in_data.cmd("RCPT TO:<%s>" % RCPT), 250)
+        self.assertReply(in_data.cmd("DATA"), 354)
+        in_data.send(b"Subject: half\r\n\r\nhalf a message")
+
+        self.gen_entry("three")
+        self.reload(s)
+        self.relay_one("<third@reload.test>")
+        self.assertEqual(self.delivered(b, "<third@reload.test>").get_all("X-Gen"), ["three"])
+        self.assertEqual(s.grep(r"configuration generation [12] retired"), [])
+
+        s.proc.send_signal(signal.SIGTERM)
+        s.proc.wait(10.0)
+        self.assertEqual(s.proc.returncode, 0, s.log_tail())
+        self.assertTrue(on_first.wait_closed(5.0))
+        self.assertTrue(in_data.wait_closed(5.0))
+        self.assertEqual(b.message_count(), 2, "the half message must not be delivered")
+
+    def test_changed_thread_count_is_warned_about_and_the_rest_reloads(self):
+        b = self.start_backend("a")
+        self.gen_entry("before")
+        s = self.start_sluice(self.config([pool("a", [b.port])]))
+        with open(s.conf_path) as f:
+            text = f.read()
+        self.assertIn("threads = 2;", text)
+        with open(s.conf_path, "w") as f:
+            f.write(text.replace("threads = 2;", "threads = 3;"))
+        self.gen_entry("after")
+        self.reload(s)
+        s.wait_log(r"listen addresses and threads change only with a restart", 5.0)
+        for i in range(4):  # new sessions land on both loop threads
+            self.relay_one("<threads-%d@reload.test>" % i)
+            self.assertEqual(self.delivered(b, "<threads-%d@reload.test>" % i).get_all("X-Gen"),
+                             ["after"])
