@@ -147,6 +147,8 @@ void sluice_throttle(sluice_session *s, uint64_t bytes_per_second)
     session_apply_throttle(S(s));
 }
 
+bool sluice_backend_held(const sluice_session *s) { return CS(s)->backend != NULL; }
+
 bool sluice_tls_active(const sluice_session *s) { return false; }
 const char *sluice_tls_version(const sluice_session *s) { return NULL; }
 const char *sluice_tls_cipher(const sluice_session *s) { return NULL; }

@@ -10,8 +10,7 @@
  * A delayed session costs one timer and its buffers: the hook returns
  * SLUICE_PENDING and the timer resumes it. Delays apply only while the
  * session holds no backend connection (a slow client must never hold a
- * pool's slot): the SDK cannot tell that yet, so no delay is made at data,
- * nor at rcpt once a recipient was accepted (the backend is open then).
+ * pool's slot): sluice_backend_held() tells, and data and eom always have one.
  */
 #include <math.h>
 #include <stdbool.h>
@@ -231,11 +230,11 @@ static void tarpit_maybe_throttle(sluice_session *s, const struct tarpit_conf *c
     tarpit_count(c->throttled);
 }
 
-/* A backend connection is open from the first accepted recipient on. */
+/* Delaying while a backend connection is held would let a slow client keep
+ * a pool's slot: the host says when one is held (data and eom always). */
 static bool tarpit_backend_may_be_held(const sluice_session *s, enum sluice_hook hook)
 {
-    return hook == SLUICE_HOOK_DATA || hook == SLUICE_HOOK_EOM ||
-           (hook == SLUICE_HOOK_RCPT && sluice_rcpt_count(s) > 0);
+    return hook == SLUICE_HOOK_DATA || hook == SLUICE_HOOK_EOM || sluice_backend_held(s);
 }
 
 static int64_t tarpit_delay_ms(const sluice_session *s, const struct tarpit_conf *c,

@@ -48,6 +48,11 @@ bool sluice_early_talker(const sluice_session *s);
  * slow client never holds a pool's slot. Any hook. */
 void sluice_throttle(sluice_session *s, uint64_t bytes_per_second);
 
+/* True while the session holds a backend connection (from the first
+ * recipient a backend accepted until the backend session ends, which may
+ * outlast the transaction). A plugin that delays must not hold one. Any hook. */
+bool sluice_backend_held(const sluice_session *s);
+
 /* TLS facts of the client connection: false / NULL while it is in plain text. */
 bool sluice_tls_active(const sluice_session *s);
 const char *sluice_tls_version(const sluice_session *s);
