@@ -166,6 +166,10 @@ class ReloadUnderLoadTest(ReloadTestCase):
     def test_reloads_under_load_lose_nothing_and_new_sessions_get_the_new_chain(self):
         b = self.start_backend("a")
         self.gen_entry(EPOCH_HEADERS[0])
+        # Per-thread plugin state, built and retired with every generation.
+        with open(os.path.join(self.conf_dir, "20-dnsbl.conf"), "w") as f:
+            f.write('plugin = "dnsbl";\nzones = ( { zone = "load.test"; } );\n'
+                    'health_interval = "0";\n')
         s = self.start_sluice(self.config([pool("a", [b.port], max_connections=40)]))
         start = time.monotonic()
         clients = [LoadClient(i, self.port, start + LOAD_SECONDS) for i in range(LOAD_CLIENTS)]
@@ -215,6 +219,10 @@ class ReloadUnderLoadTest(ReloadTestCase):
                 strict[possible[0]] += 1
         self.assertTrue(all(n > 0 for n in strict[1:]),
                         "every new configuration served sessions opened after it: %r" % strict)
+        # Every session is closed: every generation but the current one let go.
+        for gen in range(1, len(EPOCH_HEADERS)):
+            s.wait_log(r"configuration generation %d retired" % gen, 10.0)
+        self.assertEqual(s.grep(r"configuration generation %d retired" % len(EPOCH_HEADERS)), [])
 
     @staticmethod
     def epochs_possible(sess, hups, dones):
