@@ -22,6 +22,7 @@ static void generation_free(struct generation *g)
     free(g->pools);
     if (g->owns_cfg)
         config_free(g->cfg);
+    free(g->retire_calls);
     free(g);
 }
 
@@ -113,7 +114,6 @@ static void generation_retire_on_loop(evutil_socket_t fd, short what, void *arg)
     struct retire_call *rc = arg;
     struct generation *g = rc->g;
     chain_thread_fini(g->chain, rc->index);
-    free(rc);
     if (atomic_fetch_sub(&g->finis_left, 1) == 1) {
         log_info(NULL, "configuration generation %u retired", g->id);
         generation_unlist(g);
@@ -144,8 +144,11 @@ void generation_unref(struct generation *g)
         return;
     }
     atomic_store(&g->finis_left, w->nloops);
+    /* Owned by the generation, not by the events: a loop that stops first
+     * never runs its event, and the generation is then freed at shutdown. */
+    g->retire_calls = calloc((size_t)w->nloops, sizeof *g->retire_calls);
     for (int i = 0; i < w->nloops; i++) {
-        struct retire_call *rc = malloc(sizeof *rc);
+        struct retire_call *rc = g->retire_calls ? &g->retire_calls[i] : NULL;
         if (rc) {
             rc->g = g;
             rc->index = i;
@@ -153,7 +156,6 @@ void generation_unref(struct generation *g)
         if (!rc || event_base_once(w->loops[i].base, -1, EV_TIMEOUT, generation_retire_on_loop,
                                    rc, NULL) < 0) {
             /* Left on the retiring list: freed at shutdown. */
-            free(rc);
             atomic_fetch_sub(&g->finis_left, 1);
         }
     }

@@ -16,6 +16,7 @@ struct chain;
 struct pool;
 struct worker;
 struct loop;
+struct retire_call;
 
 struct generation {
     unsigned id;
@@ -26,6 +27,7 @@ struct generation {
     bool owns_cfg; /* the first generation's config belongs to the caller */
     atomic_int refs;
     atomic_int finis_left; /* loop threads still to run thread_fini */
+    struct retire_call *retire_calls; /* one per loop; a stop may skip their events */
     struct generation *next_retiring;
 };
 

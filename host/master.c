@@ -18,6 +18,22 @@
 #include "log.h"
 #include "worker.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define MASTER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MASTER_ASAN 1
+#endif
+#endif
+#ifdef MASTER_ASAN
+#include <sanitizer/lsan_interface.h>
+/* _exit skips LeakSanitizer's exit hook: without this the worker, where every
+ * session lives, would never be checked for leaks. */
+#define MASTER_WORKER_LEAK_CHECK() __lsan_do_leak_check()
+#else
+#define MASTER_WORKER_LEAK_CHECK() ((void)0)
+#endif
+
 #define MASTER_LISTEN_BACKLOG 1024
 /* Plugins initialise during a reload: give them time, but not forever. */
 #define MASTER_RELOAD_WAIT_MS 60000
@@ -234,6 +250,7 @@ int master_run(struct sluice_config *cfg)
         close(pipefd[1]);
         free(fds);
         config_free(cfg);
+        MASTER_WORKER_LEAK_CHECK();
         _exit(rc);
     }
     close(pipefd[1]);
