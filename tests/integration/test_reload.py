@@ -430,3 +430,45 @@ class ReloadLifecycleTest(ReloadTestCase):
             self.relay_one("<threads-%d@reload.test>" % i)
             self.assertEqual(self.delivered(b, "<threads-%d@reload.test>" % i).get_all("X-Gen"),
                              ["after"])
+
+    def test_session_pending_in_a_plugin_during_reload_resumes_on_its_generation(self):
+        b = self.start_backend("a")
+        self.gen_entry("old")
+        with open(os.path.join(self.conf_dir, "30-slow.conf"), "w") as f:
+            f.write('plugin = "%s";\nhook = "rcpt";\ndelay = "1500ms";\nverdict = "continue";\n'
+                    % os.path.join(TEST_PLUGIN_DIR, "pending_timer.so"))
+        s = self.start_sluice(self.config([pool("a", [b.port])]))
+        slow = self.open_session(self.port)
+        self.assertReply(slow.cmd("MAIL FROM:<c@x.example>"), 250)
+        slow.send(b"RCPT TO:<%s>\r\n" % RCPT.encode())  # pending on the timer now
+
+        os.unlink(os.path.join(self.conf_dir, "30-slow.conf"))
+        self.gen_entry("new")
+        self.reload(s)
+        started = time.monotonic()
+        self.relay_one("<quick@reload.test>")
+        self.assertLess(time.monotonic() - started, 1.2, "the new chain has no pending entry")
+        self.assertEqual(self.delivered(b, "<quick@reload.test>").get_all("X-Gen"), ["new"])
+
+        self.assertReply(slow.read_reply(), 250)
+        self.assertReply(slow.cmd("DATA"), 354)
+        slow.send(message("<slow@reload.test>") + b".\r\n")
+        self.assertReply(slow.read_reply(), 250)
+        self.assertEqual(self.delivered(b, "<slow@reload.test>").get_all("X-Gen"), ["old"])
+        self.assertReply(slow.cmd("QUIT"), 221)
+        s.wait_log(r"configuration generation 1 retired", 10.0)
+
+    def test_stop_while_a_session_of_an_old_generation_is_pending_exits_cleanly(self):
+        self.start_backend("a")
+        with open(os.path.join(self.conf_dir, "30-slow.conf"), "w") as f:
+            f.write('plugin = "%s";\nhook = "mail";\ndelay = "5s";\nverdict = "continue";\n'
+                    % os.path.join(TEST_PLUGIN_DIR, "pending_timer.so"))
+        s = self.start_sluice(self.config([pool("a", [self.backends[0].port])]))
+        slow = self.open_session(self.port)
+        slow.send(b"MAIL FROM:<c@x.example>\r\n")
+        self.gen_entry("new")
+        self.reload(s)
+        s.proc.send_signal(signal.SIGTERM)
+        s.proc.wait(10.0)
+        self.assertEqual(s.proc.returncode, 0, s.log_tail())
+        self.assertTrue(slow.wait_closed(5.0))
