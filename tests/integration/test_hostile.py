@@ -712,6 +712,36 @@ class HostileIdleBackendTest(HostileTestCase):
         self.assert_sanitizers_quiet()
 
 
+class HostileBackendDisconnectTest(HostileTestCase):
+    def leave_while_backend_hangs(self, mode):
+        e = EvilBackend(self.workdir, mode, ())
+        self.addCleanup(e.close)
+        e.wait_ready()
+        self.sluice, port = self.start_relay(
+            [pool("hung", [e.port], max_connections=1, wait="10s")],
+            [("hung.example", "hung")], connections=NO_LIMITS, limits=limits())
+        c = RawClient(port, timeout=20)
+        c.read_reply()
+        c.send(b"EHLO leaver.test\r\nMAIL FROM:<a@x.example>\r\n"
+               b"RCPT TO:<u@hung.example>\r\nDATA\r\n" + BODY + b".\r\n")
+        wait_until(lambda: e.events("connect"), 5, what="the backend connection")
+        if mode == "never_reply_final":
+            wait_until(lambda: e.events("data_end"), 5, what="the message")
+        _abort(c.sock)
+        # The backend never answers: the slot must come back anyway.
+        self.assertEqual(self.deliver(port, "ok@hung.example"), {})
+        self.assertEqual(len(e.events("accepted")), 1)
+        self.assert_sanitizers_quiet()
+        self.sluice.stop()
+        self.assert_sanitizers_quiet()
+
+    def test_client_leaving_while_a_silent_backend_is_opened_releases_the_slot(self):
+        self.leave_while_backend_hangs("never_banner")
+
+    def test_client_leaving_while_the_backend_withholds_the_final_reply_releases_the_slot(self):
+        self.leave_while_backend_hangs("never_reply_final")
+
+
 def worker_pid(master_pid):
     def child():
         try:
