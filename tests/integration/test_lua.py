@@ -23,11 +23,38 @@ def plugin_dir():
     return os.path.join(os.path.dirname(sluice_bin()), "plugins")
 
 
+def free_udp_and_tcp_port():
+    """A port free for both UDP and TCP on 127.0.0.1 right now."""
+    for _ in range(50):
+        port = free_port(socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                t.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no port free for both UDP and TCP")
+
+
 class Dnsmasq:
     """A dnsmasq answering the test zones on a free UDP port of 127.0.0.1."""
 
+    START_ATTEMPTS = 5
+
     def __init__(self):
-        self.port = free_port(socket.SOCK_DGRAM)
+        # dnsmasq also listens on TCP: another test may hold that port, so a
+        # start that loses the race is retried on a fresh port.
+        for attempt in range(self.START_ATTEMPTS):
+            try:
+                self._start()
+                return
+            except AssertionError:
+                self.stop()
+                if attempt == self.START_ATTEMPTS - 1:
+                    raise
+
+    def _start(self):
+        self.port = free_udp_and_tcp_port()
         args = [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts",
                 "--port=%d" % self.port, "--listen-address=127.0.0.1", "--bind-interfaces",
                 "--pid-file=", "--conf-file=/dev/null", "--user=root", "--group=root",
