@@ -89,6 +89,9 @@ pools = (
 routes = ( { match = "$DOMAIN"; pool = "sink"; } );
 default_pool = "sink";
 dns = { servers = [ "127.0.0.1:$dead_dns_port" ]; timeout = "1s"; };
+# One load generator on one address: the per-client limits would refuse it.
+connections = { per_address = 0; per_network = 0; rate = 0; };
+store = { path = "$work/store"; };
 CONF
 
 "$SLUICE_BIN" -c "$work/sluice.conf" 2>"$work/sluice.log" &
