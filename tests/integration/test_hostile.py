@@ -198,6 +198,10 @@ class HostileClientTest(HostileTestCase):
         self.assertReply(c.cmd("MAIL FROM:<a@x.example>"), 250)
         self.assertEqual(c.cmd(b"RCPT TO:<u\x00v@a.example>").code // 100, 5)
         self.assertEqual(c.cmd(b"RCPT TO:<uv@a.example>\x00 NOTIFY=NEVER").code // 100, 5)
+        # A bare CR cannot smuggle a second command into the relayed line.
+        self.assertEqual(c.cmd(b"RCPT TO:<cr@a.example>\rRCPT TO:<evil@a.example>").code // 100,
+                         5)
+        self.assertEqual(c.cmd(b"RCPT TO:<cr@a.example> NOTIFY=NEVER\rDATA").code // 100, 5)
         self.assertReply(c.cmd("RCPT TO:<uv@a.example>"), 250)
         self.assertReply(c.cmd("DATA"), 354)
         # NUL inside the body is the message's business: it goes through as is.
@@ -207,6 +211,8 @@ class HostileClientTest(HostileTestCase):
         self.assertIn(b"a\x00b\r\n", msg["raw"])
         for line in b.commands():
             self.assertNotIn("\x00", line)
+            self.assertNotIn("\r", line)
+            self.assertNotIn("evil", line)
         self.assert_survived(port, b)
 
     def test_1mib_line_without_lf_gets_one_500_5_5_2_and_the_session_continues(self):
@@ -380,7 +386,7 @@ class HostileClientTest(HostileTestCase):
                 continue  # no bare newline at all: plain body text
             self.assertReply(reply, 550, "5.5.2")
         time.sleep(0.3)
-        self.assertLessEqual(b.message_count(), 1)
+        self.assertEqual(b.message_count(), 1, "only the NUL one, which has no bare newline")
         self.assert_nothing_smuggled(b)
         self.assert_survived(port, b)
 
@@ -492,6 +498,21 @@ class HostileClientTest(HostileTestCase):
         [msg] = b.wait_messages(1)
         self.assertEqual(msg["xclient"]["ADDR"], "127.0.0.1")
         self.assertNotEqual(msg["xclient"].get("NAME"), "trusted.example")
+        self.assert_survived(port, b)
+
+    def test_longest_oddest_helo_still_gives_the_backend_a_well_formed_handshake(self):
+        b, port = self.relay(backend_args=("--xclient",))
+        c = self.raw(port)
+        c.read_reply()
+        # The longest name sluice takes, made of what xtext must encode.
+        name = ("x+=<>\"%~" * 40)[:255]
+        self.assertReply(c.cmd("EHLO " + name), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@x.example>"), 250)
+        self.assertEqual(c.cmd("RCPT TO:<u@a.example>").code // 100, 2)
+        self.assertReply(c.cmd("DATA"), 354)
+        self.assertReply(c.cmd(BODY + b"."), 250)
+        [msg] = b.wait_messages(1)
+        self.assertEqual(msg["xclient"]["HELO"], name)
         self.assert_survived(port, b)
 
     def test_ehlo_1000_times_and_rset_storms_keep_the_session_sane(self):
