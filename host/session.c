@@ -340,6 +340,13 @@ static void session_process(struct session *s)
         }
     }
     s->processing = false;
+    if (s->client_eof && !s->busy && s->phase != PH_CLOSING && !session_output_full(s)) {
+        /* All the client sent is answered; what is left is an unfinished line. */
+        log_info(s->sid, "client disconnected");
+        session_log_txn(s, "disconnect");
+        session_close_after(s, R_COUNT);
+        return;
+    }
     session_arm_timeout(s);
 }
 
@@ -472,6 +479,14 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg)
                                                                                       "command");
         session_log_txn(s, "timeout");
         session_close_after(s, s->phase == PH_DATA ? R_DATA_TIMEOUT : R_IDLE_TIMEOUT);
+        return;
+    }
+    /* A client may pipeline up to QUIT and shut its side (shutdown(SHUT_WR)):
+     * its commands are still carried out and answered. */
+    if ((what & BEV_EVENT_EOF) && s->phase != PH_CLOSING && s->phase != PH_PROXY &&
+        (s->busy || evbuffer_get_length(bufferevent_get_input(bev)) > 0)) {
+        s->client_eof = true;
+        session_process(s);
         return;
     }
     if (s->phase != PH_CLOSING) {

@@ -77,6 +77,7 @@ struct session {
     bool finishing;
     bool discarding_line;
     bool early_talker;
+    bool client_eof; /* half-closed: answer what it sent, then close */
     bool limits_admitted;
     bool rejected; /* refused at connect: 503 to all but QUIT */
     int errors;

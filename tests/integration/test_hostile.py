@@ -445,6 +445,22 @@ class HostileClientTest(HostileTestCase):
         self.assertTrue(c.wait_closed(5))
         self.assert_survived(port, b)
 
+    def test_half_closed_client_after_end_of_data_and_quit_gets_250_and_221(self):
+        b, port = self.relay()
+        c = self.raw(port)
+        c.read_reply()
+        self.assertReply(c.cmd("EHLO half.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(BODY + b".\r\nQUIT\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        self.assertReply(c.read_reply(), 250)
+        self.assertReply(c.read_reply(), 221)
+        self.assertTrue(c.wait_closed(5))
+        b.wait_messages(1)
+        self.assert_survived(port, b)
+
     def test_half_closed_client_mid_transaction_sends_no_message(self):
         b, port = self.relay()
         c = self.raw(port)
