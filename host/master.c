@@ -184,14 +184,20 @@ static void master_reload(const struct sluice_config *cfg, pid_t worker, int sta
     master_notify_systemd("READY=1");
 }
 
+/* The signals the master handles, all by sigwait. */
+static void master_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGCHLD);
+}
+
 static int master_supervise(const struct sluice_config *cfg, pid_t worker, int status_fd)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGCHLD);
+    master_signals(&set);
     for (;;) {
         int sig = 0;
         if (sigwait(&set, &sig) != 0)
@@ -223,11 +229,7 @@ static int master_supervise(const struct sluice_config *cfg, pid_t worker, int s
 int master_run(struct sluice_config *cfg)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
-    sigaddset(&set, SIGCHLD);
+    master_signals(&set);
     sigprocmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 

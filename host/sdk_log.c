@@ -25,32 +25,35 @@ static enum log_level sdk_level(enum sluice_log_level l)
     }
 }
 
-void sluice_log(const sluice_session *ss, enum sluice_log_level level, const char *fmt, ...)
+/* One line "<entry>: <message>", with the session id when there is one. */
+__attribute__((format(printf, 4, 0))) static void sdk_vlog(enum sluice_log_level level,
+                                                            const char *sid, const char *entry,
+                                                            const char *fmt, va_list ap)
 {
-    const struct session *s = (const struct session *)ss;
     enum log_level lv = sdk_level(level);
     if (lv > log_get_level())
         return;
     char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    log_msg(lv, sid, "%s: %s", entry ? entry : "plugin", msg);
+}
+
+void sluice_log(const sluice_session *ss, enum sluice_log_level level, const char *fmt, ...)
+{
+    const struct session *s = (const struct session *)ss;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    sdk_vlog(level, s ? s->sid : NULL, s && s->current_entry ? s->current_entry->name : NULL,
+             fmt, ap);
     va_end(ap);
-    log_msg(lv, s ? s->sid : NULL, "%s: %s",
-            s && s->current_entry ? s->current_entry->name : "plugin", msg);
 }
 
 void sluice_log_entry(const sluice_entry *e, enum sluice_log_level level, const char *fmt, ...)
 {
-    enum log_level lv = sdk_level(level);
-    if (lv > log_get_level())
-        return;
-    char msg[2048];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    sdk_vlog(level, NULL, e ? ((const struct plugin_entry *)e)->name : NULL, fmt, ap);
     va_end(ap);
-    log_msg(lv, NULL, "%s: %s", e ? ((const struct plugin_entry *)e)->name : "plugin", msg);
 }
 
 static int sdk_metric_names(const sluice_entry *e, const char *name, char *full, size_t fl,
