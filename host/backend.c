@@ -24,6 +24,7 @@
 
 /* Waiting for QUIT's answer is a courtesy; it must not hold a slot long. */
 #define BACKEND_QUIT_WAIT_MS 5000
+#define BACKEND_REPLY_STACK 2048
 
 enum backend_state {
     B_WAIT_SLOT,
@@ -507,8 +508,10 @@ static void backend_read_cb(struct bufferevent *bev, void *arg)
             backend_fail(b, "protocol violation in reply");
             break;
         }
-        /* The text stays valid for the callback: drained only afterwards. */
-        char *copy = malloc(r.len);
+        /* The callback may write to the input's neighbours: it gets a copy,
+         * on the stack for the usual short reply (no allocation per reply). */
+        char small[BACKEND_REPLY_STACK];
+        char *copy = r.len <= sizeof small ? small : malloc(r.len);
         if (!copy) {
             backend_fail(b, "out of memory");
             break;
@@ -516,7 +519,8 @@ static void backend_read_cb(struct bufferevent *bev, void *arg)
         memcpy(copy, buf, r.len);
         evbuffer_drain(in, r.len);
         backend_handle_reply(b, copy, &r);
-        free(copy);
+        if (copy != small)
+            free(copy);
     }
     backend_leave(b);
 }

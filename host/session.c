@@ -40,6 +40,8 @@
 #define SESSION_INPUT_HIGH_WATER (256 * 1024)
 /* Replies a client has not read: stop reading commands until it does. */
 #define SESSION_OUTPUT_HIGH_WATER (256 * 1024)
+/* Relayed replies up to this size are formatted without an allocation. */
+#define SESSION_REPLY_STACK 2048
 
 static void session_process(struct session *s);
 static void session_finish(struct session *s);
@@ -94,14 +96,16 @@ void session_relay_reply(struct session *s, const struct backend_reply *r)
 {
     struct smtp_reply sr = {.code = r->code, .len = r->len, .nlines = r->nlines};
     size_t cap = r->len + 8 * r->nlines + 16;
-    char *out = malloc(cap);
+    char small[SESSION_REPLY_STACK];
+    char *out = cap <= sizeof small ? small : malloc(cap);
     if (!out) {
         session_reply(s, R_INTERNAL);
         return;
     }
     size_t n = reply_format_relay(r->text, &sr, out, cap);
     session_write(s, out, n);
-    free(out);
+    if (out != small)
+        free(out);
 }
 
 /* The reply a verdict gives at a hook, forced into its class. */

@@ -46,6 +46,7 @@ struct txn {
     struct mail_params mp;
     int pool;          /* the route of the transaction, -1 before the first recipient */
     bool backend_open; /* MAIL FROM accepted by the backend: it has a transaction */
+    bool rcpt_pipelined; /* the first RCPT went with MAIL, before its reply */
     char *fail_reply;  /* answers every later RCPT (backend refused MAIL, or failed) */
     size_t fail_len;
     struct rcpt_entry *rcpts;

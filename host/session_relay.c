@@ -86,6 +86,12 @@ static void relay_drop_backend(struct session *s)
 static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
 {
     struct session *s = arg;
+    if (s->txn.fail_reply) {
+        /* Pipelined behind a MAIL the backend refused: its 503 here says
+         * nothing the client needs, the refusal of MAIL does. */
+        relay_rcpt_failed(s);
+        return;
+    }
     if (r->status != BACKEND_REPLY) {
         log_warn(s->sid, "backend lost at RCPT");
         relay_drop_backend(s);
@@ -128,7 +134,10 @@ static void relay_send_rcpt(struct session *s)
 static void relay_mail_reply(void *arg, const struct backend_reply *r)
 {
     struct session *s = arg;
+    bool rcpt_queued = s->txn.rcpt_pipelined;
+    s->txn.rcpt_pipelined = false;
     if (r->status != BACKEND_REPLY) {
+        /* Dropping the backend drops the queued RCPT too: answer it here. */
         relay_drop_backend(s);
         relay_fail_status(s, r->status);
         relay_rcpt_failed(s);
@@ -138,11 +147,13 @@ static void relay_mail_reply(void *arg, const struct backend_reply *r)
         log_info(s->sid, "backend %s refused MAIL FROM with %d", backend_peer_name(s->backend),
                  r->code);
         relay_fail_reply(s, r);
-        relay_rcpt_failed(s);
+        if (!rcpt_queued)
+            relay_rcpt_failed(s);
         return;
     }
     s->txn.backend_open = true;
-    relay_send_rcpt(s);
+    if (!rcpt_queued)
+        relay_send_rcpt(s);
 }
 
 static size_t relay_mail_params(const struct session *s, char *out, size_t cap)
@@ -190,6 +201,12 @@ static void relay_send_mail(struct session *s)
     n += (int)relay_mail_params(s, line + n, sizeof line - (size_t)n - 3);
     memcpy(line + n, "\r\n", 2);
     backend_command(s->backend, line, (size_t)n + 2, relay_mail_reply, s);
+    /* With PIPELINING the first RCPT follows at once: one round trip less
+     * per transaction (RFC 2920 allows MAIL and RCPT in one group). */
+    if (s->backend && backend_caps(s->backend)->pipelining) {
+        s->txn.rcpt_pipelined = true;
+        relay_send_rcpt(s);
+    }
 }
 
 /* ---- opening the backend session -------------------------------------- */
