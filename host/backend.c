@@ -84,6 +84,7 @@ struct backend {
     struct event *quit_timer;
     struct event *start_ev;
     uint64_t bytes_out; /* everything ever put into the output buffer */
+    int64_t armed_ms;   /* the read timeout set now: 0 none, -1 not known */
 
     int in_handler;
     bool free_when_idle;
@@ -226,8 +227,13 @@ static void backend_fail(struct backend *b, const char *why)
 
 /* ---- writing ------------------------------------------------------------ */
 
+/* Only a change of the awaited reply's timeout touches the timers (a
+ * pipelined command behind another keeps the running one). */
 static void backend_set_reply_timeout(struct backend *b, int64_t ms)
 {
+    if (b->armed_ms == ms)
+        return;
+    b->armed_ms = ms;
     struct timeval rt = ms_to_tv(ms);
     struct timeval wt = ms_to_tv(b->pc->final_timeout_ms);
     bufferevent_set_timeouts(b->bev, &rt, &wt);
@@ -235,6 +241,9 @@ static void backend_set_reply_timeout(struct backend *b, int64_t ms)
 
 static void backend_idle_timeouts(struct backend *b)
 {
+    if (b->armed_ms == 0)
+        return;
+    b->armed_ms = 0;
     struct timeval wt = ms_to_tv(b->pc->final_timeout_ms);
     bufferevent_set_timeouts(b->bev, NULL, &wt);
 }
@@ -572,6 +581,7 @@ static void backend_connect_addr(struct backend *b, const struct sockaddr_storag
     bufferevent_setcb(b->bev, backend_read_cb, NULL, backend_event_cb, b);
     struct timeval ct = ms_to_tv(b->pc->connect_timeout_ms);
     bufferevent_set_timeouts(b->bev, &ct, &ct);
+    b->armed_ms = -1;
     bufferevent_enable(b->bev, EV_READ | EV_WRITE);
     b->state = B_CONNECTING;
     if (b->pc->proxy_protocol) {
@@ -773,6 +783,7 @@ void backend_close(struct backend *b)
     }
     struct timeval tv = ms_to_tv(BACKEND_QUIT_WAIT_MS);
     bufferevent_set_timeouts(b->bev, &tv, &tv);
+    b->armed_ms = -1;
     event_add(b->quit_timer, &tv);
 }
 

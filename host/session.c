@@ -71,6 +71,7 @@ void session_close_after(struct session *s, enum reply_id id)
         bufferevent_disable(s->bev, EV_READ);
         struct timeval tv = {.tv_sec = 10};
         bufferevent_set_timeouts(s->bev, NULL, &tv);
+        s->armed_wait = WAIT_UNSET;
         /* Never freed from inside a handler: the finish event does it. */
         if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
             event_active(s->finish_ev, 0, 0);
@@ -170,16 +171,24 @@ bool session_apply_verdict(struct session *s, enum hook_point point, const struc
 
 /* ---- flow control ------------------------------------------------------- */
 
+/* Sets the client's timeouts for what the session waits for now. Only a
+ * change of what it waits for touches the timers: the read timeout restarts
+ * by itself at every read, and re-arming it per command would cost system
+ * calls on the hot path. */
 static void session_arm_timeout(struct session *s)
 {
     if (!s->bev || s->phase == PH_CLOSING)
         return;
-    if (s->busy) {
+    enum session_wait wait = s->busy ? WAIT_US : s->phase == PH_DATA ? WAIT_DATA : WAIT_COMMAND;
+    if (wait == s->armed_wait)
+        return;
+    s->armed_wait = wait;
+    if (wait == WAIT_US) {
         /* Waiting on a hook or the backend: the client is waiting on us. */
         bufferevent_set_timeouts(s->bev, NULL, NULL);
         return;
     }
-    int64_t ms = s->phase == PH_DATA ? s->cfg->data_block_timeout_ms : s->cfg->command_timeout_ms;
+    int64_t ms = wait == WAIT_DATA ? s->cfg->data_block_timeout_ms : s->cfg->command_timeout_ms;
     struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
     struct timeval wt = {.tv_sec = s->cfg->command_timeout_ms / 1000};
     bufferevent_set_timeouts(s->bev, &tv, &wt);
@@ -194,10 +203,11 @@ void session_done(struct session *s)
     session_process(s);
 }
 
+/* The timeouts follow when the command goes asynchronous (the end of
+ * session_process): a command answered at once never touches them. */
 void session_busy(struct session *s)
 {
     s->busy = true;
-    session_arm_timeout(s);
 }
 
 /* ---- transactions ------------------------------------------------------- */
@@ -642,6 +652,7 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
         s->phase = PH_PROXY;
         struct timeval tv = {.tv_sec = cfg->command_timeout_ms / 1000};
         bufferevent_set_timeouts(s->bev, &tv, NULL);
+        s->armed_wait = WAIT_UNSET;
         return;
     }
     session_identified(s);

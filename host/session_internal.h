@@ -34,6 +34,9 @@ enum session_phase {
     PH_CLOSING,
 };
 
+/* What the client's timeouts are armed for. */
+enum session_wait { WAIT_UNSET = 0, WAIT_US, WAIT_COMMAND, WAIT_DATA };
+
 struct rcpt_entry {
     char *addr;
     int code; /* the reply the client got */
@@ -74,6 +77,7 @@ struct session {
 
     enum session_phase phase;
     bool busy;       /* a command is in progress: no further input is read */
+    enum session_wait armed_wait;
     bool processing; /* inside session_process (re-entrancy guard) */
     bool finishing;
     bool discarding_line;
