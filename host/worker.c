@@ -230,6 +230,63 @@ static void worker_report_reload(int fd, bool ok, const char *err)
     worker_report(fd, msg);
 }
 
+static bool same_string(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static bool same_listens(const struct sluice_config *a, const struct sluice_config *b)
+{
+    if (a->nlistens != b->nlistens)
+        return false;
+    for (size_t i = 0; i < a->nlistens; i++)
+        if (!same_string(a->listens[i].address, b->listens[i].address) ||
+            !same_string(a->listens[i].port, b->listens[i].port) ||
+            a->listens[i].proxy_protocol != b->listens[i].proxy_protocol)
+            return false;
+    return true;
+}
+
+static bool same_dns(const struct dns_conf *a, const struct dns_conf *b)
+{
+    if (a->nservers != b->nservers || a->timeout_ms != b->timeout_ms || a->tries != b->tries)
+        return false;
+    for (size_t i = 0; i < a->nservers; i++)
+        if (!same_string(a->servers[i], b->servers[i]))
+            return false;
+    return true;
+}
+
+static bool same_store(const struct store_conf *a, const struct store_conf *b)
+{
+    return a->backend == b->backend && same_string(a->path, b->path) &&
+           a->map_size == b->map_size && same_string(a->redis_address, b->redis_address) &&
+           a->redis_timeout_ms == b->redis_timeout_ms && a->redis_database == b->redis_database;
+}
+
+/* What the worker set up once at start keeps running until a restart: say
+ * so for each such setting a reload would change. */
+static void worker_warn_restart_only(const struct sluice_config *running,
+                                     const struct sluice_config *next)
+{
+    const char *what[6];
+    size_t n = 0;
+    if (!same_listens(running, next))
+        what[n++] = "listen";
+    if (next->threads != running->threads)
+        what[n++] = "threads";
+    if (!same_dns(&running->dns, &next->dns))
+        what[n++] = "dns";
+    if (!same_store(&running->store, &next->store))
+        what[n++] = "store";
+    if (!same_string(running->metrics_listen, next->metrics_listen))
+        what[n++] = "metrics_listen";
+    if (next->thread_pool_size != running->thread_pool_size)
+        what[n++] = "thread_pool_size";
+    for (size_t i = 0; i < n; i++)
+        log_warn(NULL, "reload: '%s' changed: it applies only after a restart", what[i]);
+}
+
 /* SIGHUP: a new generation for new sessions, or the old one stays. */
 static void worker_reload(struct worker *w, int status_fd)
 {
@@ -240,8 +297,7 @@ static void worker_reload(struct worker *w, int status_fd)
         worker_report_reload(status_fd, false, err);
         return;
     }
-    if (cfg->threads != w->nloops || cfg->nlistens != w->cfg->nlistens)
-        log_warn(NULL, "reload: listen addresses and threads change only with a restart");
+    worker_warn_restart_only(w->cfg, cfg);
     struct generation *g = generation_new(w, cfg, true, ++w->gen_seq, err, sizeof err);
     if (!g) {
         log_err(NULL, "reload refused, the running configuration stays: %s", err);
