@@ -3,8 +3,10 @@ instruction budget and runtime errors as session outcomes, waits (DNS against a
 dnsmasq of our own, timers, the LMDB store) and sluice -t on a broken script."""
 
 import os
+import signal
 import socket
 import subprocess
+import threading
 import time
 import unittest
 
@@ -365,6 +367,79 @@ class MessageAccess(LuaTestCase):
         self.assertIn(b"X-Chunks: %d chunks %d bytes of %d" % (chunks, size, size), data)
         self.assertIn(b"X-Names: From,To,Subject,X-Sluice-Policy", data)
         self.assertIn(b"X-Rcpts: b@example.test", data)
+
+
+def verdict_script(text):
+    """A policy refusing RCPT with text (so a test can tell scripts apart)."""
+    return ("sluice.on('rcpt', function(s)\n"
+            "  return sluice.reject(550, '5.7.1', %r)\n"
+            "end)\n" % text)
+
+
+class Reload(LuaTestCase):
+    RELOAD_TIMEOUT = 30.0
+    CLIENTS = 6
+    SEND_SECONDS = 4.0
+
+    def reload(self, pattern):
+        s = self.sluice()
+        before = len(s.grep(pattern))
+        s.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(s.grep(pattern)) > before, self.RELOAD_TIMEOUT,
+                   what="log line %r after SIGHUP" % pattern)
+
+    def refusal(self, port):
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
+        reply = c.cmd("RCPT TO:<b@example.test>")
+        c.cmd("QUIT")
+        return reply
+
+    def test_reload_swaps_the_script_under_load(self):
+        script = self.write_script("policy.lua", verdict_script("first script"))
+        _, port = self.start_lua(script)
+        seen, errors, stop = [], [], threading.Event()
+
+        def client():
+            deadline = time.monotonic() + self.SEND_SECONDS
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    started = time.monotonic()
+                    reply = self.refusal(port)
+                    seen.append((started, reply.text))
+                except Exception as e:  # any failure is the test's failure
+                    errors.append(repr(e))
+                    return
+
+        threads = [threading.Thread(target=client) for _ in range(self.CLIENTS)]
+        for t in threads:
+            t.start()
+        time.sleep(self.SEND_SECONDS / 3)
+        self.write_script("policy.lua", verdict_script("second script"))
+        self.reload(r"master: reload done")
+        reloaded = time.monotonic()
+        for t in threads:
+            t.join(self.SEND_SECONDS + 30)
+        stop.set()
+        self.assertEqual(errors, [])
+        self.assertTrue(any("first script" in t for _, t in seen), seen[:3])
+        self.assertTrue(any("second script" in t for _, t in seen), seen[-3:])
+        # a session that began after the reload was done runs the new script
+        late_old = [t for started, t in seen if started > reloaded and "first script" in t]
+        self.assertEqual(late_old, [])
+        self.assertTrue(all("script" in t for _, t in seen), seen)
+        self.assertIn("second script", self.refusal(port).text)
+
+    def test_reload_with_a_syntax_error_keeps_the_old_script(self):
+        script = self.write_script("policy.lua", verdict_script("good script"))
+        _, port = self.start_lua(script)
+        self.write_script("policy.lua", "sluice.on('rcpt', function(s)\n  return\n")
+        self.reload(r"master: reload error")
+        self.sluice().wait_log(r"reload refused.*policy\.lua:\d+")
+        self.assertIn("good script", self.refusal(port).text)
+        self.write_script("policy.lua", verdict_script("fixed script"))
+        self.reload(r"master: reload done")
+        self.assertIn("fixed script", self.refusal(port).text)
 
 
 if __name__ == "__main__":
