@@ -234,6 +234,18 @@ static void test_reject_before_accept_rejects(void **state)
     assert_int_equal(run(f, HOOK_RCPT, "u@a.example"), VERDICT_REJECT);
 }
 
+static void test_same_plugin_twice_with_different_options_acts_twice(void **state)
+{
+    struct fixture *f = *state;
+    entry(f, "10-helo", "verdicts", "hook = \"helo\"; verdict = \"tempfail\";");
+    entry(f, "20-rcpt", "verdicts", "hook = \"rcpt\"; verdict = \"reject\";");
+    start(f);
+    assert_int_equal(f->chain->n, 2);
+    assert_int_equal(run(f, HOOK_HELO, NULL), VERDICT_TEMPFAIL);
+    assert_int_equal(run(f, HOOK_MAIL, NULL), VERDICT_CONTINUE);
+    assert_int_equal(run(f, HOOK_RCPT, "u@a.example"), VERDICT_REJECT);
+}
+
 static void test_disabled_entry_is_not_in_the_chain(void **state)
 {
     struct fixture *f = *state;
@@ -328,6 +340,7 @@ int main(void)
         T(test_disconnect_hook_ignores_verdicts_and_runs_every_entry),
         T(test_first_deciding_entry_in_file_name_order_wins),
         T(test_reject_before_accept_rejects),
+        T(test_same_plugin_twice_with_different_options_acts_twice),
         T(test_disabled_entry_is_not_in_the_chain),
         T(test_pending_entry_resumes_with_its_verdict_after_the_timer),
         T(test_pending_entry_resuming_continue_lets_the_next_entry_decide),
