@@ -199,6 +199,7 @@ static int check_setup(struct worker *w, struct loop *loop, const struct sluice_
     pthread_mutex_init(&w->gen_lock, NULL);
     loop->worker = w;
     loop->base = event_base_new();
+    loop_current = loop;
     w->workpool = workpool_new(cfg->thread_pool_size);
     if (!loop->base || !w->workpool)
         return -1;
@@ -237,6 +238,7 @@ static void check_teardown(struct worker *w, struct loop *loop)
         store_close(w->store);
     if (loop->base)
         event_base_free(loop->base);
+    loop_current = NULL;
     pthread_mutex_destroy(&w->gen_lock);
 }
 

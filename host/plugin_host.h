@@ -24,6 +24,12 @@ struct plugin_entry {
     void *state;          /* from init() */
     void **thread_state;  /* [loop index], from thread_init() */
     bool *thread_ready;   /* [loop index] */
+    /* [loop index]: the entry-level timers and DNS queries (sluice_entry_timer,
+     * sluice_entry_dns_query) outstanding on that thread, cancelled when the
+     * chain is retired there; after that, new ones are refused. */
+    struct entry_op **thread_ops;
+    bool *thread_retired;
+    int nthreads;
     int index;
     int64_t timeout_ms;
     enum sluice_verdict on_timeout;
@@ -46,6 +52,9 @@ struct chain *chain_build(const struct sluice_config *cfg, struct worker *w, int
 /* Runs thread_init of every entry for loop thread index (on that thread). */
 int chain_thread_init(struct chain *c, int index, char *err, size_t errlen);
 void chain_thread_fini(struct chain *c, int index);
+/* Cancels e's entry-level operations of loop thread index: their callbacks
+ * never run (sdk_entry_async.c). On that loop thread, or once it stopped. */
+void entry_ops_cancel(struct plugin_entry *e, int index);
 /* fini() of every entry; the .so files stay loaded (never dlclose). */
 void chain_free(struct chain *c);
 

@@ -211,7 +211,11 @@ struct chain *chain_build(const struct sluice_config *cfg, struct worker *w, int
         e->path = loader_resolve(cfg, ec->plugin);
         e->thread_state = calloc((size_t)nthreads + 1, sizeof *e->thread_state);
         e->thread_ready = calloc((size_t)nthreads + 1, sizeof *e->thread_ready);
-        if (!e->name || !e->path || !e->thread_state || !e->thread_ready) {
+        e->thread_ops = calloc((size_t)nthreads + 1, sizeof *e->thread_ops);
+        e->thread_retired = calloc((size_t)nthreads + 1, sizeof *e->thread_retired);
+        e->nthreads = nthreads;
+        if (!e->name || !e->path || !e->thread_state || !e->thread_ready || !e->thread_ops ||
+            !e->thread_retired) {
             snprintf(err, errlen, "%s: out of memory", ec->file);
             chain_free(c);
             return NULL;
@@ -247,6 +251,9 @@ void chain_thread_fini(struct chain *c, int index)
 {
     for (size_t i = c->n; i-- > 0;) {
         struct plugin_entry *e = &c->entries[i];
+        /* Before thread_fini: no callback may see the thread state it frees. */
+        e->thread_retired[index] = true;
+        entry_ops_cancel(e, index);
         if (e->thread_ready[index] && e->plugin->thread_fini)
             e->plugin->thread_fini((sluice_entry *)e, e->state, e->thread_state[index]);
         e->thread_ready[index] = false;
@@ -265,6 +272,8 @@ void chain_free(struct chain *c)
         free(e->path);
         free(e->thread_state);
         free(e->thread_ready);
+        free(e->thread_ops);
+        free(e->thread_retired);
     }
     free(c->entries);
     free(c);

@@ -73,10 +73,13 @@ static int worker_wait_started(int n, char *err, size_t errlen)
     return failed ? -1 : 0;
 }
 
+_Thread_local struct loop *loop_current;
+
 static void *worker_loop_main(void *arg)
 {
     struct loop *loop = arg;
     char err[512] = "";
+    loop_current = loop;
     int rc = generation_thread_init(loop->worker->gen, loop, err, sizeof err);
     worker_loop_started(rc == 0, err);
     if (rc == 0)

@@ -37,6 +37,10 @@ struct loop {
     struct backend *backend_list; /* every backend connection, closing ones too */
 };
 
+/* The loop whose thread is running, NULL on any other thread: the SDK's
+ * entry-level services (sdk_entry_async.c) run on the caller's loop. */
+extern _Thread_local struct loop *loop_current;
+
 struct worker {
     const struct sluice_config *cfg;
     struct generation *gen;      /* what new sessions start with */

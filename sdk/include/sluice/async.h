@@ -8,7 +8,8 @@
  * entry current (sluice_session_data() works), and never after the session
  * ended. When the entry's pending timeout fires first, the host decides the
  * hook and cancels the entry's outstanding operations of that session, so a
- * late answer never reaches the plugin.
+ * late answer never reaches the plugin. The entry-level timers and DNS below
+ * are the exception: bound to the entry and a loop thread, not a session.
  */
 #ifndef SLUICE_ASYNC_H
 #define SLUICE_ASYNC_H
@@ -55,6 +56,39 @@ int sluice_dns_query(sluice_session *s, const char *name, enum sluice_dns_type t
 typedef void (*sluice_timer_cb)(sluice_session *s, void *arg);
 /* One-shot timer after ms milliseconds. Returns 0 or -1. */
 int sluice_timer(sluice_session *s, int64_t ms, sluice_timer_cb cb, void *arg);
+
+/* ---- entry-level timers and DNS (ABI 1.1) ----------------------------------- */
+
+/*
+ * The same services bound to the entry and the calling loop thread instead
+ * of a session: for work of the entry as a whole (a periodic health check, a
+ * refresh of a list). Call them on a loop thread: from thread_init(), from
+ * any hook, or from any callback of an asynchronous service; anywhere else
+ * (init(), fini(), thread_fini(), a thread-pool function) they return -1.
+ *
+ * The callback runs on the thread that started the operation, with that
+ * thread's thread_state (what thread_init() stored there), and no session
+ * current: log with sluice_log_entry(). An operation belongs to the entry
+ * and that thread: when the entry's chain is retired on that thread (reload
+ * or shutdown), its outstanding operations are cancelled before
+ * thread_fini() runs, and their callbacks never run: release what arg points
+ * to in thread_fini() or fini(), not in the callback alone. A callback may
+ * start the next operation (a periodic timer re-arms itself this way).
+ */
+typedef void (*sluice_entry_timer_cb)(sluice_entry *e, void *thread_state, void *arg);
+/* One-shot timer after ms milliseconds (0: on the loop's next turn).
+ * Returns 0, or -1 (no callback then). Since ABI 1.1. */
+int sluice_entry_timer(sluice_entry *e, int64_t ms, sluice_entry_timer_cb cb, void *arg);
+
+/* st, rr, nrr and ttl as for sluice_dns_cb; rr is valid during the call. */
+typedef void (*sluice_entry_dns_cb)(sluice_entry *e, void *thread_state, void *arg,
+                                    enum sluice_dns_status st, const char *const *rr,
+                                    size_t nrr, uint32_t ttl);
+/* Queries name for records of type through the calling thread's resolver.
+ * timeout_ms <= 0: the resolver's own. Returns 0, or -1 (no callback then).
+ * Since ABI 1.1. */
+int sluice_entry_dns_query(sluice_entry *e, const char *name, enum sluice_dns_type type,
+                           int64_t timeout_ms, sluice_entry_dns_cb cb, void *arg);
 
 /* ---- blocking work on the thread pool -------------------------------------- */
 
