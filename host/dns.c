@@ -1,4 +1,5 @@
-/* Asynchronous DNS per loop thread: c-ares asks, libevent waits.
+/* Asynchronous DNS per loop thread: c-ares asks, libevent waits, and
+ * dns_records turns what comes back into the text records callers get.
  *
  * Lifetime rule: a query lives until both its user callback has run (or was
  * cancelled) and every c-ares callback it started has come back, because
@@ -18,9 +19,8 @@
 #include <string.h>
 
 #include "config.h"
+#include "dns_records.h"
 
-/* Enough for any real A/AAAA answer (a UDP reply holds fewer). */
-#define DNS_MAX_ADDRTTLS 64
 /* Room for "d.c.b.a.in-addr.arpa" and 32 nibbles of "ip6.arpa". */
 #define DNS_REVERSE_NAME_MAX 80
 #define DNS_SERVER_TEXT_MAX 64
@@ -67,9 +67,7 @@ struct dns_query {
     struct sockaddr_storage client;  /* DNS_Q_NAME: the address to confirm */
     char *name;                      /* DNS_Q_NAME */
     enum dns_type type;              /* DNS_Q_RECORDS */
-    char **rr;
-    size_t nrr;
-    uint32_t ttl;
+    struct dns_records records;      /* DNS_Q_RECORDS */
 };
 
 /* ---- the context's event plumbing ---- */
@@ -324,9 +322,7 @@ static void dns_query_free(struct dns_query *q)
     event_free(q->timer);
     free(q->addrs);
     free(q->name);
-    for (size_t i = 0; i < q->nrr; i++)
-        free(q->rr[i]);
-    free(q->rr);
+    dns_records_clear(&q->records);
     free(q);
 }
 
@@ -351,8 +347,8 @@ static void dns_query_deliver(struct dns_query *q)
         q->cb.name(q->arg, st, st == DNS_OK ? q->name : NULL);
         break;
     case DNS_Q_RECORDS:
-        q->cb.records(q->arg, st, st == DNS_OK ? (const char *const *)q->rr : NULL,
-                      st == DNS_OK ? q->nrr : 0, st == DNS_OK ? q->ttl : 0);
+        q->cb.records(q->arg, st, st == DNS_OK ? (const char *const *)q->records.rr : NULL,
+                      st == DNS_OK ? q->records.nrr : 0, st == DNS_OK ? q->records.ttl : 0);
         break;
     }
     dns_query_release(q);
@@ -437,21 +433,6 @@ static struct dns_query *dns_query_started(struct dns_query *q)
     return q;
 }
 
-static enum dns_status dns_status_from_ares(int st)
-{
-    switch (st) {
-    case ARES_SUCCESS:
-        return DNS_OK;
-    case ARES_ENODATA:
-    case ARES_ENOTFOUND:
-    case ARES_ENONAME:
-    case ARES_EBADNAME:
-        return DNS_NOTFOUND;
-    default:
-        return DNS_TEMPFAIL;
-    }
-}
-
 void dns_cancel(struct dns_query *q)
 {
     if (!q || q->finished)
@@ -514,7 +495,7 @@ static void dns_resolve_cb(void *arg, int status, int timeouts, struct ares_addr
 {
     struct dns_query *q = arg;
     if (dns_query_came_back(q)) {
-        enum dns_status st = dns_status_from_ares(status);
+        enum dns_status st = dns_records_status_from_ares(status);
         if (st == DNS_OK)
             st = dns_copy_addrinfo(q, ai);
         dns_query_complete(q, st);
@@ -619,7 +600,7 @@ static void dns_confirm_cb(void *arg, int status, int timeouts, struct ares_addr
 {
     struct dns_query *q = arg;
     if (dns_query_came_back(q)) {
-        enum dns_status st = dns_status_from_ares(status);
+        enum dns_status st = dns_records_status_from_ares(status);
         if (st == DNS_OK && !dns_addrinfo_contains(ai, &q->client))
             st = DNS_NOTFOUND;
         dns_query_complete(q, st);
@@ -656,7 +637,7 @@ static void dns_ptr_cb(void *arg, int status, int timeouts, unsigned char *abuf,
     if (!dns_query_came_back(q))
         return;
     if (status != ARES_SUCCESS) {
-        dns_query_complete(q, dns_status_from_ares(status));
+        dns_query_complete(q, dns_records_status_from_ares(status));
         return;
     }
     int len;
@@ -696,151 +677,15 @@ struct dns_query *dns_reverse_confirmed(struct dns_ctx *ctx, const struct sockad
 
 /* ---- dns_query_records ---- */
 
-static int dns_rr_append(struct dns_query *q, char *text)
-{
-    if (!text)
-        return -1;
-    char **grown = realloc(q->rr, (q->nrr + 1) * sizeof(*grown));
-    if (!grown) {
-        free(text);
-        return -1;
-    }
-    q->rr = grown;
-    q->rr[q->nrr++] = text;
-    return 0;
-}
-
-static enum dns_status dns_parse_addresses(struct dns_query *q, const unsigned char *abuf,
-                                           int alen)
-{
-    struct ares_addrttl v4[DNS_MAX_ADDRTTLS];
-    struct ares_addr6ttl v6[DNS_MAX_ADDRTTLS];
-    int n = DNS_MAX_ADDRTTLS;
-    int st = q->type == DNS_A ? ares_parse_a_reply(abuf, alen, NULL, v4, &n)
-                              : ares_parse_aaaa_reply(abuf, alen, NULL, v6, &n);
-    if (st != ARES_SUCCESS)
-        return dns_status_from_ares(st);
-    for (int i = 0; i < n; i++) {
-        char text[INET6_ADDRSTRLEN];
-        int ttl = q->type == DNS_A ? v4[i].ttl : v6[i].ttl;
-        if (q->type == DNS_A)
-            inet_ntop(AF_INET, &v4[i].ipaddr, text, sizeof(text));
-        else
-            inet_ntop(AF_INET6, &v6[i].ip6addr, text, sizeof(text));
-        if (dns_rr_append(q, strdup(text)) < 0)
-            return DNS_TEMPFAIL;
-        if (ttl >= 0 && (i == 0 || (uint32_t)ttl < q->ttl))
-            q->ttl = (uint32_t)ttl;
-    }
-    return q->nrr ? DNS_OK : DNS_NOTFOUND;
-}
-
-/* Appends one character-string; control bytes (NUL, CR, LF...) become '?'
- * so the text is safe to put into an SMTP reply or a log line. */
-static char *dns_txt_join(char *text, size_t *len, const unsigned char *s, size_t slen)
-{
-    char *grown = realloc(text, *len + slen + 1);
-    if (!grown) {
-        free(text);
-        return NULL;
-    }
-    for (size_t i = 0; i < slen; i++)
-        grown[*len + i] = (s[i] < 0x20 || s[i] == 0x7f) ? '?' : (char)s[i];
-    *len += slen;
-    grown[*len] = '\0';
-    return grown;
-}
-
-static enum dns_status dns_parse_txt(struct dns_query *q, const unsigned char *abuf, int alen)
-{
-    struct ares_txt_ext *txt = NULL;
-    int st = ares_parse_txt_reply_ext(abuf, alen, &txt);
-    if (st != ARES_SUCCESS)
-        return dns_status_from_ares(st);
-    char *text = NULL;
-    size_t len = 0;
-    enum dns_status result = DNS_OK;
-    for (struct ares_txt_ext *t = txt; t && result == DNS_OK; t = t->next) {
-        if (t->record_start && text) {
-            result = dns_rr_append(q, text) < 0 ? DNS_TEMPFAIL : DNS_OK;
-            text = NULL;
-            len = 0;
-        }
-        if (result == DNS_OK && !(text = dns_txt_join(text, &len, t->txt, t->length)))
-            result = DNS_TEMPFAIL;
-    }
-    if (result == DNS_OK && text)
-        result = dns_rr_append(q, text) < 0 ? DNS_TEMPFAIL : DNS_OK;
-    else
-        free(text);
-    ares_free_data(txt);
-    return result == DNS_OK && q->nrr == 0 ? DNS_NOTFOUND : result;
-}
-
-static enum dns_status dns_parse_mx(struct dns_query *q, const unsigned char *abuf, int alen)
-{
-    struct ares_mx_reply *mx = NULL;
-    int st = ares_parse_mx_reply(abuf, alen, &mx);
-    if (st != ARES_SUCCESS)
-        return dns_status_from_ares(st);
-    enum dns_status result = DNS_OK;
-    for (struct ares_mx_reply *m = mx; m && result == DNS_OK; m = m->next) {
-        size_t size = strlen(m->host) + 8;
-        char *text = malloc(size);
-        if (text)
-            snprintf(text, size, "%u %s", (unsigned)m->priority, m->host);
-        if (dns_rr_append(q, text) < 0)
-            result = DNS_TEMPFAIL;
-    }
-    ares_free_data(mx);
-    return result == DNS_OK && q->nrr == 0 ? DNS_NOTFOUND : result;
-}
-
-static enum dns_status dns_parse_ptr(struct dns_query *q, const unsigned char *abuf, int alen)
-{
-    /* The parser wants the address asked about; only the names matter here. */
-    struct in_addr unused = {0};
-    struct hostent *host = NULL;
-    int st = ares_parse_ptr_reply(abuf, alen, &unused, sizeof(unused), AF_INET, &host);
-    if (st != ARES_SUCCESS)
-        return dns_status_from_ares(st);
-    enum dns_status result = DNS_OK;
-    if (dns_rr_append(q, strdup(host->h_name)) < 0)
-        result = DNS_TEMPFAIL;
-    for (char **alias = host->h_aliases; alias && *alias && result == DNS_OK; alias++) {
-        if (strcmp(*alias, host->h_name) != 0 && dns_rr_append(q, strdup(*alias)) < 0)
-            result = DNS_TEMPFAIL;
-    }
-    ares_free_hostent(host);
-    return result;
-}
-
-static enum dns_status dns_parse_records(struct dns_query *q, const unsigned char *abuf,
-                                         int alen)
-{
-    switch (q->type) {
-    case DNS_A:
-    case DNS_AAAA:
-        return dns_parse_addresses(q, abuf, alen);
-    case DNS_TXT:
-        return dns_parse_txt(q, abuf, alen);
-    case DNS_MX:
-        return dns_parse_mx(q, abuf, alen);
-    case DNS_PTR:
-        return dns_parse_ptr(q, abuf, alen);
-    }
-    return DNS_TEMPFAIL;
-}
-
-static void dns_records_cb_ares(void *arg, int status, int timeouts, unsigned char *abuf,
-                                int alen)
+static void dns_query_records_cb(void *arg, int status, int timeouts, unsigned char *abuf,
+                                 int alen)
 {
     struct dns_query *q = arg;
     if (!dns_query_came_back(q))
         return;
-    enum dns_status st = dns_status_from_ares(status);
+    enum dns_status st = dns_records_status_from_ares(status);
     if (st == DNS_OK)
-        st = dns_parse_records(q, abuf, alen);
+        st = dns_records_parse(&q->records, q->type, abuf, alen);
     dns_query_complete(q, st);
 }
 
@@ -854,7 +699,7 @@ struct dns_query *dns_query_records(struct dns_ctx *ctx, const char *name, enum 
     q->type = type;
     dns_query_arm_timeout(q, timeout_ms);
     q->pending++;
-    ares_query(ctx->channel, name, C_IN, (int)type, dns_records_cb_ares, q);
+    ares_query(ctx->channel, name, C_IN, (int)type, dns_query_records_cb, q);
     return dns_query_started(q);
 }
 
