@@ -229,7 +229,7 @@ static enum sluice_verdict dnsbl_connect(sluice_session *s, void *entry_state, v
     if (!ss)
         return SLUICE_CONTINUE; /* fail open */
     ss->conf = c;
-    ss->cache = thread_state;
+    ss->cache = ((struct dnsbl_thread *)thread_state)->cache;
     ss->waiting_hook = -1;
     snprintf(ss->client, sizeof ss->client, "%s", sluice_client_ip(s));
     sluice_session_set_data(s, ss, sess_free);
@@ -246,7 +246,7 @@ static enum sluice_verdict dnsbl_connect(sluice_session *s, void *entry_state, v
     if (family < 0)
         return SLUICE_CONTINUE;
     ss->active = true;
-    if (dnsbl_phase_start(s, ss, DNSBL_PH_CONNECT, family_target(family), rev, true) < 0)
+    if (dnsbl_phase_start(s, ss, DNSBL_PH_CONNECT, family_target(family), rev) < 0)
         return SLUICE_CONTINUE;
     return wait_or_decide(s, ss, SLUICE_HOOK_CONNECT);
 }
@@ -292,7 +292,7 @@ static enum sluice_verdict dnsbl_helo(sluice_session *s, void *entry_state, void
     dnsbl_phase_reset(ss, DNSBL_PH_HELO);
     if (!ss->allowlisted && helo && has_targets(ss->conf, DNSBL_T_HELO) &&
         dnsbl_domain_normalize(helo, strlen(helo), ss->helo, sizeof ss->helo))
-        dnsbl_phase_start(s, ss, DNSBL_PH_HELO, DNSBL_T_HELO, ss->helo, false);
+        dnsbl_phase_start(s, ss, DNSBL_PH_HELO, DNSBL_T_HELO, ss->helo);
     return wait_or_decide(s, ss, SLUICE_HOOK_HELO);
 }
 
@@ -306,7 +306,7 @@ static enum sluice_verdict dnsbl_mail(sluice_session *s, void *entry_state, void
     dnsbl_phase_reset(ss, DNSBL_PH_SENDER); /* the last transaction's listings */
     if (!ss->allowlisted && sender && has_targets(ss->conf, DNSBL_T_SENDER) &&
         dnsbl_sender_domain(sender, len, ss->sender_domain, sizeof ss->sender_domain))
-        dnsbl_phase_start(s, ss, DNSBL_PH_SENDER, DNSBL_T_SENDER, ss->sender_domain, false);
+        dnsbl_phase_start(s, ss, DNSBL_PH_SENDER, DNSBL_T_SENDER, ss->sender_domain);
     return wait_or_decide(s, ss, SLUICE_HOOK_MAIL);
 }
 
@@ -335,13 +335,28 @@ static void dnsbl_fini(sluice_entry *entry, void *entry_state)
 static int dnsbl_thread_init(sluice_entry *entry, void *entry_state, void **thread_state)
 {
     struct dnsbl_conf *c = entry_state;
-    *thread_state = dnsbl_cache_new((size_t)c->cache_size);
-    return *thread_state ? 0 : -1;
+    struct dnsbl_thread *t = calloc(1, sizeof *t);
+    if (!t)
+        return -1;
+    t->cache = dnsbl_cache_new((size_t)c->cache_size);
+    if (!t->cache) {
+        free(t);
+        return -1;
+    }
+    t->health = dnsbl_health_start(entry, c);
+    *thread_state = t;
+    return 0;
 }
 
+/* The host cancelled this thread's health check timer and queries first. */
 static void dnsbl_thread_fini(sluice_entry *entry, void *entry_state, void *thread_state)
 {
-    dnsbl_cache_free(thread_state);
+    struct dnsbl_thread *t = thread_state;
+    if (!t)
+        return;
+    dnsbl_health_free(t->health);
+    dnsbl_cache_free(t->cache);
+    free(t);
 }
 
 SLUICE_PLUGIN = {

@@ -32,7 +32,7 @@ struct dnsbl_zone {
     size_t ncodes;
     bool want_reason;
     atomic_bool disabled;
-    atomic_int_fast64_t next_probe_ms; /* the next health check, CLOCK_MONOTONIC */
+    atomic_int_fast64_t next_probe_ms; /* the next health check, CLOCK_MONOTONIC ms */
 };
 
 struct dnsbl_conf {
@@ -50,28 +50,43 @@ struct dnsbl_conf {
     int64_t max_ttl_ms;
     int64_t cache_size;
     unsigned reject_targets; /* targets of zones in reject mode */
+    atomic_bool health_thread_taken; /* a loop thread runs the health checks */
     sluice_counter *queries, *listings, *timeouts, *cache_hits, *rejects, *disables;
 };
 
 int dnsbl_conf_load(sluice_entry *e, struct dnsbl_conf **out, char *err, size_t errlen);
 void dnsbl_conf_free(struct dnsbl_conf *c);
 
+/* ---- zone health (dnsbl_health.c) ---------------------------------------------- */
+
+struct dnsbl_health;
+
+/* On a loop thread's thread_init: the first thread of the entry to call it
+ * gets the health checks (at once, then every health_interval) and keeps
+ * the returned state for its thread_fini; the others get NULL. */
+struct dnsbl_health *dnsbl_health_start(sluice_entry *e, struct dnsbl_conf *c);
+/* After the host cancelled the checks' timer and queries (thread_fini). */
+void dnsbl_health_free(struct dnsbl_health *h);
+/* A zone that answered badly: ignored until a health check passes, which
+ * runs one interval from now. s: the session that saw it, or NULL. */
+void dnsbl_zone_disable(struct dnsbl_conf *c, sluice_session *s, struct dnsbl_zone *z,
+                        const char *why);
+
+/* What a loop thread keeps for the entry. */
+struct dnsbl_thread {
+    struct dnsbl_cache *cache;
+    struct dnsbl_health *health; /* on the thread that runs the health checks */
+};
+
 /* ---- a session's lookups ---------------------------------------------------- */
 
 enum dnsbl_phase_id { DNSBL_PH_CONNECT, DNSBL_PH_HELO, DNSBL_PH_SENDER, DNSBL_PH_COUNT };
-
-enum dnsbl_role {
-    DNSBL_ROLE_LISTING,        /* the client, its HELO name or its sender's domain */
-    DNSBL_ROLE_PROBE_LISTED,   /* RFC 5782 test point: must be listed */
-    DNSBL_ROLE_PROBE_UNLISTED, /* RFC 5782 test point: must not be listed */
-};
 
 struct dnsbl_batch;
 
 struct dnsbl_lookup {
     struct dnsbl_batch *batch;
     struct dnsbl_zone *zone;
-    enum dnsbl_role role;
     char name[DNSBL_NAME_MAX];
     int answers_due; /* A, and TXT when asked */
     enum sluice_dns_status status;
@@ -121,12 +136,12 @@ struct dnsbl_sess {
 
 int64_t dnsbl_now_ms(void);
 
-/* Starts the phase's lookups of the zones listing any of targets, each
- * "<prefix>.<zone>", replacing the phase's earlier batch; probes: also the
- * health checks that are due. The phase may finish (dnsbl_phase_finished)
- * before this returns, when every answer is cached. -1 when out of memory. */
+/* Starts the phase's lookups of the enabled zones listing any of targets,
+ * each "<prefix>.<zone>", replacing the phase's earlier batch. The phase may
+ * finish (dnsbl_phase_finished) before this returns, when every answer is
+ * cached. -1 when out of memory. */
 int dnsbl_phase_start(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase_id ph,
-                      unsigned targets, const char *prefix, bool probes);
+                      unsigned targets, const char *prefix);
 /* Forgets the phase's lookups and result (a new HELO, a new transaction). */
 void dnsbl_phase_reset(struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
 /* Gives up the phase's unanswered lookups (the host cancelled them): what

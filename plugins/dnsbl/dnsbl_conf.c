@@ -292,6 +292,7 @@ int dnsbl_conf_load(sluice_entry *e, struct dnsbl_conf **out, char *err, size_t 
         return -1;
     }
     c->entry = e;
+    atomic_init(&c->health_thread_taken, false);
     c->threshold = DEFAULT_THRESHOLD;
     c->defer = true;
     c->health_interval_ms = DEFAULT_HEALTH_INTERVAL_MS;

@@ -1,20 +1,12 @@
 /* A session's DNSBL lookups: A and TXT queries in parallel through the
- * host's resolver, the per-thread cache, RFC 5782 health checks, and the
- * evaluation of a finished phase into sums of weights. */
+ * host's resolver, the per-thread cache, and the evaluation of a finished
+ * phase into sums of weights. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "dnsbl.h"
-
-/* RFC 5782 section 5 test points. */
-#define PROBE4_LISTED "2.0.0.127"
-#define PROBE4_UNLISTED "1.0.0.127"
-#define PROBE6_LISTED "2.0.0.0.0.0.f.7.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0"
-#define PROBE6_UNLISTED "1.0.0.0.0.0.f.7.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0"
-#define PROBE_NAME_LISTED "test"
-#define PROBE_NAME_UNLISTED "invalid"
 
 int64_t dnsbl_now_ms(void)
 {
@@ -85,55 +77,6 @@ static void append_name(char *list, size_t cap, const char *name)
     snprintf(list + len, cap - len, "%s%s", len ? "," : "", name);
 }
 
-static void zone_disable(sluice_session *s, struct dnsbl_sess *ss, struct dnsbl_zone *z,
-                         const char *why)
-{
-    if (atomic_exchange(&z->disabled, true))
-        return;
-    sluice_counter_add(ss->conf->disables, 1);
-    sluice_log(s, SLUICE_LOG_ERR,
-               "zone %s DISABLED: %s; its listings are ignored until a health check "
-               "passes (RFC 5782: the list may refuse queries from this resolver)",
-               z->name, why);
-}
-
-static void zone_enable(sluice_session *s, struct dnsbl_zone *z)
-{
-    if (atomic_exchange(&z->disabled, false))
-        sluice_log(s, SLUICE_LOG_WARN, "zone %s re-enabled: its health check passed",
-                   z->name);
-}
-
-static bool batch_saw_bad_answer(const struct dnsbl_batch *b, const struct dnsbl_zone *z)
-{
-    for (size_t i = 0; i < b->n; i++)
-        if (b->lk[i].zone == z && b->lk[i].bad)
-            return true;
-    return false;
-}
-
-/* The two probes of a zone sit side by side: listed first. A bad answer to
- * the session's own lookup outweighs test points that look fine. */
-static void probe_evaluate(sluice_session *s, struct dnsbl_sess *ss, const struct dnsbl_lookup *p)
-{
-    const struct dnsbl_lookup *q = p + 1;
-    struct dnsbl_zone *z = p->zone;
-    if (batch_saw_bad_answer(p->batch, z)) {
-        zone_disable(s, ss, z, "a health check was answered outside 127/8 or with an error code");
-        return;
-    }
-    if (p->status == SLUICE_DNS_TEMPFAIL || q->status == SLUICE_DNS_TEMPFAIL)
-        return; /* cannot tell */
-    if (q->answer.listed) {
-        zone_disable(s, ss, z, "it lists the test point that must not be listed");
-        return;
-    }
-    if (!p->answer.listed)
-        sluice_log(s, SLUICE_LOG_WARN, "zone %s does not list its RFC 5782 test point %s",
-                   z->name, p->name);
-    zone_enable(s, z);
-}
-
 static void listing_evaluate(struct dnsbl_sess *ss, const struct dnsbl_lookup *l,
                              struct dnsbl_result *r)
 {
@@ -160,17 +103,13 @@ static void listing_evaluate(struct dnsbl_sess *ss, const struct dnsbl_lookup *l
     }
 }
 
-static void batch_evaluate(sluice_session *s, struct dnsbl_batch *b)
+static void batch_evaluate(struct dnsbl_batch *b)
 {
     struct dnsbl_sess *ss = b->sess;
-    for (size_t i = 0; i < b->n; i++)
-        if (b->lk[i].role == DNSBL_ROLE_PROBE_LISTED)
-            probe_evaluate(s, ss, &b->lk[i]);
     struct dnsbl_result *r = &ss->result[b->phase];
     memset(r, 0, sizeof *r);
     for (size_t i = 0; i < b->n; i++)
-        if (b->lk[i].role == DNSBL_ROLE_LISTING)
-            listing_evaluate(ss, &b->lk[i], r);
+        listing_evaluate(ss, &b->lk[i], r);
     r->done = true;
 }
 
@@ -178,7 +117,7 @@ static void batch_settle(sluice_session *s, struct dnsbl_batch *b)
 {
     if (--b->outstanding > 0 || b->retired)
         return;
-    batch_evaluate(s, b);
+    batch_evaluate(b);
     dnsbl_phase_finished(s, b->sess, b->phase);
 }
 
@@ -194,7 +133,7 @@ static int64_t clamp_ttl_ms(const struct dnsbl_conf *c, int64_t ms)
 static void lookup_cache(struct dnsbl_lookup *l)
 {
     struct dnsbl_sess *ss = l->batch->sess;
-    if (l->role != DNSBL_ROLE_LISTING || l->bad || l->status == SLUICE_DNS_TEMPFAIL)
+    if (l->bad || l->status == SLUICE_DNS_TEMPFAIL)
         return;
     int64_t ms = l->answer.listed ? (int64_t)l->ttl * 1000 : ss->conf->negative_ttl_ms;
     dnsbl_cache_put(ss->cache, l->name, dnsbl_now_ms() + clamp_ttl_ms(ss->conf, ms), &l->answer);
@@ -222,12 +161,10 @@ static void take_a_records(sluice_session *s, struct dnsbl_lookup *l, const char
     for (size_t i = 0; i < nrr; i++) {
         uint32_t a;
         if (!dnsbl_answer_parse(rr[i], &a) || dnsbl_answer_classify(a) == DNSBL_ANSWER_BAD) {
+            char why[320];
             l->bad = true;
-            if (l->role == DNSBL_ROLE_LISTING) {
-                char why[320];
-                snprintf(why, sizeof why, "it answered %.40s for %s", rr[i], l->name);
-                zone_disable(s, l->batch->sess, l->zone, why);
-            }
+            snprintf(why, sizeof why, "it answered %.40s for %s", rr[i], l->name);
+            dnsbl_zone_disable(l->batch->sess->conf, s, l->zone, why);
             continue;
         }
         if (l->answer.ncodes < DNSBL_MAX_ANSWERS)
@@ -265,8 +202,7 @@ static void txt_answer_cb(sluice_session *s, void *arg, enum sluice_dns_status s
 static void lookup_start(sluice_session *s, struct dnsbl_lookup *l, bool want_txt)
 {
     struct dnsbl_conf *c = l->batch->sess->conf;
-    if (l->role == DNSBL_ROLE_LISTING &&
-        dnsbl_cache_get(l->batch->sess->cache, l->name, dnsbl_now_ms(), &l->answer)) {
+    if (dnsbl_cache_get(l->batch->sess->cache, l->name, dnsbl_now_ms(), &l->answer)) {
         sluice_counter_add(c->cache_hits, 1);
         l->status = l->answer.listed ? SLUICE_DNS_OK : SLUICE_DNS_NOTFOUND;
         return;
@@ -284,64 +220,32 @@ static void lookup_start(sluice_session *s, struct dnsbl_lookup *l, bool want_tx
     }
 }
 
-static struct dnsbl_lookup *lookup_add(struct dnsbl_batch *b, struct dnsbl_zone *z,
-                                       enum dnsbl_role role, const char *prefix)
+static void lookup_add(struct dnsbl_batch *b, struct dnsbl_zone *z, const char *prefix)
 {
     struct dnsbl_lookup *l = &b->lk[b->n];
     if (!dnsbl_query_name(prefix, z->name, l->name, sizeof l->name))
-        return NULL;
+        return;
     l->batch = b;
     l->zone = z;
-    l->role = role;
     l->status = SLUICE_DNS_NOTFOUND;
     b->n++;
-    return l;
 }
 
-/* One session per health interval (for the whole entry) runs the check. */
-static bool probe_due(const struct dnsbl_conf *c, struct dnsbl_zone *z)
-{
-    if (c->health_interval_ms <= 0)
-        return false;
-    int64_t now = dnsbl_now_ms();
-    int_fast64_t due = atomic_load(&z->next_probe_ms);
-    return now >= due &&
-           atomic_compare_exchange_strong(&z->next_probe_ms, &due, now + c->health_interval_ms);
-}
-
-static void probes_add(struct dnsbl_batch *b, struct dnsbl_zone *z)
-{
-    const char *listed = PROBE4_LISTED, *unlisted = PROBE4_UNLISTED;
-    if (!(z->targets & DNSBL_T_IP4) && (z->targets & DNSBL_T_IP6)) {
-        listed = PROBE6_LISTED;
-        unlisted = PROBE6_UNLISTED;
-    } else if (!(z->targets & DNSBL_T_IP)) {
-        listed = PROBE_NAME_LISTED;
-        unlisted = PROBE_NAME_UNLISTED;
-    }
-    struct dnsbl_lookup *p = lookup_add(b, z, DNSBL_ROLE_PROBE_LISTED, listed);
-    if (p && !lookup_add(b, z, DNSBL_ROLE_PROBE_UNLISTED, unlisted))
-        b->n--; /* a probe without its partner would be read past */
-}
-
+/* A disabled zone is not asked: its health check (dnsbl_health.c) decides
+ * when it counts again. */
 static struct dnsbl_batch *batch_build(struct dnsbl_sess *ss, enum dnsbl_phase_id ph,
-                                       unsigned targets, const char *prefix, bool probes)
+                                       unsigned targets, const char *prefix)
 {
     struct dnsbl_conf *c = ss->conf;
-    struct dnsbl_batch *b = calloc(1, sizeof *b + 3 * c->nzones * sizeof b->lk[0]);
+    struct dnsbl_batch *b = calloc(1, sizeof *b + c->nzones * sizeof b->lk[0]);
     if (!b)
         return NULL;
     b->sess = ss;
     b->phase = ph;
     for (size_t i = 0; i < c->nzones; i++) {
         struct dnsbl_zone *z = &c->zones[i];
-        /* A zone under a health check is asked too: the check's verdict
-         * comes first when the batch is evaluated. */
-        bool probing = probes && probe_due(c, z);
-        if (probing)
-            probes_add(b, z);
-        if ((z->targets & targets) && (probing || !atomic_load(&z->disabled)))
-            lookup_add(b, z, DNSBL_ROLE_LISTING, prefix);
+        if ((z->targets & targets) && !atomic_load(&z->disabled))
+            lookup_add(b, z, prefix);
     }
     return b;
 }
@@ -362,17 +266,17 @@ void dnsbl_phase_abandon(struct dnsbl_sess *ss, enum dnsbl_phase_id ph)
 }
 
 int dnsbl_phase_start(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase_id ph,
-                      unsigned targets, const char *prefix, bool probes)
+                      unsigned targets, const char *prefix)
 {
     dnsbl_phase_reset(ss, ph);
-    struct dnsbl_batch *b = batch_build(ss, ph, targets, prefix, probes);
+    struct dnsbl_batch *b = batch_build(ss, ph, targets, prefix);
     if (!b)
         return -1;
     ss->batch[ph] = b;
     b->outstanding = 1; /* held while starting, so no answer finishes the phase early */
     for (size_t i = 0; i < b->n; i++) {
         struct dnsbl_lookup *l = &b->lk[i];
-        lookup_start(s, l, l->role == DNSBL_ROLE_LISTING && l->zone->want_reason);
+        lookup_start(s, l, l->zone->want_reason);
     }
     batch_settle(s, b);
     return 0;

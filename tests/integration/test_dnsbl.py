@@ -300,6 +300,14 @@ class DnsblTest(SluiceTestCase):
         self.deliver(self.session_from(port, CLEAN))
         self.sluice.wait_log(r"zone listsall\.test DISABLED")
 
+    def test_zone_broken_from_the_start_is_disabled_before_any_client_connects(self):
+        port = self.relay([zone("listsall.test"), zone("one.test")])
+        # No session yet: the health check runs when the loop threads start.
+        self.sluice.wait_log(r"zone listsall\.test DISABLED: it lists the test point", 5.0)
+        self.assertFalse(self.sluice.grep(r"zone one\.test DISABLED"))
+        self.deliver(self.session_from(port, CLEAN))  # listsall.test no longer counts
+        self.backend.wait_messages(1)
+
     def test_disabled_zone_is_enabled_again_when_its_health_check_passes(self):
         port = self.relay([zone("flaky.test")], health_interval="1s")
         self.deliver(self.session_from(port, REFUSED))
