@@ -24,6 +24,8 @@
 #include "session_internal.h"
 #include "worker.h"
 
+#include "chain_fixture.h"
+
 #define LOOP_LIMIT_MS 5000
 
 struct fixture {
@@ -39,29 +41,13 @@ struct fixture {
 
 static struct fixture *current;
 
-static const char *plugin_path(const char *name)
-{
-    static char path[512];
-    const char *dir = getenv("SLUICE_TEST_PLUGINS");
-    snprintf(path, sizeof path, "%s/%s.so", dir ? dir : "test-plugins", name);
-    return path;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
-
 /* One conf.d entry: name, plugin, then its settings as libconfig text. */
 static void entry(struct fixture *f, const char *name, const char *plugin, const char *settings)
 {
     char path[256], text[1024];
     snprintf(path, sizeof path, "%s/conf.d/%s.conf", f->dir, name);
-    snprintf(text, sizeof text, "plugin = \"%s\";\n%s\n", plugin_path(plugin), settings);
-    write_file(path, text);
+    snprintf(text, sizeof text, "plugin = \"%s\";\n%s\n", cf_plugin_path(plugin), settings);
+    cf_write_file(path, text);
 }
 
 static int setup(void **state)
@@ -101,15 +87,7 @@ static void drop_session(struct fixture *f)
 static void drop_chain(struct fixture *f)
 {
     drop_session(f);
-    if (f->chain) {
-        chain_thread_fini(f->chain, 0);
-        chain_free(f->chain);
-        f->chain = NULL;
-    }
-    if (f->cfg) {
-        config_free(f->cfg);
-        f->cfg = NULL;
-    }
+    cf_drop_chain(&f->cfg, &f->chain);
 }
 
 static int teardown(void **state)
@@ -125,16 +103,9 @@ static int teardown(void **state)
 /* Loads the conf.d written so far and gives a fresh session on it. */
 static void start(struct fixture *f)
 {
-    char path[256], err[1024];
-    snprintf(path, sizeof path, "%s/sluice.conf", f->dir);
-    write_file(path, "listen = ( { address = \"127.0.0.1\"; port = 2525; } );\n"
-                     "pools = ( { name = \"a\"; servers = ( \"127.0.0.1:25\" ); } );\n");
-    if (config_load(path, &f->cfg, err, sizeof err) < 0)
-        fail_msg("config: %s", err);
-    f->chain = chain_build(f->cfg, &f->worker, 1, err, sizeof err);
-    if (!f->chain)
-        fail_msg("chain: %s", err);
-    assert_int_equal(chain_thread_init(f->chain, 0, err, sizeof err), 0);
+    char err[1024];
+    if (cf_load_chain(f->dir, &f->worker, &f->cfg, &f->chain, err, sizeof err) < 0)
+        fail_msg("config or chain: %s", err);
     f->s = calloc(1, sizeof *f->s);
     f->s->loop = &f->loop;
     f->s->cfg = f->cfg;

@@ -28,6 +28,8 @@
 #include "session_internal.h"
 #include "worker.h"
 
+#include "chain_fixture.h"
+
 #define LOOP_LIMIT_MS 5000
 
 struct fixture {
@@ -40,22 +42,6 @@ struct fixture {
     int silent_dns; /* a UDP socket that never answers */
     bool hook_done;
 };
-
-static const char *plugin_path(const char *name)
-{
-    static char path[512];
-    const char *dir = getenv("SLUICE_TEST_PLUGINS");
-    snprintf(path, sizeof path, "%s/%s.so", dir ? dir : "test-plugins", name);
-    return path;
-}
-
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-}
 
 /* What the plugin recorded so far ("" when nothing). */
 static const char *recorded(struct fixture *f)
@@ -109,15 +95,7 @@ static int setup(void **state)
 
 static void drop_chain(struct fixture *f)
 {
-    if (f->chain) {
-        chain_thread_fini(f->chain, 0);
-        chain_free(f->chain);
-        f->chain = NULL;
-    }
-    if (f->cfg) {
-        config_free(f->cfg);
-        f->cfg = NULL;
-    }
+    cf_drop_chain(&f->cfg, &f->chain);
 }
 
 static int teardown(void **state)
@@ -140,18 +118,11 @@ static void start(struct fixture *f, const char *plugin, const char *settings)
 {
     char path[256], text[1024], err[1024];
     snprintf(path, sizeof path, "%s/conf.d/10-entry.conf", f->dir);
-    snprintf(text, sizeof text, "plugin = \"%s\";\nrecord = \"%s\";\n%s\n", plugin_path(plugin),
+    snprintf(text, sizeof text, "plugin = \"%s\";\nrecord = \"%s\";\n%s\n", cf_plugin_path(plugin),
              f->record, settings);
-    write_file(path, text);
-    snprintf(path, sizeof path, "%s/sluice.conf", f->dir);
-    write_file(path, "listen = ( { address = \"127.0.0.1\"; port = 2525; } );\n"
-                     "pools = ( { name = \"a\"; servers = ( \"127.0.0.1:25\" ); } );\n");
-    if (config_load(path, &f->cfg, err, sizeof err) < 0)
-        fail_msg("config: %s", err);
-    f->chain = chain_build(f->cfg, &f->worker, 1, err, sizeof err);
-    if (!f->chain)
-        fail_msg("chain: %s", err);
-    assert_int_equal(chain_thread_init(f->chain, 0, err, sizeof err), 0);
+    cf_write_file(path, text);
+    if (cf_load_chain(f->dir, &f->worker, &f->cfg, &f->chain, err, sizeof err) < 0)
+        fail_msg("config or chain: %s", err);
 }
 
 static void stop_loop(evutil_socket_t fd, short what, void *arg)
@@ -249,18 +220,11 @@ static void test_plugin_built_for_abi_1_0_still_loads(void **state)
     char path[256], err[1024];
     snprintf(path, sizeof path, "%s/conf.d/10-old.conf", f->dir);
     char text[600];
-    snprintf(text, sizeof text, "plugin = \"%s\";\n", plugin_path("abi_1_0"));
-    write_file(path, text);
-    snprintf(path, sizeof path, "%s/sluice.conf", f->dir);
-    write_file(path, "listen = ( { address = \"127.0.0.1\"; port = 2525; } );\n"
-                     "pools = ( { name = \"a\"; servers = ( \"127.0.0.1:25\" ); } );\n");
-    if (config_load(path, &f->cfg, err, sizeof err) < 0)
-        fail_msg("config: %s", err);
-    f->chain = chain_build(f->cfg, &f->worker, 1, err, sizeof err);
-    if (!f->chain)
+    snprintf(text, sizeof text, "plugin = \"%s\";\n", cf_plugin_path("abi_1_0"));
+    cf_write_file(path, text);
+    if (cf_load_chain(f->dir, &f->worker, &f->cfg, &f->chain, err, sizeof err) < 0)
         fail_msg("an ABI 1.0 plugin was refused: %s", err);
     assert_int_equal(f->chain->entries[0].plugin->abi_minor, 0);
-    assert_int_equal(chain_thread_init(f->chain, 0, err, sizeof err), 0);
 }
 
 int main(void)
