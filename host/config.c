@@ -104,6 +104,7 @@ static const struct copt pool_opts[] = {
     OBOOL("xclient", struct pool_conf, xclient, true),
     OBOOL("proxy_protocol", struct pool_conf, proxy_protocol, false),
     OBOOL("smtputf8", struct pool_conf, smtputf8, false),
+    OBOOL("allow_untrusted_routing", struct pool_conf, allow_untrusted_routing, false),
     OSTRING("helo_name", struct pool_conf, helo_name, NULL),
     ODURATION("connect_timeout", struct pool_conf, connect_timeout_ms, 1, "30s"),
     ODURATION("command_timeout", struct pool_conf, command_timeout_ms, 1, "5m"),

@@ -40,6 +40,7 @@ struct pool_conf {
     bool xclient;              /* send XCLIENT when the backend offers it, default true */
     bool proxy_protocol;       /* send a PROXY v2 header first, default false */
     bool smtputf8;             /* every server of this pool accepts SMTPUTF8, default false */
+    bool allow_untrusted_routing; /* %, !, @ local parts from untrusted clients, default false */
     char *helo_name;           /* our EHLO name towards it; default: hostname */
     int64_t connect_timeout_ms; /* default 30s */
     int64_t command_timeout_ms; /* banner, EHLO, XCLIENT, MAIL, RCPT, RSET, NOOP, DATA; default 5m */

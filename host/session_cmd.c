@@ -13,6 +13,7 @@
 #include "log.h"
 #include "netaddr.h"
 #include "pool.h"
+#include "relay_control.h"
 #include "route.h"
 #include "session_internal.h"
 #include "worker.h"
@@ -159,18 +160,6 @@ static bool cmd_trusted(const struct session *s)
     return netlist_match(s->cfg->relay_networks, (const struct sockaddr *)&s->peer);
 }
 
-/* Relay control: the pool for a recipient, or -1 when it may not be relayed. */
-static int cmd_route(const struct session *s, const char *addr, size_t len)
-{
-    const struct sluice_config *cfg = s->cfg;
-    int pool = route_lookup(cfg->route_table, addr, len);
-    if (pool >= 0)
-        return pool;
-    if (cfg->default_pool >= 0 && (cmd_trusted(s) || memchr(addr, '@', len) == NULL))
-        return cfg->default_pool; /* trusted, or the bare <postmaster> of this host */
-    return -1;
-}
-
 static void cmd_rcpt_done(struct session *s, const struct hook_verdict *v)
 {
     if (session_apply_verdict(s, HOOK_RCPT, v)) {
@@ -207,11 +196,13 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
         session_reply(s, R_TOO_MANY_RCPTS);
         return;
     }
-    int pool = cmd_route(s, path.addr, path.addr_len);
-    if (pool < 0) {
+    struct relay_decision relay = relay_control(s->cfg, cmd_trusted(s), &path);
+    int pool = relay.pool;
+    if (relay.verdict != RELAY_OK) {
         char addr[300];
         log_sanitize(addr, sizeof addr, path.addr, path.addr_len);
-        log_info(s->sid, "relay denied: client %s, recipient <%s>", s->client_ip, addr);
+        log_info(s->sid, "relay denied: client %s, recipient <%s>: %s", s->client_ip, addr,
+                 relay_verdict_reason(relay.verdict));
         host_metrics_relay_denied();
         host_metrics_rcpt(550);
         session_error(s, R_RELAY_DENIED);

@@ -392,6 +392,8 @@ enum smtp_path_status smtp_path_parse(const char *arg, size_t len, bool is_rcpt,
             return st;
         out->addr = inner + m.route_len;
         out->addr_len = n - m.route_len;
+        out->local_len = m.local_len;
+        out->source_route = m.route_len > 0;
     }
     if (n >= inner_max || inner[n] != '>')
         return SMTP_PATH_SYNTAX;

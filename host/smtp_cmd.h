@@ -50,6 +50,8 @@ struct smtp_param {
 struct smtp_path {
     const char *addr; /* inside <>, source route removed; "" (len 0) for <> */
     size_t addr_len;
+    size_t local_len;  /* the local part as sent (quotes kept), a prefix of addr */
+    bool source_route; /* "@a,@b:" stood before the mailbox (RFC 5321 4.1.2) */
     struct smtp_param params[SMTP_MAX_PARAMS];
     size_t nparams;
 };
