@@ -7,6 +7,7 @@
 #include "check.h"
 #include "config.h"
 #include "log.h"
+#include "paths.h"
 
 #define CHECK_MAX_RCPTS 1000
 
@@ -17,7 +18,17 @@ static void usage(FILE *out)
             "                    --from ADDR --rcpt ADDR [--rcpt ADDR ...] [--message FILE] [-v]\n"
             "Runs the configured chain (conf.d) for one session, as the daemon would, with no\n"
             "listener and no backend; prints each entry's verdict at each hook and the replies.\n"
-            "Exit: 0 accepted, 1 refused, 2 setup error.\n");
+            "  -c, --config FILE  configuration (default %s)\n"
+            "  --client IP        the client's address (default 192.0.2.1), --port its port\n"
+            "  --helo NAME        its HELO/EHLO name (default client.example)\n"
+            "  --smtp             greet with HELO instead of EHLO\n"
+            "  --from ADDR        the envelope sender (\"\" for <>)\n"
+            "  --rcpt ADDR        a recipient; repeat for more\n"
+            "  --message FILE     the message (headers and body) sent after DATA\n"
+            "  -v, --verbose      log at debug level\n"
+            "  -V, --version      print the version\n"
+            "Exit: 0 accepted, 1 refused, 2 setup error.\n",
+            paths_default_config());
 }
 
 int main(int argc, char **argv)
@@ -28,14 +39,14 @@ int main(int argc, char **argv)
         {"smtp", no_argument, NULL, 's'},         {"from", required_argument, NULL, 'f'},
         {"rcpt", required_argument, NULL, 'r'},   {"message", required_argument, NULL, 'm'},
         {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
-    const char *path = SLUICE_SYSCONFDIR "/sluice.conf";
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0}};
+    const char *path = paths_default_config();
     const char *rcpts[CHECK_MAX_RCPTS];
     struct check_opts o = {.client = "192.0.2.1", .client_port = 40000, .helo = "client.example",
                            .esmtp = true, .sender = "", .rcpts = rcpts};
     bool verbose = false;
     int opt;
-    while ((opt = getopt_long(argc, argv, "c:vh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:vhV", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c': path = optarg; break;
         case 'a': o.client = optarg; break;
@@ -50,6 +61,7 @@ int main(int argc, char **argv)
         case 'm': o.message_file = optarg; break;
         case 'v': verbose = true; break;
         case 'h': usage(stdout); return 0;
+        case 'V': printf("sluice-check %s\n", SLUICE_VERSION); return 0;
         default: usage(stderr); return 2;
         }
     }

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "config_opt.h"
+#include "paths.h"
 #include "route.h"
 
 /* libconfig 1.5 silently wraps integers of 2^31 and more, so no integer
@@ -21,9 +22,6 @@
 #define CONFIG_HOST_TEXT_MAX 256
 #define CONFIG_REDIS_DEFAULT_PORT "6379"
 #define CONFIG_THREAD_POOL_MAX 256
-#ifndef SLUICE_PLUGIN_DIR
-#define SLUICE_PLUGIN_DIR "/usr/lib/sluice/plugins"
-#endif
 
 static bool is_numeric_ip(const char *s)
 {
@@ -316,7 +314,7 @@ static const struct copt root_opts[] = {
      .valid = is_numeric_hostport,
      .expect = "must be \"ip:port\" with a numeric address"},
     OINT("thread_pool_size", struct sluice_config, thread_pool_size, 1, CONFIG_THREAD_POOL_MAX, 4),
-    OSTRING("plugin_dir", struct sluice_config, plugin_dir, SLUICE_PLUGIN_DIR),
+    OSTRING("plugin_dir", struct sluice_config, plugin_dir, NULL), /* paths_plugin_dir() */
     ODURATION("plugin_timeout", struct sluice_config, plugin_timeout_ms, 1, "10s"),
     OEND,
 };
@@ -385,6 +383,9 @@ static int fill_computed_defaults(struct copt_loader *ld, struct sluice_config *
         if (copt_replace_string(ld, NULL, &cfg->hostname, name) < 0)
             return -1;
     }
+    if (cfg->plugin_dir == NULL &&
+        copt_replace_string(ld, NULL, &cfg->plugin_dir, paths_plugin_dir()) < 0)
+        return -1;
     if (cfg->threads == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         cfg->threads = cores < 1 ? 1 : cores > CONFIG_THREADS_MAX ? CONFIG_THREADS_MAX : (int)cores;

@@ -140,7 +140,7 @@ struct sluice_config {
     struct connection_conf connections;
     char *metrics_listen;  /* "127.0.0.1:9125": Prometheus text on /metrics; NULL: off */
     int thread_pool_size;  /* blocking work threads, default 4 */
-    char *plugin_dir;      /* shipped plugins; default SLUICE_PLUGIN_DIR */
+    char *plugin_dir;      /* shipped plugins; default paths_plugin_dir() */
     int64_t plugin_timeout_ms; /* default pending timeout of an entry, 10s */
 
     struct chain_entry_conf *entries;

@@ -1,3 +1,4 @@
+#include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,24 +8,44 @@
 #include "config.h"
 #include "log.h"
 #include "master.h"
+#include "paths.h"
 #include "plugin_host.h"
-
-#define SLUICE_DEFAULT_CONFIG SLUICE_SYSCONFDIR "/sluice.conf"
+#include "sluice/plugin.h"
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: sluice [-t] [-c FILE]\n"
-                 "  -c FILE  configuration (default " SLUICE_DEFAULT_CONFIG ")\n"
-                 "  -t       check the configuration and exit\n"
-                 "  -V       print the version\n");
+    fprintf(out,
+            "usage: sluice [-t] [-c FILE]\n"
+            "SMTP filtering proxy: runs every session through the plugin chain of conf.d\n"
+            "and relays what passes to the backend pools.\n"
+            "  -c, --config FILE  configuration (default %s)\n"
+            "  -t, --test         check the configuration and the chain, then exit\n"
+            "  -V, --version      print the version, the SDK ABI and the default paths\n"
+            "  -h, --help         print this help\n",
+            paths_default_config());
+}
+
+static void version(void)
+{
+    printf("sluice %s\n"
+           "plugin ABI %d.%d\n"
+           "prefix %s\n"
+           "configuration %s\n"
+           "plugin directory %s\n",
+           SLUICE_VERSION, SLUICE_ABI_MAJOR, SLUICE_ABI_MINOR, paths_prefix(),
+           paths_default_config(), paths_plugin_dir());
 }
 
 int main(int argc, char **argv)
 {
-    const char *path = SLUICE_DEFAULT_CONFIG;
+    static const struct option longopts[] = {
+        {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
+        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *path = paths_default_config();
     bool check_only = false;
     int opt;
-    while ((opt = getopt(argc, argv, "c:tVh")) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:tVh", longopts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
@@ -33,7 +54,7 @@ int main(int argc, char **argv)
             check_only = true;
             break;
         case 'V':
-            printf("sluice %s\n", SLUICE_VERSION);
+            version();
             return 0;
         case 'h':
             usage(stdout);
@@ -42,6 +63,11 @@ int main(int argc, char **argv)
             usage(stderr);
             return 2;
         }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "sluice: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
     }
     struct sluice_config *cfg = NULL;
     char err[1024];

@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "paths.h"
 #include "plugin_host.h"
 
 static const char *const timeout_outcomes[] = {"continue", "accept", "reject", "tempfail",
@@ -46,7 +47,7 @@ static char *loader_resolve(const struct sluice_config *cfg, const char *plugin)
         return strdup(buf);
     }
     snprintf(buf, sizeof buf, "%s/%s.so", cfg->plugin_dir, plugin);
-    if (access(buf, R_OK) != 0 && strcmp(cfg->plugin_dir, SLUICE_PLUGIN_DIR) == 0) {
+    if (access(buf, R_OK) != 0 && strcmp(cfg->plugin_dir, paths_plugin_dir()) == 0) {
         char beside[PATH_MAX];
         if (loader_beside_executable(plugin, beside, sizeof beside))
             return strdup(beside);

@@ -15,7 +15,7 @@ packages=(
     libevent-dev libssl-dev liblua5.4-dev libclamav-dev libcmocka-dev
     liblmdb-dev libhiredis-dev libc-ares-dev libconfig-dev libidn2-dev libunistring-dev
     clamav dnsmasq-base dnsutils redis-server rbldnsd lmdb-utils openssl
-    python3-aiosmtpd swaks libnet-ssleay-perl postfix
+    python3-aiosmtpd swaks libnet-ssleay-perl postfix systemd
 )
 
 export DEBIAN_FRONTEND=noninteractive
