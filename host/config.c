@@ -370,6 +370,10 @@ static int resolve_paths(struct copt_loader *ld, struct sluice_config *cfg)
         rc = resolve_in_place(dir, &cfg->route_table_file);
     if (rc == 0)
         rc = resolve_in_place(dir, &cfg->plugin_dir);
+    if (rc == 0)
+        rc = resolve_in_place(dir, &cfg->store.path);
+    if (rc == 0)
+        rc = resolve_in_place(dir, &cfg->spool_dir);
     free(dir);
     return rc == 0 ? 0 : copt_fail(ld, NULL, "out of memory");
 }

@@ -11,9 +11,9 @@
 
 #define E(e) ((const struct plugin_entry *)(e))
 
-/* Keys of a conf.d file the host itself reads. */
-static const char *const host_keys[] = {"plugin", "enabled", "script", "timeout", "on_timeout",
-                                        NULL};
+/* Keys of a conf.d file the host itself reads (`script` is the Lua
+ * bridge's own setting, checked by it). */
+static const char *const host_keys[] = {"plugin", "enabled", "timeout", "on_timeout", NULL};
 
 static config_setting_t *setting(const sluice_entry *e, const char *path)
 {

@@ -1,6 +1,7 @@
 """`sluice -t` and a start with a bad configuration tell the operator what is
 wrong and where (file:line), and exit non-zero."""
 
+import os
 import re
 import unittest
 
@@ -34,6 +35,16 @@ class ConfigCheckTest(SluiceTestCase):
         self.assertEqual(code, 1, output)
         self.assertNamesLine(output, line)
         self.assertIn("nosuch", output)
+
+    def test_c_plugin_entry_with_a_script_setting_is_refused_by_name(self):
+        # `script` is the Lua bridge's setting, not the host's: a C plugin's
+        # entry that carries one has a mistake in it.
+        text = self.config()
+        with open(os.path.join(self.workdir, "conf.d", "10-tarpit.conf"), "w") as f:
+            f.write('plugin = "tarpit";\nscript = "/etc/sluice/policy.lua";\n')
+        code, output = run_sluice_check(self.workdir, text)
+        self.assertEqual(code, 1, output)
+        self.assertIn("10-tarpit.conf:2: unknown setting 'script'", output)
 
     def test_start_with_broken_config_exits_nonzero_with_file_and_line(self):
         text = "log_level = \"info\";\nlisten = ( { address = = \"127.0.0.1\"; } );\n"

@@ -327,6 +327,19 @@ static void test_store_connections_metrics_and_plugins_values(void **state)
     snprintf(want, sizeof want, "%s/plugins", f->dir);
     assert_string_equal(c->plugin_dir, want);
     assert_int_equal(c->plugin_timeout_ms, 3000);
+}
+
+static void test_relative_store_and_spool_paths_resolve_beside_sluice_conf(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(load(f, MINIMAL "store = { path = \"state/kv\"; };\n"
+                                     "data = { spool_dir = \"spool\"; };\n"),
+                     0);
+    char want[256];
+    snprintf(want, sizeof want, "%s/state/kv", f->dir);
+    assert_string_equal(f->cfg->store.path, want);
+    snprintf(want, sizeof want, "%s/spool", f->dir);
+    assert_string_equal(f->cfg->spool_dir, want);
 
     expect_error(f, MINIMAL "metrics_listen = \"localhost:9125\";\n",
                  ":3: 'metrics_listen': \"localhost:9125\" must be \"ip:port\" with a numeric "
@@ -702,6 +715,7 @@ int main(void)
         T(test_minimal_config_gets_the_documented_defaults),
         T(test_store_connections_metrics_and_plugins_defaults),
         T(test_store_connections_metrics_and_plugins_values),
+        T(test_relative_store_and_spool_paths_resolve_beside_sluice_conf),
         T(test_shipped_example_loads),
         T(test_missing_file_is_reported),
         T(test_syntax_error_reports_libconfig_line),

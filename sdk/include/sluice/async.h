@@ -8,7 +8,15 @@
  * entry current (sluice_session_data() works), and never after the session
  * ended. When the entry's pending timeout fires first, the host decides the
  * hook and cancels the entry's outstanding operations of that session, so a
- * late answer never reaches the plugin. The entry-level timers and DNS below
+ * late answer never reaches the plugin.
+ *
+ * Who frees arg: a DNS query, timer or store operation that is cancelled
+ * (entry timeout, session end) never calls back, so the host never hands
+ * its arg back: keep per-operation state in the session's data
+ * (sluice_session_data(), released at disconnect) or in memory the entry
+ * owns, never in a malloc() that only the callback frees. Thread-pool work
+ * cannot be cancelled: its done function always runs, with s NULL when the
+ * session or the entry's wait ended, and must release arg then. The entry-level timers and DNS below
  * are the exception: bound to the entry and a loop thread, not a session.
  */
 #ifndef SLUICE_ASYNC_H

@@ -44,8 +44,8 @@ int sluice_setting_line(const sluice_entry *e, const char *path);
 
 /* Fails (returns -1 and writes "file:line: unknown setting 'x'") when the
  * group at path ("" for the top level) holds a setting not in names (a
- * NULL-terminated list). The host's own keys (plugin, enabled, script,
- * timeout, on_timeout) are always allowed at the top level. */
+ * NULL-terminated list). The host's own keys (plugin, enabled, timeout,
+ * on_timeout) are always allowed at the top level. */
 int sluice_settings_check(const sluice_entry *e, const char *path, const char *const *names,
                           char *err, size_t errlen);
 
