@@ -1,6 +1,7 @@
 #!/bin/bash
 # The one test command of sluice: warning-free builds with gcc and clang, then
-# the whole suite (unit and integration tests) under ASan+UBSan.
+# the whole suite (unit and integration tests) under ASan+UBSan, then every
+# fuzz target for a few seconds on its seeds.
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -25,5 +26,11 @@ echo "=== tests (ASan+UBSan)"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir build-ci-asan --output-on-failure -j2
+
+# Every libFuzzer target, a few seconds each on its seed corpus.
+echo "=== fuzz (clang, libFuzzer)"
+CC=clang cmake -S tests/fuzz -B build-ci-fuzz -DCMAKE_BUILD_TYPE=Debug
+cmake --build build-ci-fuzz -j"$jobs"
+tests/fuzz/run-short.sh "$PWD/build-ci-fuzz" 8
 
 echo "=== all passed"
