@@ -216,6 +216,7 @@ static const struct copt timeouts_opts[] = {
     ODURATION("data_block", struct sluice_config, data_block_timeout_ms, 1, "3m"),
     ODURATION("data_total", struct sluice_config, data_total_timeout_ms, 1, "30m"),
     ODURATION("reverse_lookup", struct sluice_config, reverse_lookup_timeout_ms, 1, "5s"),
+    ODURATION("proxy_header", struct sluice_config, proxy_header_timeout_ms, 1, "5s"),
     OEND,
 };
 
