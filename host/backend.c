@@ -122,7 +122,7 @@ static void backend_free(struct backend *b)
     if (b->bev)
         bufferevent_free(b->bev);
     if (b->has_slot)
-        pool_release(b->pool);
+        pool_release(b->pool, (const struct sockaddr *)&b->client_addr);
     if (b->noop_timer)
         event_free(b->noop_timer);
     if (b->reply_timer)
@@ -626,8 +626,10 @@ static void backend_slot_cb(void *arg, bool granted)
     b->waiter = NULL;
     backend_enter(b);
     if (!granted) {
-        log_warn(b->sid, "backend pool %s: no free connection within %lld ms", b->pc->name,
-                 (long long)b->pc->wait_ms);
+        log_warn(b->sid, "backend pool %s: no free connection within %lld ms (this client "
+                 "address holds %d, its share is %d)", b->pc->name, (long long)b->pc->wait_ms,
+                 pool_held_by(b->pool, (const struct sockaddr *)&b->client_addr),
+                 b->pc->max_per_client);
         b->state = B_DEAD;
         backend_open_done(b, BACKEND_POOL_FULL, NULL, 0, 0, 0);
     } else {
@@ -712,7 +714,8 @@ struct backend *backend_open(struct loop *loop, struct generation *gen, struct p
     /* The slot callback never runs inside backend_open: the owner always
      * has the handle before it hears anything. */
     b->start_ev = event_new(loop->base, -1, 0, backend_start_cb, b);
-    int rc = b->start_ev ? pool_acquire(pool, loop->base, backend_slot_cb, b, &b->waiter) : -1;
+    int rc = b->start_ev ? pool_acquire(pool, loop->base, (const struct sockaddr *)&b->client_addr,
+                                          backend_slot_cb, b, &b->waiter) : -1;
     if (rc < 0) {
         b->waiter = NULL;
         backend_free(b);

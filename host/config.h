@@ -36,6 +36,8 @@ struct pool_conf {
     struct server_conf *servers;
     size_t nservers;
     int max_connections;       /* cap for the whole instance, default 20 */
+    int max_per_client;        /* slots one client address may hold; default a quarter of
+                                * max_connections (rounded up), 0: no per-client cap */
     int64_t wait_ms;           /* how long a session waits for a slot, default 30s */
     bool xclient;              /* send XCLIENT when the backend offers it, default true */
     bool proxy_protocol;       /* send a PROXY v2 header first, default false */

@@ -297,5 +297,100 @@ class BackendReplyTimeoutTest(TimeoutTestCase):
         self.assertReply(c.cmd("QUIT"), 221)
 
 
+class PoolShareTest(TimeoutTestCase):
+    """A session in DATA holds its backend slot up to data_total: no single
+    client address may hold a whole pool. Over its share (by default a
+    quarter of max_connections) a session waits like one facing a full
+    pool, for one of its own address's slots, then gets 451 4.4.5."""
+
+    def start(self, max_connections=4, share=None, wait="2s"):
+        b = self.start_backend("a")
+        p = pool("a", [b.port], max_connections=max_connections, wait=wait)
+        if share is None:
+            del p["max_connections_per_client"]  # the shipped default
+        else:
+            p["max_connections_per_client"] = share
+        self.sluice, port = self.start_relay([p], [("a.example", "a")], connections=NO_LIMITS)
+        return port, b
+
+    def in_data(self, port, source="127.0.0.1"):
+        """A session holding a backend slot: past RCPT and DATA's 354."""
+        c = self.connect(port, source=(source, 0))
+        self.assertReply(c.read_reply(), 220)
+        self.assertReply(c.cmd("EHLO holder.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<s@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<r@a.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        return c
+
+    def rcpt_after_mail(self, port, source="127.0.0.1"):
+        c = self.connect(port, source=(source, 0))
+        self.assertReply(c.read_reply(), 220)
+        self.assertReply(c.cmd("EHLO waiter.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<s@x.example>"), 250)
+        t0 = time.monotonic()
+        reply = c.cmd("RCPT TO:<r@a.example>")
+        return c, reply, time.monotonic() - t0
+
+    def finish(self, c):
+        c.send(BODY + b".\r\n")
+        self.assertReply(c.read_reply(), 250)
+
+    def test_by_default_one_address_holds_a_quarter_of_a_pool_and_others_still_get_in(self):
+        port, b = self.start(max_connections=4)
+        holder = self.in_data(port)
+        c, reply, took = self.rcpt_after_mail(port)
+        self.assertReply(reply, 451, "4.4.5")
+        self.assertGreaterEqual(took, 2.0 - 0.05)
+        self.assertLess(took, 2.0 + SLACK)
+        self.sluice.wait_log(r"no free connection within 2000 ms \(this client address holds 1, "
+                             r"its share is 1\)")
+        # Three slots are still free for everyone else.
+        others = [self.in_data(port, "127.0.0.%d" % i) for i in (2, 3, 4)]
+        self.finish(holder)
+        for o in others:
+            self.finish(o)
+        b.wait_messages(4)
+
+    def test_explicit_share_of_two_lets_a_third_session_of_the_address_wait_then_451(self):
+        port, b = self.start(max_connections=4, share=2)
+        holders = [self.in_data(port), self.in_data(port)]
+        c, reply, took = self.rcpt_after_mail(port)
+        self.assertReply(reply, 451, "4.4.5")
+        self.assertGreaterEqual(took, 2.0 - 0.05)
+        self.assertLess(took, 2.0 + SLACK)
+        other = self.in_data(port, "127.0.0.2")
+        for h in holders + [other]:
+            self.finish(h)
+        b.wait_messages(3)
+
+    def test_waiter_over_its_share_gets_its_own_slot_when_it_comes_back(self):
+        port, b = self.start(max_connections=4, wait="10s")
+        holder = self.in_data(port)
+        result = {}
+
+        def wait_for_slot():
+            result["reply"] = self.rcpt_after_mail(port)[1]
+        t = threading.Thread(target=wait_for_slot, daemon=True)
+        t.start()
+        time.sleep(1.0)  # the waiter is queued for one of its own slots
+        self.assertNotIn("reply", result)
+        # The session keeps its backend session for its next transaction:
+        # the slot comes back when the session ends.
+        self.finish(holder)
+        self.assertReply(holder.cmd("QUIT"), 221)
+        t.join(10)
+        self.assertReply(result["reply"], 250)
+
+    def test_share_0_lets_one_address_fill_the_pool(self):
+        port, b = self.start(max_connections=3, share=0)
+        holders = [self.in_data(port) for _ in range(3)]
+        c, reply, took = self.rcpt_after_mail(port, "127.0.0.2")
+        self.assertReply(reply, 451, "4.4.5")
+        for h in holders:
+            self.finish(h)
+        b.wait_messages(3)
+
+
 if __name__ == "__main__":
     unittest.main()
