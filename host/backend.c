@@ -572,6 +572,20 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 
 /* ---- connecting --------------------------------------------------------- */
 
+/* Out of descriptors or memory is our failure, not the server's: marking
+ * the servers down for it would send later sessions away from good ones. */
+static void backend_connect_failed(struct backend *b, int err)
+{
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+        backend_next_server(b, "connect failed");
+        return;
+    }
+    log_warn(b->sid, "backend %s: cannot open a socket: %s", b->peer, strerror(err));
+    backend_drop_connection(b);
+    b->state = B_DEAD;
+    backend_open_done(b, BACKEND_INTERNAL, NULL, 0, 0, 0);
+}
+
 static void backend_connect_addr(struct backend *b, const struct sockaddr_storage *ss)
 {
     const struct sockaddr *sa = (const struct sockaddr *)ss;
@@ -594,7 +608,7 @@ static void backend_connect_addr(struct backend *b, const struct sockaddr_storag
         bufferevent_write(b->bev, hdr, n);
     }
     if (bufferevent_socket_connect(b->bev, sa, (int)salen) < 0)
-        backend_next_server(b, "connect failed");
+        backend_connect_failed(b, errno);
 }
 
 static void backend_resolved(void *arg, enum dns_status st, const struct sockaddr_storage *addrs,

@@ -113,8 +113,19 @@ class DescriptorExhaustionTest(SluiceTestCase):
     def test_worker_out_of_descriptors_pauses_accept_answers_421_4_3_2_and_recovers(self):
         s, port, b = self.start_limited(LOW_LIMIT, LOW_LIMIT)
         worker = s.worker_pid()
+        early = self.open_session(port)
+        self.assertReply(early.cmd("MAIL FROM:<s@x.example>"), 250)
         socks = self.open_idle_clients(port, IDLE_CLIENTS)
         s.wait_log(r"accept: Too many open files: accepting paused")
+
+        # A session already in progress needs a backend socket. Whether one
+        # is free at that instant is a race with the threads' reserves; if
+        # none is, it is a local failure (451 4.3.0), never the backend's
+        # (451 4.4.1, the server marked down).
+        rcpt = early.cmd("RCPT TO:<ok@a.example>")
+        self.assertIn((rcpt.code, rcpt.text[4:9]), [(250, "2.1.5"), (451, "4.3.0")], rcpt)
+        if rcpt.code == 451:
+            s.wait_log(r"backend 127\.0\.0\.1:\d+: cannot open a socket: Too many open files")
 
         # Some clients get the banner, those over the limit get 421 4.3.2.
         wait_until(lambda: any(x.startswith(b"421 4.3.2 ") for x in self.first_bytes(socks)),
@@ -143,6 +154,11 @@ class DescriptorExhaustionTest(SluiceTestCase):
 
         for c in socks:
             c.close()
+        self.assertReply(early.cmd("RSET"), 250)
+        self.assertReply(early.cmd("MAIL FROM:<s@x.example>"), 250)
+        self.assertReply(early.cmd("RCPT TO:<ok@a.example>"), 250)
+        self.assertReply(early.cmd("QUIT"), 221)
+        self.assertEqual(s.grep(r"marked down|connect failed"), [])
         with smtplib.SMTP("127.0.0.1", port, local_hostname="normal.test", timeout=30) as c:
             self.assertEqual(c.sendmail(SENDER, ["ok@a.example"], BODY), {})
         b.wait_messages(1)
