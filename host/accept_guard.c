@@ -21,6 +21,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "host_metrics.h"
 #include "log.h"
 #include "reply.h"
 
@@ -127,6 +128,7 @@ static void guard_shed_one(struct accept_guard *g, evutil_socket_t lfd)
         close(fd);
         g->shed++;
         g->total_shed++;
+        host_metrics_session_refused();
     }
     g->reserve_fd = guard_open_reserve();
 }

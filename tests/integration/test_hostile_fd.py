@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 import unittest
+import urllib.request
 
 from sluice_harness import (Sluice, SluiceTestCase, START_TIMEOUT, base_config, pool,
                             sluice_bin, wait_until)
@@ -111,7 +112,10 @@ class DescriptorExhaustionTest(SluiceTestCase):
         return s.grep(r" accept: ")
 
     def test_worker_out_of_descriptors_pauses_accept_answers_421_4_3_2_and_recovers(self):
-        s, port, b = self.start_limited(LOW_LIMIT, LOW_LIMIT)
+        from sluice_harness import free_port
+        mport = free_port()
+        s, port, b = self.start_limited(LOW_LIMIT, LOW_LIMIT,
+                                        metrics_listen="127.0.0.1:%d" % mport)
         worker = s.worker_pid()
         early = self.open_session(port)
         self.assertReply(early.cmd("MAIL FROM:<s@x.example>"), 250)
@@ -163,6 +167,13 @@ class DescriptorExhaustionTest(SluiceTestCase):
             self.assertEqual(c.sendmail(SENDER, ["ok@a.example"], BODY), {})
         b.wait_messages(1)
         s.wait_log(r"accept: working again after \d+ failures, \d+ clients answered 421 4\.3\.2")
+        # Each client answered 421 4.3.2 counts as a refused session.
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10) as r:
+            text = r.read().decode()
+        counted = [int(float(line.split()[1])) for line in text.splitlines()
+                   if line.startswith("sluice_sessions_refused_total ")]
+        self.assertEqual(len(counted), 1, text)
+        self.assertGreaterEqual(counted[0], len(refused))
         self.assertEqual(s.grep(r"AddressSanitizer|runtime error|worker exited"), [])
 
     def test_descriptor_limit_that_cannot_be_raised_is_logged_with_the_numbers(self):
