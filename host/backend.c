@@ -84,7 +84,7 @@ struct backend {
     struct event *quit_timer;
     struct event *start_ev;
     uint64_t bytes_out; /* everything ever put into the output buffer */
-    int64_t armed_ms;   /* the read timeout set now: 0 none, -1 not known */
+    struct event *reply_timer; /* deadline of the awaited reply */
 
     int in_handler;
     bool free_when_idle;
@@ -122,9 +122,11 @@ static void backend_free(struct backend *b)
     if (b->bev)
         bufferevent_free(b->bev);
     if (b->has_slot)
-        pool_release(b->pool);
+        pool_release(b->pool, (const struct sockaddr *)&b->client_addr);
     if (b->noop_timer)
         event_free(b->noop_timer);
+    if (b->reply_timer)
+        event_free(b->reply_timer);
     if (b->quit_timer)
         event_free(b->quit_timer);
     if (b->start_ev)
@@ -172,6 +174,8 @@ static bool backend_leave(struct backend *b)
 
 static void backend_drop_connection(struct backend *b)
 {
+    if (b->reply_timer)
+        event_del(b->reply_timer);
     if (b->bev) {
         bufferevent_free(b->bev);
         b->bev = NULL;
@@ -227,25 +231,18 @@ static void backend_fail(struct backend *b, const char *why)
 
 /* ---- writing ------------------------------------------------------------ */
 
-/* Only a change of the awaited reply's timeout touches the timers (a
- * pipelined command behind another keeps the running one). */
-static void backend_set_reply_timeout(struct backend *b, int64_t ms)
+/* The whole reply must arrive within ms of this call: a server dribbling a
+ * byte at a time is cut as surely as a silent one (a read timeout would
+ * restart at every byte). */
+static void backend_await(struct backend *b, int64_t ms)
 {
-    if (b->armed_ms == ms)
-        return;
-    b->armed_ms = ms;
-    struct timeval rt = ms_to_tv(ms);
-    struct timeval wt = ms_to_tv(b->pc->final_timeout_ms);
-    bufferevent_set_timeouts(b->bev, &rt, &wt);
+    struct timeval tv = ms_to_tv(ms);
+    event_add(b->reply_timer, &tv);
 }
 
-static void backend_idle_timeouts(struct backend *b)
+static void backend_await_none(struct backend *b)
 {
-    if (b->armed_ms == 0)
-        return;
-    b->armed_ms = 0;
-    struct timeval wt = ms_to_tv(b->pc->final_timeout_ms);
-    bufferevent_set_timeouts(b->bev, NULL, &wt);
+    event_del(b->reply_timer);
 }
 
 static void backend_write(struct backend *b, const char *line, size_t len)
@@ -281,7 +278,10 @@ static int backend_queue(struct backend *b, enum pending_kind kind, backend_cb c
     else
         b->head = p;
     b->tail = p;
-    backend_set_reply_timeout(b, b->pc->command_timeout_ms);
+    /* A command pipelined behind another waits its turn: its deadline
+     * starts when the reply before it is complete. */
+    if (b->head == p)
+        backend_await(b, b->pc->command_timeout_ms);
     return 0;
 }
 
@@ -342,7 +342,7 @@ static void backend_ready(struct backend *b, const char *text, const struct smtp
     b->state = B_READY;
     pool_server_ok(b->pool, b->server);
     host_metrics_backend_connect(b->pc->name, true);
-    backend_idle_timeouts(b);
+    backend_await_none(b);
     log_debug(b->sid, "backend %s: ready", b->peer);
     backend_open_done(b, BACKEND_REPLY, text, r->len, r->code, r->nlines);
 }
@@ -368,6 +368,7 @@ static void backend_next_server(struct backend *b, const char *why)
 static void backend_handshake_reply(struct backend *b, const char *text, const struct smtp_reply *r)
 {
     bool ok = r->code >= 200 && r->code < 300;
+    backend_await(b, b->pc->command_timeout_ms); /* the next step's reply */
     switch (b->state) {
     case B_GREETING:
         if (!ok) {
@@ -436,7 +437,7 @@ static void backend_start_body(struct backend *b, struct pending *p)
     b->bytes_out += evbuffer_get_length(out) - queued;
     p->sent_at = b->bytes_out;
     p->kind = P_FINAL;
-    backend_set_reply_timeout(b, b->pc->final_timeout_ms);
+    backend_await(b, b->pc->final_timeout_ms);
 }
 
 static void backend_command_reply(struct backend *b, const char *text, const struct smtp_reply *r)
@@ -461,10 +462,10 @@ static void backend_command_reply(struct backend *b, const char *text, const str
     if (!b->head)
         b->tail = NULL;
     if (b->head)
-        backend_set_reply_timeout(b, b->head->kind == P_FINAL ? b->pc->final_timeout_ms
-                                                             : b->pc->command_timeout_ms);
+        backend_await(b, b->head->kind == P_FINAL ? b->pc->final_timeout_ms
+                                                  : b->pc->command_timeout_ms);
     else
-        backend_idle_timeouts(b);
+        backend_await_none(b);
     backend_cb cb = p->cb;
     void *arg = p->arg;
     enum pending_kind kind = p->kind;
@@ -543,7 +544,10 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         b->state = B_GREETING;
-        backend_set_reply_timeout(b, b->pc->command_timeout_ms);
+        /* From here the reply timer bounds reads; writes keep a timeout of their own. */
+        struct timeval wt = ms_to_tv(b->pc->final_timeout_ms);
+        bufferevent_set_timeouts(bev, NULL, &wt);
+        backend_await(b, b->pc->command_timeout_ms);
         backend_leave(b);
         return;
     }
@@ -568,6 +572,20 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 
 /* ---- connecting --------------------------------------------------------- */
 
+/* Out of descriptors or memory is our failure, not the server's: marking
+ * the servers down for it would send later sessions away from good ones. */
+static void backend_connect_failed(struct backend *b, int err)
+{
+    if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
+        backend_next_server(b, "connect failed");
+        return;
+    }
+    log_warn(b->sid, "backend %s: cannot open a socket: %s", b->peer, strerror(err));
+    backend_drop_connection(b);
+    b->state = B_DEAD;
+    backend_open_done(b, BACKEND_INTERNAL, NULL, 0, 0, 0);
+}
+
 static void backend_connect_addr(struct backend *b, const struct sockaddr_storage *ss)
 {
     const struct sockaddr *sa = (const struct sockaddr *)ss;
@@ -581,7 +599,6 @@ static void backend_connect_addr(struct backend *b, const struct sockaddr_storag
     bufferevent_setcb(b->bev, backend_read_cb, NULL, backend_event_cb, b);
     struct timeval ct = ms_to_tv(b->pc->connect_timeout_ms);
     bufferevent_set_timeouts(b->bev, &ct, &ct);
-    b->armed_ms = -1;
     bufferevent_enable(b->bev, EV_READ | EV_WRITE);
     b->state = B_CONNECTING;
     if (b->pc->proxy_protocol) {
@@ -591,7 +608,7 @@ static void backend_connect_addr(struct backend *b, const struct sockaddr_storag
         bufferevent_write(b->bev, hdr, n);
     }
     if (bufferevent_socket_connect(b->bev, sa, (int)salen) < 0)
-        backend_next_server(b, "connect failed");
+        backend_connect_failed(b, errno);
 }
 
 static void backend_resolved(void *arg, enum dns_status st, const struct sockaddr_storage *addrs,
@@ -623,8 +640,10 @@ static void backend_slot_cb(void *arg, bool granted)
     b->waiter = NULL;
     backend_enter(b);
     if (!granted) {
-        log_warn(b->sid, "backend pool %s: no free connection within %lld ms", b->pc->name,
-                 (long long)b->pc->wait_ms);
+        log_warn(b->sid, "backend pool %s: no free connection within %lld ms (this client "
+                 "address holds %d, its share is %d)", b->pc->name, (long long)b->pc->wait_ms,
+                 pool_held_by(b->pool, (const struct sockaddr *)&b->client_addr),
+                 b->pc->max_per_client);
         b->state = B_DEAD;
         backend_open_done(b, BACKEND_POOL_FULL, NULL, 0, 0, 0);
     } else {
@@ -643,6 +662,17 @@ static void backend_start_cb(evutil_socket_t fd, short what, void *arg)
     b->tried = 0;
     b->server = pool_first_server(b->pool);
     backend_try_server(b);
+    backend_leave(b);
+}
+
+static void backend_reply_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct backend *b = arg;
+    backend_enter(b);
+    if (b->state == B_GREETING)
+        backend_next_server(b, "greeting: no complete reply in time");
+    else if (b->state != B_CLOSING && b->state != B_DEAD)
+        backend_fail(b, "no complete reply in time");
     backend_leave(b);
 }
 
@@ -688,8 +718,9 @@ struct backend *backend_open(struct loop *loop, struct generation *gen, struct p
     b->open_cb = cb;
     b->open_arg = arg;
     b->noop_timer = event_new(loop->base, -1, 0, backend_noop_cb, b);
+    b->reply_timer = event_new(loop->base, -1, 0, backend_reply_timeout, b);
     snprintf(b->peer, sizeof b->peer, "pool %s", b->pc->name);
-    if (!b->client_helo || !b->client_name || !b->noop_timer) {
+    if (!b->client_helo || !b->client_name || !b->noop_timer || !b->reply_timer) {
         backend_free(b);
         return NULL;
     }
@@ -697,7 +728,8 @@ struct backend *backend_open(struct loop *loop, struct generation *gen, struct p
     /* The slot callback never runs inside backend_open: the owner always
      * has the handle before it hears anything. */
     b->start_ev = event_new(loop->base, -1, 0, backend_start_cb, b);
-    int rc = b->start_ev ? pool_acquire(pool, loop->base, backend_slot_cb, b, &b->waiter) : -1;
+    int rc = b->start_ev ? pool_acquire(pool, loop->base, (const struct sockaddr *)&b->client_addr,
+                                          backend_slot_cb, b, &b->waiter) : -1;
     if (rc < 0) {
         b->waiter = NULL;
         backend_free(b);
@@ -783,7 +815,7 @@ void backend_close(struct backend *b)
     }
     struct timeval tv = ms_to_tv(BACKEND_QUIT_WAIT_MS);
     bufferevent_set_timeouts(b->bev, &tv, &tv);
-    b->armed_ms = -1;
+    backend_await_none(b);
     event_add(b->quit_timer, &tv);
 }
 

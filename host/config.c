@@ -22,6 +22,11 @@
 #define CONFIG_HOST_TEXT_MAX 256
 #define CONFIG_REDIS_DEFAULT_PORT "6379"
 #define CONFIG_THREAD_POOL_MAX 256
+/* By default one client address may hold a quarter of a pool's slots: with
+ * the default limits (20 sessions per address, 20 slots per pool) one
+ * address would otherwise hold the whole pool through DATA for up to
+ * data_total, and every other sender would wait for a slot. */
+#define POOL_SHARE_DIVISOR 4
 
 static bool is_numeric_ip(const char *s)
 {
@@ -98,6 +103,8 @@ static const struct copt pool_opts[] = {
     {.name = "name", .kind = OPT_STRING, FIELD(struct pool_conf, name), .required = true},
     {.name = "servers", .kind = OPT_CUSTOM, .custom = load_servers, .required = true},
     OINT("max_connections", struct pool_conf, max_connections, 1, 100000, 20),
+    /* -1: unset, a quarter of max_connections (fill_computed_defaults) */
+    OINT("max_connections_per_client", struct pool_conf, max_per_client, 0, 100000, -1),
     ODURATION("wait", struct pool_conf, wait_ms, 0, "30s"),
     OBOOL("xclient", struct pool_conf, xclient, true),
     OBOOL("proxy_protocol", struct pool_conf, proxy_protocol, false),
@@ -215,6 +222,7 @@ static const struct copt timeouts_opts[] = {
     ODURATION("data_block", struct sluice_config, data_block_timeout_ms, 1, "3m"),
     ODURATION("data_total", struct sluice_config, data_total_timeout_ms, 1, "30m"),
     ODURATION("reverse_lookup", struct sluice_config, reverse_lookup_timeout_ms, 1, "5s"),
+    ODURATION("proxy_header", struct sluice_config, proxy_header_timeout_ms, 1, "5s"),
     OEND,
 };
 
@@ -398,6 +406,8 @@ static int fill_computed_defaults(struct copt_loader *ld, struct sluice_config *
         struct pool_conf *p = &cfg->pools[i];
         if (p->helo_name == NULL && copt_replace_string(ld, NULL, &p->helo_name, cfg->hostname) < 0)
             return -1;
+        if (p->max_per_client < 0)
+            p->max_per_client = (p->max_connections + POOL_SHARE_DIVISOR - 1) / POOL_SHARE_DIVISOR;
     }
     cfg->default_pool = -1;
     if (ld->default_pool) {

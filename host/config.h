@@ -36,6 +36,8 @@ struct pool_conf {
     struct server_conf *servers;
     size_t nservers;
     int max_connections;       /* cap for the whole instance, default 20 */
+    int max_per_client;        /* slots one client address may hold; default a quarter of
+                                * max_connections (rounded up), 0: no per-client cap */
     int64_t wait_ms;           /* how long a session waits for a slot, default 30s */
     bool xclient;              /* send XCLIENT when the backend offers it, default true */
     bool proxy_protocol;       /* send a PROXY v2 header first, default false */
@@ -125,7 +127,8 @@ struct sluice_config {
     int64_t max_errors;       /* bad commands before 421, default 20 */
 
     /* client timeouts (RFC 5321 4.5.3.2) */
-    int64_t command_timeout_ms;    /* waiting for a command, default 5m */
+    int64_t command_timeout_ms;    /* the whole wait for one command line, default 5m */
+    int64_t proxy_header_timeout_ms; /* the whole wait for the PROXY header, default 5s */
     int64_t data_block_timeout_ms; /* between DATA chunks, default 3m */
     int64_t data_total_timeout_ms; /* the whole upload, default 30m */
     int64_t reverse_lookup_timeout_ms; /* FCrDNS at accept, default 5s */

@@ -120,7 +120,8 @@ static void register_globals(void)
     hm.sessions = metrics_counter("sluice_sessions_total", "Client connections accepted.", NULL);
     hm.open = metrics_gauge("sluice_sessions_open", "Client sessions open now.", NULL);
     hm.refused = metrics_counter("sluice_sessions_refused_total",
-                                 "Client connections refused by a connection limit.", NULL);
+                                 "Client connections refused by a connection limit "
+                                 "or for want of descriptors.", NULL);
     register_by_class(hm.transactions, "sluice_transactions_total",
                       "Transactions ended, by class of the final reply to the client.");
     register_by_class(hm.rcpts, "sluice_recipients_total",

@@ -25,7 +25,8 @@ void host_metrics_free(void);
  * and later closed: sluice_sessions_total, sluice_sessions_open. */
 void host_metrics_session_opened(void);
 void host_metrics_session_closed(void);
-/* A connection was refused by a connection limit (421 at accept). */
+/* A connection was refused by a connection limit or for want of descriptors
+ * (421 at accept). */
 void host_metrics_session_refused(void);
 
 /* A transaction ended with the final reply code given to the client at the

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "fd_limits.h"
 #include "log.h"
 #include "worker.h"
 
@@ -233,6 +234,8 @@ int master_run(struct sluice_config *cfg)
     sigprocmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Before the fork: the worker inherits the raised limit. */
+    fd_limits_check(cfg, "start");
     int *fds = master_open_sockets(cfg);
     if (!fds)
         return 1;

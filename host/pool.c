@@ -1,12 +1,16 @@
 /* Backend pools at run time: connection slots shared by every loop thread,
- * a FIFO of waiting sessions, smooth weighted round-robin over the servers
- * and down marks after failed connects. One mutex guards all of it; it is
- * never held while a session callback runs. */
+ * a FIFO of waiting sessions, the slots each client address holds, smooth
+ * weighted round-robin over the servers and down marks after failed
+ * connects. One mutex guards all of it; it is never held while a session
+ * callback runs. */
 #include "pool.h"
 
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/queue.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <event2/event.h>
@@ -14,8 +18,22 @@
 #include "config.h"
 #include "log.h"
 
+/* A client address as the per-client share counts it (v4-mapped v6 as v4). */
+struct client_key {
+    unsigned char addr[16];
+    unsigned char len; /* 0: not counted */
+};
+
+/* A client address holding slots: at most max_connections of them exist, so
+ * a linear scan of a short array is all the lookup needs. */
+struct holder {
+    struct client_key key;
+    int held;
+};
+
 struct pool_waiter {
     struct pool *pool;
+    struct client_key client;
     struct event *ev; /* timeout, or activated by the releasing thread */
     pool_slot_cb cb;
     void *arg;
@@ -38,6 +56,8 @@ struct pool {
     int in_use;
     int nwaiting;
     struct waiter_queue waiters;
+    struct holder *holders; /* max_connections entries, nholders in use */
+    int nholders;
     struct server_state *servers;
     int nservers;
     uint64_t failure_count;
@@ -58,10 +78,17 @@ struct pool *pool_new(const struct pool_conf *conf)
     if (p == NULL)
         return NULL;
     p->conf = conf;
+    p->holders = calloc((size_t)(conf->max_connections > 0 ? conf->max_connections : 1),
+                        sizeof(*p->holders));
+    if (p->holders == NULL) {
+        free(p);
+        return NULL;
+    }
     p->nservers = (int)conf->nservers;
     if (p->nservers > 0) {
         p->servers = calloc((size_t)p->nservers, sizeof(*p->servers));
         if (p->servers == NULL) {
+            free(p->holders);
             free(p);
             return NULL;
         }
@@ -82,6 +109,7 @@ void pool_free(struct pool *p)
                 p->in_use, p->nwaiting);
     pthread_mutex_destroy(&p->lock);
     free(p->servers);
+    free(p->holders);
     free(p);
 }
 
@@ -90,24 +118,108 @@ const struct pool_conf *pool_conf(const struct pool *p)
     return p->conf;
 }
 
-/* Either hands the slot to the oldest waiter (it keeps in_use unchanged, so
- * the cap holds at every moment) or gives it back. Called with the lock held:
- * the waiter cannot be freed by its own thread until we let go. */
-static void pass_slot_locked(struct pool *p)
+static struct client_key client_key_of(const struct sockaddr *sa)
+{
+    struct client_key k = {.len = 0};
+    if (sa == NULL)
+        return k;
+    if (sa->sa_family == AF_INET) {
+        memcpy(k.addr, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        k.len = 4;
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a)) {
+            memcpy(k.addr, a->s6_addr + 12, 4);
+            k.len = 4;
+        } else {
+            memcpy(k.addr, a->s6_addr, 16);
+            k.len = 16;
+        }
+    }
+    return k;
+}
+
+static struct holder *holder_find_locked(struct pool *p, const struct client_key *k)
+{
+    for (int i = 0; i < p->nholders; i++) {
+        struct holder *h = &p->holders[i];
+        if (h->key.len == k->len && memcmp(h->key.addr, k->addr, k->len) == 0)
+            return h;
+    }
+    return NULL;
+}
+
+static int held_by_locked(struct pool *p, const struct client_key *k)
+{
+    struct holder *h = k->len ? holder_find_locked(p, k) : NULL;
+    return h ? h->held : 0;
+}
+
+/* The client's share of the pool is not used up. */
+static bool client_may_take_locked(struct pool *p, const struct client_key *k)
+{
+    int share = p->conf->max_per_client;
+    return share <= 0 || k->len == 0 || held_by_locked(p, k) < share;
+}
+
+/* Called with in_use already counting the slot, so a holder entry is free. */
+static void holder_take_locked(struct pool *p, const struct client_key *k)
+{
+    if (k->len == 0)
+        return;
+    struct holder *h = holder_find_locked(p, k);
+    if (h == NULL && p->nholders < p->conf->max_connections) {
+        h = &p->holders[p->nholders++];
+        h->key = *k;
+        h->held = 0;
+    }
+    if (h != NULL)
+        h->held++;
+}
+
+static void holder_give_locked(struct pool *p, const struct client_key *k)
+{
+    struct holder *h = k->len ? holder_find_locked(p, k) : NULL;
+    if (h == NULL)
+        return;
+    if (--h->held == 0)
+        *h = p->holders[--p->nholders];
+}
+
+/* Hands free slots to the oldest waiters whose address is within its
+ * share; a waiter over its share keeps its place until one of its own
+ * slots comes back. Afterwards either the pool is full or no waiter can
+ * take a slot, so pool_acquire may take a free slot without looking at the
+ * queue. Called with the lock held: a waiter cannot be freed by its own
+ * thread until we let go. */
+static void grant_waiters_locked(struct pool *p)
 {
     struct pool_waiter *w = TAILQ_FIRST(&p->waiters);
 
-    if (w == NULL) {
-        if (p->in_use > 0)
-            p->in_use--;
-        else
-            log_err(NULL, "pool %s: slot released but none held", p->conf->name);
-        return;
+    while (w != NULL && p->in_use < p->conf->max_connections) {
+        struct pool_waiter *next = TAILQ_NEXT(w, link);
+
+        if (client_may_take_locked(p, &w->client)) {
+            TAILQ_REMOVE(&p->waiters, w, link);
+            p->nwaiting--;
+            p->in_use++;
+            holder_take_locked(p, &w->client);
+            w->granted = true;
+            event_active(w->ev, EV_READ, 0);
+        }
+        w = next;
     }
-    TAILQ_REMOVE(&p->waiters, w, link);
-    p->nwaiting--;
-    w->granted = true;
-    event_active(w->ev, EV_READ, 0);
+}
+
+static void give_back_locked(struct pool *p, const struct client_key *k)
+{
+    if (p->in_use > 0) {
+        p->in_use--;
+        holder_give_locked(p, k);
+    } else {
+        log_err(NULL, "pool %s: slot released but none held", p->conf->name);
+    }
+    grant_waiters_locked(p);
 }
 
 /* Runs on the waiter's loop thread, for the timeout or the handover alike:
@@ -132,9 +244,11 @@ static void waiter_fire(evutil_socket_t fd, short what, void *arg)
     cb(cb_arg, granted);
 }
 
-static bool slot_free_locked(const struct pool *p)
+/* No queued waiter can take a free slot (see grant_waiters_locked), so a
+ * free slot is the caller's if its share allows. */
+static bool slot_free_locked(struct pool *p, const struct client_key *k)
 {
-    return p->in_use < p->conf->max_connections && TAILQ_EMPTY(&p->waiters);
+    return p->in_use < p->conf->max_connections && client_may_take_locked(p, k);
 }
 
 static struct pool_waiter *waiter_new(struct pool *p, struct event_base *base, pool_slot_cb cb,
@@ -163,20 +277,24 @@ static struct timeval wait_timeout(const struct pool_conf *conf)
     return tv;
 }
 
-int pool_acquire(struct pool *p, struct event_base *base, pool_slot_cb cb, void *arg,
-                 struct pool_waiter **waiter)
+int pool_acquire(struct pool *p, struct event_base *base, const struct sockaddr *client,
+                 pool_slot_cb cb, void *arg, struct pool_waiter **waiter)
 {
     struct pool_waiter *w;
     struct timeval tv = wait_timeout(p->conf);
+    struct client_key k = client_key_of(client);
 
     *waiter = NULL;
     pthread_mutex_lock(&p->lock);
-    if (slot_free_locked(p)) {
+    if (slot_free_locked(p, &k)) {
         p->in_use++;
+        holder_take_locked(p, &k);
         pthread_mutex_unlock(&p->lock);
         return 1;
     }
     w = waiter_new(p, base, cb, arg);
+    if (w != NULL)
+        w->client = k;
     if (w == NULL || event_add(w->ev, &tv) != 0) {
         pthread_mutex_unlock(&p->lock);
         if (w != NULL) {
@@ -201,7 +319,7 @@ void pool_cancel(struct pool_waiter *w)
     p = w->pool;
     pthread_mutex_lock(&p->lock);
     if (w->granted) {
-        pass_slot_locked(p);
+        give_back_locked(p, &w->client);
     } else {
         TAILQ_REMOVE(&p->waiters, w, link);
         p->nwaiting--;
@@ -211,10 +329,12 @@ void pool_cancel(struct pool_waiter *w)
     free(w);
 }
 
-void pool_release(struct pool *p)
+void pool_release(struct pool *p, const struct sockaddr *client)
 {
+    struct client_key k = client_key_of(client);
+
     pthread_mutex_lock(&p->lock);
-    pass_slot_locked(p);
+    give_back_locked(p, &k);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -337,6 +457,18 @@ int pool_waiting(const struct pool *p)
 
     pthread_mutex_lock(&mp->lock);
     n = mp->nwaiting;
+    pthread_mutex_unlock(&mp->lock);
+    return n;
+}
+
+int pool_held_by(const struct pool *p, const struct sockaddr *client)
+{
+    struct pool *mp = (struct pool *)p;
+    struct client_key k = client_key_of(client);
+    int n;
+
+    pthread_mutex_lock(&mp->lock);
+    n = held_by_locked(mp, &k);
     pthread_mutex_unlock(&mp->lock);
     return n;
 }

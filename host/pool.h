@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 struct event_base;
+struct sockaddr;
 struct pool_conf;
 struct pool;
 struct pool_waiter;
@@ -22,16 +23,21 @@ const struct pool_conf *pool_conf(const struct pool *p);
  * passed without one. The waiter is freed by the pool after the call. */
 typedef void (*pool_slot_cb)(void *arg, bool granted);
 
-/* Takes a slot. Returns 1 when taken at once (no callback), 0 when queued
- * (*waiter set; cb runs later on base's thread), -1 on allocation failure. */
-int pool_acquire(struct pool *p, struct event_base *base, pool_slot_cb cb, void *arg,
-                 struct pool_waiter **waiter);
+/* Takes a slot for the client at address client (NULL: not counted per
+ * client). A client address holds at most conf->max_per_client slots at
+ * once (0: no such cap): beyond its share it waits like everyone else, for
+ * one of its own slots to come back. Returns 1 when taken at once (no
+ * callback), 0 when queued (*waiter set; cb runs later on base's thread),
+ * -1 on allocation failure. */
+int pool_acquire(struct pool *p, struct event_base *base, const struct sockaddr *client,
+                 pool_slot_cb cb, void *arg, struct pool_waiter **waiter);
 /* Withdraws a queued request (the session went away). Must be called on the
  * waiter's loop thread before its callback ran; a slot that was already
  * handed to it is passed on. The waiter is freed. */
 void pool_cancel(struct pool_waiter *w);
-/* Gives a slot back; the oldest waiter (on any thread) gets it. */
-void pool_release(struct pool *p);
+/* Gives back a slot taken for client (the same address, or NULL as given
+ * to pool_acquire); the oldest waiter that may take it (on any thread) gets it. */
+void pool_release(struct pool *p, const struct sockaddr *client);
 
 /* Server choice for one connection attempt sequence: start with
  * pool_first_server(), after a failure call pool_server_failed() and then
@@ -46,5 +52,6 @@ void pool_server_ok(struct pool *p, int idx);
 /* For tests and metrics. */
 int pool_in_use(const struct pool *p);
 int pool_waiting(const struct pool *p);
+int pool_held_by(const struct pool *p, const struct sockaddr *client);
 
 #endif

@@ -61,6 +61,7 @@ static const struct reply_entry reply_table[R_COUNT] = {
     [R_IDLE_TIMEOUT] = REPLY("421 4.4.2 Timeout, closing"),
     [R_DATA_TIMEOUT] = REPLY("421 4.4.2 Timeout during data transfer, closing"),
     [R_SHUTDOWN] = REPLY("421 4.3.2 Service shutting down"),
+    [R_NO_DESCRIPTORS] = REPLY("421 4.3.2 Too busy, try again later, closing"),
 };
 
 /* An id outside the table still yields a well-formed reply. */

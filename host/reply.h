@@ -53,6 +53,7 @@ enum reply_id {
     R_IDLE_TIMEOUT,     /* 421 4.4.2 Timeout, closing */
     R_DATA_TIMEOUT,     /* 421 4.4.2 Timeout during data transfer, closing */
     R_SHUTDOWN,         /* 421 4.3.2 Service shutting down */
+    R_NO_DESCRIPTORS,   /* 421 4.3.2 Too busy (out of descriptors), closing */
     R_COUNT
 };
 

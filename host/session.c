@@ -67,6 +67,8 @@ void session_close_after(struct session *s, enum reply_id id)
         session_reply(s, id);
     s->phase = PH_CLOSING;
     s->busy = true;
+    if (s->wait_timer)
+        event_del(s->wait_timer);
     if (s->bev) {
         bufferevent_disable(s->bev, EV_READ);
         struct timeval tv = {.tv_sec = 10};
@@ -171,27 +173,50 @@ bool session_apply_verdict(struct session *s, enum hook_point point, const struc
 
 /* ---- flow control ------------------------------------------------------- */
 
-/* Sets the client's timeouts for what the session waits for now. Only a
- * change of what it waits for touches the timers: the read timeout restarts
- * by itself at every read, and re-arming it per command would cost system
- * calls on the hot path. */
+static struct timeval session_ms_tv(int64_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    return tv;
+}
+
+/* Starts the deadline of what the client must send whole: a PROXY header,
+ * one command line. A read timeout would restart at every byte, so a client
+ * dribbling a byte per period would never be cut; this timer does not move. */
+static void session_deadline(struct session *s, int64_t ms)
+{
+    struct timeval tv = session_ms_tv(ms);
+    event_add(s->wait_timer, &tv);
+}
+
+/* Sets the client's timeouts for what the session waits for now. A command
+ * line's deadline starts when the session becomes ready for it (the previous
+ * line was taken, or the session stopped being busy); DATA keeps a read
+ * timeout, since data_block is the gap between chunks and data_total bounds
+ * the whole. Only a change of what it waits for touches the bufferevent. */
 static void session_arm_timeout(struct session *s)
 {
-    if (!s->bev || s->phase == PH_CLOSING)
+    /* The PROXY header's deadline runs from accept until the header is
+     * complete, whatever wakes the session meanwhile (a write event did
+     * disarm it, and a balancer that sent nothing was never closed). */
+    if (!s->bev || s->phase == PH_CLOSING || s->phase == PH_PROXY)
         return;
     enum session_wait wait = s->busy ? WAIT_US : s->phase == PH_DATA ? WAIT_DATA : WAIT_COMMAND;
+    if (wait == WAIT_COMMAND && (wait != s->armed_wait || s->line_taken))
+        session_deadline(s, s->cfg->command_timeout_ms);
+    s->line_taken = false;
     if (wait == s->armed_wait)
         return;
     s->armed_wait = wait;
+    if (wait != WAIT_COMMAND)
+        event_del(s->wait_timer);
     if (wait == WAIT_US) {
         /* Waiting on a hook or the backend: the client is waiting on us. */
         bufferevent_set_timeouts(s->bev, NULL, NULL);
         return;
     }
-    int64_t ms = wait == WAIT_DATA ? s->cfg->data_block_timeout_ms : s->cfg->command_timeout_ms;
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-    struct timeval wt = {.tv_sec = s->cfg->command_timeout_ms / 1000};
-    bufferevent_set_timeouts(s->bev, &tv, &wt);
+    struct timeval wt = session_ms_tv(s->cfg->command_timeout_ms);
+    struct timeval rt = session_ms_tv(s->cfg->data_block_timeout_ms);
+    bufferevent_set_timeouts(s->bev, wait == WAIT_DATA ? &rt : NULL, &wt);
 }
 
 /* The current command is complete: go on with what the client pipelined. */
@@ -317,6 +342,7 @@ static bool session_read_line(struct session *s)
         return false;
     }
     size_t linelen = (size_t)p.pos + 1;
+    s->line_taken = true;
     if (s->discarding_line || linelen > max) {
         evbuffer_drain(in, linelen);
         if (!s->discarding_line)
@@ -455,6 +481,7 @@ static void session_proxy_input(struct session *s)
         return;
     }
     evbuffer_drain(in, (size_t)n);
+    event_del(s->wait_timer);
     if (!info.local) {
         s->peer = info.src;
         s->local = info.dst;
@@ -463,6 +490,23 @@ static void session_proxy_input(struct session *s)
 }
 
 /* ---- events ------------------------------------------------------------- */
+
+static void session_wait_expired(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    if (s->phase == PH_PROXY) {
+        log_info(s->sid, "no complete PROXY header from %s within %lld ms, closing",
+                 s->client_ip, (long long)s->cfg->proxy_header_timeout_ms);
+        session_close_after(s, R_IDLE_TIMEOUT);
+        return;
+    }
+    if (s->phase != PH_COMMANDS || s->busy)
+        return; /* armed for a wait that is over */
+    log_info(s->sid, "timeout: no complete command line within %lld ms, closing",
+             (long long)s->cfg->command_timeout_ms);
+    session_log_txn(s, "timeout");
+    session_close_after(s, R_IDLE_TIMEOUT);
+}
 
 static void session_read_cb(struct bufferevent *bev, void *arg)
 {
@@ -488,9 +532,10 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct session *s = arg;
     if ((what & BEV_EVENT_TIMEOUT) && s->phase != PH_CLOSING) {
-        log_info(s->sid, "timeout %s, closing", s->phase == PH_DATA ? "during DATA" : "waiting "
-                                                                                      "for a "
-                                                                                      "command");
+        /* The command wait has its own deadline: this is data_block in DATA,
+         * or a client that does not read its replies. */
+        log_info(s->sid, "timeout %s, closing",
+                 (what & BEV_EVENT_READING) ? "during DATA" : "writing to the client");
         session_log_txn(s, "timeout");
         session_close_after(s, s->phase == PH_DATA ? R_DATA_TIMEOUT : R_IDLE_TIMEOUT);
         return;
@@ -525,6 +570,8 @@ static void session_free(struct session *s)
         event_free(s->data_timer);
     if (s->finish_ev)
         event_free(s->finish_ev);
+    if (s->wait_timer)
+        event_free(s->wait_timer);
     if (s->spool)
         spool_free(s->spool);
     if (s->data_out)
@@ -631,7 +678,8 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     s->spool = spool_new((size_t)cfg->spool_memory, cfg->spool_dir);
     s->data_out = evbuffer_new();
     s->finish_ev = event_new(loop->base, -1, 0, session_finish_cb, s);
-    if (!s->line || !s->bev || !s->spool || !s->data_out || !s->finish_ev) {
+    s->wait_timer = event_new(loop->base, -1, 0, session_wait_expired, s);
+    if (!s->line || !s->bev || !s->spool || !s->data_out || !s->finish_ev || !s->wait_timer) {
         log_err(s->sid, "out of memory at accept");
         if (!s->bev)
             evutil_closesocket(fd);
@@ -650,9 +698,7 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
             return;
         }
         s->phase = PH_PROXY;
-        struct timeval tv = {.tv_sec = cfg->command_timeout_ms / 1000};
-        bufferevent_set_timeouts(s->bev, &tv, NULL);
-        s->armed_wait = WAIT_UNSET;
+        session_deadline(s, cfg->proxy_header_timeout_ms);
         return;
     }
     session_identified(s);

@@ -78,6 +78,8 @@ struct session {
     enum session_phase phase;
     bool busy;       /* a command is in progress: no further input is read */
     enum session_wait armed_wait;
+    struct event *wait_timer; /* deadline of a PROXY header or of one command line */
+    bool line_taken; /* a command line was consumed: its successor's deadline starts */
     bool processing; /* inside session_process (re-entrancy guard) */
     bool finishing;
     bool discarding_line;

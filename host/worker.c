@@ -11,9 +11,11 @@
 #include <event2/listener.h>
 #include <event2/thread.h>
 
+#include "accept_guard.h"
 #include "backend.h"
 #include "config.h"
 #include "dns.h"
+#include "fd_limits.h"
 #include "host_metrics.h"
 #include "generation.h"
 #include "plugin_host.h"
@@ -34,13 +36,16 @@ static void worker_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
                              int salen, void *arg)
 {
     struct listener_ctx *ctx = arg;
+    accept_guard_ok(ctx->loop->accept_guard);
     session_accept(ctx->loop, fd, sa, salen, ctx->listen);
 }
 
+/* EMFILE and friends: the guard pauses accepting rather than let the
+ * listener spin, and counts the failures rather than log each. */
 static void worker_accept_error(struct evconnlistener *l, void *arg)
 {
-    /* EMFILE and friends: keep the listener, the next accept may succeed. */
-    log_err(NULL, "accept: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    struct listener_ctx *ctx = arg;
+    accept_guard_failed(ctx->loop->accept_guard, l, EVUTIL_SOCKET_ERROR());
 }
 
 /* Loop threads report their plugin thread_init before the worker says ready. */
@@ -143,11 +148,17 @@ static int worker_loop_init(struct worker *w, struct loop *loop, int index, cons
         }
         evconnlistener_set_error_cb(loop->listeners[l], worker_accept_error);
     }
+    loop->accept_guard = accept_guard_new(loop->base, loop->listeners, loop->nlisteners);
+    if (!loop->accept_guard) {
+        snprintf(err, errlen, "cannot set up the accept guard: %s", strerror(errno));
+        return -1;
+    }
     return 0;
 }
 
 static void worker_loop_free(struct loop *loop)
 {
+    accept_guard_free(loop->accept_guard);
     for (size_t i = 0; i < loop->nlisteners; i++)
         if (loop->listeners[i])
             evconnlistener_free(loop->listeners[i]);
@@ -301,6 +312,7 @@ static void worker_reload(struct worker *w, int status_fd)
         return;
     }
     worker_warn_restart_only(w->cfg, cfg);
+    fd_limits_check(cfg, "reload");
     struct generation *g = generation_new(w, cfg, true, ++w->gen_seq, err, sizeof err);
     if (!g) {
         log_err(NULL, "reload refused, the running configuration stays: %s", err);

@@ -21,6 +21,7 @@ struct store_thread;
 struct limits;
 struct session;
 struct backend;
+struct accept_guard;
 
 struct loop {
     int index;
@@ -30,6 +31,7 @@ struct loop {
     struct worker *worker;
     struct evconnlistener **listeners;
     size_t nlisteners;
+    struct accept_guard *accept_guard; /* pauses the listeners when accept fails */
     pthread_t thread;
     uint32_t session_seq;
     unsigned sessions;

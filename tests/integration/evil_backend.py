@@ -46,7 +46,12 @@ MODES = {
     "ehlo_garbage_caps": "EHLO",
     "ehlo_refused": "EHLO",
     "never_banner": "banner",
+    # a well-formed reply, one byte per --dribble-interval seconds
+    "dribble_banner": "banner",
+    "dribble_rcpt": "RCPT",
+    "dribble_final": "end_of_data",
 }
+DRIBBLED_TEXT = b" dribbled one byte at a time, slower than any timeout allows"
 
 
 class Recorder:
@@ -87,6 +92,11 @@ class Session:
     async def hang(self):
         await asyncio.sleep(HANG_SECONDS)
 
+    async def dribble(self, data):
+        for i in range(len(data)):
+            await self.send(data[i:i + 1])
+            await asyncio.sleep(self.opts.dribble_interval)
+
     async def run(self):
         self.rec.event(ev="connect", conn=self.conn, evil=self.evil)
         try:
@@ -105,6 +115,8 @@ class Session:
                 await self.send(b"hello there, I am not SMTP\r\n")
             elif mode == "nul_banner":
                 await self.send(b"220 evil\x00.test ESMTP\r\n")
+            elif mode == "dribble_banner":
+                await self.dribble(b"220 " + HOSTNAME.encode() + DRIBBLED_TEXT + b"\r\n")
             else:
                 await self.hang()
             return
@@ -173,6 +185,8 @@ class Session:
             await self.send(b"250 2.1.5 O\x00k\r\n")
         elif mode == "bare_cr_rcpt":
             await self.send(b"250 2.1.5 Ok\rMAIL FROM:<x>\r\n")
+        elif mode == "dribble_rcpt":
+            await self.dribble(b"250 2.1.5" + DRIBBLED_TEXT + b"\r\n")
         elif mode == "close_mid_reply_rcpt":
             await self.send(b"250-2.1.5 first line\r\n250-2.1")
             self.writer.transport.abort()
@@ -204,6 +218,9 @@ class Session:
                 raise ConnectionError("closed mid-reply")
             if mode == "garbage_final_reply":
                 await self.send(b"2500 queued\r\n")
+                return
+            if mode == "dribble_final":
+                await self.dribble(b"250 2.0.0" + DRIBBLED_TEXT + b"\r\n")
                 return
             await self.hang()
         self.rec.event(ev="accepted", conn=self.conn)
@@ -243,6 +260,8 @@ def parse_args(argv):
     p.add_argument("--bad-conns", type=int, default=1,
                    help="how many connections misbehave before it turns well-behaved")
     p.add_argument("--xclient", action="store_true", help="offer XCLIENT")
+    p.add_argument("--dribble-interval", type=float, default=0.5,
+                   help="seconds between the bytes of a dribbled reply")
     return p.parse_args(argv)
 
 

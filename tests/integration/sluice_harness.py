@@ -103,6 +103,9 @@ def pool(name, ports, **options):
         "xclient": True,
         "proxy_protocol": False,
         "wait": "30s",
+        # Everything arrives from 127.0.0.1: only the share tests
+        # (test_hostile_timeouts.py) keep a per-client share of the pool.
+        "max_connections_per_client": 0,
     }
     conf.update(options)
     return conf

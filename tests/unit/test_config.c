@@ -171,6 +171,7 @@ static void test_full_config_loads_every_value(void **state)
     assert_string_equal(p->servers[3].port, "26");
     assert_int_equal(p->servers[3].weight, 5);
     assert_int_equal(p->max_connections, 50);
+    assert_int_equal(p->max_per_client, 13); /* 50 / 4, rounded up */
     assert_int_equal(p->wait_ms, 2000);
     assert_false(p->xclient);
     assert_true(p->proxy_protocol);
@@ -233,6 +234,7 @@ static void test_minimal_config_gets_the_documented_defaults(void **state)
     assert_string_equal(p->servers[0].port, "25");
     assert_int_equal(p->servers[0].weight, 1);
     assert_int_equal(p->max_connections, 20);
+    assert_int_equal(p->max_per_client, 5); /* a quarter of max_connections */
     assert_int_equal(p->wait_ms, 30000);
     assert_true(p->xclient);
     assert_false(p->proxy_protocol);
@@ -257,6 +259,7 @@ static void test_minimal_config_gets_the_documented_defaults(void **state)
     assert_int_equal(c->data_block_timeout_ms, 180000);
     assert_int_equal(c->data_total_timeout_ms, 1800000);
     assert_int_equal(c->reverse_lookup_timeout_ms, 5000);
+    assert_int_equal(c->proxy_header_timeout_ms, 5000);
     assert_int_equal(c->bare_newline, BARE_NEWLINE_REJECT);
     assert_int_equal(c->spool_memory, 1024 * 1024);
     assert_string_equal(c->spool_dir, "/var/tmp");
@@ -707,10 +710,28 @@ static void test_integers_may_be_strings_only_where_documented(void **state)
                  ":3: 'max_recipients' must be an integer");
 }
 
+static void pool_share_per_client_is_a_quarter_by_default_0_turns_it_off(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(load(f, LISTEN_LINE "pools = ( { name = \"a\"; servers = ( \"127.0.0.1\" ); "
+                             "max_connections = 1; }, { name = \"b\"; servers = ( \"127.0.0.1\" ); "
+                             "max_connections_per_client = 0; }, { name = \"c\"; servers = ( "
+                             "\"127.0.0.1\" ); max_connections = 7; max_connections_per_client = 3; "
+                             "} );\n"),
+                     0);
+    assert_int_equal(f->cfg->pools[0].max_per_client, 1);
+    assert_int_equal(f->cfg->pools[1].max_per_client, 0);
+    assert_int_equal(f->cfg->pools[2].max_per_client, 3);
+    expect_error(f, LISTEN_LINE "pools = ( { name = \"a\"; servers = ( \"127.0.0.1\" ); "
+                                "max_connections_per_client = -1; } );\n",
+                 ":2: 'max_connections_per_client' must be between 0 and 100000");
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
+        T(pool_share_per_client_is_a_quarter_by_default_0_turns_it_off),
         T(test_full_config_loads_every_value),
         T(test_minimal_config_gets_the_documented_defaults),
         T(test_store_connections_metrics_and_plugins_defaults),

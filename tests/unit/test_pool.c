@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <cmocka.h>
 #include <event2/event.h>
@@ -133,7 +135,7 @@ static void session_release(evutil_socket_t fd, short what, void *arg)
     struct stress_thread *t = s->thread;
 
     __atomic_sub_fetch(&t->shared->holders, 1, __ATOMIC_SEQ_CST);
-    pool_release(t->shared->pool);
+    pool_release(t->shared->pool, NULL);
     event_free(s->hold_timer);
     free(s);
     t->done++;
@@ -178,7 +180,7 @@ static void *stress_thread_main(void *arg)
         if (s == NULL)
             abort();
         s->thread = t;
-        rc = pool_acquire(t->shared->pool, t->base, session_slot, s, &s->waiter);
+        rc = pool_acquire(t->shared->pool, t->base, NULL, session_slot, s, &s->waiter);
         if (rc == 1)
             session_hold(s);
         else if (rc < 0)
@@ -259,7 +261,7 @@ static void record_slot(void *arg, bool granted)
     rec->granted[rec->calls] = granted;
     rec->calls++;
     if (granted && rec->release_on_grant)
-        pool_release(rec->pool);
+        pool_release(rec->pool, NULL);
 }
 
 static void run_once(struct event_base *base, struct recorder *rec, int want)
@@ -275,11 +277,11 @@ static void waiters_get_slots_in_arrival_order(void **state)
     struct recorded_request reqs[3] = {{&rec, 0}, {&rec, 1}, {&rec, 2}};
     struct pool_waiter *w;
 
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w), 1);
     for (int i = 0; i < 3; i++)
-        assert_int_equal(pool_acquire(tp->pool, base, record_slot, &reqs[i], &w), 0);
+        assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &reqs[i], &w), 0);
     assert_int_equal(pool_waiting(tp->pool), 3);
-    pool_release(tp->pool);
+    pool_release(tp->pool, NULL);
     run_once(base, &rec, 3);
     assert_int_equal(rec.calls, 3);
     for (int i = 0; i < 3; i++) {
@@ -298,11 +300,11 @@ static void newcomer_queues_behind_a_granted_waiter(void **state)
     struct recorded_request first = {&rec, 0}, late = {&rec, 1};
     struct pool_waiter *w;
 
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, NULL, &w), 1);
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, &first, &w), 0);
-    pool_release(tp->pool); /* handed to first; its callback has not run yet */
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &first, &w), 0);
+    pool_release(tp->pool, NULL); /* handed to first; its callback has not run yet */
     assert_int_equal(pool_in_use(tp->pool), 1);
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, &late, &w), 0);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &late, &w), 0);
     run_once(base, &rec, 2);
     assert_int_equal(rec.calls, 2);
     assert_int_equal(rec.order[0], 0);
@@ -335,16 +337,16 @@ static void wait_timeout_reports_no_slot_after_wait_ms(void **state)
     struct pool_waiter *w;
     uint64_t start;
 
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w), 1);
     start = now_ms();
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, &req, &w), 0);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &req, &w), 0);
     run_once(base, &rec, 1);
     assert_int_equal(rec.calls, 1);
     assert_false(rec.granted[0]);
     assert_true(now_ms() - start >= 100);
     assert_int_equal(pool_waiting(tp->pool), 0);
     assert_int_equal(pool_in_use(tp->pool), 1);
-    pool_release(tp->pool);
+    pool_release(tp->pool, NULL);
     event_base_free(base);
     test_pool_free(tp);
 }
@@ -358,8 +360,8 @@ static void cancelled_waiter_is_never_called_and_takes_no_slot(void **state)
     struct pool_waiter *w;
     uint64_t until;
 
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, NULL, &w), 1);
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, &req, &w), 0);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &req, &w), 0);
     pool_cancel(w);
     assert_int_equal(pool_waiting(tp->pool), 0);
     until = now_ms() + 120; /* past the 50 ms wait the request would have had */
@@ -368,7 +370,7 @@ static void cancelled_waiter_is_never_called_and_takes_no_slot(void **state)
         sleep_ms(5);
     }
     assert_int_equal(rec.calls, 0);
-    pool_release(tp->pool);
+    pool_release(tp->pool, NULL);
     assert_int_equal(pool_in_use(tp->pool), 0);
     event_base_free(base);
     test_pool_free(tp);
@@ -382,17 +384,17 @@ static void cancel_after_grant_passes_the_slot_to_the_next_waiter(void **state)
     struct recorded_request gone = {&rec, 0}, next = {&rec, 1};
     struct pool_waiter *w_gone, *w_next;
 
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, NULL, &w_gone), 1);
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, &gone, &w_gone), 0);
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, &next, &w_next), 0);
-    pool_release(tp->pool); /* granted to gone, whose callback is still pending */
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w_gone), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &gone, &w_gone), 0);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &next, &w_next), 0);
+    pool_release(tp->pool, NULL); /* granted to gone, whose callback is still pending */
     pool_cancel(w_gone);
     run_once(base, &rec, 1);
     assert_int_equal(rec.calls, 1);
     assert_int_equal(rec.order[0], 1);
     assert_true(rec.granted[0]);
     assert_int_equal(pool_in_use(tp->pool), 1);
-    pool_release(tp->pool);
+    pool_release(tp->pool, NULL);
     event_base_free(base);
     test_pool_free(tp);
 }
@@ -405,9 +407,9 @@ static void cancel_after_grant_with_no_one_waiting_frees_the_slot(void **state)
     struct recorded_request gone = {&rec, 0};
     struct pool_waiter *w;
 
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, NULL, &w), 1);
-    assert_int_equal(pool_acquire(tp->pool, base, record_slot, &gone, &w), 0);
-    pool_release(tp->pool);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &gone, &w), 0);
+    pool_release(tp->pool, NULL);
     pool_cancel(w);
     assert_int_equal(pool_in_use(tp->pool), 0);
     event_base_loop(base, EVLOOP_NONBLOCK);
@@ -512,6 +514,112 @@ static void attempt_sequence_tries_every_server_once_then_gives_up(void **state)
     test_pool_free(tp);
 }
 
+
+/* ---- the per-client share ---------------------------------------------- */
+
+static struct sockaddr_storage client_addr(const char *ip)
+{
+    struct sockaddr_storage ss;
+
+    memset(&ss, 0, sizeof(ss));
+    if (strchr(ip, ':') != NULL) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+        a->sin6_family = AF_INET6;
+        assert_int_equal(inet_pton(AF_INET6, ip, &a->sin6_addr), 1);
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+        a->sin_family = AF_INET;
+        assert_int_equal(inet_pton(AF_INET, ip, &a->sin_addr), 1);
+    }
+    return ss;
+}
+
+#define SA(ss) ((const struct sockaddr *)&(ss))
+
+static void client_over_its_share_waits_while_other_clients_take_free_slots(void **state)
+{
+    struct test_pool *tp = test_pool_new(4, 10000, one_server, 1);
+    struct event_base *base = event_base_new();
+    struct recorder rec = {.pool = tp->pool};
+    struct recorded_request third = {&rec, 0};
+    struct sockaddr_storage a = client_addr("192.0.2.1"), b = client_addr("192.0.2.2");
+    struct pool_waiter *w;
+
+    tp->conf.max_per_client = 2;
+    assert_int_equal(pool_acquire(tp->pool, base, SA(a), record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, SA(a), record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, SA(a), record_slot, &third, &w), 0);
+    assert_int_equal(pool_held_by(tp->pool, SA(a)), 2);
+    /* Two slots are free, but not for a: b takes one at once. */
+    assert_int_equal(pool_acquire(tp->pool, base, SA(b), record_slot, NULL, &w), 1);
+    assert_int_equal(pool_in_use(tp->pool), 3);
+    assert_int_equal(pool_waiting(tp->pool), 1);
+    /* One of a's own slots comes back: a's waiter gets it. */
+    pool_release(tp->pool, SA(a));
+    run_once(base, &rec, 1);
+    assert_true(rec.granted[0]);
+    assert_int_equal(pool_held_by(tp->pool, SA(a)), 2);
+    pool_release(tp->pool, SA(a));
+    pool_release(tp->pool, SA(a));
+    pool_release(tp->pool, SA(b));
+    assert_int_equal(pool_held_by(tp->pool, SA(a)), 0);
+    event_base_free(base);
+    test_pool_free(tp);
+}
+
+static void waiter_over_its_share_does_not_hold_up_the_queue_behind_it(void **state)
+{
+    struct test_pool *tp = test_pool_new(2, 10000, one_server, 1);
+    struct event_base *base = event_base_new();
+    struct recorder rec = {.pool = tp->pool};
+    struct recorded_request a_again = {&rec, 0}, c_req = {&rec, 1};
+    struct sockaddr_storage a = client_addr("2001:db8::1"), b = client_addr("192.0.2.2"),
+                            c = client_addr("::ffff:192.0.2.3");
+    struct pool_waiter *w;
+
+    tp->conf.max_per_client = 1;
+    assert_int_equal(pool_acquire(tp->pool, base, SA(a), record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, SA(a), record_slot, &a_again, &w), 0);
+    assert_int_equal(pool_acquire(tp->pool, base, SA(b), record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, SA(c), record_slot, &c_req, &w), 0);
+    /* b's slot goes to c, queued behind a, since a is at its share. */
+    pool_release(tp->pool, SA(b));
+    run_once(base, &rec, 1);
+    assert_int_equal(rec.order[0], 1);
+    assert_true(rec.granted[0]);
+    /* v4-mapped v6 counts as the v4 address. */
+    struct sockaddr_storage c4 = client_addr("192.0.2.3");
+    assert_int_equal(pool_held_by(tp->pool, SA(c4)), 1);
+    pool_release(tp->pool, SA(a));
+    run_once(base, &rec, 2);
+    assert_int_equal(rec.order[1], 0);
+    assert_true(rec.granted[1]);
+    pool_release(tp->pool, SA(a));
+    pool_release(tp->pool, SA(c4));
+    event_base_free(base);
+    test_pool_free(tp);
+}
+
+static void client_over_its_share_gets_no_slot_after_the_wait(void **state)
+{
+    struct test_pool *tp = test_pool_new(3, 100, one_server, 1);
+    struct event_base *base = event_base_new();
+    struct recorder rec = {.pool = tp->pool};
+    struct recorded_request req = {&rec, 0};
+    struct sockaddr_storage a = client_addr("192.0.2.1");
+    struct pool_waiter *w;
+
+    tp->conf.max_per_client = 1;
+    assert_int_equal(pool_acquire(tp->pool, base, SA(a), record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, SA(a), record_slot, &req, &w), 0);
+    run_once(base, &rec, 1);
+    assert_false(rec.granted[0]);
+    assert_int_equal(pool_in_use(tp->pool), 1);
+    pool_release(tp->pool, SA(a));
+    event_base_free(base);
+    test_pool_free(tp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -528,6 +636,9 @@ int main(void)
         cmocka_unit_test(server_ok_clears_the_down_mark_at_once),
         cmocka_unit_test(all_down_servers_are_still_tried_oldest_failure_first),
         cmocka_unit_test(attempt_sequence_tries_every_server_once_then_gives_up),
+        cmocka_unit_test(client_over_its_share_waits_while_other_clients_take_free_slots),
+        cmocka_unit_test(waiter_over_its_share_does_not_hold_up_the_queue_behind_it),
+        cmocka_unit_test(client_over_its_share_gets_no_slot_after_the_wait),
     };
 
     evthread_use_pthreads();
