@@ -50,6 +50,7 @@ enum reply_id {
     R_NEED_SMTPUTF8,    /* 550 5.6.7 */
     R_NEED_8BITMIME,    /* 550 5.6.3 */
     R_BARE_NEWLINE,     /* 550 5.5.2 Message contains bare CR or LF */
+    R_NUL_IN_DATA,      /* 554 5.6.0 Message contains NUL bytes */
     R_IDLE_TIMEOUT,     /* 421 4.4.2 Timeout, closing */
     R_DATA_TIMEOUT,     /* 421 4.4.2 Timeout during data transfer, closing */
     R_SHUTDOWN,         /* 421 4.3.2 Service shutting down */
