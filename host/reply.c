@@ -101,7 +101,10 @@ static int reply_line_code(const char *p, size_t n, int first_code)
         if (!is_digit(p[i]))
             return -1;
     }
+    /* RFC 5321 4.2: Reply-code = %x32-35 %x30-35 %x30-39 */
     if (n >= 1 && (p[0] < '2' || p[0] > '5'))
+        return -1;
+    if (n >= 2 && p[1] > '5')
         return -1;
     if (n < 3)
         return 0;

@@ -126,7 +126,7 @@ static void relay_send_rcpt(struct session *s)
         log_info(s->sid, "backend %s lacks DSN: NOTIFY/ORCPT dropped",
                  backend_peer_name(s->backend));
     n += snprintf(line + n, sizeof line - (size_t)n, "\r\n");
-    backend_command(s->backend, line, (size_t)n, relay_rcpt_reply, s);
+    backend_command(s->backend, BSTEP_RCPT, line, (size_t)n, relay_rcpt_reply, s);
 }
 
 /* ---- MAIL FROM replay ------------------------------------------------- */
@@ -200,7 +200,7 @@ static void relay_send_mail(struct session *s)
     }
     n += (int)relay_mail_params(s, line + n, sizeof line - (size_t)n - 3);
     memcpy(line + n, "\r\n", 2);
-    backend_command(s->backend, line, (size_t)n + 2, relay_mail_reply, s);
+    backend_command(s->backend, BSTEP_MAIL, line, (size_t)n + 2, relay_mail_reply, s);
     /* With PIPELINING the first RCPT follows at once: one round trip less
      * per transaction (RFC 2920 allows MAIL and RCPT in one group). */
     if (s->backend && backend_caps(s->backend)->pipelining) {
