@@ -52,8 +52,8 @@ def limits(**values):
 class EvilBackend:
     """An evil_backend.py process in one misbehaving mode."""
 
-    def __init__(self, workdir, mode, args=()):
-        self.dir = os.path.join(workdir, "evil-" + mode)
+    def __init__(self, workdir, mode, args=(), name=None):
+        self.dir = os.path.join(workdir, "evil-" + (name or mode))
         os.makedirs(self.dir)
         self.out = open(os.path.join(self.dir, "output.txt"), "wb")
         self.proc = subprocess.Popen([PYTHON, EVIL_SCRIPT, "--record-dir", self.dir,
