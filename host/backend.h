@@ -65,8 +65,9 @@ struct backend *backend_open(struct loop *loop, struct generation *gen, struct p
 void backend_command(struct backend *b, enum backend_step step, const char *line, size_t len,
                      backend_cb cb, void *arg);
 
-/* DATA, then (after 354) the spooled message in wire form and ".\r\n"; cb
- * gets the reply to DATA if it is not 354, else the final reply. With a
+/* DATA, then (after its 3xx go-ahead, normally 354) the spooled message in
+ * wire form and ".\r\n"; cb gets the reply to DATA if it is an error (a 2xx
+ * to DATA is a protocol violation: BACKEND_LOST), else the final reply. With a
  * prefix (taken over, freed by the backend), the prefix is sent first and
  * the spool from offset: a message whose header plugins changed. */
 void backend_send_message(struct backend *b, struct spool *spool, struct evbuffer *prefix,

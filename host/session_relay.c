@@ -384,14 +384,15 @@ static void relay_eom_done(struct session *s, const struct hook_verdict *v)
 /* Why sluice refuses a complete message itself, or R_COUNT. */
 static enum reply_id relay_refusal(const struct session *s)
 {
-    if (s->decoder.saw_bare_newline && s->cfg->bare_newline == BARE_NEWLINE_REJECT)
-        return R_BARE_NEWLINE;
-    /* In both bare-newline modes: a backend that drops NULs would see an
-     * end of data in "<CRLF><NUL>.<CRLF>" and commands behind it. */
+    /* In both bare-newline modes (so first: the reply does not depend on
+     * the mode): a backend that drops NULs would see an end of data in
+     * "<CRLF><NUL>.<CRLF>" and commands behind it. */
     if (s->decoder.saw_nul) {
         log_info(s->sid, "message refused: it contains NUL bytes");
         return R_NUL_IN_DATA;
     }
+    if (s->decoder.saw_bare_newline && s->cfg->bare_newline == BARE_NEWLINE_REJECT)
+        return R_BARE_NEWLINE;
     if (s->decoder.over_limit)
         return R_TOO_BIG;
     if (s->spool_failed)

@@ -93,6 +93,8 @@ NUL_MESSAGES = {
                                     "bytes"),
     "dot_nul_crlf": (b"Subject: s\r\n\r\nbefore\r\n.\x00\r\n" + SMUGGLED, "chunks"),
     "nul_first_byte": (b"\x00Subject: s\r\n\r\nbody\r\n", "whole"),
+    "nul_dot_right_after_data": (b"\x00.\r\n" + SMUGGLED, "bytes"),
+    "nul_before_a_bare_lf_dot": (b"Subject: s\r\n\r\nx\x00\n.\n" + SMUGGLED, "bytes"),
     "nul_right_before_the_end": (b"Subject: s\r\n\r\nbody\x00\r\n", "bytes"),
     "nul_in_a_header_name": (b"Subj\x00ect: s\r\n\r\nbody\r\n", "chunks"),
     "nul_only_line": (b"Subject: s\r\n\r\n\x00\r\nafter\r\n", "whole"),
@@ -336,7 +338,8 @@ AT_RCPT = [
     ("MAIL", "354 go ahead"), ("MAIL", "150 x"), ("MAIL", "334 x"), ("MAIL", "699 x"),
     ("RCPT", "354 3.0.0 go ahead"), ("RCPT", "354 go ahead"), ("RCPT", "150 x"),
     ("RCPT", "334 x"), ("RCPT", "600 x"), ("RCPT", "999 x"), ("RCPT", "280 x"),
-    ("RCPT", "250-ok\\r\\n354 go"),
+    ("RCPT", "250-ok\\r\\n354 go"), ("RCPT", "354-go\\r\\n354 ahead"),
+    ("RCPT", "150-wait\\r\\n150 still waiting"),
 ]
 AT_END = [
     ("DATA", "250 2.0.0 Ok: queued as NOTHING"), ("DATA", "221 bye"), ("DATA", "150 x"),
