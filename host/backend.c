@@ -43,6 +43,7 @@ enum pending_kind { P_USER, P_NOOP, P_DATA, P_FINAL };
 
 struct pending {
     enum pending_kind kind;
+    enum backend_step step; /* what the reply answers, for the class check */
     backend_cb cb;
     void *arg;
     struct spool *spool;
@@ -265,12 +266,14 @@ static bool backend_reply_premature(struct backend *b)
     return b->head && b->bytes_out - unsent < b->head->sent_at;
 }
 
-static int backend_queue(struct backend *b, enum pending_kind kind, backend_cb cb, void *arg)
+static int backend_queue(struct backend *b, enum pending_kind kind, enum backend_step step,
+                         backend_cb cb, void *arg)
 {
     struct pending *p = calloc(1, sizeof *p);
     if (!p)
         return -1;
     p->kind = kind;
+    p->step = step;
     p->cb = cb;
     p->arg = arg;
     if (b->tail)
@@ -437,6 +440,7 @@ static void backend_start_body(struct backend *b, struct pending *p)
     b->bytes_out += evbuffer_get_length(out) - queued;
     p->sent_at = b->bytes_out;
     p->kind = P_FINAL;
+    p->step = BSTEP_END_OF_DATA;
     backend_await(b, b->pc->final_timeout_ms);
 }
 
@@ -448,14 +452,10 @@ static void backend_command_reply(struct backend *b, const char *text, const str
         backend_fail(b, r->code == 421 ? "closed the idle session (421)" : "unexpected reply");
         return;
     }
-    if (p->kind == P_DATA && r->code == 354) {
+    /* The class table let only DATA's 3xx through (as Postfix, any 3xx is
+     * the go-ahead). */
+    if (p->kind == P_DATA && r->code / 100 == 3) {
         backend_start_body(b, p);
-        return;
-    }
-    /* DATA is answered by 354 or an error; a 2xx here is not the message's
-     * acceptance (nothing was sent), so it must never reach the client. */
-    if (p->kind == P_DATA && r->code < 400) {
-        backend_fail(b, "answered DATA with neither 354 nor an error");
         return;
     }
     b->head = p->next;
@@ -482,8 +482,52 @@ static void backend_command_reply(struct backend *b, const char *text, const str
         backend_noop_arm(b);
 }
 
+/* What the next reply answers; BSTEP_COUNT when nothing is awaited. */
+static enum backend_step backend_awaited(const struct backend *b)
+{
+    switch (b->state) {
+    case B_GREETING:
+        return BSTEP_BANNER;
+    case B_EHLO:
+    case B_XCLIENT_EHLO:
+        return BSTEP_EHLO;
+    case B_XCLIENT:
+        return BSTEP_XCLIENT;
+    case B_CLOSING:
+        return BSTEP_QUIT;
+    case B_READY:
+        return b->head ? b->head->step : BSTEP_COUNT;
+    default:
+        return BSTEP_COUNT;
+    }
+}
+
+/* Logs what was sent and what came back (with the session id) and gives
+ * the backend up: its owner gets BACKEND_LOST, the client 451 4.4.2. */
+static void backend_violation(struct backend *b, const char *what, const char *text, size_t len)
+{
+    char excerpt[160], why[300];
+    enum backend_step step = backend_awaited(b);
+    backend_reply_excerpt(text, len, excerpt, sizeof excerpt);
+    snprintf(why, sizeof why, "protocol violation: %s to %s: \"%s\"", what,
+             backend_step_name(step), excerpt);
+    if (b->state == B_CLOSING) {
+        /* Nobody waits for QUIT's answer: it only lets go of the slot sooner. */
+        log_info(b->sid, "backend %s: %s", b->peer, why);
+        b->state = B_DEAD;
+        backend_free(b);
+        return;
+    }
+    backend_fail(b, why);
+}
+
 static void backend_handle_reply(struct backend *b, const char *text, const struct smtp_reply *r)
 {
+    enum backend_step step = backend_awaited(b);
+    if (step != BSTEP_COUNT && !backend_reply_expected(step, r->code)) {
+        backend_violation(b, "reply of an unexpected class", text, r->len);
+        return;
+    }
     if (b->state == B_CLOSING) {
         b->state = B_DEAD;
         backend_free(b);
@@ -515,7 +559,7 @@ static void backend_read_cb(struct bufferevent *bev, void *arg)
         if (rc == 0 && want < REPLY_MAX_LEN)
             break;
         if (rc <= 0) {
-            backend_fail(b, "protocol violation in reply");
+            backend_violation(b, "malformed reply", buf, want);
             break;
         }
         /* The callback may write to the input's neighbours: it gets a copy,
@@ -681,7 +725,7 @@ static void backend_noop_cb(evutil_socket_t fd, short what, void *arg)
     struct backend *b = arg;
     if (b->state != B_READY || b->head || !b->keepalive)
         return;
-    if (backend_queue(b, P_NOOP, NULL, NULL) == 0)
+    if (backend_queue(b, P_NOOP, BSTEP_NOOP, NULL, NULL) == 0)
         backend_write(b, "NOOP\r\n", 6);
 }
 
@@ -744,9 +788,10 @@ struct backend *backend_open(struct loop *loop, struct generation *gen, struct p
 
 /* ---- commands ----------------------------------------------------------- */
 
-void backend_command(struct backend *b, const char *line, size_t len, backend_cb cb, void *arg)
+void backend_command(struct backend *b, enum backend_step step, const char *line, size_t len,
+                     backend_cb cb, void *arg)
 {
-    if (b->state != B_READY || backend_queue(b, P_USER, cb, arg) < 0) {
+    if (b->state != B_READY || backend_queue(b, P_USER, step, cb, arg) < 0) {
         backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
         return;
     }
@@ -758,7 +803,7 @@ void backend_command(struct backend *b, const char *line, size_t len, backend_cb
 void backend_send_message(struct backend *b, struct spool *spool, struct evbuffer *prefix,
                           uint64_t offset, backend_cb cb, void *arg)
 {
-    if (b->state != B_READY || backend_queue(b, P_DATA, cb, arg) < 0) {
+    if (b->state != B_READY || backend_queue(b, P_DATA, BSTEP_DATA, cb, arg) < 0) {
         if (prefix)
             evbuffer_free(prefix);
         backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "backend_proto.h"
 #include "dns.h"
 #include "reply.h"
 
@@ -58,11 +59,15 @@ struct backend *backend_open(struct loop *loop, struct generation *gen, struct p
                              int pool_index, const struct backend_client *client, backend_cb cb,
                              void *arg);
 
-/* Sends one command line (CRLF included); cb gets its reply. */
-void backend_command(struct backend *b, const char *line, size_t len, backend_cb cb, void *arg);
+/* Sends one command line (CRLF included); cb gets its reply. step names the
+ * command for the reply-class check (backend_proto.h): a reply of a class
+ * it may not get closes the connection, and cb gets BACKEND_LOST. */
+void backend_command(struct backend *b, enum backend_step step, const char *line, size_t len,
+                     backend_cb cb, void *arg);
 
-/* DATA, then (after 354) the spooled message in wire form and ".\r\n"; cb
- * gets the reply to DATA if it is not 354, else the final reply. With a
+/* DATA, then (after its 3xx go-ahead, normally 354) the spooled message in
+ * wire form and ".\r\n"; cb gets the reply to DATA if it is an error (a 2xx
+ * to DATA is a protocol violation: BACKEND_LOST), else the final reply. With a
  * prefix (taken over, freed by the backend), the prefix is sent first and
  * the spool from offset: a message whose header plugins changed. */
 void backend_send_message(struct backend *b, struct spool *spool, struct evbuffer *prefix,

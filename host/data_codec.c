@@ -36,20 +36,40 @@ void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode)
     d->line_after_crlf = true;
 }
 
+uint64_t data_decoder_size(const struct data_decoder *d)
+{
+    return d->out_bytes - d->stuff_dots;
+}
+
+/* Wire bytes that may still go out. The limit counts content; every stuffing
+ * dot is counted (in stuff_dots) before the bytes holding it are emitted, so
+ * the room is never short for a message within the limit. */
+static uint64_t emit_room(const struct data_decoder *d, uint64_t limit)
+{
+    uint64_t wire_cap = limit > UINT64_MAX - d->stuff_dots ? UINT64_MAX : limit + d->stuff_dots;
+    return wire_cap > d->out_bytes ? wire_cap - d->out_bytes : 0;
+}
+
+/* Counted when the dot is decided on, before the bytes holding it go out;
+ * past the limit nothing more goes out, so nothing more is counted (the size
+ * then stays at the limit). */
+static void count_stuffing_dot(struct data_decoder *d)
+{
+    if (!d->over_limit)
+        d->stuff_dots++;
+}
+
 static void emit(struct decode_ctx *c, const char *p, size_t n)
 {
     struct data_decoder *d = c->d;
-    if (n == 0)
+    if (n == 0 || d->over_limit)
         return;
-    if (d->out_bytes >= c->limit) {
-        d->over_limit = true;
-        return;
-    }
-    if (n > c->limit - d->out_bytes) {
-        n = (size_t)(c->limit - d->out_bytes);
+    uint64_t room = emit_room(d, c->limit);
+    if (n > room) {
+        n = (size_t)room;
         d->over_limit = true;
     }
-    if (evbuffer_add(c->out, p, n) == 0)
+    if (n > 0 && evbuffer_add(c->out, p, n) == 0)
         d->out_bytes += n;
 }
 
@@ -124,6 +144,7 @@ static size_t decode_dot(struct decode_ctx *c, size_t i)
 {
     switch (c->in[i]) {
     case '.':
+        count_stuffing_dot(c->d);
         pending_keep(c, ".", 1, i);
         c->d->state = DS_MID;
         return i + 1;
@@ -173,6 +194,7 @@ static size_t decode_step(struct decode_ctx *c, size_t i, size_t len)
         /* Not un-stuffed, so a leading dot is body text and gets stuffed. */
         if (c->in[i] == '.') {
             flush_run(c, i);
+            count_stuffing_dot(d);
             emit(c, ".", 1);
         }
         d->state = DS_MID;
@@ -202,6 +224,10 @@ size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct ev
 
     while (i < len && !d->done)
         i = decode_step(&c, i, len);
+    /* The terminator holds no NUL, so where the input was split cannot
+     * matter; bytes after it belong to the next command. */
+    if (!d->saw_nul && i > 0 && memchr(in, '\0', i) != NULL)
+        d->saw_nul = true;
     if (d->done)
         return i;
     if (state_is_pending(d->state))

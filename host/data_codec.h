@@ -25,6 +25,9 @@ struct evbuffer;
  *    (not un-stuffed; a leading '.' is stuffed on output), so "\n.\r\n" or
  *    "\r.\r" are never an end of data. In REJECT mode the bytes are written the
  *    same way, and saw_bare_newline is set so the caller refuses the message.
+ *  - A NUL byte is written like any other and sets saw_nul: the caller refuses
+ *    the message in both modes, since a backend that drops NULs would read
+ *    "<CRLF><NUL>.<CRLF>" as an end of data (and what follows as commands).
  *  - Bytes after the terminator are not consumed (pipelined commands).
  */
 struct data_decoder {
@@ -33,20 +36,28 @@ struct data_decoder {
     bool line_after_crlf;  /* internal */
     bool done;             /* <CRLF>.<CRLF> seen */
     bool saw_bare_newline; /* a bare CR or LF was seen */
-    uint64_t out_bytes;    /* bytes written to out so far */
-    bool over_limit;       /* bytes were dropped at out_limit: the message is too big */
+    bool saw_nul;          /* a NUL byte was seen in the message (not after its end) */
+    uint64_t out_bytes;    /* bytes written to out so far (wire form) */
+    uint64_t stuff_dots;   /* of those, dots that only stuff a line (not content) */
+    bool over_limit;       /* the content passed out_limit: the message is too big */
 };
 
 void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode);
 
 /* Consumes bytes of in (up to and including the terminator), appends the wire
- * form to out, and returns the number of bytes consumed. When out_limit is
- * reached (out_bytes >= out_limit), bytes are still consumed and checked for
- * the terminator but no longer written (the caller answers 552 at the end).
- * out_bytes never exceeds out_limit; over_limit tells a message of exactly
- * out_limit bytes from a bigger one. */
+ * form to out, and returns the number of bytes consumed. out_limit bounds the
+ * content as RFC 1870 counts it (data_decoder_size): once more would pass it,
+ * bytes are still consumed and checked for the terminator but no longer
+ * written, and over_limit is set (the caller answers 552 at the end). A
+ * message of exactly out_limit content bytes is not over the limit, however
+ * many of its lines are dot-stuffed; the wire form written is at most
+ * out_limit plus one dot per line. */
 size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct evbuffer *out,
                    uint64_t out_limit);
+
+/* The message size as RFC 1870 counts it: the content written so far, CRLFs
+ * included, without stuffing dots or the terminator. */
+uint64_t data_decoder_size(const struct data_decoder *d);
 
 /* Wire form -> content (un-stuffed lines, CRLF kept, no terminator), for
  * plugins that read the body. at_bol tracks line starts across calls; start

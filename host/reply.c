@@ -58,6 +58,7 @@ static const struct reply_entry reply_table[R_COUNT] = {
     [R_NEED_SMTPUTF8] = REPLY("550 5.6.7 SMTPUTF8 is not supported for this recipient"),
     [R_NEED_8BITMIME] = REPLY("550 5.6.3 8BITMIME is not supported for this recipient"),
     [R_BARE_NEWLINE] = REPLY("550 5.5.2 Message contains bare CR or LF"),
+    [R_NUL_IN_DATA] = REPLY("554 5.6.0 Message contains NUL bytes"),
     [R_IDLE_TIMEOUT] = REPLY("421 4.4.2 Timeout, closing"),
     [R_DATA_TIMEOUT] = REPLY("421 4.4.2 Timeout during data transfer, closing"),
     [R_SHUTDOWN] = REPLY("421 4.3.2 Service shutting down"),
@@ -101,7 +102,10 @@ static int reply_line_code(const char *p, size_t n, int first_code)
         if (!is_digit(p[i]))
             return -1;
     }
+    /* RFC 5321 4.2: Reply-code = %x32-35 %x30-35 %x30-39 */
     if (n >= 1 && (p[0] < '2' || p[0] > '5'))
+        return -1;
+    if (n >= 2 && p[1] > '5')
         return -1;
     if (n < 3)
         return 0;

@@ -50,6 +50,7 @@ enum reply_id {
     R_NEED_SMTPUTF8,    /* 550 5.6.7 */
     R_NEED_8BITMIME,    /* 550 5.6.3 */
     R_BARE_NEWLINE,     /* 550 5.5.2 Message contains bare CR or LF */
+    R_NUL_IN_DATA,      /* 554 5.6.0 Message contains NUL bytes */
     R_IDLE_TIMEOUT,     /* 421 4.4.2 Timeout, closing */
     R_DATA_TIMEOUT,     /* 421 4.4.2 Timeout during data transfer, closing */
     R_SHUTDOWN,         /* 421 4.3.2 Service shutting down */
@@ -75,8 +76,10 @@ struct smtp_reply {
 /* Parses one complete reply (all "ddd-" lines and the final "ddd ") from buf.
  * Returns 1 with *out filled when complete, 0 when more bytes are needed, -1
  * when it violates the protocol (non-digit code, codes that differ between
- * lines, a code outside 200..599, an over-long line or reply, a line not ending
- * in CRLF or LF). A bare LF ending is accepted. */
+ * lines, a code outside RFC 5321's grammar: first digit 2..5, second 0..5,
+ * an over-long line or reply, a line not ending in CRLF or LF). A bare LF
+ * ending is accepted. Which classes may answer which command is the
+ * backend's table (backend_proto.h), not the parser's business. */
 int reply_parse(const char *buf, size_t len, struct smtp_reply *out);
 
 /* Writes the reply (buf, r->len) for relaying to a client into out (a buffer

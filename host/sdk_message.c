@@ -179,7 +179,8 @@ const char *sluice_header_get(const sluice_session *ss, const char *name, size_t
 
 uint64_t sluice_message_size(const sluice_session *s)
 {
-    return CS(s)->spool ? spool_size(CS(s)->spool) : 0;
+    /* RFC 1870's size (unstuffed), the one the size limit counts. */
+    return CS(s)->txn.size;
 }
 
 struct sluice_message_reader {

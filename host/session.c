@@ -266,7 +266,7 @@ static void session_backend_rset_cb(void *arg, const struct backend_reply *r)
 void session_txn_reset(struct session *s)
 {
     if (s->backend && s->txn.backend_open && backend_usable(s->backend))
-        backend_command(s->backend, "RSET\r\n", 6, session_backend_rset_cb, s);
+        backend_command(s->backend, BSTEP_RSET, "RSET\r\n", 6, session_backend_rset_cb, s);
     session_txn_clear(s);
 }
 

@@ -126,7 +126,7 @@ static void relay_send_rcpt(struct session *s)
         log_info(s->sid, "backend %s lacks DSN: NOTIFY/ORCPT dropped",
                  backend_peer_name(s->backend));
     n += snprintf(line + n, sizeof line - (size_t)n, "\r\n");
-    backend_command(s->backend, line, (size_t)n, relay_rcpt_reply, s);
+    backend_command(s->backend, BSTEP_RCPT, line, (size_t)n, relay_rcpt_reply, s);
 }
 
 /* ---- MAIL FROM replay ------------------------------------------------- */
@@ -200,7 +200,7 @@ static void relay_send_mail(struct session *s)
     }
     n += (int)relay_mail_params(s, line + n, sizeof line - (size_t)n - 3);
     memcpy(line + n, "\r\n", 2);
-    backend_command(s->backend, line, (size_t)n + 2, relay_mail_reply, s);
+    backend_command(s->backend, BSTEP_MAIL, line, (size_t)n + 2, relay_mail_reply, s);
     /* With PIPELINING the first RCPT follows at once: one round trip less
      * per transaction (RFC 2920 allows MAIL and RCPT in one group). */
     if (s->backend && backend_caps(s->backend)->pipelining) {
@@ -381,6 +381,25 @@ static void relay_eom_done(struct session *s, const struct hook_verdict *v)
     backend_send_message(s->backend, s->spool, prefix, offset, relay_message_reply, s);
 }
 
+/* Why sluice refuses a complete message itself, or R_COUNT. */
+static enum reply_id relay_refusal(const struct session *s)
+{
+    /* In both bare-newline modes (so first: the reply does not depend on
+     * the mode): a backend that drops NULs would see an end of data in
+     * "<CRLF><NUL>.<CRLF>" and commands behind it. */
+    if (s->decoder.saw_nul) {
+        log_info(s->sid, "message refused: it contains NUL bytes");
+        return R_NUL_IN_DATA;
+    }
+    if (s->decoder.saw_bare_newline && s->cfg->bare_newline == BARE_NEWLINE_REJECT)
+        return R_BARE_NEWLINE;
+    if (s->decoder.over_limit)
+        return R_TOO_BIG;
+    if (s->spool_failed)
+        return R_INTERNAL;
+    return R_COUNT;
+}
+
 /* The message is complete: refuse it locally or pass it on. */
 static void relay_end_of_data(struct session *s)
 {
@@ -389,17 +408,13 @@ static void relay_end_of_data(struct session *s)
     if (s->backend)
         backend_keepalive(s->backend, false);
     s->phase = PH_COMMANDS;
-    s->txn.size = s->decoder.out_bytes;
-    enum reply_id refuse = R_COUNT;
-    if (s->decoder.saw_bare_newline && s->cfg->bare_newline == BARE_NEWLINE_REJECT)
-        refuse = R_BARE_NEWLINE;
-    else if (s->decoder.out_bytes > (uint64_t)s->cfg->max_message_size)
-        refuse = R_TOO_BIG;
-    else if (s->spool_failed)
-        refuse = R_INTERNAL;
+    s->txn.size = data_decoder_size(&s->decoder);
+    enum reply_id refuse = relay_refusal(s);
     if (refuse != R_COUNT) {
+        char result[16];
+        snprintf(result, sizeof result, "%d", reply_code(refuse));
         session_reply(s, refuse);
-        session_log_txn(s, refuse == R_INTERNAL ? "451" : "550");
+        session_log_txn(s, result);
         session_txn_reset(s);
         session_done(s);
         return;
@@ -414,7 +429,7 @@ static void relay_end_of_data(struct session *s)
 bool session_data_input(struct session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
-    uint64_t limit = (uint64_t)s->cfg->max_message_size + 1;
+    uint64_t limit = (uint64_t)s->cfg->max_message_size;
     bool done = false;
     while (!done && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;

@@ -13,13 +13,14 @@
 struct result {
     struct evbuffer *out;
     size_t consumed;
-    bool done, bare;
+    uint64_t size;
+    bool done, bare, nul, over;
 };
 
 static struct result decode(const char *in, size_t len, size_t step, uint64_t limit)
 {
     struct data_decoder d;
-    struct result r = {evbuffer_new(), 0, false, false};
+    struct result r = {evbuffer_new(), 0, 0, false, false, false, false};
     data_decoder_init(&d, BARE_NEWLINE_NORMALIZE);
     while (r.consumed < len && !d.done) {
         size_t n = len - r.consumed < step ? len - r.consumed : step;
@@ -28,10 +29,15 @@ static struct result decode(const char *in, size_t len, size_t step, uint64_t li
             abort();
         r.consumed += used;
     }
-    if (d.out_bytes != evbuffer_get_length(r.out) || d.out_bytes > limit)
+    /* the limit counts content (RFC 1870: unstuffed), never the wire form */
+    if (d.out_bytes != evbuffer_get_length(r.out) || data_decoder_size(&d) > limit ||
+        d.stuff_dots > d.out_bytes)
         abort();
+    r.size = data_decoder_size(&d);
     r.done = d.done;
     r.bare = d.saw_bare_newline;
+    r.nul = d.saw_nul;
+    r.over = d.over_limit;
     return r;
 }
 
@@ -79,7 +85,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct result split = decode(in, len, step, UINT64_MAX);
     size_t n = evbuffer_get_length(whole.out);
     if (n != evbuffer_get_length(split.out) || whole.consumed != split.consumed ||
-        whole.done != split.done || whole.bare != split.bare)
+        whole.done != split.done || whole.bare != split.bare || whole.nul != split.nul ||
+        whole.size != split.size)
+        abort();
+    /* a NUL is the message's only if it comes before the end of data */
+    if (whole.nul != (memchr(in, '\0', whole.consumed) != NULL))
         abort();
     const unsigned char *o = evbuffer_pullup(whole.out, -1);
     if (n > 0 && memcmp(o, evbuffer_pullup(split.out, -1), n) != 0)
@@ -90,7 +100,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_round_trip((const char *)o, n);
 
     struct result limited = decode(in, len, step, data[0]);
-    if (limited.consumed != whole.consumed || limited.done != whole.done)
+    if (limited.consumed != whole.consumed || limited.done != whole.done ||
+        limited.over != (whole.size > data[0]))
+        abort();
+    /* within the limit, the limit changes nothing */
+    if (!limited.over && (limited.size != whole.size ||
+                          evbuffer_get_length(limited.out) != n ||
+                          (n > 0 && memcmp(evbuffer_pullup(limited.out, -1), o, n) != 0)))
         abort();
     evbuffer_free(whole.out);
     evbuffer_free(split.out);

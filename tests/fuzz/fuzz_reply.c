@@ -37,7 +37,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = reply_parse(buf, size, &r);
     if (rc != 1)
         return 0;
-    if (r.len > size || r.len == 0 || r.nlines == 0 || r.code < 200 || r.code > 599)
+    /* RFC 5321's reply-code grammar: 2..5, 0..5, 0..9 */
+    if (r.len > size || r.len == 0 || r.nlines == 0 || r.code < 200 || r.code > 599 ||
+        (r.code / 10) % 10 > 5)
         abort();
     check_relay(buf, &r);
     struct ehlo_caps caps;

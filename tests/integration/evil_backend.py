@@ -2,14 +2,18 @@
 """A hostile SMTP backend for sluice's adversarial tests.
 
 It behaves like a plain SMTP server except at one step, where it does what
---mode says (garbage replies, silence, an early close, ...). Only the first
+--mode says (garbage replies, silence, an early close, ...). Mode bad_reply
+answers the step named by --at (banner, EHLO, XCLIENT, MAIL, RCPT, DATA,
+end_of_data, RSET, NOOP, QUIT) with --reply instead (backslash escapes
+allowed, "\r\n" appended): a reply of a class that step may not get. Only the first
 --bad-conns connections misbehave; later ones are well-behaved, so a test can
 prove that the failure released its pool slot and the next transaction works.
 
 Record directory (like backend.py):
   ready          the listening port, written once it accepts
   events.jsonl   one JSON object per event: connect, command, data_end,
-                 accepted (a message got 250 to its end of data), close
+                 accepted (a message got 250 to its end of data), bad_reply
+                 (the --reply was sent), close
 """
 
 import argparse
@@ -50,8 +54,12 @@ MODES = {
     "dribble_banner": "banner",
     "dribble_rcpt": "RCPT",
     "dribble_final": "end_of_data",
+    "bad_reply": None,  # where: --at
 }
 DRIBBLED_TEXT = b" dribbled one byte at a time, slower than any timeout allows"
+
+BAD_REPLY_STEPS = ("banner", "EHLO", "XCLIENT", "MAIL", "RCPT", "DATA", "end_of_data", "RSET",
+                   "NOOP", "QUIT")
 
 
 class Recorder:
@@ -79,7 +87,7 @@ class Session:
         rec.next_conn += 1
         self.conn = rec.next_conn
         self.evil = self.conn <= opts.bad_conns
-        self.where = MODES[opts.mode] if self.evil else None
+        self.where = (opts.at or MODES[opts.mode]) if self.evil else None
         self.have_rcpt = False
 
     def evil_at(self, step):
@@ -96,6 +104,15 @@ class Session:
         for i in range(len(data)):
             await self.send(data[i:i + 1])
             await asyncio.sleep(self.opts.dribble_interval)
+    async def bad_reply_at(self, step):
+        """Sends --reply when this connection misbehaves at step; returns
+        whether it did."""
+        if self.opts.mode != "bad_reply" or not self.evil_at(step):
+            return False
+        reply = self.opts.reply.encode("latin-1").decode("unicode_escape").encode("latin-1")
+        self.rec.event(ev="bad_reply", conn=self.conn, at=step)
+        await self.send(reply + b"\r\n")
+        return True
 
     async def run(self):
         self.rec.event(ev="connect", conn=self.conn, evil=self.evil)
@@ -110,6 +127,8 @@ class Session:
 
     async def greet(self):
         mode = self.opts.mode
+        if await self.bad_reply_at("banner"):
+            return
         if self.evil_at("banner"):
             if mode == "garbage_banner":
                 await self.send(b"hello there, I am not SMTP\r\n")
@@ -137,6 +156,8 @@ class Session:
 
     async def cmd_EHLO(self, text):
         mode = self.opts.mode
+        if await self.bad_reply_at("EHLO"):
+            return
         if self.evil_at("EHLO") and mode == "ehlo_refused":
             await self.send(b"554 5.7.1 go away\r\n")
             return
@@ -158,6 +179,8 @@ class Session:
         await self.send(b"250 " + HOSTNAME.encode() + b"\r\n")
 
     async def cmd_XCLIENT(self, text):
+        if await self.bad_reply_at("XCLIENT"):
+            return
         if self.evil_at("XCLIENT"):
             if self.opts.mode == "xclient_rejected":
                 await self.send(b"550 5.7.0 Error: insufficient authorization\r\n")
@@ -167,10 +190,14 @@ class Session:
         await self.send(b"220 " + HOSTNAME.encode() + b" ESMTP evil\r\n")
 
     async def cmd_MAIL(self, text):
+        if await self.bad_reply_at("MAIL"):
+            return
         await self.send(b"250 2.1.0 Ok\r\n")
 
     async def cmd_RCPT(self, text):
         self.have_rcpt = True
+        if await self.bad_reply_at("RCPT"):
+            return
         if not self.evil_at("RCPT"):
             await self.send(b"250 2.1.5 Ok\r\n")
             return
@@ -196,6 +223,8 @@ class Session:
 
     async def cmd_DATA(self, text):
         mode = self.opts.mode
+        if await self.bad_reply_at("DATA"):
+            return
         if self.evil_at("DATA"):
             if mode == "hang_after_354":
                 await self.send(b"354 go ahead\r\n")
@@ -211,6 +240,8 @@ class Session:
         await self.send(b"354 End data with <CR><LF>.<CR><LF>\r\n")
         size = await self.read_body()
         self.rec.event(ev="data_end", conn=self.conn, size=size)
+        if await self.bad_reply_at("end_of_data"):
+            return
         if self.evil_at("end_of_data"):
             if mode == "close_mid_final_reply":
                 await self.send(b"250-2.0.0 Ok\r\n250 2.0")
@@ -243,13 +274,18 @@ class Session:
         return size
 
     async def cmd_RSET(self, text):
+        if await self.bad_reply_at("RSET"):
+            return
         await self.send(b"250 2.0.0 Ok\r\n")
 
     async def cmd_NOOP(self, text):
+        if await self.bad_reply_at("NOOP"):
+            return
         await self.send(b"250 2.0.0 Ok\r\n")
 
     async def cmd_QUIT(self, text):
-        await self.send(b"221 2.0.0 Bye\r\n")
+        if not await self.bad_reply_at("QUIT"):
+            await self.send(b"221 2.0.0 Bye\r\n")
         return "quit"
 
 
@@ -262,7 +298,13 @@ def parse_args(argv):
     p.add_argument("--xclient", action="store_true", help="offer XCLIENT")
     p.add_argument("--dribble-interval", type=float, default=0.5,
                    help="seconds between the bytes of a dribbled reply")
-    return p.parse_args(argv)
+    p.add_argument("--at", choices=BAD_REPLY_STEPS, help="bad_reply: the step answered wrongly")
+    p.add_argument("--reply", default="354 3.0.0 go ahead",
+                   help="bad_reply: the reply sent there (backslash escapes allowed)")
+    opts = p.parse_args(argv)
+    if (opts.mode == "bad_reply") != (opts.at is not None):
+        p.error("--at goes with --mode bad_reply, and only with it")
+    return opts
 
 
 async def serve(opts):

@@ -17,7 +17,8 @@ struct decoded {
     char *out;
     size_t out_len;
     size_t consumed;
-    bool done, bare, over;
+    uint64_t size; /* data_decoder_size */
+    bool done, bare, nul, over;
 };
 
 static void decoded_free(struct decoded *r) { free(r->out); }
@@ -48,8 +49,11 @@ static struct decoded decode_chunks(const char *in, size_t len, enum bare_newlin
     r.consumed = pos;
     r.done = d.done;
     r.bare = d.saw_bare_newline;
+    r.nul = d.saw_nul;
     r.over = d.over_limit;
+    r.size = data_decoder_size(&d);
     assert_int_equal(d.out_bytes, r.out_len);
+    assert_true(r.size <= limit);
     evbuffer_free(out);
     return r;
 }
@@ -67,6 +71,9 @@ static void assert_same(const struct decoded *a, const struct decoded *b)
     assert_int_equal(a->consumed, b->consumed);
     assert_int_equal(a->done, b->done);
     assert_int_equal(a->bare, b->bare);
+    assert_int_equal(a->nul, b->nul);
+    assert_int_equal(a->size, b->size);
+    assert_int_equal(a->over, b->over);
 }
 
 static void expect(const char *in, size_t len, const char *want, size_t want_len, bool done,
@@ -192,19 +199,94 @@ static void test_only_crlf_dot_crlf_ends_data_after_smuggling_attempts(void **st
     decoded_free(&r);
 }
 
-static void test_nul_bytes_pass_through_as_body(void **state)
+static void test_nul_bytes_are_flagged_in_both_modes(void **state)
 {
     (void)state;
-    expect(S("a\0b\r\n\0.\r\n.\r\n"), S("a\0b\r\n\0.\r\n"), true, false);
+    for (int mode = BARE_NEWLINE_REJECT; mode <= BARE_NEWLINE_NORMALIZE; mode++) {
+        struct decoded r =
+            decode_all(S("a\0b\r\n\0.\r\n.\r\n"), (enum bare_newline_mode)mode);
+        assert_true(r.done);
+        assert_true(r.nul);
+        assert_false(r.bare);
+        decoded_free(&r);
+        r = decode_all(S("ab\r\n.\r\n"), (enum bare_newline_mode)mode);
+        assert_false(r.nul);
+        decoded_free(&r);
+    }
+}
+
+/* Every way a NUL can sit next to a (fake) end of data, each cut at every
+ * byte, in both modes: the flag and the output never depend on the cut. */
+static void test_nul_is_flagged_at_every_split_point_in_both_modes(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in;
+        size_t len;
+    } cases[] = {
+        {S("a\r\n\0.\r\nMAIL FROM:<evil@x>\r\n.\r\n")},
+        {S("a\r\n.\0\r\nRCPT TO:<v@x>\r\n.\r\n")},
+        {S("\0\r\n.\r\n")},
+        {S("a\n\0.\n\r\n.\r\n")},
+        {S("a\r\0\n.\r\n.\r\n")},
+        {S("..\0\r\n.\r\n")},
+        {S("x\r\n\0\r\n.\r\n")},
+        {S("x\r\n.\r\0\n.\r\n")},
+        {S("body\0")},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        for (int m = BARE_NEWLINE_REJECT; m <= BARE_NEWLINE_NORMALIZE; m++) {
+            enum bare_newline_mode mode = (enum bare_newline_mode)m;
+            struct decoded whole = decode_all(cases[k].in, cases[k].len, mode);
+            assert_true(whole.nul);
+            for (size_t cut = 1; cut < cases[k].len; cut++) {
+                size_t chunks[2] = {cut, 0};
+                struct decoded r =
+                    decode_chunks(cases[k].in, cases[k].len, mode, chunks, 2, NO_LIMIT);
+                assert_same(&whole, &r);
+                decoded_free(&r);
+            }
+            decoded_free(&whole);
+        }
+    }
+}
+
+static void test_nul_after_the_terminator_belongs_to_the_next_command(void **state)
+{
+    (void)state;
+    const char in[] = "a\r\n.\r\n\0QUIT\r\n";
+    size_t len = sizeof in - 1;
+    for (size_t cut = 1; cut < len; cut++) {
+        size_t chunks[2] = {cut, 0};
+        struct decoded r = decode_chunks(in, len, BARE_NEWLINE_REJECT, chunks, 2, NO_LIMIT);
+        assert_true(r.done);
+        assert_false(r.nul);
+        assert_int_equal(r.consumed, 6);
+        decoded_free(&r);
+    }
 }
 
 /* Reference model: whole lines, written plainly from the rules in the header. */
-static size_t model_decode(const char *in, size_t len, char *out, size_t *out_len, bool *done,
-                           bool *bare)
+struct model {
+    size_t out_len;
+    uint64_t size; /* content: the output without its stuffing dots */
+    bool done, bare, nul;
+};
+
+static size_t model_lines(const char *in, size_t len, char *out, struct model *m);
+
+static size_t model_decode(const char *in, size_t len, char *out, struct model *m)
 {
-    size_t i = 0, o = 0, line_start = 0;
+    memset(m, 0, sizeof *m);
+    size_t used = model_lines(in, len, out, m);
+    m->nul = memchr(in, '\0', used) != NULL;
+    return used;
+}
+
+static size_t model_lines(const char *in, size_t len, char *out, struct model *m)
+{
+    size_t i = 0, o = 0, line_start = 0, stuffed = 0;
     bool after_crlf = true;
-    *done = *bare = false;
     while (i < len) {
         if (in[i] != '\r' && in[i] != '\n') {
             i++;
@@ -216,34 +298,40 @@ static size_t model_decode(const char *in, size_t len, char *out, size_t *out_le
         const char *raw = in + line_start;
         size_t raw_len = i - line_start;
         if (after_crlf && crlf && raw_len == 1 && raw[0] == '.') {
-            *done = true;
-            *out_len = o;
+            m->done = true;
+            m->out_len = o;
+            m->size = o - stuffed;
             return i + 2;
         }
         if (after_crlf && raw_len > 0 && raw[0] == '.') {
             raw++;
             raw_len--;
         }
-        if (raw_len > 0 && raw[0] == '.')
+        if (raw_len > 0 && raw[0] == '.') {
             out[o++] = '.';
+            stuffed++;
+        }
         memcpy(out + o, raw, raw_len);
         o += raw_len;
         out[o++] = '\r';
         out[o++] = '\n';
-        *bare |= !crlf;
+        m->bare |= !crlf;
         after_crlf = crlf;
         i += crlf ? 2 : 1;
         line_start = i;
     }
-    *out_len = o;
+    m->out_len = o;
+    m->size = o - stuffed;
     return len;
 }
 
+/* Bytes that matter to the decoder; a NUL only now and then, so most
+ * messages have none. */
 static void random_message(char *buf, size_t n, unsigned *seed)
 {
-    static const char alphabet[] = "\r\n.a";
+    static const char alphabet[] = {'\r', '\n', '.', 'a'};
     for (size_t i = 0; i < n; i++)
-        buf[i] = alphabet[rand_r(seed) % 4];
+        buf[i] = rand_r(seed) % 64 == 0 ? '\0' : alphabet[rand_r(seed) % 4];
 }
 
 static void test_decoder_matches_line_model_on_random_input(void **state)
@@ -255,17 +343,21 @@ static void test_decoder_matches_line_model_on_random_input(void **state)
         size_t body = (size_t)(rand_r(&seed) % 60);
         random_message(in, body, &seed);
         memcpy(in + body, "\r\n.\r\nZZ", 7);
-        size_t len = body + 7, want_len;
-        bool done, bare;
-        size_t used = model_decode(in, len, want, &want_len, &done, &bare);
-        struct decoded r = decode_all(in, len, BARE_NEWLINE_NORMALIZE);
-        assert_true(done);
-        assert_true(r.done);
-        assert_int_equal(r.consumed, used);
-        assert_int_equal(r.bare, bare);
-        assert_int_equal(r.out_len, want_len);
-        assert_memory_equal(r.out, want, want_len);
-        decoded_free(&r);
+        size_t len = body + 7;
+        struct model m;
+        size_t used = model_decode(in, len, want, &m);
+        assert_true(m.done);
+        for (int mode = BARE_NEWLINE_REJECT; mode <= BARE_NEWLINE_NORMALIZE; mode++) {
+            struct decoded r = decode_all(in, len, (enum bare_newline_mode)mode);
+            assert_true(r.done);
+            assert_int_equal(r.consumed, used);
+            assert_int_equal(r.bare, m.bare);
+            assert_int_equal(r.nul, m.nul);
+            assert_int_equal(r.size, m.size);
+            assert_int_equal(r.out_len, m.out_len);
+            assert_memory_equal(r.out, want, m.out_len);
+            decoded_free(&r);
+        }
     }
 }
 
@@ -288,6 +380,15 @@ static void test_output_is_identical_byte_by_byte_and_in_random_splits(void **st
             splits[k] = 1 + (size_t)(rand_r(&seed) % 7);
         struct decoded rnd = decode_chunks(in, len, BARE_NEWLINE_REJECT, splits, 5, NO_LIMIT);
         assert_same(&whole, &rnd);
+        /* A limit around the size: over exactly when the content is bigger. */
+        uint64_t limit = whole.size + (uint64_t)(rand_r(&seed) % 3);
+        limit = limit > 0 ? limit - 1 : 0; /* size - 1, size or size + 1 */
+        struct decoded lim = decode_chunks(in, len, BARE_NEWLINE_REJECT, splits, 5, limit);
+        assert_int_equal(lim.over, whole.size > limit);
+        assert_int_equal(lim.consumed, whole.consumed);
+        if (!lim.over)
+            assert_same(&whole, &lim);
+        decoded_free(&lim);
         decoded_free(&whole);
         decoded_free(&bytes);
         decoded_free(&rnd);
@@ -326,6 +427,69 @@ static void test_output_stops_at_limit_but_terminator_is_still_found(void **stat
     assert_false(r.over);
     assert_int_equal(r.out_len, 20);
     decoded_free(&r);
+}
+
+static void test_size_counts_content_without_stuffing_dots(void **state)
+{
+    (void)state;
+    for (int mode = BARE_NEWLINE_REJECT; mode <= BARE_NEWLINE_NORMALIZE; mode++) {
+        /* content ".a\r\n" ".\r\n" "b\r\n" "..\r\n" */
+        struct decoded r =
+            decode_all(S("..a\r\n..\r\n.b\r\n...\r\n.\r\n"), (enum bare_newline_mode)mode);
+        assert_int_equal(r.out_len, 17);
+        assert_int_equal(r.size, 14);
+        decoded_free(&r);
+        /* after a bare LF a leading dot is content, stuffed on the way out:
+         * content "a\r\n" ".x\r\n" "..\r\n" */
+        r = decode_all(S("a\n.x\n..\r\n.\r\n"), (enum bare_newline_mode)mode);
+        assert_int_equal(r.out_len, 13);
+        assert_int_equal(r.size, 11);
+        decoded_free(&r);
+    }
+}
+
+/* RFC 1870 counts the message unstuffed: one of exactly the limit fits
+ * however many of its lines start with a dot, one byte more does not. */
+static void test_message_of_exactly_the_limit_with_dot_lines_fits_at_every_split(void **state)
+{
+    (void)state;
+    static const char *const lines[] = {"..\r\n", "..x\r\n", "...\r\n", "plain\r\n",
+                                        "..y\n", ".z\n"};
+    char in[600];
+    size_t len = 0;
+    for (size_t i = 0; i < 60; i++) {
+        /* bare LF lines only in the second half: the first is plain RFC 5321 */
+        const char *l = lines[i < 30 ? i % 4 : i % 6];
+        memcpy(in + len, l, strlen(l));
+        len += strlen(l);
+    }
+    static const char end[] = "\r\n.\r\nQUIT\r\n";
+    memcpy(in + len, end, sizeof end - 1);
+    len += sizeof end - 1;
+    for (int m = BARE_NEWLINE_REJECT; m <= BARE_NEWLINE_NORMALIZE; m++) {
+        enum bare_newline_mode mode = (enum bare_newline_mode)m;
+        struct decoded whole = decode_all(in, len, mode);
+        char model_out[800];
+        struct model want;
+        model_decode(in, len, model_out, &want);
+        assert_true(whole.done);
+        assert_int_equal(whole.size, want.size);
+        assert_true(whole.size < whole.out_len);
+        for (size_t cut = 1; cut < len; cut++) {
+            size_t chunks[2] = {cut, 0};
+            struct decoded fits = decode_chunks(in, len, mode, chunks, 2, whole.size);
+            assert_false(fits.over);
+            assert_same(&whole, &fits);
+            struct decoded big = decode_chunks(in, len, mode, chunks, 2, whole.size - 1);
+            assert_true(big.over);
+            assert_true(big.done);
+            assert_int_equal(big.consumed, whole.consumed);
+            assert_true(big.size <= whole.size - 1);
+            decoded_free(&fits);
+            decoded_free(&big);
+        }
+        decoded_free(&whole);
+    }
 }
 
 static void test_large_message_is_decoded_in_few_buffer_chunks(void **state)
@@ -475,11 +639,15 @@ int main(void)
         cmocka_unit_test(test_crlf_dot_cr_cr_lf_never_ends_data),
         cmocka_unit_test(test_lf_dot_cr_dot_never_ends_data),
         cmocka_unit_test(test_only_crlf_dot_crlf_ends_data_after_smuggling_attempts),
-        cmocka_unit_test(test_nul_bytes_pass_through_as_body),
+        cmocka_unit_test(test_nul_bytes_are_flagged_in_both_modes),
+        cmocka_unit_test(test_nul_is_flagged_at_every_split_point_in_both_modes),
+        cmocka_unit_test(test_nul_after_the_terminator_belongs_to_the_next_command),
         cmocka_unit_test(test_decoder_matches_line_model_on_random_input),
         cmocka_unit_test(test_output_is_identical_byte_by_byte_and_in_random_splits),
         cmocka_unit_test(test_terminator_split_at_every_boundary_is_found),
         cmocka_unit_test(test_output_stops_at_limit_but_terminator_is_still_found),
+        cmocka_unit_test(test_size_counts_content_without_stuffing_dots),
+        cmocka_unit_test(test_message_of_exactly_the_limit_with_dot_lines_fits_at_every_split),
         cmocka_unit_test(test_large_message_is_decoded_in_few_buffer_chunks),
         cmocka_unit_test(test_unstuff_removes_one_leading_dot_per_line),
         cmocka_unit_test(test_stuff_adds_a_dot_and_normalises_bare_newlines),

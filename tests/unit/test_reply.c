@@ -117,6 +117,14 @@ static void test_protocol_violations_are_rejected(void **state)
     assert_int_equal(reply_parse(S("250-a\r\n251"), &r), -1);
     assert_int_equal(reply_parse(S("199 a\r\n"), &r), -1);
     assert_int_equal(reply_parse(S("600 a\r\n"), &r), -1);
+    assert_int_equal(reply_parse(S("099 a\r\n"), &r), -1);
+    assert_int_equal(reply_parse(S("999 a\r\n"), &r), -1);
+    assert_int_equal(reply_parse(S("260 a\r\n"), &r), -1);
+    assert_int_equal(reply_parse(S("599 a\r\n"), &r), -1);
+    assert_int_equal(reply_parse(S("559 a\r\n"), &r), 1);
+    assert_int_equal(reply_parse(S("209 a\r\n"), &r), 1);
+    assert_int_equal(reply_parse(S("2"), &r), 0);
+    assert_int_equal(reply_parse(S("29"), &r), -1);
     assert_int_equal(reply_parse(S("250xa\r\n"), &r), -1);
     assert_int_equal(reply_parse(S("250 a\rb\r\n"), &r), -1);
     assert_int_equal(reply_parse(S("250 a\0b\r\n"), &r), -1);

@@ -80,6 +80,9 @@ const char *sluice_rcpt_at(const sluice_session *s, size_t i, size_t *len);
 
 /* ---- the message (eom hook) ------------------------------------------------- */
 
+/* The message size as RFC 1870 counts it and the size limit checks it: the
+ * content in bytes, CRLFs included, without dot-stuffing or the terminating
+ * ".". */
 uint64_t sluice_message_size(const sluice_session *s);
 
 /* Header fields as received, in order. name without the colon; value is the
