@@ -1,0 +1,253 @@
+"""The greylist plugin against real stores: an unknown triplet gets 451 at
+RCPT (the backend is not touched), a retry before the minimum delay 451, one
+after it passes and stays known for the lifetime (refreshed by use), a
+network that passed enough deliveries is auto-allowlisted, every allowlist
+and vouching note skips greylisting, a transaction can mix greylisted and
+passing recipients, and the state survives a restart (LMDB) and is shared
+between instances (Redis). A failing store never stops mail."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+from sluice_harness import (Sluice, SluiceTestCase, base_config, free_port, pool, render_config,
+                            sluice_bin, wait_until)
+
+SENDER = "alice@sender.example"
+RCPT = "bob@a.example"
+BODY = b"Subject: greylist\r\n\r\nbody\r\n"
+DELAY = 2.0          # min_delay of the tests, seconds
+SLACK = 2.0          # timing bounds: at least the delay, less than delay + SLACK
+REDIS_SERVER = "/usr/bin/redis-server"
+START_TIMEOUT = 10.0
+
+
+def plugin_dir():
+    return os.path.join(os.path.dirname(sluice_bin()), "plugins")
+
+
+def store_tool():
+    return os.path.join(os.path.dirname(sluice_bin()), "sluice-store")
+
+
+def check_tool():
+    return os.path.join(os.path.dirname(sluice_bin()), "sluice-check")
+
+
+class RedisServer:
+    """A redis-server on a free loopback port, no persistence."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="sluice-redis-")
+        self.start()
+
+    def start(self):
+        self.out = open(os.path.join(self.dir, "out.txt"), "ab")
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_until(self._answers, START_TIMEOUT, what="redis-server to answer")
+
+    def _answers(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("redis-server exited")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+        self.out.close()
+
+    def close(self):
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class GreylistTest(SluiceTestCase):
+    def write_entries(self, greylist=None, extra=()):
+        """conf.d/30-greylist.conf (short times) and any extra (name, dict)."""
+        entry = {"plugin": "greylist", "min_delay": "%ds" % DELAY, "retry_window": "1h",
+                 "lifetime": "1h", "refresh_interval": "1m", "auto_allowlist": 0}
+        entry.update(greylist or {})
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        for name, body in [("30-greylist.conf", entry)] + list(extra):
+            with open(os.path.join(conf_dir, name), "w") as f:
+                f.write(render_config(body))
+
+    def relay(self, greylist=None, extra=(), logdir=None, **overrides):
+        """Starts sluice with the entries; logdir: a fresh directory for its
+        log and configuration (a second instance or a restart)."""
+        self.write_entries(greylist, extra)
+        if not self.backends:
+            self.backend = self.start_backend("a")
+        overrides.setdefault("plugin_dir", plugin_dir())
+        port = free_port()
+        text = base_config(self.workdir, port, [pool("a", [self.backend.port])],
+                           [("a.example", "a"), ("b.example", "a")], **overrides)
+        where = self.workdir
+        if logdir:
+            where = os.path.join(self.workdir, logdir)
+            os.makedirs(where)
+        s = Sluice(where, text)
+        self.sluices.append(s)
+        return s, port
+
+    def attempt(self, port, rcpts=(RCPT,), sender=SENDER, data=False):
+        """One transaction; returns the RCPT replies (and DATA's final reply)."""
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % sender), 250)
+        replies = [c.cmd("RCPT TO:<%s>" % r) for r in rcpts]
+        final = None
+        if data and any(r.code == 250 for r in replies):
+            self.assertReply(c.cmd("DATA"), 354)
+            final = c.cmd(BODY + b".")
+        c.cmd("QUIT")
+        c.close()
+        self.clients.remove(c)
+        return (replies, final) if data else replies
+
+    def codes(self, port, **kw):
+        return [r.code for r in self.attempt(port, **kw)]
+
+    def pass_greylisting(self, port, **kw):
+        """First sight, then a retry after the delay: returns when it passed."""
+        first = self.attempt(port, **kw)
+        self.assertEqual([r.code for r in first], [451] * len(first), first)
+        time.sleep(DELAY + 0.2)
+        self.assertEqual(set(self.codes(port, **kw)), {250})
+
+    # --- the core semantics (LMDB) -------------------------------------------
+
+    def test_first_attempt_gets_451_with_a_retry_hint_and_backend_untouched(self):
+        s, port = self.relay()
+        [r] = self.attempt(port)
+        self.assertReply(r, 451, "4.7.1", "Greylisted, please try again in 2 seconds")
+        self.assertEqual(self.backend.connection_count(), 0)
+        s.wait_log(r"greylisted \(first sight\): greylist:t:127\.0\.0\.0/24 "
+                   r"alice@sender\.example bob@a\.example")
+
+    def test_retry_before_min_delay_451_after_it_250(self):
+        s, port = self.relay()
+        start = time.monotonic()
+        self.assertEqual(self.codes(port), [451])
+        deadline = start + DELAY + SLACK
+        passed_at = None
+        while passed_at is None and time.monotonic() < deadline:
+            [r] = self.attempt(port)
+            now = time.monotonic()
+            if r.code == 250:
+                passed_at = now
+            else:
+                self.assertReply(r, 451, "4.7.1", "Greylisted")
+                time.sleep(0.3)
+        self.assertIsNotNone(passed_at, "no pass within delay + %ss" % SLACK)
+        self.assertGreaterEqual(passed_at - start, DELAY)
+        replies, final = self.attempt(port, data=True)
+        self.assertReply(final, 250)
+        self.assertEqual(self.backend.wait_messages(1)[0]["rcpt_tos"], [RCPT])
+
+    def test_known_triplet_is_refreshed_by_use_and_outlives_its_first_lifetime(self):
+        s, port = self.relay({"min_delay": "1s", "lifetime": "4s", "refresh_interval": "1s"})
+        self.assertEqual(self.codes(port), [451])
+        time.sleep(1.2)
+        self.assertEqual(self.codes(port), [250])    # allowed until ~t+4
+        time.sleep(2.0)
+        self.assertEqual(self.codes(port), [250])    # refreshed: allowed until ~t+7
+        time.sleep(2.5)
+        self.assertEqual(self.codes(port), [250])    # t+4.5: only the refresh keeps it
+        time.sleep(4.5)
+        [r] = self.attempt(port)                     # unused for a whole lifetime
+        self.assertReply(r, 451, "4.7.1", "Greylisted")
+
+    def test_auto_allowlist_passes_any_sender_of_a_network_after_n_passes(self):
+        s, port = self.relay({"auto_allowlist": 1})
+        self.pass_greylisting(port)
+        self.assertEqual(self.codes(port, sender="new@other.example", rcpts=("x@a.example",)),
+                         [250])
+        s.wait_log(r"network 127\.0\.0\.0/24 is auto-allowlisted")
+
+    def test_auto_allowlist_off_keeps_greylisting_new_senders(self):
+        s, port = self.relay({"auto_allowlist": 0})
+        self.pass_greylisting(port)
+        self.assertEqual(self.codes(port, sender="new@other.example"), [451])
+
+    def test_allowlisted_network_is_not_greylisted(self):
+        s, port = self.relay({"allowlist": ["127.0.0.0/8"]})
+        self.assertEqual(self.codes(port), [250])
+
+    def test_allowlisted_sender_address_and_domain_are_not_greylisted(self):
+        s, port = self.relay({"allow_senders": ["alice@sender.example", "*.trusted.example"]})
+        self.assertEqual(self.codes(port), [250])
+        self.assertEqual(self.codes(port, sender="x@mx.trusted.example"), [250])
+        self.assertEqual(self.codes(port, sender="carol@sender.example"), [451])
+
+    def test_allowlisted_recipient_domain_is_not_greylisted(self):
+        s, port = self.relay({"allow_recipients": ["postmaster@a.example", "b.example"]})
+        self.assertEqual(self.codes(port, rcpts=("postmaster@a.example", "x@b.example", RCPT)),
+                         [250, 250, 451])
+
+    def test_relay_networks_client_is_not_greylisted(self):
+        s, port = self.relay(relay_networks=["127.0.0.0/8"])
+        self.assertEqual(self.codes(port), [250])
+
+    def test_dnsbl_allowlisted_note_skips_greylisting(self):
+        dnsbl = {"plugin": "dnsbl", "zones": ({"zone": "never.test"},),
+                 "allowlist": ["127.0.0.0/8"], "health_interval": 0}
+        s, port = self.relay(extra=[("20-dnsbl.conf", dnsbl)])
+        self.assertEqual(self.codes(port), [250])
+
+    def test_note_named_by_the_operator_skips_greylisting(self):
+        script = os.path.join(self.workdir, "vouch.lua")
+        with open(script, "w") as f:
+            f.write('sluice.on("connect", function(s) s:set_note("local.vouched", 1) end)\n')
+        lua = {"plugin": "lua", "script": script}
+        s, port = self.relay({"skip_notes": ["local.vouched"]}, extra=[("10-vouch.conf", lua)])
+        self.assertEqual(self.codes(port), [250])
+
+    def test_null_sender_is_greylisted_by_recipient(self):
+        s, port = self.relay()
+        self.assertEqual(self.codes(port, sender=""), [451])
+        s.wait_log(r"greylist:t:127\.0\.0\.0/24 <> bob@a\.example")
+        time.sleep(DELAY + 0.2)
+        self.assertEqual(self.codes(port, sender=""), [250])
+
+    def test_sender_tags_are_normalised_so_a_new_batv_tag_is_the_same_sender(self):
+        s, port = self.relay()
+        self.assertEqual(self.codes(port, sender="prvs=0123abcd=Alice@Sender.example"), [451])
+        time.sleep(DELAY + 0.2)
+        self.assertEqual(self.codes(port, sender="prvs=9876fedc=alice@sender.example"), [250])
+
+    def test_mixed_transaction_delivers_the_passing_recipient_only(self):
+        s, port = self.relay()
+        self.pass_greylisting(port)
+        replies, final = self.attempt(port, rcpts=(RCPT, "new@a.example"), data=True)
+        self.assertEqual([r.code for r in replies], [250, 451])
+        self.assertReply(final, 250)
+        self.assertEqual(self.backend.wait_messages(1)[0]["rcpt_tos"], [RCPT])
+
+    def test_lmdb_state_survives_a_restart(self):
+        s, port = self.relay()
+        self.assertEqual(self.codes(port), [451])
+        s.stop()
+        self.sluices.remove(s)
+        time.sleep(DELAY + 0.2)
+        s2, port2 = self.relay(logdir="restarted")
+        self.assertEqual(self.codes(port2), [250])
+
+
+if __name__ == "__main__":
+    unittest.main()
