@@ -14,9 +14,13 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: sluice-check [-c FILE] --client IP [--port N] [--helo NAME] [--smtp]\n"
-            "                    --from ADDR --rcpt ADDR [--rcpt ADDR ...] [--message FILE] [-v]\n"
+            "                    --from ADDR --rcpt ADDR [--rcpt ADDR ...] [--message FILE]\n"
+            "                    [--live-store] [-v]\n"
             "Runs the configured chain (conf.d) for one session, as the daemon would, with no\n"
-            "listener and no backend; prints each entry's verdict at each hook and the replies.\n"
+            "listener and no backend; prints each entry's verdict at each hook, every store\n"
+            "write an entry asks for, and the replies. The store is an empty scratch one;\n"
+            "--live-store reads the configured store instead, read-only (writes are shown,\n"
+            "not done). The configured store is never changed.\n"
             "Exit: 0 accepted, 1 refused, 2 setup error.\n");
 }
 
@@ -28,6 +32,7 @@ int main(int argc, char **argv)
         {"smtp", no_argument, NULL, 's'},         {"from", required_argument, NULL, 'f'},
         {"rcpt", required_argument, NULL, 'r'},   {"message", required_argument, NULL, 'm'},
         {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
+        {"live-store", no_argument, NULL, 'L'},
         {NULL, 0, NULL, 0}};
     const char *path = SLUICE_SYSCONFDIR "/sluice.conf";
     const char *rcpts[CHECK_MAX_RCPTS];
@@ -49,6 +54,7 @@ int main(int argc, char **argv)
             break;
         case 'm': o.message_file = optarg; break;
         case 'v': verbose = true; break;
+        case 'L': o.live_store = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

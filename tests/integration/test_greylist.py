@@ -248,6 +248,53 @@ class GreylistTest(SluiceTestCase):
         s2, port2 = self.relay(logdir="restarted")
         self.assertEqual(self.codes(port2), [250])
 
+    # --- sluice-check ---------------------------------------------------------
+
+    def check(self, conf_path, *extra):
+        args = [check_tool(), "-c", conf_path, "--client", "127.0.0.1", "--from", SENDER,
+                "--rcpt", RCPT] + list(extra)
+        done = subprocess.run(args, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        return done.returncode, done.stdout.decode("utf-8", "replace")
+
+    def test_sluice_check_leaves_the_live_store_untouched(self):
+        s, port = self.relay()
+        for _ in range(2):
+            rc, out = self.check(s.conf_path)
+            self.assertEqual(rc, 1, out)
+            self.assertIn("Greylisted, please try again in 2 seconds", out)
+            self.assertIn("set greylist:t:127.0.0.0/24 alice@sender.example bob@a.example = P ",
+                          out)
+            self.assertIn("scratch", out)
+        [r] = self.attempt(port)
+        self.assertReply(r, 451, "4.7.1", "try again in 2 seconds")
+        s.wait_log(r"greylisted \(first sight\)")
+
+    def test_sluice_check_live_store_reads_but_never_writes(self):
+        s, port = self.relay()
+        self.assertEqual(self.codes(port), [451])
+        time.sleep(DELAY + 0.2)
+        rc, out = self.check(s.conf_path, "--live-store")
+        self.assertEqual(rc, 0, out)
+        self.assertIn("= A ", out)
+        self.assertIn("not written: read-only", out)
+        # The daemon still finds the pending record the check would have changed.
+        self.assertEqual(self.codes(port), [250])
+        s.wait_log(r"retry after \d+ s passes")
+
+    def test_sluice_check_creates_no_directory_the_configuration_does_not_name(self):
+        self.write_entries()
+        store = os.path.join(self.workdir, "absent", "store")
+        conf = os.path.join(self.workdir, "check.conf")
+        with open(conf, "w") as f:
+            f.write(base_config(self.workdir, free_port(), [pool("a", [free_port()])],
+                                [("a.example", "a")], plugin_dir=plugin_dir(),
+                                store={"backend": "lmdb", "path": store}))
+        for extra in ((), ("--live-store",)):
+            rc, out = self.check(conf, *extra)
+            self.assertIn(rc, (0, 1), out)
+        self.assertFalse(os.path.exists(os.path.join(self.workdir, "absent")))
+        self.assertIn("store: unavailable", out)
+
 
 if __name__ == "__main__":
     unittest.main()
