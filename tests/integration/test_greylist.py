@@ -76,6 +76,53 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+MDB_LOAD = "/usr/bin/mdb_load"
+MAP_SIZE = 1 << 20      # the smallest map sluice accepts
+
+
+def lmdb_fill(path, map_size=MAP_SIZE):
+    """Fills an LMDB environment with never-expiring records (sluice's record
+    layout: an 8-byte expiry of 0, then the value) until not one more small
+    record fits: batches of decreasing size, each its own mdb_load
+    transaction, until a batch of one fails. Returns the records loaded."""
+    os.makedirs(path, exist_ok=True)
+    loaded = 0
+    for batch in (1000, 100, 10, 1):
+        for _ in range(10000):
+            lines = ["VERSION=3", "format=bytevalue", "type=btree",
+                     "mapsize=%d" % map_size, "HEADER=END"]
+            for i in range(loaded, loaded + batch):
+                lines.append(" " + ("fill:%08d" % i).encode().hex())
+                lines.append(" " + (b"\0" * 8 + b"x" * 80).hex())
+            lines.append("DATA=END")
+            done = subprocess.run([MDB_LOAD, path], input=("\n".join(lines) + "\n").encode(),
+                                  capture_output=True, timeout=30)
+            if done.returncode != 0:
+                break
+            loaded += batch
+    return loaded
+
+
+def redis_command(port, *args):
+    """One command to redis-server (RESP); returns an int or bytes."""
+    req = b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(req)
+        data = b""
+        while not data.endswith(b"\r\n") or (data[:1] == b"$" and data.count(b"\r\n") < 2
+                                               and not data.startswith(b"$-1")):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if data[:1] == b":":
+        return int(data[1:].strip())
+    if data[:1] == b"$":
+        return None if data.startswith(b"$-1") else data.split(b"\r\n")[1]
+    return data
+
+
 class GreylistTest(SluiceTestCase):
     def write_entries(self, greylist=None, extra=()):
         """conf.d/30-greylist.conf (short times) and any extra (name, dict)."""
@@ -247,6 +294,79 @@ class GreylistTest(SluiceTestCase):
         time.sleep(DELAY + 0.2)
         s2, port2 = self.relay(logdir="restarted")
         self.assertEqual(self.codes(port2), [250])
+
+    # --- Redis ------------------------------------------------------------------
+
+    def redis(self):
+        r = RedisServer()
+        self.addCleanup(r.close)
+        return r
+
+    def redis_store(self, redis):
+        return {"backend": "redis", "redis_address": "127.0.0.1:%d" % redis.port,
+                "redis_timeout": "500ms"}
+
+    def test_two_instances_sharing_one_redis_share_triplets(self):
+        redis = self.redis()
+        s1, port1 = self.relay(store=self.redis_store(redis), logdir="one")
+        s2, port2 = self.relay(store=self.redis_store(redis), logdir="two")
+        start = time.monotonic()
+        self.assertEqual(self.codes(port1), [451])
+        [r] = self.attempt(port2)   # the other instance knows it: too soon, not first sight
+        self.assertReply(r, 451, "4.7.1", "Greylisted")
+        s2.wait_log(r"greylisted \(too soon\)")
+        time.sleep(max(0, DELAY + 0.2 - (time.monotonic() - start)))
+        self.assertEqual(self.codes(port2), [250])
+        s2.wait_log(r"retry after \d+ s passes")
+        self.assertEqual(self.codes(port1), [250])
+
+    def test_redis_keys_carry_ttls(self):
+        redis = self.redis()
+        s, port = self.relay({"retry_window": "1h"}, store=self.redis_store(redis))
+        self.assertEqual(self.codes(port), [451])
+        key = "greylist:t:127.0.0.0/24 alice@sender.example bob@a.example"
+        ttl = redis_command(redis.port, "PTTL", key)
+        self.assertGreater(ttl, 3500 * 1000)
+        self.assertLessEqual(ttl, 3600 * 1000)
+
+    def test_redis_killed_fails_open_with_a_log_line_and_greylisting_resumes(self):
+        redis = self.redis()
+        s, port = self.relay(store=self.redis_store(redis))
+        self.assertEqual(self.codes(port), [451])
+        redis.kill()
+        start = time.monotonic()
+        [r] = self.attempt(port, sender="other@sender.example")
+        self.assertReply(r, 250)
+        self.assertLess(time.monotonic() - start, 3.0)   # never a stuck session
+        s.wait_log(r"store failure \(read\) for greylist:t:.* passing \(fail open\)")
+        redis.start()
+        # The connection comes back by itself (bounded backoff): a new triplet
+        # is greylisted again.
+        def greylisting_again():
+            [r] = self.attempt(port, sender="third@sender.example")
+            return r.code == 451
+        wait_until(greylisting_again, 15, interval=0.5, what="greylisting to resume")
+
+    def test_store_failure_tempfails_when_configured(self):
+        redis = self.redis()
+        s, port = self.relay({"on_store_error": "tempfail"}, store=self.redis_store(redis))
+        redis.kill()
+        [r] = self.attempt(port)
+        self.assertReply(r, 451, "4.7.1", "Greylisting temporarily unavailable")
+        s.wait_log(r"store failure .*: tempfail")
+
+    # --- LMDB map full ------------------------------------------------------------
+
+    def test_lmdb_map_full_fails_open_with_a_log_line(self):
+        store = os.path.join(self.workdir, "store")
+        self.assertGreater(lmdb_fill(store), 0)
+        s, port = self.relay(store={"backend": "lmdb", "path": store, "map_size": MAP_SIZE})
+        start = time.monotonic()
+        [r] = self.attempt(port)
+        self.assertReply(r, 250)
+        self.assertLess(time.monotonic() - start, 3.0)
+        s.wait_log(r"store failure \(write\) for greylist:t:.* passing \(fail open\)")
+        s.wait_log(r"store: LMDB set: MDB_MAP_FULL")
 
     # --- sluice-check ---------------------------------------------------------
 
