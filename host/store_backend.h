@@ -11,6 +11,9 @@
 #include "store.h"
 
 #define STORE_REDIS_DEFAULT_PORT "6379"
+/* An LMDB record: this many bytes of expiry (absolute ms since the epoch,
+ * 0 = none, host byte order), then the value. store_admin.c reads it too. */
+#define STORE_LMDB_EXPIRY_LEN 8
 #define STORE_REDIS_DEFAULT_TIMEOUT_MS 1000
 
 struct store {

@@ -19,7 +19,7 @@
 #include "store_backend.h"
 #include "workpool.h"
 
-#define LMDB_EXPIRY_LEN 8
+#define LMDB_EXPIRY_LEN STORE_LMDB_EXPIRY_LEN
 #define LMDB_DIR_MODE 0750
 #define LMDB_FILE_MODE 0640
 #define LMDB_INT_TEXT_MAX 24

@@ -368,6 +368,55 @@ class GreylistTest(SluiceTestCase):
         s.wait_log(r"store failure \(write\) for greylist:t:.* passing \(fail open\)")
         s.wait_log(r"store: LMDB set: MDB_MAP_FULL")
 
+    # --- the operator tool (sluice-store) -------------------------------------
+
+    def store_cmd(self, s, *args):
+        done = subprocess.run([store_tool(), "-c", s.conf_path] + list(args),
+                              capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        return done.returncode, done.stdout.decode("utf-8", "replace") + \
+            done.stderr.decode("utf-8", "replace")
+
+    def operator_tool_round_trip(self, s, port):
+        key = "greylist:t:127.0.0.0/24 alice@sender.example bob@a.example"
+        self.assertEqual(self.codes(port), [451])
+        rc, out = self.store_cmd(s, "list", "greylist:")
+        self.assertEqual(rc, 0, out)
+        [line] = out.splitlines()
+        k, ttl, value = line.split("\t")
+        self.assertEqual(k, key)
+        self.assertTrue(3590 <= int(ttl.rstrip("s")) <= 3600, ttl)
+        self.assertRegex(value, r"^P \d+ \d+$")
+        self.assertEqual(self.store_cmd(s, "count", "greylist:t:"), (0, "1\n"))
+        self.assertEqual(self.store_cmd(s, "get", key)[0], 0)
+        self.assertEqual(self.store_cmd(s, "del", key), (0, "deleted\n"))
+        self.assertEqual(self.store_cmd(s, "get", key)[0], 1)
+        self.assertEqual(self.store_cmd(s, "del", key)[0], 1)
+        self.assertEqual(self.store_cmd(s, "count"), (0, "0\n"))
+        time.sleep(DELAY + 0.2)
+        self.assertEqual(self.codes(port), [451])   # deleted: first sight again
+        self.assertEqual(len(s.grep(r"greylisted \(first sight\)")), 2)
+
+    def test_operator_tool_lists_counts_and_deletes_lmdb_entries_while_sluice_runs(self):
+        s, port = self.relay()
+        self.operator_tool_round_trip(s, port)
+
+    def test_operator_tool_lists_counts_and_deletes_redis_entries_while_sluice_runs(self):
+        redis = self.redis()
+        s, port = self.relay(store=self.redis_store(redis))
+        self.operator_tool_round_trip(s, port)
+
+    def test_known_triplet_costs_no_store_write_within_the_refresh_interval(self):
+        s, port = self.relay({"refresh_interval": "1h", "lifetime": "2h"})
+        key = "greylist:t:127.0.0.0/24 alice@sender.example bob@a.example"
+        self.pass_greylisting(port)
+        rc, before = self.store_cmd(s, "get", key)
+        self.assertRegex(before.split("\t")[2], r"^A \d+ \d+$")
+        time.sleep(1.1)
+        for _ in range(3):
+            self.assertEqual(self.codes(port), [250])
+        rc, after = self.store_cmd(s, "get", key)
+        self.assertEqual(after.split("\t")[2], before.split("\t")[2])
+
     # --- sluice-check ---------------------------------------------------------
 
     def check(self, conf_path, *extra):
