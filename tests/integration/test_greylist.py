@@ -16,7 +16,7 @@ import time
 import unittest
 
 from sluice_harness import (Sluice, SluiceTestCase, base_config, free_port, pool, render_config,
-                            sluice_bin, wait_until)
+                            run_sluice_check, sluice_bin, wait_until)
 
 SENDER = "alice@sender.example"
 RCPT = "bob@a.example"
@@ -416,6 +416,54 @@ class GreylistTest(SluiceTestCase):
             self.assertEqual(self.codes(port), [250])
         rc, after = self.store_cmd(s, "get", key)
         self.assertEqual(after.split("\t")[2], before.split("\t")[2])
+
+    # --- metrics and the shipped file ------------------------------------------
+
+    def test_metrics_count_seen_greylisted_passed_auto_allowlisted_and_store_failures(self):
+        import urllib.request
+        redis = self.redis()
+        mport = free_port()
+        s, port = self.relay({"auto_allowlist": 1}, store=self.redis_store(redis),
+                             metrics_listen="127.0.0.1:%d" % mport)
+        self.pass_greylisting(port)                               # seen 2, greylisted 1, passed 1
+        self.codes(port, sender="new@other.example")              # auto-allowlisted 1
+        redis.kill()
+        self.codes(port, rcpts=("z@a.example",), sender="z@z.example")  # a store failure
+
+        def metric(name):
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10) as r:
+                text = r.read().decode()
+            for line in text.splitlines():
+                if line.startswith('sluice_plugin_%s{entry="30-greylist"} ' % name):
+                    return float(line.rsplit(" ", 1)[1])
+            return None
+        self.assertEqual(metric("greylist_seen"), 2)
+        self.assertEqual(metric("greylist_greylisted"), 1)
+        self.assertEqual(metric("greylist_passed"), 1)
+        self.assertEqual(metric("greylist_auto_allowlisted"), 1)
+        self.assertGreaterEqual(metric("greylist_store_failures"), 1)
+
+    def test_shipped_conf_file_with_every_setting_uncommented_loads(self):
+        src = os.path.join(os.environ.get("SLUICE_SOURCE_DIR", os.path.join(
+            os.path.dirname(__file__), "..", "..")), "conf.d", "30-greylist.conf")
+        with open(src) as f:
+            text = f.read()
+        self.assertIn("enabled = false;", text)
+        lines = []
+        for line in text.replace("enabled = false;", "enabled = true;").splitlines():
+            if line.startswith("#") and " = " in line and line.rstrip().endswith(";"):
+                line = line[1:]
+            lines.append(line)
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        with open(os.path.join(conf_dir, "30-greylist.conf"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.assertGreaterEqual(sum(1 for l in lines if l.startswith(("min_delay", "allowlist",
+                                                                         "skip_notes"))), 3)
+        rc, out = run_sluice_check(self.workdir, base_config(
+            self.workdir, free_port(), [pool("a", [free_port()])], [("a.example", "a")],
+            plugin_dir=plugin_dir()))
+        self.assertEqual(rc, 0, out)
 
     # --- sluice-check ---------------------------------------------------------
 
