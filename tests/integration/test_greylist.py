@@ -409,7 +409,9 @@ class GreylistTest(SluiceTestCase):
         s, port = self.relay({"refresh_interval": "1h", "lifetime": "2h"})
         key = "greylist:t:127.0.0.0/24 alice@sender.example bob@a.example"
         self.pass_greylisting(port)
-        rc, before = self.store_cmd(s, "get", key)
+        # The pass is written after the reply: wait for it to land.
+        before = wait_until(lambda: (lambda out: out if "\tA " in out else None)(
+            self.store_cmd(s, "get", key)[1]), 5, interval=0.1, what="the passed record")
         self.assertRegex(before.split("\t")[2], r"^A \d+ \d+$")
         time.sleep(1.1)
         for _ in range(3):
