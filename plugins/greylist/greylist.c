@@ -267,11 +267,10 @@ static enum sluice_verdict greylist_connect(sluice_session *s, void *entry_state
     return SLUICE_CONTINUE;
 }
 
-static enum sluice_verdict greylist_mail(sluice_session *s, void *entry_state, void *thread_state)
+/* Read at each RCPT, not at MAIL: an earlier entry's ACCEPT at MAIL skips
+ * this entry's mail hook, and a stale sender must never key a triplet. */
+static void read_sender(sluice_session *s, struct greylist_sess *ss)
 {
-    struct greylist_sess *ss = sluice_session_data(s);
-    if (!ss || ss->skip)
-        return SLUICE_CONTINUE;
     size_t len;
     const char *sender = sluice_sender(s, &len);
     ss->null_sender = !sender || len == 0;
@@ -279,7 +278,6 @@ static enum sluice_verdict greylist_mail(sluice_session *s, void *entry_state, v
         !greylist_address_normalize(sender, len, ss->conf->strip_tags, ss->sender,
                                     sizeof ss->sender))
         ss->sender[0] = '\0'; /* too long to key: greylisted by recipient, as <> is */
-    return SLUICE_CONTINUE;
 }
 
 static bool build_key(struct greylist_sess *ss)
@@ -301,6 +299,7 @@ static enum sluice_verdict greylist_rcpt(sluice_session *s, void *entry_state, v
         sluice_log(s, SLUICE_LOG_DEBUG, "not greylisted: note %s", note);
         return SLUICE_CONTINUE;
     }
+    read_sender(s, ss);
     size_t len;
     const char *rcpt = sluice_rcpt(s, &len);
     if (!rcpt || !greylist_address_normalize(rcpt, len, false, ss->rcpt, sizeof ss->rcpt))
@@ -339,7 +338,6 @@ SLUICE_PLUGIN = {
     .hooks =
         {
             [SLUICE_HOOK_CONNECT] = greylist_connect,
-            [SLUICE_HOOK_MAIL] = greylist_mail,
             [SLUICE_HOOK_RCPT] = greylist_rcpt,
         },
 };

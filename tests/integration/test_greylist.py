@@ -220,9 +220,16 @@ class GreylistTest(SluiceTestCase):
         [r] = self.attempt(port)                     # unused for a whole lifetime
         self.assertReply(r, 451, "4.7.1", "Greylisted")
 
+    def wait_net_passes(self, s, count):
+        """The pass count is written after the reply: wait for it to land."""
+        key = "greylist:net:127.0.0.0/24"
+        wait_until(lambda: self.store_cmd(s, "get", key)[1].endswith("\t%d\n" % count), 5,
+                   interval=0.1, what="%s to reach %d" % (key, count))
+
     def test_auto_allowlist_passes_any_sender_of_a_network_after_n_passes(self):
         s, port = self.relay({"auto_allowlist": 1})
         self.pass_greylisting(port)
+        self.wait_net_passes(s, 1)
         self.assertEqual(self.codes(port, sender="new@other.example", rcpts=("x@a.example",)),
                          [250])
         s.wait_log(r"network 127\.0\.0\.0/24 is auto-allowlisted")
@@ -428,6 +435,7 @@ class GreylistTest(SluiceTestCase):
         s, port = self.relay({"auto_allowlist": 1}, store=self.redis_store(redis),
                              metrics_listen="127.0.0.1:%d" % mport)
         self.pass_greylisting(port)                               # seen 2, greylisted 1, passed 1
+        self.wait_net_passes(s, 1)
         self.codes(port, sender="new@other.example")              # auto-allowlisted 1
         redis.kill()
         self.codes(port, rcpts=("z@a.example",), sender="z@z.example")  # a store failure
