@@ -110,8 +110,10 @@ def redis_command(port, *args):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(req)
         data = b""
-        while not data.endswith(b"\r\n") or (data[:1] == b"$" and data.count(b"\r\n") < 2
-                                               and not data.startswith(b"$-1")):
+        for _ in range(100):
+            if data.endswith(b"\r\n") and not (data[:1] == b"$" and data.count(b"\r\n") < 2
+                                                and not data.startswith(b"$-1")):
+                break
             chunk = s.recv(65536)
             if not chunk:
                 break
