@@ -252,19 +252,23 @@ static const char *vouched(const sluice_session *s, const struct greylist_conf *
 
 /* ---- hooks ----------------------------------------------------------------------- */
 
-static enum sluice_verdict greylist_connect(sluice_session *s, void *entry_state,
-                                            void *thread_state)
+/* Made at the session's first RCPT rather than at connect: an earlier
+ * entry's ACCEPT at connect skips this entry's connect hook, and must not
+ * switch greylisting off for the whole session. */
+static struct greylist_sess *sess_get(sluice_session *s, struct greylist_conf *c)
 {
-    struct greylist_conf *c = entry_state;
-    struct greylist_sess *ss = calloc(1, sizeof *ss);
+    struct greylist_sess *ss = sluice_session_data(s);
+    if (ss)
+        return ss;
+    ss = calloc(1, sizeof *ss);
     if (!ss)
-        return SLUICE_CONTINUE; /* fail open */
+        return NULL; /* fail open */
     ss->conf = c;
     sluice_session_set_data(s, ss, free);
     const struct sockaddr *sa = sluice_client_addr(s);
     ss->skip = sluice_client_trusted(s) || net_allowlisted(c, sa) ||
                !greylist_client_net(sa, c->v4_prefix, c->v6_prefix, ss->net, sizeof ss->net);
-    return SLUICE_CONTINUE;
+    return ss;
 }
 
 /* Read at each RCPT, not at MAIL: an earlier entry's ACCEPT at MAIL skips
@@ -290,7 +294,7 @@ static bool build_key(struct greylist_sess *ss)
 
 static enum sluice_verdict greylist_rcpt(sluice_session *s, void *entry_state, void *thread_state)
 {
-    struct greylist_sess *ss = sluice_session_data(s);
+    struct greylist_sess *ss = sess_get(s, entry_state);
     if (!ss || ss->skip)
         return SLUICE_CONTINUE;
     const struct greylist_conf *c = ss->conf;
@@ -337,7 +341,6 @@ SLUICE_PLUGIN = {
     .fini = greylist_fini,
     .hooks =
         {
-            [SLUICE_HOOK_CONNECT] = greylist_connect,
             [SLUICE_HOOK_RCPT] = greylist_rcpt,
         },
 };

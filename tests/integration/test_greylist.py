@@ -266,6 +266,14 @@ class GreylistTest(SluiceTestCase):
         s, port = self.relay(extra=[("20-dnsbl.conf", dnsbl)])
         self.assertEqual(self.codes(port), [250])
 
+    def test_dnsbl_allowlisted_client_is_greylisted_when_the_note_is_not_honoured(self):
+        # The dnsbl accepts once per session (at connect) and says nothing at
+        # RCPT: only the note keeps greylisting away.
+        dnsbl = {"plugin": "dnsbl", "zones": ({"zone": "never.test"},),
+                 "allowlist": ["127.0.0.0/8"], "health_interval": 0}
+        s, port = self.relay({"skip_notes": []}, extra=[("20-dnsbl.conf", dnsbl)])
+        self.assertEqual(self.codes(port), [451])
+
     def test_note_named_by_the_operator_skips_greylisting(self):
         script = os.path.join(self.workdir, "vouch.lua")
         with open(script, "w") as f:
