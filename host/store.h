@@ -25,7 +25,8 @@ enum store_mode {
     STORE_MODE_SCRATCH,   /* an empty LMDB in an unlinked temporary file: gone at
                              close, whatever the configured backend; no directory made */
     STORE_MODE_READ_ONLY, /* the configured store, read; writes are not done but
-                             answered as if they were (incr: the value read + delta) */
+                             answered as if they were (incr: the value read + delta);
+                             raw Redis commands that write are refused (-1) */
 };
 struct store *store_open_mode(const struct store_conf *conf, enum store_mode mode,
                               struct workpool *wp, char *err, size_t errlen);

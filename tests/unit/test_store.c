@@ -816,6 +816,20 @@ static void redis_read_only_view_answers_writes_without_doing_them(void **state)
     free_harness(h);
 }
 
+static void redis_read_only_view_refuses_raw_commands_that_write(void **state)
+{
+    struct harness *h = new_harness(STORE_REDIS, 0);
+    struct harness *v = view_of(h, STORE_MODE_READ_ONLY);
+    const char *set[] = {"SET", "k:raw", "x"};
+    const size_t set_lens[] = {3, 5, 1};
+    struct result r = {0};
+    assert_int_equal(store_redis_argv(v->t, 3, set, set_lens, got_reply, &r), -1);
+    do_raw(v, 2, (const char *const[]){"get", "k:raw"}, &r);
+    assert_int_equal(r.calls, 1);
+    free_view(v);
+    free_harness(h);
+}
+
 static int teardown_all(void **state)
 {
     stop_redis();
@@ -860,6 +874,8 @@ int main(void)
         cmocka_unit_test_setup(redis_unreachable_server_is_store_error, redis_setup),
         cmocka_unit_test_setup(redis_admin_lists_counts_gets_and_deletes, redis_setup),
         cmocka_unit_test_setup(redis_read_only_view_answers_writes_without_doing_them,
+                               redis_setup),
+        cmocka_unit_test_setup(redis_read_only_view_refuses_raw_commands_that_write,
                                redis_setup),
     };
     return cmocka_run_group_tests(tests, NULL, teardown_all);

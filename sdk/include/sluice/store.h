@@ -8,7 +8,8 @@
  *
  * Under sluice-check the store is an empty scratch one, or (--live-store)
  * the configured one read-only: there set and del report SLUICE_KV_OK
- * without writing, and incr gives the value read plus delta. Either way
+ * without writing, incr gives the value read plus delta, and sluice_redis()
+ * refuses (-1) a command that writes. Either way
  * the check prints every write asked for. `sluice-store` lists, counts,
  * reads and deletes keys of the configured store for the operator.
  */
