@@ -236,6 +236,21 @@ class GreylistTest(SluiceTestCase):
                          [250])
         s.wait_log(r"network 127\.0\.0\.0/24 is auto-allowlisted")
 
+    def test_ipv6_client_is_keyed_by_its_64(self):
+        port = free_port()
+        self.write_entries()
+        self.backend = self.start_backend("a")
+        text = base_config(self.workdir, port, [pool("a", [self.backend.port])],
+                           [("a.example", "a")], plugin_dir=plugin_dir(),
+                           listen=({"address": "::1", "port": port},))
+        s = self.start_sluice(text)
+        c = self.connect(port, host="::1")
+        self.assertReply(c.read_reply(), 220)
+        c.cmd("EHLO client.test")
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<%s>" % RCPT), 451, "4.7.1")
+        s.wait_log(r"greylist:t:::/64 alice@sender\.example bob@a\.example")
+
     def test_auto_allowlist_off_keeps_greylisting_new_senders(self):
         s, port = self.relay({"auto_allowlist": 0})
         self.pass_greylisting(port)
