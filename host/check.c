@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,7 @@
 
 /* A plugin that never answers must not hang the check. */
 #define CHECK_MAX_SECONDS 300
+#define CHECK_TRACE_TEXT_MAX 600
 
 struct check_client {
     const struct check_opts *o;
@@ -47,6 +49,37 @@ static void check_trace(const struct session *s, int hook, const char *entry,
 {
     printf("  %-10s %-24s %s%s%s\n", hook_name((enum hook_point)hook), entry,
            chain_verdict_name(v), text ? ": " : "", text ? text : "");
+}
+
+/* Store keys and values are bytes: shown printable, cut when long. */
+static void check_printable(const void *data, size_t len, char *out, size_t outlen)
+{
+    const unsigned char *p = data;
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 4 < outlen; i++)
+        out[n++] = p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '?';
+    if (len && n + 4 >= outlen)
+        memcpy(out + n, "...", 3), n += 3;
+    out[n] = '\0';
+}
+
+static bool check_live_store;
+
+static void check_store_trace(const char *entry, const char *op, const void *key, size_t klen,
+                              const void *val, size_t vlen, int64_t ttl_ms, int64_t delta)
+{
+    char k[CHECK_TRACE_TEXT_MAX], v[CHECK_TRACE_TEXT_MAX];
+    check_printable(key, klen, k, sizeof k);
+    check_printable(val, vlen, v, sizeof v);
+    const char *where = check_live_store ? "not written: read-only" : "scratch store";
+    if (strcmp(op, "set") == 0)
+        printf("  %-10s %-24s set %s = %s (ttl %" PRId64 " ms; %s)\n", "store", entry, k, v,
+               ttl_ms, where);
+    else if (strcmp(op, "incr") == 0)
+        printf("  %-10s %-24s incr %s by %" PRId64 " (ttl %" PRId64 " ms; %s)\n", "store", entry,
+               k, delta, ttl_ms, where);
+    else
+        printf("  %-10s %-24s %s %s (%s)\n", "store", entry, op, k, where);
 }
 
 static void check_send(struct check_client *c, const char *verb, const char *arg)
@@ -189,7 +222,30 @@ static int check_client_addr(const struct check_opts *o, struct sockaddr_storage
     return -1;
 }
 
-static int check_setup(struct worker *w, struct loop *loop, const struct sluice_config *cfg)
+/* A dry run never changes the daemon's store: a scratch one by default, or
+ * the live one read-only (--live-store). */
+static void check_open_store(struct worker *w, struct loop *loop, const struct sluice_config *cfg,
+                             bool live)
+{
+    char err[512];
+    enum store_mode mode = live ? STORE_MODE_READ_ONLY : STORE_MODE_SCRATCH;
+    w->store = store_open_mode(&cfg->store, mode, w->workpool, err, sizeof err);
+    if (w->store)
+        loop->store = store_thread_new(w->store, loop->base);
+    if (!loop->store)
+        printf("store: unavailable (%s); plugins using it fail open\n",
+               w->store ? "out of memory" : err);
+    else
+        printf("store: %s\n", live ? "the configured store, read-only (writes are shown, "
+                                     "not done)"
+                                   : "scratch (empty, discarded at exit; the configured store "
+                                     "is not touched)");
+    check_live_store = live;
+    store_write_trace = check_store_trace;
+}
+
+static int check_setup(struct worker *w, struct loop *loop, const struct sluice_config *cfg,
+                       bool live_store)
 {
     char err[512];
     w->cfg = cfg;
@@ -208,9 +264,7 @@ static int check_setup(struct worker *w, struct loop *loop, const struct sluice_
         fprintf(stderr, "sluice-check: %s\n", err);
         return -1;
     }
-    w->store = store_open(&cfg->store, w->workpool, err, sizeof err);
-    if (w->store)
-        loop->store = store_thread_new(w->store, loop->base);
+    check_open_store(w, loop, cfg, live_store);
     w->gen = generation_new(w, (struct sluice_config *)cfg, false, 1, err, sizeof err);
     if (!w->gen || generation_thread_init(w->gen, loop, err, sizeof err) < 0) {
         fprintf(stderr, "%s\n", err);
@@ -254,7 +308,7 @@ int check_run(const struct sluice_config *cfg, const struct check_opts *o)
         fprintf(stderr, "sluice-check: --client: not an IP address: %s\n", o->client);
         return 2;
     }
-    if (check_setup(&w, &loop, cfg) < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) {
+    if (check_setup(&w, &loop, cfg, o->live_store) < 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) {
         check_teardown(&w, &loop);
         return 2;
     }
@@ -279,5 +333,6 @@ int check_run(const struct sluice_config *cfg, const struct check_opts *o)
         fprintf(stderr, "sluice-check: no end within %d s\n", CHECK_MAX_SECONDS);
     chain_trace = NULL;
     check_teardown(&w, &loop);
+    store_write_trace = NULL;
     return rc;
 }

@@ -17,6 +17,7 @@ struct check_opts {
     const char **rcpts;
     size_t nrcpts;
     const char *message_file; /* NULL: no DATA */
+    bool live_store;          /* read the configured store (read-only), not a scratch one */
 };
 
 /* Prints each entry's verdict at each hook and every reply on stdout.

@@ -15,9 +15,13 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: sluice-check [-c FILE] --client IP [--port N] [--helo NAME] [--smtp]\n"
-            "                    --from ADDR --rcpt ADDR [--rcpt ADDR ...] [--message FILE] [-v]\n"
+            "                    --from ADDR --rcpt ADDR [--rcpt ADDR ...] [--message FILE]\n"
+            "                    [--live-store] [-v]\n"
             "Runs the configured chain (conf.d) for one session, as the daemon would, with no\n"
-            "listener and no backend; prints each entry's verdict at each hook and the replies.\n"
+            "listener and no backend; prints each entry's verdict at each hook, every store\n"
+            "write an entry asks for, and the replies. The store is an empty scratch one;\n"
+            "--live-store reads the configured store instead, read-only (writes are shown,\n"
+            "not done). The configured store is never changed.\n"
             "  -c, --config FILE  configuration (default %s)\n"
             "  --client IP        the client's address (default 192.0.2.1), --port its port\n"
             "  --helo NAME        its HELO/EHLO name (default client.example)\n"
@@ -25,6 +29,7 @@ static void usage(FILE *out)
             "  --from ADDR        the envelope sender (\"\" for <>)\n"
             "  --rcpt ADDR        a recipient; repeat for more\n"
             "  --message FILE     the message (headers and body) sent after DATA\n"
+            "  --live-store       read the configured store (read-only) instead of a scratch one\n"
             "  -v, --verbose      log at debug level\n"
             "  -V, --version      print the version\n"
             "Exit: 0 accepted, 1 refused, 2 setup error.\n",
@@ -39,7 +44,8 @@ int main(int argc, char **argv)
         {"smtp", no_argument, NULL, 's'},         {"from", required_argument, NULL, 'f'},
         {"rcpt", required_argument, NULL, 'r'},   {"message", required_argument, NULL, 'm'},
         {"verbose", no_argument, NULL, 'v'},      {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0}};
+        {"version", no_argument, NULL, 'V'},      {"live-store", no_argument, NULL, 'L'},
+        {NULL, 0, NULL, 0}};
     const char *path = paths_default_config();
     const char *rcpts[CHECK_MAX_RCPTS];
     struct check_opts o = {.client = "192.0.2.1", .client_port = 40000, .helo = "client.example",
@@ -60,6 +66,7 @@ int main(int argc, char **argv)
             break;
         case 'm': o.message_file = optarg; break;
         case 'v': verbose = true; break;
+        case 'L': o.live_store = true; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("sluice-check %s\n", SLUICE_VERSION); return 0;
         default: usage(stderr); return 2;

@@ -8,6 +8,7 @@
 
 #include <sluice/store.h>
 
+#include "plugin_host.h"
 #include "sdk_op.h"
 #include "session_internal.h"
 #include "store.h"
@@ -35,6 +36,16 @@ static enum sluice_kv_status kv_status(enum store_status st)
         break;
     }
     return SLUICE_KV_ERROR;
+}
+
+store_write_trace_fn store_write_trace;
+
+static void kv_trace(const struct session *s, const char *op, const void *key, size_t klen,
+                     const void *val, size_t vlen, int64_t ttl_ms, int64_t delta)
+{
+    if (store_write_trace)
+        store_write_trace(s->current_entry ? s->current_entry->name : "?", op, key, klen, val,
+                          vlen, ttl_ms, delta);
 }
 
 static struct store_thread *kv_store(struct session *s)
@@ -129,6 +140,7 @@ int sluice_kv_set(sluice_session *ss, const void *key, size_t klen, const void *
     if (!r)
         return -1;
     r->cb.done = cb;
+    kv_trace(s, "set", key, klen, value, vlen, ttl_ms, 0);
     if (store_set(t, key, klen, value, vlen, ttl_ms > 0 ? ttl_ms : 0, kv_done_done, r) < 0)
         return kv_req_fail(r);
     return 0;
@@ -145,6 +157,7 @@ int sluice_kv_del(sluice_session *ss, const void *key, size_t klen, sluice_kv_do
     if (!r)
         return -1;
     r->cb.done = cb;
+    kv_trace(s, "del", key, klen, NULL, 0, 0, 0);
     if (store_del(t, key, klen, kv_done_done, r) < 0)
         return kv_req_fail(r);
     return 0;
@@ -161,6 +174,7 @@ int sluice_kv_incr(sluice_session *ss, const void *key, size_t klen, int64_t del
     if (!r)
         return -1;
     r->cb.incr = cb;
+    kv_trace(s, "incr", key, klen, NULL, 0, ttl_ms, delta);
     if (store_incr(t, key, klen, delta, ttl_ms > 0 ? ttl_ms : 0, kv_incr_done, r) < 0)
         return kv_req_fail(r);
     return 0;

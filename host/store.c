@@ -2,6 +2,7 @@
  * (store_lmdb.c, store_redis.c). */
 #include "store.h"
 
+#include <event2/event.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 
 #define STORE_HOST_TEXT_MAX 256
 #define STORE_PORT_TEXT_MAX 8
+#define STORE_INT_TEXT_MAX 24
 
 int64_t store_now_ms(void)
 {
@@ -74,15 +76,27 @@ static int store_redis_open(struct store *st, const struct store_conf *conf, cha
 struct store *store_open(const struct store_conf *conf, struct workpool *wp, char *err,
                          size_t errlen)
 {
+    return store_open_mode(conf, STORE_MODE_LIVE, wp, err, errlen);
+}
+
+struct store *store_open_mode(const struct store_conf *conf, enum store_mode mode,
+                              struct workpool *wp, char *err, size_t errlen)
+{
     struct store *st = calloc(1, sizeof *st);
     if (!st) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    st->backend = conf->backend;
+    st->backend = mode == STORE_MODE_SCRATCH ? STORE_LMDB : conf->backend;
+    st->mode = mode;
     st->wp = wp;
-    int rc = st->backend == STORE_REDIS ? store_redis_open(st, conf, err, errlen)
-                                        : store_lmdb_open(st, conf, err, errlen);
+    int rc;
+    if (mode == STORE_MODE_SCRATCH)
+        rc = store_lmdb_open_scratch(st, conf, err, errlen);
+    else if (st->backend == STORE_REDIS)
+        rc = store_redis_open(st, conf, err, errlen);
+    else
+        rc = store_lmdb_open(st, conf, err, errlen);
     if (rc < 0) {
         store_close(st);
         return NULL;
@@ -132,9 +146,82 @@ int store_get(struct store_thread *t, const void *key, size_t klen, store_get_cb
     return store_lmdb_get(t, key, klen, cb, arg);
 }
 
+/* ---- read-only: writes answered, not done ------------------------------------ */
+
+struct store_ro_write {
+    union {
+        store_done_cb done;
+        store_int_cb incr;
+    } cb;
+    void *arg;
+    int64_t delta;
+};
+
+static void store_ro_done(evutil_socket_t fd, short what, void *p)
+{
+    struct store_ro_write *w = p;
+    w->cb.done(w->arg, STORE_OK);
+    free(w);
+}
+
+/* set and del: "done", from the loop as every store answer is. */
+static int store_ro_ack(struct store_thread *t, store_done_cb cb, void *arg)
+{
+    struct store_ro_write *w = calloc(1, sizeof *w);
+    if (!w)
+        return -1;
+    w->cb.done = cb;
+    w->arg = arg;
+    struct timeval now = {0, 0};
+    if (event_base_once(t->base, -1, EV_TIMEOUT, store_ro_done, w, &now) < 0) {
+        free(w);
+        return -1;
+    }
+    return 0;
+}
+
+static void store_ro_incr_read(void *p, enum store_status status, const void *value, size_t len)
+{
+    struct store_ro_write *w = p;
+    char text[STORE_INT_TEXT_MAX] = "0";
+    if (status == STORE_OK && len < sizeof text) {
+        memcpy(text, value, len);
+        text[len] = '\0';
+    }
+    if (status == STORE_ERROR)
+        w->cb.incr(w->arg, STORE_ERROR, 0);
+    else
+        w->cb.incr(w->arg, STORE_OK, strtoll(text, NULL, 10) + w->delta);
+    free(w);
+}
+
+/* incr: what the counter would become. */
+static int store_ro_incr(struct store_thread *t, const void *key, size_t klen, int64_t delta,
+                         store_int_cb cb, void *arg)
+{
+    struct store_ro_write *w = calloc(1, sizeof *w);
+    if (!w)
+        return -1;
+    w->cb.incr = cb;
+    w->arg = arg;
+    w->delta = delta;
+    if (store_get(t, key, klen, store_ro_incr_read, w) < 0) {
+        free(w);
+        return -1;
+    }
+    return 0;
+}
+
+static bool store_read_only(const struct store_thread *t)
+{
+    return t->st->mode == STORE_MODE_READ_ONLY;
+}
+
 int store_set(struct store_thread *t, const void *key, size_t klen, const void *val, size_t vlen,
               int64_t ttl_ms, store_done_cb cb, void *arg)
 {
+    if (store_read_only(t))
+        return store_ro_ack(t, cb, arg);
     if (t->st->backend == STORE_REDIS)
         return store_redis_set(t, key, klen, val, vlen, ttl_ms, cb, arg);
     return store_lmdb_set(t, key, klen, val, vlen, ttl_ms, cb, arg);
@@ -142,6 +229,8 @@ int store_set(struct store_thread *t, const void *key, size_t klen, const void *
 
 int store_del(struct store_thread *t, const void *key, size_t klen, store_done_cb cb, void *arg)
 {
+    if (store_read_only(t))
+        return store_ro_ack(t, cb, arg);
     if (t->st->backend == STORE_REDIS)
         return store_redis_del(t, key, klen, cb, arg);
     return store_lmdb_del(t, key, klen, cb, arg);
@@ -150,6 +239,8 @@ int store_del(struct store_thread *t, const void *key, size_t klen, store_done_c
 int store_incr(struct store_thread *t, const void *key, size_t klen, int64_t delta,
                int64_t ttl_ms, store_int_cb cb, void *arg)
 {
+    if (store_read_only(t))
+        return store_ro_incr(t, key, klen, delta, cb, arg);
     if (t->st->backend == STORE_REDIS)
         return store_redis_incr(t, key, klen, delta, ttl_ms, cb, arg);
     return store_lmdb_incr(t, key, klen, delta, ttl_ms, cb, arg);

@@ -18,6 +18,26 @@ struct store_thread; /* per loop thread: the Redis connection */
  * thread, made lazily and re-made after a failure). NULL + err on failure. */
 struct store *store_open(const struct store_conf *conf, struct workpool *wp, char *err,
                          size_t errlen);
+
+/* How sluice-check opens a store: never the daemon's data by surprise. */
+enum store_mode {
+    STORE_MODE_LIVE,      /* the configured store, read and written (the daemon) */
+    STORE_MODE_SCRATCH,   /* an empty LMDB in an unlinked temporary file: gone at
+                             close, whatever the configured backend; no directory made */
+    STORE_MODE_READ_ONLY, /* the configured store, read; writes are not done but
+                             answered as if they were (incr: the value read + delta);
+                             raw Redis commands that write are refused (-1) */
+};
+struct store *store_open_mode(const struct store_conf *conf, enum store_mode mode,
+                              struct workpool *wp, char *err, size_t errlen);
+
+/* sluice-check: told of every write a plugin asks for through the SDK, with
+ * the entry's name (op "set", "del" or "incr"; n is the TTL in ms for set
+ * and incr, the delta in delta). Loop thread. NULL: nobody listens. */
+typedef void (*store_write_trace_fn)(const char *entry, const char *op, const void *key,
+                                     size_t klen, const void *val, size_t vlen, int64_t ttl_ms,
+                                     int64_t delta);
+extern store_write_trace_fn store_write_trace;
 void store_close(struct store *st);
 
 struct store_thread *store_thread_new(struct store *st, struct event_base *base);

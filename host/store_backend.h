@@ -11,10 +11,14 @@
 #include "store.h"
 
 #define STORE_REDIS_DEFAULT_PORT "6379"
+/* An LMDB record: this many bytes of expiry (absolute ms since the epoch,
+ * 0 = none, host byte order), then the value. store_admin.c reads it too. */
+#define STORE_LMDB_EXPIRY_LEN 8
 #define STORE_REDIS_DEFAULT_TIMEOUT_MS 1000
 
 struct store {
     enum store_backend backend;
+    enum store_mode mode;
     struct workpool *wp;
     /* LMDB */
     MDB_env *env;
@@ -42,6 +46,9 @@ struct store_thread {
 int64_t store_now_ms(void);
 
 int store_lmdb_open(struct store *st, const struct store_conf *conf, char *err, size_t errlen);
+/* An empty environment in a temporary file, unlinked once open (scratch). */
+int store_lmdb_open_scratch(struct store *st, const struct store_conf *conf, char *err,
+                            size_t errlen);
 void store_lmdb_close(struct store *st);
 int store_lmdb_thread_init(struct store_thread *t);
 void store_lmdb_thread_free(struct store_thread *t);

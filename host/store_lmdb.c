@@ -7,17 +7,19 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "store_backend.h"
 #include "workpool.h"
 
-#define LMDB_EXPIRY_LEN 8
+#define LMDB_EXPIRY_LEN STORE_LMDB_EXPIRY_LEN
 #define LMDB_DIR_MODE 0750
 #define LMDB_FILE_MODE 0640
 #define LMDB_INT_TEXT_MAX 24
@@ -69,25 +71,20 @@ static int lmdb_mkdir_p(const char *path)
     return rc;
 }
 
-int store_lmdb_open(struct store *st, const struct store_conf *conf, char *err, size_t errlen)
+/* flags: MDB_RDONLY for a read-only view, MDB_NOSUBDIR for a scratch file. */
+static int lmdb_env_open(struct store *st, const char *path, unsigned flags, int64_t map_size)
 {
-    const char *path = conf->path;
-    if (!path || !*path || lmdb_mkdir_p(path) < 0) {
-        snprintf(err, errlen, "store: cannot create %s: %s", path ? path : "(none)",
-                 strerror(errno));
-        return -1;
-    }
     MDB_txn *txn = NULL;
     int rc = mdb_env_create(&st->env);
     if (rc == 0)
-        rc = mdb_env_set_mapsize(st->env, (size_t)conf->map_size);
+        rc = mdb_env_set_mapsize(st->env, (size_t)map_size);
     /* NOTLS: read transactions belong to a job, not to a pool thread. */
     if (rc == 0)
-        rc = mdb_env_open(st->env, path, MDB_NOTLS, LMDB_FILE_MODE);
+        rc = mdb_env_open(st->env, path, MDB_NOTLS | flags, LMDB_FILE_MODE);
     if (rc == 0) {
         int dead = 0;
         mdb_reader_check(st->env, &dead); /* slots left by a crashed worker */
-        rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+        rc = mdb_txn_begin(st->env, NULL, flags & MDB_RDONLY, &txn);
     }
     if (rc == 0)
         rc = mdb_dbi_open(txn, NULL, 0, &st->dbi);
@@ -97,8 +94,48 @@ int store_lmdb_open(struct store *st, const struct store_conf *conf, char *err, 
     }
     if (txn)
         mdb_txn_abort(txn);
+    return rc;
+}
+
+int store_lmdb_open(struct store *st, const struct store_conf *conf, char *err, size_t errlen)
+{
+    const char *path = conf->path;
+    bool read_only = st->mode == STORE_MODE_READ_ONLY;
+    /* A read-only view never creates what the daemon has not. */
+    if (!path || !*path || (!read_only && lmdb_mkdir_p(path) < 0)) {
+        snprintf(err, errlen, "store: cannot create %s: %s", path ? path : "(none)",
+                 strerror(errno));
+        return -1;
+    }
+    int rc = lmdb_env_open(st, path, read_only ? MDB_RDONLY : 0, conf->map_size);
     if (rc != 0) {
-        snprintf(err, errlen, "store: cannot open LMDB in %s: %s", path, mdb_strerror(rc));
+        snprintf(err, errlen, "store: cannot open LMDB%s in %s: %s",
+                 read_only ? " read-only" : "", path, mdb_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+int store_lmdb_open_scratch(struct store *st, const struct store_conf *conf, char *err,
+                            size_t errlen)
+{
+    const char *tmp = getenv("TMPDIR");
+    char path[PATH_MAX], lock[PATH_MAX + 8];
+    snprintf(path, sizeof path, "%s/sluice-scratch-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        snprintf(err, errlen, "store: cannot create a scratch file %s: %s", path,
+                 strerror(errno));
+        return -1;
+    }
+    close(fd);
+    snprintf(lock, sizeof lock, "%s-lock", path);
+    int rc = lmdb_env_open(st, path, MDB_NOSUBDIR, conf->map_size);
+    /* LMDB keeps its descriptors and map: the files need no name. */
+    unlink(path);
+    unlink(lock);
+    if (rc != 0) {
+        snprintf(err, errlen, "store: cannot open a scratch LMDB: %s", mdb_strerror(rc));
         return -1;
     }
     return 0;
@@ -425,7 +462,7 @@ int store_lmdb_incr(struct store_thread *t, const void *key, size_t klen, int64_
 
 int store_purge_expired(struct store_thread *t, store_int_cb cb, void *arg)
 {
-    if (t->st->backend != STORE_LMDB)
+    if (t->st->backend != STORE_LMDB || t->st->mode == STORE_MODE_READ_ONLY)
         return -1;
     struct lmdb_job *job = lmdb_job_new(t, LOP_PURGE, NULL, 0, NULL, 0);
     if (!job)
@@ -458,7 +495,7 @@ static void lmdb_purge_timer_cb(evutil_socket_t fd, short what, void *p)
 int store_lmdb_thread_init(struct store_thread *t)
 {
     struct store *st = t->st;
-    if (st->purger)
+    if (st->purger || st->mode == STORE_MODE_READ_ONLY)
         return 0;
     t->purge_timer = event_new(t->base, -1, EV_PERSIST, lmdb_purge_timer_cb, t);
     if (!t->purge_timer)

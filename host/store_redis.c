@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "log.h"
@@ -335,10 +336,28 @@ int store_redis_incr(struct store_thread *t, const void *key, size_t klen, int64
     return rcmd_start(t, RC_INCR, (union rcmd_cb){.incr = cb}, arg, 6, argv, lens);
 }
 
+/* Commands that only read: what a read-only view (sluice-check --live-store)
+ * lets a plugin send. */
+static bool redis_read_only_command(const char *name, size_t len)
+{
+    static const char *const reads[] = {
+        "GET",   "MGET",     "EXISTS",    "TTL",    "PTTL",   "TYPE",    "STRLEN",
+        "HGET",  "HMGET",    "HGETALL",   "HEXISTS", "HLEN",  "HKEYS",   "HVALS",
+        "SMEMBERS", "SISMEMBER", "SMISMEMBER", "SCARD", "LRANGE", "LLEN", "LINDEX",
+        "ZSCORE", "ZRANGE",  "ZRANGEBYSCORE", "ZCARD", "ZCOUNT", "ZRANK", "PING",
+    };
+    for (size_t i = 0; i < sizeof reads / sizeof reads[0]; i++)
+        if (strlen(reads[i]) == len && strncasecmp(reads[i], name, len) == 0)
+            return true;
+    return false;
+}
+
 int store_redis_argv(struct store_thread *t, int argc, const char *const *argv,
                      const size_t *argvlen, store_redis_cb cb, void *arg)
 {
     if (t->st->backend != STORE_REDIS || argc < 1)
+        return -1;
+    if (t->st->mode == STORE_MODE_READ_ONLY && !redis_read_only_command(argv[0], argvlen[0]))
         return -1;
     return rcmd_start(t, RC_RAW, (union rcmd_cb){.raw = cb}, arg, argc, (const char **)argv,
                       argvlen);

@@ -52,12 +52,14 @@ class InstallTest(SluiceTestCase):
         dest = os.path.join(self.workdir, "dest")
         self.install("/usr", destdir=dest)
         files = files_under(dest)
-        for want in ["usr/sbin/sluice", "usr/bin/sluice-check", "etc/sluice/sluice.conf",
+        for want in ["usr/sbin/sluice", "usr/bin/sluice-check", "usr/bin/sluice-store",
+                     "etc/sluice/sluice.conf",
                      "etc/sluice/conf.d/20-dnsbl.conf", "usr/include/sluice/plugin.h",
                      "usr/lib/systemd/system/sluice.service"]:
             self.assertIn(want, files)
-        self.assertTrue(any(re.match(r"usr/lib/(.+/)?sluice/plugins/lua\.so$", f) for f in files),
-                        files)
+        for plugin in ("lua", "dnsbl", "tarpit", "greylist"):
+            self.assertTrue(any(re.match(r"usr/lib/(.+/)?sluice/plugins/%s\.so$" % plugin, f)
+                                for f in files), files)
         self.assertTrue(any(re.match(r"usr/lib/(.+/)?pkgconfig/sluice-plugin\.pc$", f)
                             for f in files), files)
         self.assertFalse([f for f in files if f.startswith("usr/etc")], files)

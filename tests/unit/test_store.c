@@ -22,12 +22,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "store.h"
+#include "store_admin.h"
 #include "workpool.h"
 
 #define REDIS_SERVER "/usr/bin/redis-server"
@@ -500,6 +502,159 @@ static void lmdb_open_fails_cleanly_on_unusable_path(void **state)
     assert_non_null(strstr(err, "/dev/null/store"));
 }
 
+/* ---- sluice-check's modes ---- */
+
+/* A second store on h's configuration, opened in mode, sharing h's loop. */
+static struct harness *view_of(struct harness *h, enum store_mode mode)
+{
+    struct harness *v = calloc(1, sizeof *v);
+    assert_non_null(v);
+    v->conf = h->conf;
+    v->base = h->base;
+    v->wp = workpool_new(1);
+    char err[256] = "";
+    v->st = store_open_mode(&v->conf, mode, v->wp, err, sizeof err);
+    if (!v->st)
+        fprintf(stderr, "store_open_mode: %s\n", err);
+    assert_non_null(v->st);
+    v->t = store_thread_new(v->st, v->base);
+    assert_non_null(v->t);
+    return v;
+}
+
+static void free_view(struct harness *v)
+{
+    workpool_free(v->wp);
+    store_thread_free(v->t);
+    store_close(v->st);
+    free(v);
+}
+
+static void read_only_view_answers_writes_without_doing_them(struct harness *h)
+{
+    int64_t n;
+    struct result r;
+    assert_int_equal(do_set(h, "k:ro", "live", 4, 0), STORE_OK);
+    assert_int_equal(do_incr(h, "k:ro:n", 2, 0, &n), STORE_OK);
+    struct harness *v = view_of(h, STORE_MODE_READ_ONLY);
+    assert_int_equal(do_get(v, "k:ro", 4, &r), STORE_OK);
+    assert_memory_equal(r.value, "live", 4);
+    assert_int_equal(do_set(v, "k:ro", "changed", 7, 0), STORE_OK);
+    assert_int_equal(do_del(v, "k:ro"), STORE_OK);
+    assert_int_equal(do_incr(v, "k:ro:n", 5, 0, &n), STORE_OK);
+    assert_int_equal(n, 7);
+    assert_int_equal(do_incr(v, "k:ro:new", 1, 0, &n), STORE_OK);
+    assert_int_equal(n, 1);
+    free_view(v);
+    assert_int_equal(do_get(h, "k:ro", 4, &r), STORE_OK);
+    assert_memory_equal(r.value, "live", 4);
+    assert_int_equal(do_get(h, "k:ro:n", 6, &r), STORE_OK);
+    assert_memory_equal(r.value, "2", 1);
+    assert_int_equal(do_get(h, "k:ro:new", 8, &r), STORE_NOTFOUND);
+}
+
+static void lmdb_read_only_view_answers_writes_without_doing_them(void **state)
+{
+    struct harness *h = new_harness(STORE_LMDB, TINY_MAP_SIZE * 16);
+    read_only_view_answers_writes_without_doing_them(h);
+    free_harness(h);
+}
+
+static void lmdb_read_only_view_creates_no_directory(void **state)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/absent/store", tmp_root);
+    struct store_conf conf = {.backend = STORE_LMDB, .path = path, .map_size = TINY_MAP_SIZE};
+    char err[256] = "";
+    assert_null(store_open_mode(&conf, STORE_MODE_READ_ONLY, NULL, err, sizeof err));
+    snprintf(path, sizeof path, "%s/absent", tmp_root);
+    assert_int_equal(access(path, F_OK), -1);
+}
+
+static int count_entries(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "ls -A %s | wc -l", dir);
+    FILE *p = popen(cmd, "r");
+    int n = -1;
+    if (p && fscanf(p, "%d", &n) != 1)
+        n = -1;
+    if (p)
+        pclose(p);
+    return n;
+}
+
+static void lmdb_scratch_store_starts_empty_and_leaves_no_file(void **state)
+{
+    struct harness *h = new_harness(STORE_LMDB, TINY_MAP_SIZE * 16);
+    assert_int_equal(do_set(h, "k:live", "v", 1, 0), STORE_OK);
+    char tmp[512];
+    snprintf(tmp, sizeof tmp, "%s/scratch-tmp", tmp_root);
+    assert_int_equal(mkdir(tmp, 0700), 0);
+    setenv("TMPDIR", tmp, 1);
+    h->conf.backend = STORE_REDIS; /* scratch is LMDB whatever is configured */
+    struct harness *v = view_of(h, STORE_MODE_SCRATCH);
+    unsetenv("TMPDIR");
+    assert_int_equal(count_entries(tmp), 0);
+    struct result r;
+    assert_int_equal(do_get(v, "k:live", 6, &r), STORE_NOTFOUND);
+    assert_int_equal(do_set(v, "k:scratch", "s", 1, 0), STORE_OK);
+    assert_int_equal(do_get(v, "k:scratch", 9, &r), STORE_OK);
+    free_view(v);
+    assert_int_equal(count_entries(tmp), 0);
+    assert_int_equal(do_get(h, "k:scratch", 9, &r), STORE_NOTFOUND);
+    free_harness(h);
+}
+
+/* ---- the operator's view (store_admin) ---- */
+
+static int admin_collect(void *arg, const void *key, size_t klen, const void *val, size_t vlen,
+                         int64_t ttl_ms)
+{
+    struct result *r = arg;
+    r->calls++;
+    r->integer = ttl_ms;
+    r->len = vlen < sizeof r->value ? vlen : sizeof r->value;
+    memcpy(r->value, val, r->len);
+    return 0;
+}
+
+static void admin_lists_counts_gets_and_deletes(struct harness *h)
+{
+    int64_t n;
+    assert_int_equal(do_set(h, "adm:a", "1", 1, 60000), STORE_OK);
+    assert_int_equal(do_set(h, "adm:b", "two", 3, 0), STORE_OK);
+    assert_int_equal(do_set(h, "adm:gone", "x", 1, SHORT_TTL_MS), STORE_OK);
+    assert_int_equal(do_incr(h, "other:n", 1, 0, &n), STORE_OK);
+    sleep_ms(PAST_SHORT_TTL_MS);
+    char err[256] = "";
+    struct store_admin *a = store_admin_open(&h->conf, true, err, sizeof err);
+    assert_non_null(a);
+    struct result r = {0};
+    assert_int_equal(store_admin_scan(a, "adm:", 4, admin_collect, &r, err, sizeof err), 2);
+    assert_int_equal(r.calls, 2);
+    assert_int_equal(store_admin_scan(a, "", 0, NULL, NULL, err, sizeof err), 3);
+    r = (struct result){0};
+    assert_int_equal(store_admin_get(a, "adm:a", 5, admin_collect, &r, err, sizeof err), 1);
+    assert_memory_equal(r.value, "1", 1);
+    assert_true(r.integer > 50000 && r.integer <= 60000);
+    r = (struct result){0};
+    assert_int_equal(store_admin_get(a, "adm:b", 5, admin_collect, &r, err, sizeof err), 1);
+    assert_int_equal(r.integer, -1);
+    assert_int_equal(store_admin_get(a, "adm:gone", 8, NULL, NULL, err, sizeof err), 0);
+    assert_int_equal(store_admin_del(a, "adm:a", 5, err, sizeof err), 1);
+    assert_int_equal(store_admin_del(a, "adm:a", 5, err, sizeof err), 0);
+    store_admin_close(a);
+    assert_int_equal(do_get(h, "adm:a", 5, &r), STORE_NOTFOUND);
+}
+
+static void lmdb_admin_lists_counts_gets_and_deletes(void **state)
+{
+    struct harness *h = new_harness(STORE_LMDB, TINY_MAP_SIZE * 16);
+    admin_lists_counts_gets_and_deletes(h);
+    free_harness(h);
+}
+
 /* ---- Redis ---- */
 
 static int redis_setup(void **state)
@@ -645,6 +800,36 @@ static void redis_unreachable_server_is_store_error(void **state)
     free_harness(h);
 }
 
+static void redis_admin_lists_counts_gets_and_deletes(void **state)
+{
+    struct harness *h = new_harness(STORE_REDIS, 0);
+    struct result r;
+    do_raw(h, 1, (const char *const[]){"FLUSHDB"}, &r);
+    admin_lists_counts_gets_and_deletes(h);
+    free_harness(h);
+}
+
+static void redis_read_only_view_answers_writes_without_doing_them(void **state)
+{
+    struct harness *h = new_harness(STORE_REDIS, 0);
+    read_only_view_answers_writes_without_doing_them(h);
+    free_harness(h);
+}
+
+static void redis_read_only_view_refuses_raw_commands_that_write(void **state)
+{
+    struct harness *h = new_harness(STORE_REDIS, 0);
+    struct harness *v = view_of(h, STORE_MODE_READ_ONLY);
+    const char *set[] = {"SET", "k:raw", "x"};
+    const size_t set_lens[] = {3, 5, 1};
+    struct result r = {0};
+    assert_int_equal(store_redis_argv(v->t, 3, set, set_lens, got_reply, &r), -1);
+    do_raw(v, 2, (const char *const[]){"get", "k:raw"}, &r);
+    assert_int_equal(r.calls, 1);
+    free_view(v);
+    free_harness(h);
+}
+
 static int teardown_all(void **state)
 {
     stop_redis();
@@ -671,6 +856,10 @@ int main(void)
         cmocka_unit_test(lmdb_values_survive_reopening),
         cmocka_unit_test(lmdb_store_refuses_raw_redis),
         cmocka_unit_test(lmdb_open_fails_cleanly_on_unusable_path),
+        cmocka_unit_test(lmdb_read_only_view_answers_writes_without_doing_them),
+        cmocka_unit_test(lmdb_read_only_view_creates_no_directory),
+        cmocka_unit_test(lmdb_scratch_store_starts_empty_and_leaves_no_file),
+        cmocka_unit_test(lmdb_admin_lists_counts_gets_and_deletes),
         cmocka_unit_test_setup(redis_set_get_with_nul_bytes, redis_setup),
         cmocka_unit_test_setup(redis_notfound_and_del, redis_setup),
         cmocka_unit_test_setup(redis_incr, redis_setup),
@@ -683,6 +872,11 @@ int main(void)
                                redis_setup),
         cmocka_unit_test_setup(redis_reconnects_after_server_restart, redis_setup),
         cmocka_unit_test_setup(redis_unreachable_server_is_store_error, redis_setup),
+        cmocka_unit_test_setup(redis_admin_lists_counts_gets_and_deletes, redis_setup),
+        cmocka_unit_test_setup(redis_read_only_view_answers_writes_without_doing_them,
+                               redis_setup),
+        cmocka_unit_test_setup(redis_read_only_view_refuses_raw_commands_that_write,
+                               redis_setup),
     };
     return cmocka_run_group_tests(tests, NULL, teardown_all);
 }

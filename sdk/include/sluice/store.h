@@ -5,6 +5,13 @@
  * (hiredis, asynchronous, one connection per loop thread, a timeout on every
  * command). Keys and values are byte strings; prefix keys with your plugin's
  * name. A store failure is reported as SLUICE_KV_ERROR: plugins fail open.
+ *
+ * Under sluice-check the store is an empty scratch one, or (--live-store)
+ * the configured one read-only: there set and del report SLUICE_KV_OK
+ * without writing, incr gives the value read plus delta, and sluice_redis()
+ * refuses (-1) a command that writes. Either way
+ * the check prints every write asked for. `sluice-store` lists, counts,
+ * reads and deletes keys of the configured store for the operator.
  */
 #ifndef SLUICE_STORE_H
 #define SLUICE_STORE_H

@@ -1,0 +1,83 @@
+/* The pure parts of the greylist plugin (no SDK calls), unit-tested on their
+ * own: client networks, sender normalisation, allowlist patterns, the
+ * triplet's stored record and the decision it leads to. */
+#ifndef GREYLIST_PARTS_H
+#define GREYLIST_PARTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define GREYLIST_NET_MAX 64     /* "2001:db8:1:2::/64" with room to spare */
+#define GREYLIST_ADDR_MAX 512   /* a normalised address, with its NUL */
+#define GREYLIST_RECORD_MAX 64  /* "A <first_ms> <stamp_ms>" */
+
+/* An address or network (allowlists). */
+struct greylist_net {
+    int family; /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    unsigned prefix;
+};
+
+/* "192.0.2.0/24", "2001:db8::/32" or a bare address (a host). */
+bool greylist_net_parse(const char *text, struct greylist_net *n);
+/* IPv4-mapped IPv6 clients match IPv4 networks. */
+bool greylist_net_contains(const struct greylist_net *n, const struct sockaddr *sa);
+
+/* The client's network as text, e.g. "192.0.2.0/24" (v4_prefix 32 or
+ * v6_prefix 128: the exact address, without a suffix). An IPv4-mapped IPv6
+ * address counts as IPv4. false for another family or a short buffer. */
+bool greylist_client_net(const struct sockaddr *sa, unsigned v4_prefix, unsigned v6_prefix,
+                         char *out, size_t outlen);
+
+/* An envelope address made comparable: lowercase, control bytes and spaces
+ * as '?'. With strip_tags, the sender's rewriting tags go: SRS0/SRS1 give
+ * back the original address, BATV (prvs=, msprvs1=, btv1=) loses its tag,
+ * and VERP/sub-address parts ("+ext", runs of digits as '#') are folded, so
+ * a list's per-message bounce address stays one sender. "" stays "".
+ * Returns false when it does not fit out. */
+bool greylist_address_normalize(const char *in, size_t len, bool strip_tags, char *out,
+                                size_t outlen);
+
+/* An allowlist pattern against a normalised address: "user@example.org"
+ * (that address), "example.org" (that domain), "*.example.org" (its
+ * subdomains) or "@example.org" (the same as "example.org"). */
+bool greylist_pattern_matches(const char *pattern, const char *address);
+
+/* The stored state of a triplet. */
+enum greylist_state { GREYLIST_PENDING, GREYLIST_ALLOWED };
+
+struct greylist_record {
+    enum greylist_state state;
+    int64_t first_ms; /* first sight (wall clock, ms since the epoch) */
+    int64_t stamp_ms; /* when the record was last written */
+};
+
+/* "P <first> <stamp>" / "A <first> <stamp>"; returns the length, 0 when it
+ * does not fit. */
+size_t greylist_record_format(const struct greylist_record *r, char *out, size_t outlen);
+bool greylist_record_parse(const void *data, size_t len, struct greylist_record *r);
+
+struct greylist_times {
+    int64_t min_delay_ms;
+    int64_t retry_window_ms;
+    int64_t lifetime_ms;
+    int64_t refresh_ms;
+};
+
+enum greylist_action {
+    GREYLIST_NEW,     /* first sight: write pending, 451 */
+    GREYLIST_TOO_SOON, /* retry before the delay: 451, no write */
+    GREYLIST_PASS,    /* retry in the window: write allowed, pass */
+    GREYLIST_KNOWN,   /* allowed, fresh enough: pass, no write */
+    GREYLIST_REFRESH, /* allowed, stale stamp: rewrite allowed, pass */
+};
+
+/* What a lookup means at now. r NULL: absent (or expired). A pending record
+ * past the retry window counts as first sight again. *wait_ms: for NEW and
+ * TOO_SOON, how long until a retry passes. */
+enum greylist_action greylist_decide(const struct greylist_record *r, int64_t now,
+                                     const struct greylist_times *t, int64_t *wait_ms);
+
+#endif

@@ -1,0 +1,183 @@
+/* The greylist plugin's pure parts: client networks, sender normalisation
+ * (case, SRS, BATV, VERP), allowlist patterns, records and decisions. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "greylist_parts.h"
+
+static struct sockaddr_storage addr_of(const char *text)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, text, &v4->sin_addr) == 1)
+        v4->sin_family = AF_INET;
+    else if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1)
+        v6->sin6_family = AF_INET6;
+    return ss;
+}
+
+static const char *net_of(const char *ip, unsigned v4, unsigned v6)
+{
+    static char out[GREYLIST_NET_MAX];
+    struct sockaddr_storage ss = addr_of(ip);
+    assert_true(greylist_client_net((struct sockaddr *)&ss, v4, v6, out, sizeof out));
+    return out;
+}
+
+static void client_network_is_ipv4_24_and_ipv6_64_by_default(void **state)
+{
+    assert_string_equal(net_of("192.0.2.77", 24, 64), "192.0.2.0/24");
+    assert_string_equal(net_of("2001:db8:1:2:3:4:5:6", 24, 64), "2001:db8:1:2::/64");
+    assert_string_equal(net_of("::ffff:198.51.100.7", 24, 64), "198.51.100.0/24");
+}
+
+static void full_prefix_keys_the_exact_address(void **state)
+{
+    assert_string_equal(net_of("192.0.2.77", 32, 128), "192.0.2.77");
+    assert_string_equal(net_of("2001:db8::9", 32, 128), "2001:db8::9");
+    assert_string_equal(net_of("192.0.2.77", 16, 64), "192.0.0.0/16");
+}
+
+static void allowlist_networks_match_their_clients(void **state)
+{
+    struct greylist_net n;
+    struct sockaddr_storage in = addr_of("10.1.2.3"), out = addr_of("10.2.0.1");
+    struct sockaddr_storage mapped = addr_of("::ffff:10.1.9.9");
+    assert_true(greylist_net_parse("10.1.0.0/16", &n));
+    assert_true(greylist_net_contains(&n, (struct sockaddr *)&in));
+    assert_true(greylist_net_contains(&n, (struct sockaddr *)&mapped));
+    assert_false(greylist_net_contains(&n, (struct sockaddr *)&out));
+    assert_false(greylist_net_parse("10.1.0.0/33", &n));
+    assert_false(greylist_net_parse("example.org", &n));
+}
+
+static const char *norm(const char *in, bool strip)
+{
+    static char out[GREYLIST_ADDR_MAX];
+    assert_true(greylist_address_normalize(in, strlen(in), strip, out, sizeof out));
+    return out;
+}
+
+static void sender_case_is_folded(void **state)
+{
+    assert_string_equal(norm("Alice@Example.ORG", true), "alice@example.org");
+    assert_string_equal(norm("", true), "");
+}
+
+static void srs_gives_back_the_original_sender(void **state)
+{
+    assert_string_equal(norm("SRS0=HHH=TT=orig.example=alice@fwd.example", true),
+                         "alice@orig.example");
+    assert_string_equal(norm("SRS1=HHH=fwd1.example==HHH=TT=orig.example=bob@fwd2.example", true),
+                         "bob@orig.example");
+}
+
+static void batv_tag_is_stripped(void **state)
+{
+    assert_string_equal(norm("prvs=1234abcdef=alice@example.org", true), "alice@example.org");
+    assert_string_equal(norm("msprvs1=17xyz=bob@example.org", true), "bob@example.org");
+}
+
+static void verp_parts_fold_into_one_sender(void **state)
+{
+    assert_string_equal(norm("list-bounces+carol=example.net@lists.example", true),
+                         "list-bounces@lists.example");
+    assert_string_equal(norm("bounce-12345-678@lists.example", true), "bounce-#-#@lists.example");
+    assert_string_equal(norm("bounce-12345-678@lists.example", false),
+                        "bounce-12345-678@lists.example");
+}
+
+static void control_bytes_and_nul_cannot_split_a_key(void **state)
+{
+    char out[GREYLIST_ADDR_MAX];
+    static const char in[] = "a\0b c@x.example";
+    assert_true(greylist_address_normalize(in, sizeof in - 1, false, out, sizeof out));
+    assert_string_equal(out, "a?b?c@x.example");
+}
+
+static void patterns_match_addresses_domains_and_subdomains(void **state)
+{
+    assert_true(greylist_pattern_matches("alice@example.org", "alice@example.org"));
+    assert_false(greylist_pattern_matches("alice@example.org", "bob@example.org"));
+    assert_true(greylist_pattern_matches("example.org", "bob@example.org"));
+    assert_true(greylist_pattern_matches("@example.org", "bob@example.org"));
+    assert_false(greylist_pattern_matches("example.org", "bob@sub.example.org"));
+    assert_true(greylist_pattern_matches("*.example.org", "bob@sub.example.org"));
+    assert_false(greylist_pattern_matches("*.example.org", "bob@example.org"));
+}
+
+static void record_round_trips_and_garbage_is_refused(void **state)
+{
+    struct greylist_record r = {GREYLIST_ALLOWED, 1000, 2000}, back;
+    char text[GREYLIST_RECORD_MAX];
+    size_t n = greylist_record_format(&r, text, sizeof text);
+    assert_string_equal(text, "A 1000 2000");
+    assert_true(greylist_record_parse(text, n, &back));
+    assert_int_equal(back.state, GREYLIST_ALLOWED);
+    assert_int_equal(back.first_ms, 1000);
+    assert_int_equal(back.stamp_ms, 2000);
+    assert_false(greylist_record_parse("X 1 2", 5, &back));
+    assert_false(greylist_record_parse("P 5 2", 5, &back));
+    assert_false(greylist_record_parse("P 1 2 junk", 10, &back));
+}
+
+static const struct greylist_times T = {.min_delay_ms = 300000,
+                                        .retry_window_ms = 4 * 3600000LL,
+                                        .lifetime_ms = 36 * 86400000LL,
+                                        .refresh_ms = 3600000};
+
+static void first_sight_then_too_soon_then_pass(void **state)
+{
+    int64_t wait;
+    assert_int_equal(greylist_decide(NULL, 1000, &T, &wait), GREYLIST_NEW);
+    assert_int_equal(wait, 300000);
+    struct greylist_record p = {GREYLIST_PENDING, 1000, 1000};
+    assert_int_equal(greylist_decide(&p, 1000 + 60000, &T, &wait), GREYLIST_TOO_SOON);
+    assert_int_equal(wait, 240000);
+    assert_int_equal(greylist_decide(&p, 1000 + 300000, &T, &wait), GREYLIST_PASS);
+}
+
+static void retry_after_the_window_starts_over(void **state)
+{
+    int64_t wait;
+    struct greylist_record p = {GREYLIST_PENDING, 0, 0};
+    assert_int_equal(greylist_decide(&p, T.retry_window_ms + 1, &T, &wait), GREYLIST_NEW);
+}
+
+static void known_triplet_is_refreshed_at_most_once_per_interval(void **state)
+{
+    int64_t wait;
+    struct greylist_record a = {GREYLIST_ALLOWED, 0, 10000};
+    assert_int_equal(greylist_decide(&a, 10000 + T.refresh_ms - 1, &T, &wait), GREYLIST_KNOWN);
+    assert_int_equal(greylist_decide(&a, 10000 + T.refresh_ms, &T, &wait), GREYLIST_REFRESH);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(client_network_is_ipv4_24_and_ipv6_64_by_default),
+        cmocka_unit_test(full_prefix_keys_the_exact_address),
+        cmocka_unit_test(allowlist_networks_match_their_clients),
+        cmocka_unit_test(sender_case_is_folded),
+        cmocka_unit_test(srs_gives_back_the_original_sender),
+        cmocka_unit_test(batv_tag_is_stripped),
+        cmocka_unit_test(verp_parts_fold_into_one_sender),
+        cmocka_unit_test(control_bytes_and_nul_cannot_split_a_key),
+        cmocka_unit_test(patterns_match_addresses_domains_and_subdomains),
+        cmocka_unit_test(record_round_trips_and_garbage_is_refused),
+        cmocka_unit_test(first_sight_then_too_soon_then_pass),
+        cmocka_unit_test(retry_after_the_window_starts_over),
+        cmocka_unit_test(known_triplet_is_refreshed_at_most_once_per_interval),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
