@@ -182,9 +182,13 @@ uint64_t sluice_message_size(const sluice_session *s)
     return CS(s)->spool ? spool_size(CS(s)->spool) : 0;
 }
 
+/* A reader holds its own reference to the spool, so a thread-pool function
+ * may read it after the session moved on (or ended). */
 struct sluice_message_reader {
     struct spool *spool;
-    uint64_t off;
+    uint64_t off;     /* in the spool (dot-stuffed) */
+    uint64_t out_pos; /* in the un-stuffed message: bytes returned or skipped */
+    int64_t length;   /* the un-stuffed length, -1 until counted */
     bool at_bol;
     struct evbuffer *pending;
     char chunk[READER_CHUNK];
@@ -200,11 +204,13 @@ sluice_message_reader *sluice_message_open(sluice_session *ss)
         return NULL;
     r->spool = s->spool;
     r->at_bol = true;
+    r->length = -1;
     r->pending = evbuffer_new();
     if (!r->pending) {
         free(r);
         return NULL;
     }
+    spool_ref(r->spool);
     return r;
 }
 
@@ -217,13 +223,93 @@ ssize_t sluice_message_read(sluice_message_reader *r, void *buf, size_t len)
         r->off += (uint64_t)n;
         data_unstuff(r->chunk, (size_t)n, &r->at_bol, r->pending);
     }
-    return evbuffer_remove(r->pending, buf, len);
+    int got = evbuffer_remove(r->pending, buf, len);
+    if (got > 0)
+        r->out_pos += (uint64_t)got;
+    return got;
+}
+
+static void reader_rewind(sluice_message_reader *r)
+{
+    evbuffer_drain(r->pending, evbuffer_get_length(r->pending));
+    r->off = 0;
+    r->out_pos = 0;
+    r->at_bol = true;
+}
+
+/* Moves forward to pos without copying out what lies before it. */
+static int reader_skip_to(sluice_message_reader *r, uint64_t pos)
+{
+    while (r->out_pos < pos) {
+        size_t have = evbuffer_get_length(r->pending);
+        if (have == 0) {
+            ssize_t n = spool_read(r->spool, r->off, r->chunk, sizeof r->chunk);
+            if (n <= 0)
+                return (int)n;
+            r->off += (uint64_t)n;
+            data_unstuff(r->chunk, (size_t)n, &r->at_bol, r->pending);
+            continue;
+        }
+        size_t step = pos - r->out_pos < have ? (size_t)(pos - r->out_pos) : have;
+        evbuffer_drain(r->pending, step);
+        r->out_pos += step;
+    }
+    return 1;
+}
+
+ssize_t sluice_message_pread(sluice_message_reader *r, void *buf, size_t len, uint64_t off)
+{
+    if (off < r->out_pos)
+        reader_rewind(r);
+    int rc = reader_skip_to(r, off);
+    if (rc <= 0)
+        return rc;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = sluice_message_read(r, (char *)buf + done, len - done);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+/* The spool's size less the dots stuffed at line starts, counted in one pass
+ * over the spool with a cursor of its own. */
+int64_t sluice_message_length(sluice_message_reader *r)
+{
+    if (r->length >= 0)
+        return r->length;
+    uint64_t off = 0, dots = 0;
+    bool at_bol = true;
+    for (;;) {
+        ssize_t n = spool_read(r->spool, off, r->chunk, sizeof r->chunk);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        for (size_t i = 0; i < (size_t)n;) {
+            if (at_bol && r->chunk[i] == '.')
+                dots++;
+            const char *lf = memchr(r->chunk + i, '\n', (size_t)n - i);
+            at_bol = lf != NULL;
+            i = lf ? (size_t)(lf - r->chunk) + 1 : (size_t)n;
+        }
+        off += (uint64_t)n;
+    }
+    /* The chunk served as scratch: the stream cursor keeps its bytes in
+     * pending, so its position is untouched. */
+    r->length = (int64_t)(off - dots);
+    return r->length;
 }
 
 void sluice_message_close(sluice_message_reader *r)
 {
     if (!r)
         return;
+    spool_free(r->spool);
     evbuffer_free(r->pending);
     free(r);
 }
