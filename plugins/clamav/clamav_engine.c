@@ -6,7 +6,6 @@
  * so neither a loop thread nor a scan ever waits for that. Engines are
  * reference-counted: a swap is a pointer change under a lock, and scans in
  * flight finish on the engine they started with. */
-#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -51,6 +50,11 @@ static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct clamav_db *registry;
 static pthread_once_t cl_once = PTHREAD_ONCE_INIT;
 static cl_error_t cl_init_rc;
+/* Database threads still running, some maybe freeing an engine. */
+static atomic_int threads_alive;
+
+#define EXIT_WAIT_MS 10000
+#define EXIT_POLL_MS 10
 
 static void cl_init_once(void)
 {
@@ -287,7 +291,19 @@ static void *db_thread(void *arg)
     }
     db_drop_engine(db);
     db_free(db);
+    atomic_fetch_sub(&threads_alive, 1);
     return NULL;
+}
+
+/* At exit (the last entry detached at shutdown a moment ago), a database
+ * thread may still be freeing its engine: libclamav must not be torn down
+ * under it. Bounded: a stuck thread does not hold the exit. */
+__attribute__((destructor)) static void clamav_wait_threads(void)
+{
+    struct timespec step = {.tv_sec = 0, .tv_nsec = EXIT_POLL_MS * 1000000L};
+    for (int waited = 0; atomic_load(&threads_alive) > 0 && waited < EXIT_WAIT_MS;
+         waited += EXIT_POLL_MS)
+        nanosleep(&step, NULL);
 }
 
 /* ---- entries ---------------------------------------------------------------------- */
@@ -329,12 +345,17 @@ static size_t db_remove_entry(struct clamav_db *db, struct clamav_conf *c)
         }
     }
     size_t left = db->nentries;
-    if (left == 0) {
-        db->stop = true;
-        pthread_cond_broadcast(&db->cond);
-    }
     pthread_mutex_unlock(&db->lock);
     return left;
+}
+
+/* The thread frees the database: nothing may touch it after this. */
+static void db_stop(struct clamav_db *db)
+{
+    pthread_mutex_lock(&db->lock);
+    db->stop = true;
+    pthread_cond_broadcast(&db->cond);
+    pthread_mutex_unlock(&db->lock);
 }
 
 static struct clamav_db *db_new(struct clamav_conf *c, char *key)
@@ -375,8 +396,11 @@ static struct clamav_db *db_open(struct clamav_conf *c, char *key, char *err, si
         db_free(db);
         return NULL;
     }
-    if (pthread_create(&db->thread, NULL, db_thread, db) != 0) {
-        snprintf(err, errlen, "cannot start the database thread: %s", strerror(errno));
+    atomic_fetch_add(&threads_alive, 1);
+    int rc = pthread_create(&db->thread, NULL, db_thread, db);
+    if (rc != 0) {
+        atomic_fetch_sub(&threads_alive, 1);
+        snprintf(err, errlen, "cannot start the database thread: %s", strerror(rc));
         db_drop_engine(db);
         db_free(db);
         return NULL;
@@ -433,6 +457,7 @@ void clamav_db_detach(struct clamav_conf *c)
                 break;
             }
         }
+        db_stop(db);
     }
     pthread_mutex_unlock(&registry_lock);
     c->db = NULL;
