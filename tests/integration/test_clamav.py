@@ -338,6 +338,24 @@ class ClamavConfigTest(ClamavBase):
             self.assertNotEqual(rc, 0, out)
             self.assertIn(what, out)
 
+    def test_the_shipped_entry_is_off_and_every_option_valid_once_a_database_exists(self):
+        source = os.environ.get("SLUICE_SOURCE_DIR", os.path.join(HERE, "..", ".."))
+        with open(os.path.join(source, "conf.d", "30-clamav.conf")) as f:
+            shipped = f.read()
+        self.assertRegex(shipped, r"(?m)^enabled = false;$")
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        plugin_dir = os.path.join(os.path.dirname(sluice_bin()), "plugins")
+        config = base_config(self.workdir, free_port(), [pool("a", [free_port()])],
+                             [("a.example", "a")], plugin_dir=plugin_dir)
+        enabled = shipped.replace("enabled = false;", "enabled = true;").replace(
+            '"/var/lib/clamav"', '"%s"' % self.db)
+        for text in (shipped, enabled):
+            with open(os.path.join(conf_dir, "30-clamav.conf"), "w") as f:
+                f.write(text)
+            rc, out = run_sluice_check(self.workdir, config, timeout=START_TIMEOUT)
+            self.assertEqual(rc, 0, out)
+
     def test_sluice_check_reports_the_virus_and_the_reply(self):
         backend = self.start_backend("a")
         self.write_entry()
