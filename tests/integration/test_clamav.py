@@ -189,6 +189,29 @@ class ClamavScanTest(ClamavBase):
         self.assertReply(reply, 552, "5.3.4")
         self.assertEqual(self.backend.message_count(), 0)
 
+    def archives(self):
+        """EICAR four archives deep, and as the 6th member of one."""
+        deep = EICAR
+        for level in range(4):
+            deep = zip_of([("level%d.zip" % level if level else "eicar.com", deep)])
+        wide = zip_of([("f%d.txt" % i, b"filler %d\n" % i) for i in range(5)]
+                      + [("eicar.com", EICAR)])
+        return attachment_message(deep, "deep.zip"), attachment_message(wide, "wide.zip")
+
+    def test_eicar_deep_in_nested_archives_is_found_within_the_default_limits(self):
+        port = self.relay()
+        for message in self.archives():
+            self.assertVirus(self.send(port, message))
+
+    def test_engine_limits_stop_the_scan_of_an_archive_beyond_them(self):
+        # Past max_recursion / max_files libclamav stops looking into the
+        # archive (what keeps a bomb from pinning a thread): the message
+        # passes on what was scanned.
+        port = self.relay(max_recursion=2, max_files=3)
+        for i, message in enumerate(self.archives()):
+            self.assertReply(self.send(port, message), 250)
+            self.backend.wait_messages(i + 1)
+
     def test_twenty_scans_at_once_leave_another_sessions_noop_prompt(self):
         # Each message carries a 2 MiB zip to inflate and scan; meanwhile a
         # session on the same (2) loop threads times its NOOPs.
