@@ -199,11 +199,11 @@ static void db_drop_engine(struct clamav_db *db)
 }
 
 /* Loads a new engine and swaps it in; on failure the old one stays (with
- * reload = "stop" there is none left). why: for the log. */
-static int db_reload(struct clamav_db *db, const char *why, char *err, size_t errlen)
+ * reload = "stop" there is none left). why: for the log. The caller holds
+ * load_lock, which also guards the directory's stat. */
+static int db_reload_locked(struct clamav_db *db, const char *why, char *err, size_t errlen)
 {
     struct timespec t0, t1;
-    pthread_mutex_lock(&db->load_lock);
     clock_gettime(CLOCK_MONOTONIC, &t0);
     /* Taken first: a change while the engine loads is seen at the next check. */
     db_stat_refresh(db);
@@ -212,7 +212,6 @@ static int db_reload(struct clamav_db *db, const char *why, char *err, size_t er
     err[0] = '\0';
     struct clamav_engine *e = engine_load(db, err, errlen);
     if (!e) {
-        pthread_mutex_unlock(&db->load_lock);
         db_log(db, SLUICE_LOG_ERR, count_reload_failure, "reload (%s) failed, %s: %s", why,
                db->reload_stop ? "no engine until the next load succeeds"
                                : "the loaded engine stays",
@@ -225,12 +224,19 @@ static int db_reload(struct clamav_db *db, const char *why, char *err, size_t er
     pthread_mutex_unlock(&db->lock);
     clamav_engine_put(old);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    pthread_mutex_unlock(&db->load_lock);
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     db_log(db, SLUICE_LOG_INFO, count_reload,
            "database %s loaded (%s): %u signatures, version %u, %.0f ms", db->dir, why, e->sigs,
            e->version, ms);
     return 0;
+}
+
+static int db_reload(struct clamav_db *db, const char *why, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&db->load_lock);
+    int rc = db_reload_locked(db, why, err, errlen);
+    pthread_mutex_unlock(&db->load_lock);
+    return rc;
 }
 
 /* ---- the database's thread ---------------------------------------------------------- */
@@ -258,12 +264,16 @@ static bool db_wait(struct clamav_db *db)
     return !stop;
 }
 
-static bool db_needs_load(struct clamav_db *db)
+/* Why a new engine is due, or NULL. The caller holds load_lock. */
+static const char *db_needs_load(struct clamav_db *db)
 {
     pthread_mutex_lock(&db->lock);
     bool none = db->cur == NULL;
     pthread_mutex_unlock(&db->lock);
-    return none || !db->stat_valid || cl_statchkdir(&db->stat) == 1;
+    if (none)
+        return "no engine loaded";
+    return !db->stat_valid || cl_statchkdir(&db->stat) == 1 ? "the database directory changed"
+                                                            : NULL;
 }
 
 static void db_free(struct clamav_db *db)
@@ -286,8 +296,13 @@ static void *db_thread(void *arg)
     struct clamav_db *db = arg;
     char err[512];
     while (db_wait(db)) {
-        if (db->check_interval_ms > 0 && db_needs_load(db))
-            db_reload(db, "the database directory changed", err, sizeof err);
+        if (db->check_interval_ms <= 0)
+            continue;
+        pthread_mutex_lock(&db->load_lock);
+        const char *why = db_needs_load(db);
+        if (why)
+            db_reload_locked(db, why, err, sizeof err);
+        pthread_mutex_unlock(&db->load_lock);
     }
     db_drop_engine(db);
     db_free(db);
@@ -372,10 +387,7 @@ static struct clamav_db *db_new(struct clamav_conf *c, char *key)
     db->check_interval_ms = c->check_interval_ms;
     pthread_mutex_init(&db->lock, NULL);
     pthread_mutex_init(&db->load_lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_cond_init(&db->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    pthread_cond_init(&db->cond, NULL);
     if (!db->dir) {
         db_free(db);
         return NULL;
