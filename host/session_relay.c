@@ -305,6 +305,7 @@ static bool relay_spool_reset(struct session *s)
     struct spool *fresh = spool_new((size_t)s->cfg->spool_memory, s->cfg->spool_dir);
     if (!fresh)
         return false;
+    log_debug(s->sid, "the last message is still being read by a plugin: a new spool");
     spool_free(s->spool);
     s->spool = fresh;
     return true;

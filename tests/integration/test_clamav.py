@@ -212,6 +212,47 @@ class ClamavScanTest(ClamavBase):
             self.assertReply(self.send(port, message), 250)
             self.backend.wait_messages(i + 1)
 
+    def test_a_scan_outliving_its_transaction_leaves_the_next_message_intact(self):
+        # The entry's timeout (20 ms, on_timeout continue) decides before the
+        # scan of a big message ends: the message is relayed while the pool
+        # thread still reads the spool, and the same session's next message
+        # goes into a new spool. Both arrive byte-exact.
+        self.write_entry(header="", timeout="20ms", on_timeout="continue")
+        self.backend = self.start_backend("a")
+        port = free_port()
+        self.sluice = self.start_sluice(self.config(port, self.backend.port,
+                                                    log_level="debug"))
+        big = attachment_message(zip_of([("r%d.bin" % i, os.urandom(1 << 20)) for i in range(12)]),
+                                 "big.zip")
+        small = plain_message(b"second message\r\n.dot")
+        c = self.open_session(port)
+        for i, message in enumerate((big, small)):
+            self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            self.assertReply(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+            self.assertReply(c.cmd("DATA"), 354)
+            c.send(stuffed(message))
+            self.assertReply(c.read_reply(), 250)
+        got = self.backend.wait_messages(2)
+        self.assertEqual(got[0]["data"], big)
+        self.assertEqual(got[1]["data"], small)
+        self.sluice.wait_log(r"timed out|timeout")
+        self.sluice.wait_log(r"still being read by a plugin: a new spool")
+
+    def test_clients_leaving_during_their_scan_cost_nothing(self):
+        port = self.relay()
+        big = attachment_message(zip_of([("r%d.bin" % i, os.urandom(1 << 20)) for i in range(6)]
+                                        + [("eicar.com", EICAR)]), "big.zip")
+        for _ in range(3):
+            c = self.open_session(port)
+            self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+            self.assertReply(c.cmd("RCPT TO:<%s>" % RCPT), 250)
+            self.assertReply(c.cmd("DATA"), 354)
+            c.send(stuffed(big))
+            c.close()
+        self.assertVirus(self.send(port, plain_message(EICAR)))
+        self.assertEqual(self.backend.message_count(), 0)
+        self.assertEqual(self.sluice.grep(r"Sanitizer|worker .*(died|exited|signal)"), [])
+
     def test_twenty_scans_at_once_leave_another_sessions_noop_prompt(self):
         # Each message carries a 2 MiB zip to inflate and scan; meanwhile a
         # session on the same (2) loop threads times its NOOPs.
