@@ -153,8 +153,9 @@ struct clamav_engine *clamav_engine_get(struct clamav_db *db)
     return e;
 }
 
-/* The last reference frees the engine: a scan's (thread pool), the swap's
- * or the database thread's, never a loop thread's. */
+/* The last reference frees the engine: normally a scan's (thread pool), the
+ * swap's or the database thread's. A loop thread drops one only when a scan
+ * could not start, which frees the engine only if a swap came in between. */
 void clamav_engine_put(struct clamav_engine *e)
 {
     if (!e || atomic_fetch_sub(&e->refs, 1) != 1)
