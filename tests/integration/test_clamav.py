@@ -167,7 +167,8 @@ class ClamavScanTest(ClamavBase):
         port = self.relay(on_virus="header")
         self.assertReply(self.send(port, plain_message(EICAR)), 250)
         got = self.backend.wait_messages(1)[0]["data"]
-        self.assertRegex(got, rb"X-Virus-Scanned: sluice clamav: infected \(Eicar-Test\.UNOFFICIAL\)")
+        self.assertRegex(got, rb"X-Virus-Scanned: sluice clamav: "
+                              rb"infected \(Eicar-Test\.UNOFFICIAL\)")
 
     def test_on_virus_tempfail_defers_the_message(self):
         port = self.relay(on_virus="tempfail")
@@ -503,6 +504,22 @@ class ClamdModeTest(ClamavBase):
                           clamd_timeout="2s")
         self.assertVirus(self.send(port, plain_message(EICAR)))
         self.sluice.wait_log(r"clamd failover: clamd %s: Connection refused" % re.escape(dead))
+
+    def test_a_silent_clamd_is_given_up_after_clamd_timeout_and_the_next_answers(self):
+        # Accepts and reads, never answers.
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        self.addCleanup(silent.close)
+        port = self.relay(mode="clamd", clamd_timeout="1s",
+                          clamd=["127.0.0.1:%d" % silent.getsockname()[1],
+                                 "127.0.0.1:%d" % self.clamd.port])
+        t0 = time.monotonic()
+        self.assertVirus(self.send(port, plain_message(EICAR)))
+        elapsed = time.monotonic() - t0
+        self.assertGreaterEqual(elapsed, 1.0)
+        self.assertLess(elapsed, 1.0 + 2.0)
+        self.sluice.wait_log(r"clamd failover: clamd 127\.0\.0\.1:\d+: Connection timed out")
 
     def test_no_clamd_answering_tempfails_by_default(self):
         port = self.relay(mode="clamd", clamd=["127.0.0.1:%d" % free_port()])
