@@ -118,6 +118,28 @@ static enum sluice_verdict on_oversize(sluice_session *s, const struct clamav_co
     }
 }
 
+/* An engine limit cut the scan short: what was scanned is clean, the rest
+ * (an archive bomb's depths) was not looked at. */
+static enum sluice_verdict on_limit(sluice_session *s, const struct clamav_conf *c,
+                                    const char *name)
+{
+    sluice_counter_add(c->cut_short, 1);
+    sluice_log(s, SLUICE_LOG_INFO, "scan cut short by an engine limit: %s", name);
+    switch (c->on_limit) {
+    case CLAMAV_REJECT:
+        sluice_reply(s, 554, "5.7.0", "Message could not be fully scanned for viruses (%s)",
+                     name);
+        return SLUICE_REJECT;
+    case CLAMAV_TEMPFAIL:
+        sluice_reply(s, 451, "4.3.0", "Message could not be fully scanned for viruses (%s)",
+                     name);
+        return SLUICE_TEMPFAIL;
+    default:
+        set_header(s, c, TAG ": partly scanned (%s)", name);
+        return SLUICE_CONTINUE;
+    }
+}
+
 static enum sluice_verdict scan_verdict(sluice_session *s, const struct clamav_scan *job)
 {
     const struct clamav_conf *c = job->conf;
@@ -132,6 +154,8 @@ static enum sluice_verdict scan_verdict(sluice_session *s, const struct clamav_s
         return SLUICE_CONTINUE;
     case CLAMAV_TIMEOUT:
         return on_error(s, c, "max_scan_time reached");
+    case CLAMAV_LIMIT:
+        return on_limit(s, c, job->virname);
     default:
         return on_error(s, c, job->detail);
     }

@@ -38,7 +38,7 @@ struct clamav_conf {
     char *database;
     struct clamav_limits limits;
     int64_t max_message_size; /* max_scan_size: larger messages are not scanned */
-    enum clamav_action on_virus, on_error, on_oversize;
+    enum clamav_action on_virus, on_error, on_oversize, on_limit;
     char *header; /* the X-Virus-Scanned-style field's name; "" for none */
     bool reload_stop;          /* reload = "stop": free the old engine first */
     int64_t check_interval_ms; /* database directory watch; 0: never */
@@ -46,7 +46,7 @@ struct clamav_conf {
     size_t nclamd;
     int64_t clamd_timeout_ms;
     struct clamav_db *db; /* libclamav mode */
-    sluice_counter *scanned, *viruses, *errors, *oversize, *reloads, *reload_failures;
+    sluice_counter *scanned, *viruses, *errors, *oversize, *cut_short, *reloads, *reload_failures;
     sluice_histogram *scan_seconds;
 };
 
@@ -77,7 +77,14 @@ void clamav_db_detach(struct clamav_conf *c);
 struct clamav_engine *clamav_engine_get(struct clamav_db *db);
 void clamav_engine_put(struct clamav_engine *e);
 
-enum clamav_result { CLAMAV_CLEAN, CLAMAV_VIRUS, CLAMAV_ERROR, CLAMAV_TIMEOUT };
+/* LIMIT: an engine limit stopped the scan short (what was scanned is clean);
+ * virname then holds libclamav's Heuristics.Limits.Exceeded.* name. */
+enum clamav_result { CLAMAV_CLEAN, CLAMAV_VIRUS, CLAMAV_ERROR, CLAMAV_TIMEOUT, CLAMAV_LIMIT };
+
+/* What a name found means: a virus, or an engine limit (max_scan_time is a
+ * timeout). Both scanners report limits as names (clamd with
+ * AlertExceedsMax). */
+enum clamav_result clamav_classify(const char *name);
 
 /* Scans the message with the engine (thread-pool thread). virname gets the
  * name of a virus found; detail a short reason for an error. */

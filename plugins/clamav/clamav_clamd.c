@@ -206,7 +206,7 @@ static enum clamav_result clamd_verdict(const char *answer, char *virname, size_
         return CLAMAV_CLEAN;
     if (n > 6 && strcmp(v + n - 6, " FOUND") == 0) {
         snprintf(virname, vlen, "%.*s", (int)(n - 6), v);
-        return CLAMAV_VIRUS;
+        return clamav_classify(virname);
     }
     snprintf(detail, dlen, "clamd: %s", v);
     return CLAMAV_ERROR;

@@ -26,8 +26,8 @@
 static const char *const top_names[] = {
     "mode",          "database",      "max_scan_size", "max_file_size",  "max_scanned",
     "max_recursion", "max_files",     "max_scan_time", "on_virus",       "on_error",
-    "on_oversize",   "header",        "reload",        "check_interval", "clamd",
-    "clamd_timeout", NULL,
+    "on_oversize",   "on_limit",      "header",        "reload",         "check_interval",
+    "clamd",         "clamd_timeout", NULL,
 };
 
 static int fail(const sluice_entry *e, const char *path, char *err, size_t errlen,
@@ -150,6 +150,7 @@ static int parse_policies(const sluice_entry *e, struct clamav_conf *c, char *er
     if (get_action(e, "on_virus", true, &c->on_virus, err, errlen) < 0 ||
         get_action(e, "on_error", false, &c->on_error, err, errlen) < 0 ||
         get_action(e, "on_oversize", false, &c->on_oversize, err, errlen) < 0 ||
+        get_action(e, "on_limit", false, &c->on_limit, err, errlen) < 0 ||
         get_string(e, "header", DEFAULT_HEADER, &c->header, err, errlen) < 0)
         return -1;
     if (!header_name_ok(c->header))
@@ -210,13 +211,15 @@ static int make_metrics(sluice_entry *e, struct clamav_conf *c, char *err, size_
     c->viruses = sluice_counter_new(e, "clamav_viruses", "Messages with a virus");
     c->errors = sluice_counter_new(e, "clamav_errors", "Scans that failed or timed out");
     c->oversize = sluice_counter_new(e, "clamav_oversize", "Messages over max_scan_size");
+    c->cut_short =
+        sluice_counter_new(e, "clamav_limits_exceeded", "Scans an engine limit cut short");
     c->reloads = sluice_counter_new(e, "clamav_reloads", "Engines loaded");
     c->reload_failures =
         sluice_counter_new(e, "clamav_reload_failures", "Database loads that failed");
     c->scan_seconds = sluice_histogram_new(e, "clamav_scan_seconds", "Scan time",
                                            bounds, sizeof bounds / sizeof bounds[0]);
-    if (!c->scanned || !c->viruses || !c->errors || !c->oversize || !c->reloads ||
-        !c->reload_failures || !c->scan_seconds) {
+    if (!c->scanned || !c->viruses || !c->errors || !c->oversize || !c->cut_short ||
+        !c->reloads || !c->reload_failures || !c->scan_seconds) {
         snprintf(err, errlen, "cannot create the metrics");
         return -1;
     }
@@ -263,6 +266,7 @@ int clamav_conf_load(sluice_entry *e, struct clamav_conf **out, char *err, size_
     c->on_virus = CLAMAV_REJECT;
     c->on_error = CLAMAV_TEMPFAIL;
     c->on_oversize = CLAMAV_PASS;
+    c->on_limit = CLAMAV_PASS;
     c->check_interval_ms = DEFAULT_CHECK_INTERVAL_MS;
     c->clamd_timeout_ms = DEFAULT_CLAMD_TIMEOUT_MS;
     if (sluice_settings_check(e, "", top_names, err, errlen) < 0 ||

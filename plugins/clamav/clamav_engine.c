@@ -478,6 +478,18 @@ void clamav_db_detach(struct clamav_conf *c)
 
 /* ---- scanning ------------------------------------------------------------------------ */
 
+#define LIMIT_PREFIX "Heuristics.Limits.Exceeded."
+#define LIMIT_TIME LIMIT_PREFIX "MaxScanTime"
+
+enum clamav_result clamav_classify(const char *name)
+{
+    if (strncmp(name, LIMIT_TIME, strlen(LIMIT_TIME)) == 0)
+        return CLAMAV_TIMEOUT;
+    if (strncmp(name, LIMIT_PREFIX, strlen(LIMIT_PREFIX)) == 0)
+        return CLAMAV_LIMIT;
+    return CLAMAV_VIRUS;
+}
+
 static off_t scan_pread(void *handle, void *buf, size_t count, off_t offset)
 {
     return (off_t)sluice_message_pread(handle, buf, count, (uint64_t)offset);
@@ -499,7 +511,11 @@ enum clamav_result clamav_engine_scan(struct clamav_engine *e, sluice_message_re
         snprintf(detail, dlen, "cannot map the message");
         return CLAMAV_ERROR;
     }
-    struct cl_scan_options opts = {.parse = ~0u};
+    /* clamd's defaults (HeuristicAlerts), plus limits reported as names, so
+     * that a scan cut short is told from a clean one. */
+    struct cl_scan_options opts = {.general = CL_SCAN_GENERAL_HEURISTICS,
+                                   .parse = ~0u,
+                                   .heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX};
     const char *vir = NULL;
     unsigned long scanned = 0;
     cl_error_t rc = cl_scanmap_callback(map, NULL, &vir, &scanned, e->cl, &opts, NULL);
@@ -509,7 +525,7 @@ enum clamav_result clamav_engine_scan(struct clamav_engine *e, sluice_message_re
         return CLAMAV_CLEAN;
     case CL_VIRUS:
         snprintf(virname, vlen, "%s", vir ? vir : "unknown");
-        return CLAMAV_VIRUS;
+        return clamav_classify(virname);
     case CL_ETIMEOUT:
         snprintf(detail, dlen, "%s", cl_strerror(rc));
         return CLAMAV_TIMEOUT;

@@ -204,14 +204,23 @@ class ClamavScanTest(ClamavBase):
         for message in self.archives():
             self.assertVirus(self.send(port, message))
 
-    def test_engine_limits_stop_the_scan_of_an_archive_beyond_them(self):
+    def test_engine_limits_stop_the_scan_of_an_archive_and_mark_it_partly_scanned(self):
         # Past max_recursion / max_files libclamav stops looking into the
-        # archive (what keeps a bomb from pinning a thread): the message
-        # passes on what was scanned.
+        # archive (what keeps a bomb from pinning a thread): by default the
+        # message passes on what was scanned, with the header saying so.
         port = self.relay(max_recursion=2, max_files=3)
         for i, message in enumerate(self.archives()):
             self.assertReply(self.send(port, message), 250)
-            self.backend.wait_messages(i + 1)
+            got = self.backend.wait_messages(i + 1)[i]["data"]
+            self.assertRegex(got, rb"X-Virus-Scanned: sluice clamav: partly scanned "
+                                  rb"\(Heuristics\.Limits\.Exceeded\.Max\w+")
+        self.sluice.wait_log(r"scan cut short by an engine limit: Heuristics\.Limits\.Exceeded")
+
+    def test_on_limit_reject_refuses_an_archive_beyond_the_limits(self):
+        port = self.relay(max_recursion=2, on_limit="reject")
+        reply = self.send(port, self.archives()[0])
+        self.assertReply(reply, 554, "5.7.0", "could not be fully scanned")
+        self.assertEqual(self.backend.message_count(), 0)
 
     def test_a_scan_outliving_its_transaction_leaves_the_next_message_intact(self):
         # The entry's timeout (20 ms, on_timeout continue) decides before the
@@ -253,6 +262,15 @@ class ClamavScanTest(ClamavBase):
         self.assertVirus(self.send(port, plain_message(EICAR)))
         self.assertEqual(self.backend.message_count(), 0)
         self.assertEqual(self.sluice.grep(r"Sanitizer|worker .*(died|exited|signal)"), [])
+
+    def test_a_scan_past_max_scan_time_gets_the_error_policy_451(self):
+        port = self.relay(max_scan_time=1)
+        archive = zip_of([("f%d.txt" % i, os.urandom(64 << 10)) for i in range(200)]
+                         + [("eicar.com", EICAR)])
+        reply = self.send(port, attachment_message(archive, "slow.zip"))
+        self.assertReply(reply, 451, "4.3.0", "Virus scan failed")
+        self.assertEqual(self.backend.message_count(), 0)
+        self.sluice.wait_log(r"scan failed: max_scan_time reached")
 
     def test_twenty_scans_at_once_leave_another_sessions_noop_prompt(self):
         # Each message carries a 2 MiB zip to inflate and scan; meanwhile a
