@@ -6,6 +6,7 @@
  * so neither a loop thread nor a scan ever waits for that. Engines are
  * reference-counted: a swap is a pointer change under a lock, and scans in
  * flight finish on the engine they started with. */
+#include <dirent.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -110,8 +111,27 @@ static int engine_limits(struct cl_engine *cl, const struct clamav_limits *l)
     return rc == CL_SUCCESS ? 0 : -1;
 }
 
+/* Files in dir, hidden ones aside; -1 when it cannot be read. */
+static int dir_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *de; (de = readdir(d)) != NULL;)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
 static struct clamav_engine *engine_load(struct clamav_db *db, char *err, size_t errlen)
 {
+    int files = dir_files(db->dir);
+    if (files <= 0) {
+        snprintf(err, errlen, "the database directory %s %s (get a database with freshclam)",
+                 db->dir, files < 0 ? "cannot be read" : "is empty");
+        return NULL;
+    }
     struct clamav_engine *e = calloc(1, sizeof *e);
     struct cl_engine *cl = e ? cl_engine_new() : NULL;
     if (!cl) {
@@ -210,13 +230,14 @@ static int db_reload_locked(struct clamav_db *db, const char *why, char *err, si
     db_stat_refresh(db);
     if (db->reload_stop)
         db_drop_engine(db);
+    pthread_mutex_lock(&db->lock);
+    bool had = db->cur != NULL;
+    pthread_mutex_unlock(&db->lock);
     err[0] = '\0';
     struct clamav_engine *e = engine_load(db, err, errlen);
     if (!e) {
-        db_log(db, SLUICE_LOG_ERR, count_reload_failure, "reload (%s) failed, %s: %s", why,
-               db->reload_stop ? "no engine until the next load succeeds"
-                               : "the loaded engine stays",
-               err);
+        db_log(db, SLUICE_LOG_ERR, count_reload_failure, "load (%s) failed, %s: %s", why,
+               had ? "the loaded engine stays" : "no engine until a load succeeds", err);
         return -1;
     }
     pthread_mutex_lock(&db->lock);

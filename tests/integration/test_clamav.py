@@ -366,7 +366,7 @@ class ClamavReloadTest(ClamavBase):
         port = self.relay(check_interval="200ms")
         self.wait_loaded(1)
         self.write_db("this is not a signature\n", name="broken.ndb")
-        self.sluice.wait_log(r"reload \(the database directory changed\) failed, "
+        self.sluice.wait_log(r"load \(the database directory changed\) failed, "
                              r"the loaded engine stays", RELOAD_TIMEOUT)
         self.assertVirus(self.send(port, plain_message(EICAR)))
 
@@ -407,7 +407,7 @@ class ClamavConfigTest(ClamavBase):
         rc, out = self.check()
         self.assertNotEqual(rc, 0, out)
         self.assertIn("30-clamav", out)
-        self.assertRegex(out, r"database")
+        self.assertRegex(out, r"database directory .* is empty \(get a database with freshclam\)")
 
     def test_unknown_and_bad_settings_are_refused_with_their_line(self):
         for settings, what in (({"on_virus": "ignore"}, "on_virus"),
