@@ -182,6 +182,15 @@ uint64_t sluice_message_size(const sluice_session *s)
     return CS(s)->spool ? spool_size(CS(s)->spool) : 0;
 }
 
+/* Where the reader was at every READER_MARK_EVERY bytes of the spool, so a
+ * read before the position restarts from the nearest mark, not the start. */
+#define READER_MARK_EVERY (1024 * 1024)
+
+struct reader_mark {
+    uint64_t off, out_pos;
+    bool at_bol;
+};
+
 /* A reader holds its own reference to the spool, so a thread-pool function
  * may read it after the session moved on (or ended). */
 struct sluice_message_reader {
@@ -191,6 +200,8 @@ struct sluice_message_reader {
     int64_t length;   /* the un-stuffed length, -1 until counted */
     bool at_bol;
     struct evbuffer *pending;
+    struct reader_mark *marks;
+    size_t nmarks;
     char chunk[READER_CHUNK];
 };
 
@@ -214,14 +225,37 @@ sluice_message_reader *sluice_message_open(sluice_session *ss)
     return r;
 }
 
+/* With nothing pending, the state at r->off is complete: mark it when it is
+ * the next mark's place (reads advance a chunk at a time, so each is hit). */
+static void reader_mark(sluice_message_reader *r)
+{
+    if (r->off != (uint64_t)r->nmarks * READER_MARK_EVERY)
+        return;
+    struct reader_mark *m = realloc(r->marks, (r->nmarks + 1) * sizeof *m);
+    if (!m)
+        return;
+    r->marks = m;
+    m[r->nmarks++] = (struct reader_mark){r->off, r->out_pos, r->at_bol};
+}
+
+/* Reads and un-stuffs the next chunk of the spool into pending. */
+static ssize_t reader_fill(sluice_message_reader *r)
+{
+    reader_mark(r);
+    ssize_t n = spool_read(r->spool, r->off, r->chunk, sizeof r->chunk);
+    if (n <= 0)
+        return n;
+    r->off += (uint64_t)n;
+    data_unstuff(r->chunk, (size_t)n, &r->at_bol, r->pending);
+    return n;
+}
+
 ssize_t sluice_message_read(sluice_message_reader *r, void *buf, size_t len)
 {
     while (evbuffer_get_length(r->pending) == 0) {
-        ssize_t n = spool_read(r->spool, r->off, r->chunk, sizeof r->chunk);
+        ssize_t n = reader_fill(r);
         if (n <= 0)
             return n;
-        r->off += (uint64_t)n;
-        data_unstuff(r->chunk, (size_t)n, &r->at_bol, r->pending);
     }
     int got = evbuffer_remove(r->pending, buf, len);
     if (got > 0)
@@ -229,12 +263,16 @@ ssize_t sluice_message_read(sluice_message_reader *r, void *buf, size_t len)
     return got;
 }
 
-static void reader_rewind(sluice_message_reader *r)
+/* Back to the last mark at or before pos (the start when none). */
+static void reader_rewind(sluice_message_reader *r, uint64_t pos)
 {
+    struct reader_mark m = {0, 0, true};
+    for (size_t i = 0; i < r->nmarks && r->marks[i].out_pos <= pos; i++)
+        m = r->marks[i];
     evbuffer_drain(r->pending, evbuffer_get_length(r->pending));
-    r->off = 0;
-    r->out_pos = 0;
-    r->at_bol = true;
+    r->off = m.off;
+    r->out_pos = m.out_pos;
+    r->at_bol = m.at_bol;
 }
 
 /* Moves forward to pos without copying out what lies before it. */
@@ -243,11 +281,9 @@ static int reader_skip_to(sluice_message_reader *r, uint64_t pos)
     while (r->out_pos < pos) {
         size_t have = evbuffer_get_length(r->pending);
         if (have == 0) {
-            ssize_t n = spool_read(r->spool, r->off, r->chunk, sizeof r->chunk);
+            ssize_t n = reader_fill(r);
             if (n <= 0)
                 return (int)n;
-            r->off += (uint64_t)n;
-            data_unstuff(r->chunk, (size_t)n, &r->at_bol, r->pending);
             continue;
         }
         size_t step = pos - r->out_pos < have ? (size_t)(pos - r->out_pos) : have;
@@ -260,7 +296,7 @@ static int reader_skip_to(sluice_message_reader *r, uint64_t pos)
 ssize_t sluice_message_pread(sluice_message_reader *r, void *buf, size_t len, uint64_t off)
 {
     if (off < r->out_pos)
-        reader_rewind(r);
+        reader_rewind(r, off);
     int rc = reader_skip_to(r, off);
     if (rc <= 0)
         return rc;
@@ -311,6 +347,7 @@ void sluice_message_close(sluice_message_reader *r)
         return;
     spool_free(r->spool);
     evbuffer_free(r->pending);
+    free(r->marks);
     free(r);
 }
 

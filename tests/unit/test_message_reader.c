@@ -19,8 +19,8 @@
 #include "spool.h"
 
 #define MEM_THRESHOLD 4096
-#define LINES 20000
-#define PROBES 500
+#define LINES 80000 /* about 2.7 MB: past a few of the reader's 1 MiB marks */
+#define PROBES 200
 
 struct message {
     char *stuffed; /* as spooled */

@@ -110,7 +110,7 @@ ssize_t sluice_message_read(sluice_message_reader *r, void *buf, size_t len);
  * un-stuffed message; returns bytes read (fewer only at the end), 0 past the
  * end, -1 on an error. Moves the read position of sluice_message_read to
  * off + the bytes read. Reading forward is cheap; an offset before the
- * position re-reads the spool from the start. */
+ * position re-reads the spool from the nearest 1 MiB mark before it. */
 ssize_t sluice_message_pread(sluice_message_reader *r, void *buf, size_t len, uint64_t off);
 /* The un-stuffed message's length in bytes, or -1 on an error (since ABI
  * 1.2). The first call reads the whole spool once (on a large message, call
