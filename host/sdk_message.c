@@ -183,11 +183,26 @@ uint64_t sluice_message_size(const sluice_session *s)
     return CS(s)->txn.size;
 }
 
+/* Where the reader was at every READER_MARK_EVERY bytes of the spool, so a
+ * read before the position restarts from the nearest mark, not the start. */
+#define READER_MARK_EVERY (1024 * 1024)
+
+struct reader_mark {
+    uint64_t off, out_pos;
+    bool at_bol;
+};
+
+/* A reader holds its own reference to the spool, so a thread-pool function
+ * may read it after the session moved on (or ended). */
 struct sluice_message_reader {
     struct spool *spool;
-    uint64_t off;
+    uint64_t off;     /* in the spool (dot-stuffed) */
+    uint64_t out_pos; /* in the un-stuffed message: bytes returned or skipped */
+    int64_t length;   /* the un-stuffed length, -1 until counted */
     bool at_bol;
     struct evbuffer *pending;
+    struct reader_mark *marks;
+    size_t nmarks;
     char chunk[READER_CHUNK];
 };
 
@@ -201,31 +216,139 @@ sluice_message_reader *sluice_message_open(sluice_session *ss)
         return NULL;
     r->spool = s->spool;
     r->at_bol = true;
+    r->length = -1;
     r->pending = evbuffer_new();
     if (!r->pending) {
         free(r);
         return NULL;
     }
+    spool_ref(r->spool);
     return r;
+}
+
+/* With nothing pending, the state at r->off is complete: mark it when it is
+ * the next mark's place (reads advance a chunk at a time, so each is hit). */
+static void reader_mark(sluice_message_reader *r)
+{
+    if (r->off != (uint64_t)r->nmarks * READER_MARK_EVERY)
+        return;
+    struct reader_mark *m = realloc(r->marks, (r->nmarks + 1) * sizeof *m);
+    if (!m)
+        return;
+    r->marks = m;
+    m[r->nmarks++] = (struct reader_mark){r->off, r->out_pos, r->at_bol};
+}
+
+/* Reads and un-stuffs the next chunk of the spool into pending. */
+static ssize_t reader_fill(sluice_message_reader *r)
+{
+    reader_mark(r);
+    ssize_t n = spool_read(r->spool, r->off, r->chunk, sizeof r->chunk);
+    if (n <= 0)
+        return n;
+    r->off += (uint64_t)n;
+    data_unstuff(r->chunk, (size_t)n, &r->at_bol, r->pending);
+    return n;
 }
 
 ssize_t sluice_message_read(sluice_message_reader *r, void *buf, size_t len)
 {
     while (evbuffer_get_length(r->pending) == 0) {
-        ssize_t n = spool_read(r->spool, r->off, r->chunk, sizeof r->chunk);
+        ssize_t n = reader_fill(r);
         if (n <= 0)
             return n;
-        r->off += (uint64_t)n;
-        data_unstuff(r->chunk, (size_t)n, &r->at_bol, r->pending);
     }
-    return evbuffer_remove(r->pending, buf, len);
+    int got = evbuffer_remove(r->pending, buf, len);
+    if (got > 0)
+        r->out_pos += (uint64_t)got;
+    return got;
+}
+
+/* Back to the last mark at or before pos (the start when none). */
+static void reader_rewind(sluice_message_reader *r, uint64_t pos)
+{
+    struct reader_mark m = {0, 0, true};
+    for (size_t i = 0; i < r->nmarks && r->marks[i].out_pos <= pos; i++)
+        m = r->marks[i];
+    evbuffer_drain(r->pending, evbuffer_get_length(r->pending));
+    r->off = m.off;
+    r->out_pos = m.out_pos;
+    r->at_bol = m.at_bol;
+}
+
+/* Moves forward to pos without copying out what lies before it. */
+static int reader_skip_to(sluice_message_reader *r, uint64_t pos)
+{
+    while (r->out_pos < pos) {
+        size_t have = evbuffer_get_length(r->pending);
+        if (have == 0) {
+            ssize_t n = reader_fill(r);
+            if (n <= 0)
+                return (int)n;
+            continue;
+        }
+        size_t step = pos - r->out_pos < have ? (size_t)(pos - r->out_pos) : have;
+        evbuffer_drain(r->pending, step);
+        r->out_pos += step;
+    }
+    return 1;
+}
+
+ssize_t sluice_message_pread(sluice_message_reader *r, void *buf, size_t len, uint64_t off)
+{
+    if (off < r->out_pos)
+        reader_rewind(r, off);
+    int rc = reader_skip_to(r, off);
+    if (rc <= 0)
+        return rc;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = sluice_message_read(r, (char *)buf + done, len - done);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        done += (size_t)n;
+    }
+    return (ssize_t)done;
+}
+
+/* The spool's size less the dots stuffed at line starts, counted in one pass
+ * over the spool with a cursor of its own. */
+int64_t sluice_message_length(sluice_message_reader *r)
+{
+    if (r->length >= 0)
+        return r->length;
+    uint64_t off = 0, dots = 0;
+    bool at_bol = true;
+    for (;;) {
+        ssize_t n = spool_read(r->spool, off, r->chunk, sizeof r->chunk);
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        for (size_t i = 0; i < (size_t)n;) {
+            if (at_bol && r->chunk[i] == '.')
+                dots++;
+            const char *lf = memchr(r->chunk + i, '\n', (size_t)n - i);
+            at_bol = lf != NULL;
+            i = lf ? (size_t)(lf - r->chunk) + 1 : (size_t)n;
+        }
+        off += (uint64_t)n;
+    }
+    /* The chunk served as scratch: the stream cursor keeps its bytes in
+     * pending, so its position is untouched. */
+    r->length = (int64_t)(off - dots);
+    return r->length;
 }
 
 void sluice_message_close(sluice_message_reader *r)
 {
     if (!r)
         return;
+    spool_free(r->spool);
     evbuffer_free(r->pending);
+    free(r->marks);
     free(r);
 }
 

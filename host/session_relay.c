@@ -293,6 +293,24 @@ static void relay_data_timeout(evutil_socket_t fd, short what, void *arg)
     session_close_after(s, R_DATA_TIMEOUT);
 }
 
+/* Empties the spool for a new message. A spool a plugin's reader still holds
+ * (a scan that outlived its transaction) is left to it: the message goes
+ * into a new one. */
+static bool relay_spool_reset(struct session *s)
+{
+    if (!spool_shared(s->spool)) {
+        spool_reset(s->spool);
+        return true;
+    }
+    struct spool *fresh = spool_new((size_t)s->cfg->spool_memory, s->cfg->spool_dir);
+    if (!fresh)
+        return false;
+    log_debug(s->sid, "the last message is still being read by a plugin: a new spool");
+    spool_free(s->spool);
+    s->spool = fresh;
+    return true;
+}
+
 static void relay_data_done(struct session *s, const struct hook_verdict *v)
 {
     if (session_apply_verdict(s, HOOK_DATA, v)) {
@@ -308,8 +326,15 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
         session_done(s);
         return;
     }
+    if (!relay_spool_reset(s)) {
+        log_err(s->sid, "out of memory for the message spool");
+        session_reply(s, R_INTERNAL);
+        session_log_txn(s, "451");
+        session_txn_reset(s);
+        session_done(s);
+        return;
+    }
     session_reply(s, R_DATA_GO);
-    spool_reset(s->spool);
     evbuffer_drain(s->data_out, evbuffer_get_length(s->data_out));
     data_decoder_init(&s->decoder, s->cfg->bare_newline);
     if (!s->data_timer)

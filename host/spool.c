@@ -8,6 +8,7 @@
 #include "spool.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@ struct spool {
     bool handed_out; /* fd content is referenced by a file segment someone may still send */
     int write_errno; /* a failed write spoils the message until spool_reset */
     uint64_t size;
+    atomic_int refs; /* the session's, plus one per message reader */
 };
 
 struct spool *spool_new(size_t mem_threshold, const char *dir)
@@ -44,6 +46,7 @@ struct spool *spool_new(size_t mem_threshold, const char *dir)
     s->dir = strdup(dir != NULL && dir[0] != '\0' ? dir : SPOOL_DEFAULT_DIR);
     s->mem = evbuffer_new();
     s->fd = -1;
+    atomic_init(&s->refs, 1);
     if (s->dir == NULL || s->mem == NULL) {
         spool_free(s);
         return NULL;
@@ -51,9 +54,19 @@ struct spool *spool_new(size_t mem_threshold, const char *dir)
     return s;
 }
 
+void spool_ref(struct spool *s)
+{
+    atomic_fetch_add(&s->refs, 1);
+}
+
+bool spool_shared(const struct spool *s)
+{
+    return atomic_load(&((struct spool *)s)->refs) > 1;
+}
+
 void spool_free(struct spool *s)
 {
-    if (s == NULL)
+    if (s == NULL || atomic_fetch_sub(&s->refs, 1) > 1)
         return;
     if (s->fd >= 0)
         close(s->fd);

@@ -13,8 +13,15 @@ struct spool;
 /* mem_threshold: bytes kept in memory; beyond it everything moves to an
  * O_TMPFILE (or mkstemp+unlink) file in dir. Never fails to create. */
 struct spool *spool_new(size_t mem_threshold, const char *dir);
+/* Drops a reference; the last one frees the spool. Any thread. */
 void spool_free(struct spool *s);
-/* Drops the content, keeps the spool for the next message. */
+/* Another reference, for a reader that may outlive the transaction (a
+ * plugin's message reader on the thread pool). A shared spool is read-only:
+ * its owner starts the next message in a new spool, never resets it. */
+void spool_ref(struct spool *s);
+bool spool_shared(const struct spool *s);
+/* Drops the content, keeps the spool for the next message. Not on a shared
+ * spool. */
 void spool_reset(struct spool *s);
 
 /* Moves all of src into the spool (src is drained). Returns 0, or -1 with

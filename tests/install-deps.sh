@@ -14,7 +14,7 @@ packages=(
     build-essential cmake pkg-config clang
     libevent-dev libssl-dev liblua5.4-dev libclamav-dev libcmocka-dev
     liblmdb-dev libhiredis-dev libc-ares-dev libconfig-dev libidn2-dev libunistring-dev
-    clamav dnsmasq-base dnsutils redis-server rbldnsd lmdb-utils openssl
+    clamav clamav-daemon dnsmasq-base dnsutils redis-server rbldnsd lmdb-utils openssl
     python3-aiosmtpd swaks libnet-ssleay-perl postfix systemd
 )
 

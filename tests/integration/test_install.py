@@ -57,7 +57,7 @@ class InstallTest(SluiceTestCase):
                      "etc/sluice/conf.d/20-dnsbl.conf", "usr/include/sluice/plugin.h",
                      "usr/lib/systemd/system/sluice.service"]:
             self.assertIn(want, files)
-        for plugin in ("lua", "dnsbl", "tarpit", "greylist"):
+        for plugin in ("lua", "dnsbl", "tarpit", "greylist", "clamav"):
             self.assertTrue(any(re.match(r"usr/lib/(.+/)?sluice/plugins/%s\.so$" % plugin, f)
                                 for f in files), files)
         self.assertTrue(any(re.match(r"usr/lib/(.+/)?pkgconfig/sluice-plugin\.pc$", f)

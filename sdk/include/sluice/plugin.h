@@ -29,8 +29,10 @@ extern "C" {
 #endif
 
 #define SLUICE_ABI_MAJOR 1
-/* 1.1: sluice_entry_timer(), sluice_entry_dns_query() (<sluice/async.h>). */
-#define SLUICE_ABI_MINOR 1
+/* 1.1: sluice_entry_timer(), sluice_entry_dns_query() (<sluice/async.h>).
+ * 1.2: message readers usable on the thread pool, sluice_message_pread(),
+ *      sluice_message_length() (<sluice/session.h>). */
+#define SLUICE_ABI_MINOR 2
 
 /* Opaque handles. */
 typedef struct sluice_session sluice_session; /* one client session */

@@ -96,11 +96,29 @@ const char *sluice_header_get(const sluice_session *s, const char *name, size_t 
                               size_t *value_len);
 
 /* The whole message (headers and body, un-dot-stuffed, CRLF line ends) as a
- * stream read from the spool, never copied whole into memory. */
+ * stream read from the spool, never copied whole into memory.
+ *
+ * Open it at eom, on the loop thread. The reader holds its own reference to
+ * the spooled message (since ABI 1.2): it may be handed to a thread-pool
+ * function (sluice_work) and read there, by one thread at a time, and stays
+ * valid after the hook returns, the transaction ends or the session closes,
+ * until sluice_message_close(), which may be called on any thread. The
+ * message it reads never changes (header changes are not part of it). */
 typedef struct sluice_message_reader sluice_message_reader;
 sluice_message_reader *sluice_message_open(sluice_session *s);
 /* Returns bytes read, 0 at the end, -1 on an error. */
 ssize_t sluice_message_read(sluice_message_reader *r, void *buf, size_t len);
+/* Random access (since ABI 1.2), for scanners that map the message (e.g.
+ * libclamav's cl_fmap_open_handle): up to len bytes at offset off of the
+ * un-stuffed message; returns bytes read (fewer only at the end), 0 past the
+ * end, -1 on an error. Moves the read position of sluice_message_read to
+ * off + the bytes read. Reading forward is cheap; an offset before the
+ * position re-reads the spool from the nearest 1 MiB mark before it. */
+ssize_t sluice_message_pread(sluice_message_reader *r, void *buf, size_t len, uint64_t off);
+/* The un-stuffed message's length in bytes, or -1 on an error (since ABI
+ * 1.2). The first call reads the whole spool once (on a large message, call
+ * it from the thread-pool function); later calls return the same value. */
+int64_t sluice_message_length(sluice_message_reader *r);
 void sluice_message_close(sluice_message_reader *r);
 
 /* Header changes, applied when the message is sent to the backend. add puts
