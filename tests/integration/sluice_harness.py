@@ -6,9 +6,11 @@ tests need: a raw SMTP client, reading what a backend recorded, bounded waits,
 and grepping sluice's log. Every wait here is bounded.
 """
 
+import fcntl
 import glob
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -35,11 +37,43 @@ def sluice_bin():
     return os.path.normpath(os.path.join(HERE, "..", "..", "build", "sluice"))
 
 
-def free_port(kind=socket.SOCK_STREAM):
-    """A port nothing listens on right now (the kernel picks it)."""
+# Ports handed to tests come from below Linux's ephemeral range (32768 and
+# up), so no client socket of a parallel test can hold one; each is locked
+# (flock on a file per port) for the life of the test process, so two test
+# processes under `ctest -j` never get the same one (sluice binds with
+# SO_REUSEPORT: two daemons on one port would share it silently).
+PORT_RANGE = (20000, 32000)
+PORT_LOCK_DIR = os.path.join(tempfile.gettempdir(), "sluice-test-ports")
+PORT_TRIES = 500
+_held_port_locks = []
+
+
+def _bindable(port, kind):
     with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A port nothing listens on now, reserved for this test process."""
+    os.makedirs(PORT_LOCK_DIR, mode=0o1777, exist_ok=True)
+    rng = random.SystemRandom()
+    for _ in range(PORT_TRIES):
+        port = rng.randrange(*PORT_RANGE)
+        fd = os.open(os.path.join(PORT_LOCK_DIR, str(port)), os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        if _bindable(port, socket.SOCK_STREAM) and _bindable(port, socket.SOCK_DGRAM):
+            _held_port_locks.append(fd)
+            return port
+        os.close(fd)
+    raise AssertionError("no free port in %d-%d after %d tries" % (PORT_RANGE + (PORT_TRIES,)))
 
 
 def wait_until(predicate, timeout, interval=0.02, what="condition"):

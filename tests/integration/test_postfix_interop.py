@@ -19,6 +19,8 @@ import threading
 import time
 import unittest
 
+from sluice_harness import free_port
+
 POSTFIX = "/usr/sbin/postfix"
 HERE = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES = os.path.join(HERE, "postfix")
@@ -37,10 +39,6 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 
 
-def free_port(kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port, timeout):
