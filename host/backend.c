@@ -1,4 +1,5 @@
 #include "backend.h"
+#include "mstime.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -97,7 +98,7 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg);
 
 static struct timeval ms_to_tv(int64_t ms)
 {
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    struct timeval tv = ms_to_timeval(ms);
     return tv;
 }
 

@@ -9,12 +9,27 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "mstime.h"
 #include "hooks.h"
 #include "log.h"
 #include "plugin_host.h"
 #include "sdk_op.h"
 #include "session_internal.h"
 #include "worker.h"
+
+/* The host's enums are the SDK's, value for value: a hook index or verdict
+ * crosses the boundary without a translation table. */
+_Static_assert(HOOK_CONNECT == (int)SLUICE_HOOK_CONNECT && HOOK_HELO == (int)SLUICE_HOOK_HELO &&
+                   HOOK_MAIL == (int)SLUICE_HOOK_MAIL && HOOK_RCPT == (int)SLUICE_HOOK_RCPT &&
+                   HOOK_DATA == (int)SLUICE_HOOK_DATA && HOOK_EOM == (int)SLUICE_HOOK_EOM &&
+                   HOOK_DISCONNECT == (int)SLUICE_HOOK_DISCONNECT &&
+                   HOOK_COUNT == (int)SLUICE_HOOK_COUNT,
+               "host hook points differ from the SDK's");
+_Static_assert(VERDICT_CONTINUE == (int)SLUICE_CONTINUE && VERDICT_ACCEPT == (int)SLUICE_ACCEPT &&
+                   VERDICT_REJECT == (int)SLUICE_REJECT &&
+                   VERDICT_TEMPFAIL == (int)SLUICE_TEMPFAIL &&
+                   VERDICT_DISCONNECT == (int)SLUICE_DISCONNECT,
+               "host verdicts differ from the SDK's");
 
 static const char *const hook_names[HOOK_COUNT] = {
     "connect", "helo", "mail", "rcpt", "data", "eom", "disconnect",
@@ -29,7 +44,8 @@ static const char *verdict_name(enum sluice_verdict v)
 {
     static const char *const names[] = {"continue", "accept", "reject",
                                         "tempfail", "disconnect", "pending"};
-    return (unsigned)v < 6 ? names[v] : "?";
+    _Static_assert(sizeof names / sizeof names[0] == SLUICE_PENDING + 1, "a verdict without a name");
+    return (unsigned)v <= SLUICE_PENDING ? names[v] : "?";
 }
 
 static void chain_continue(struct session *s);
@@ -140,8 +156,7 @@ static void chain_wait(struct session *s, struct plugin_entry *e)
     if (!s->run.timeout_ev)
         s->run.timeout_ev = event_new(s->loop->base, -1, 0, chain_timeout_cb, s);
     if (s->run.timeout_ev) {
-        struct timeval tv = {.tv_sec = e->timeout_ms / 1000,
-                             .tv_usec = (e->timeout_ms % 1000) * 1000};
+        struct timeval tv = ms_to_timeval(e->timeout_ms);
         event_add(s->run.timeout_ev, &tv);
     }
 }

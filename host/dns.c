@@ -5,6 +5,7 @@
  * cancelled) and every c-ares callback it started has come back, because
  * c-ares cannot forget a question once asked. */
 #include "dns.h"
+#include "mstime.h"
 
 #include <ares.h>
 #include <arpa/nameser.h>
@@ -421,7 +422,7 @@ static void dns_query_arm_timeout(struct dns_query *q, int64_t timeout_ms)
 {
     if (timeout_ms <= 0)
         return; /* c-ares' own timeout and tries bound the query */
-    struct timeval tv = {(time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000};
+    struct timeval tv = ms_to_timeval(timeout_ms);
     evtimer_add(q->timer, &tv);
 }
 

@@ -32,6 +32,7 @@ struct plugin_entry {
     int nthreads;
     int index;
     int64_t timeout_ms;
+    bool timeout_set; /* the operator wrote `timeout`: sluice_entry_set_timeout leaves it */
     enum sluice_verdict on_timeout;
     bool initialized;
     struct worker *worker; /* NULL at `sluice -t` */

@@ -142,6 +142,7 @@ static int loader_entry_settings(const struct sluice_config *cfg, struct plugin_
             return -1;
         }
         e->timeout_ms = ms;
+        e->timeout_set = true;
     }
     t = cf ? config_lookup(cf, "on_timeout") : NULL;
     if (t) {

@@ -4,6 +4,7 @@
  * connects. One mutex guards all of it; it is never held while a session
  * callback runs. */
 #include "pool.h"
+#include "mstime.h"
 
 #include <netinet/in.h>
 #include <pthread.h>
@@ -272,7 +273,7 @@ static struct pool_waiter *waiter_new(struct pool *p, struct event_base *base, p
 static struct timeval wait_timeout(const struct pool_conf *conf)
 {
     int64_t ms = conf->wait_ms > 0 ? conf->wait_ms : 0;
-    struct timeval tv = {.tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    struct timeval tv = ms_to_timeval(ms);
 
     return tv;
 }

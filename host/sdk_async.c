@@ -8,6 +8,7 @@
 #include <sluice/async.h>
 
 #include "dns.h"
+#include "mstime.h"
 #include "log.h"
 #include "plugin_host.h"
 #include "sdk_op.h"
@@ -205,7 +206,7 @@ int sluice_timer(sluice_session *ss, int64_t ms, sluice_timer_cb cb, void *arg)
         free(r);
         return -1;
     }
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    struct timeval tv = ms_to_timeval(ms);
     event_add(r->ev, &tv);
     return 0;
 }

@@ -1,4 +1,5 @@
 /* The SDK's access to an entry's settings (its conf.d file). */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -27,6 +28,20 @@ static config_setting_t *setting(const sluice_entry *e, const char *path)
 
 const char *sluice_entry_name(const sluice_entry *e) { return E(e)->name; }
 const char *sluice_entry_file(const sluice_entry *e) { return E(e)->conf->file; }
+
+int64_t sluice_entry_timeout(const sluice_entry *e) { return E(e)->timeout_ms; }
+
+/* Durations in configuration stay below 2^31 ms (DESIGN: libconfig). */
+#define ENTRY_TIMEOUT_MAX_MS INT32_MAX
+
+int sluice_entry_set_timeout(sluice_entry *e, int64_t ms)
+{
+    struct plugin_entry *pe = (struct plugin_entry *)e;
+    if (ms <= 0 || ms > ENTRY_TIMEOUT_MAX_MS || pe->timeout_set)
+        return -1;
+    pe->timeout_ms = ms;
+    return 0;
+}
 
 int sluice_setting_string(const sluice_entry *e, const char *path, const char **out)
 {

@@ -9,6 +9,7 @@
 #include <sluice/async.h>
 
 #include "dns.h"
+#include "mstime.h"
 #include "plugin_host.h"
 #include "worker.h"
 
@@ -102,7 +103,7 @@ int sluice_entry_timer(sluice_entry *se, int64_t ms, sluice_entry_timer_cb cb, v
         return -1;
     op->timer_cb = cb;
     op->timer = evtimer_new(loop->base, entry_timer_fire, op);
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    struct timeval tv = ms_to_timeval(ms);
     if (!op->timer || evtimer_add(op->timer, &tv) < 0) {
         if (op->timer)
             event_free(op->timer);

@@ -1,4 +1,5 @@
 #include "session.h"
+#include "mstime.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -173,18 +174,12 @@ bool session_apply_verdict(struct session *s, enum hook_point point, const struc
 
 /* ---- flow control ------------------------------------------------------- */
 
-static struct timeval session_ms_tv(int64_t ms)
-{
-    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
-    return tv;
-}
-
 /* Starts the deadline of what the client must send whole: a PROXY header,
  * one command line. A read timeout would restart at every byte, so a client
  * dribbling a byte per period would never be cut; this timer does not move. */
 static void session_deadline(struct session *s, int64_t ms)
 {
-    struct timeval tv = session_ms_tv(ms);
+    struct timeval tv = ms_to_timeval(ms);
     event_add(s->wait_timer, &tv);
 }
 
@@ -214,8 +209,8 @@ static void session_arm_timeout(struct session *s)
         bufferevent_set_timeouts(s->bev, NULL, NULL);
         return;
     }
-    struct timeval wt = session_ms_tv(s->cfg->command_timeout_ms);
-    struct timeval rt = session_ms_tv(s->cfg->data_block_timeout_ms);
+    struct timeval wt = ms_to_timeval(s->cfg->command_timeout_ms);
+    struct timeval rt = ms_to_timeval(s->cfg->data_block_timeout_ms);
     bufferevent_set_timeouts(s->bev, wait == WAIT_DATA ? &rt : NULL, &wt);
 }
 

@@ -11,6 +11,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "mstime.h"
 #include "generation.h"
 #include "log.h"
 #include "pool.h"
@@ -341,7 +342,7 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
         s->data_timer = event_new(s->loop->base, -1, 0, relay_data_timeout, s);
     if (s->data_timer) {
         int64_t ms = s->cfg->data_total_timeout_ms;
-        struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+        struct timeval tv = ms_to_timeval(ms);
         event_add(s->data_timer, &tv);
     }
     if (s->backend)

@@ -2,6 +2,7 @@
  * own read (or write) transactions next to the daemon's, Redis through a
  * blocking hiredis connection (SCAN, GET, PTTL, DEL). */
 #include "store_admin.h"
+#include "mstime.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -158,7 +159,7 @@ static int admin_redis_open(struct store_admin *a, const struct store_conf *conf
     const char *address = conf->redis_address ? conf->redis_address : "127.0.0.1";
     int64_t ms = conf->redis_timeout_ms > 0 ? conf->redis_timeout_ms
                                             : STORE_REDIS_DEFAULT_TIMEOUT_MS;
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    struct timeval tv = ms_to_timeval(ms);
     char host[ADMIN_HOST_TEXT_MAX], port[ADMIN_PORT_TEXT_MAX];
     if (address[0] == '/') {
         a->redis = redisConnectUnixWithTimeout(address, tv);

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "mstime.h"
 #include "store_backend.h"
 
 #define REDIS_BACKOFF_MIN_MS 100
@@ -289,8 +290,7 @@ static int rcmd_start(struct store_thread *t, enum rcmd_kind kind, union rcmd_cb
     if (redis_ensure(t) == 0 &&
         redisAsyncCommandArgv(conn->ac, rcmd_reply_cb, cmd, argc, argv, argvlen) == REDIS_OK) {
         cmd->in_hiredis = true;
-        tv.tv_sec = t->st->redis_timeout_ms / 1000;
-        tv.tv_usec = (t->st->redis_timeout_ms % 1000) * 1000;
+        tv = ms_to_timeval(t->st->redis_timeout_ms);
     } else {
         /* never from inside the call: the failure is told from the loop */
         cmd->errstr = "redis not connected";

@@ -24,8 +24,9 @@
 #define TARPIT_DEFAULT_MAX_DELAY_MS 30000
 #define TARPIT_DEFAULT_EARLY_TALKER_SCORE 5.0
 #define TARPIT_NOTE_EARLY_TALKER "tarpit.early_talker"
-/* The host's default plugin_timeout, for a warning only. */
-#define TARPIT_HOST_DEFAULT_TIMEOUT_MS 10000
+/* Without an operator's `timeout`, the entry's pending timeout is the
+ * longest delay plus this: a delay must end before its timeout does. */
+#define TARPIT_TIMEOUT_MARGIN_MS 5000
 
 enum tarpit_early_action { EARLY_IGNORE, EARLY_REJECT, EARLY_DISCONNECT, EARLY_SCORE };
 
@@ -149,17 +150,19 @@ static int tarpit_read_throttle(const sluice_entry *e, struct tarpit_conf *c, ch
 }
 
 /* The entry's pending timeout must outlast the longest delay, or every
- * delayed session would end in the timeout's outcome. */
-static int tarpit_check_timeout(const sluice_entry *e, const struct tarpit_conf *c, char *err,
+ * delayed session would end in the timeout's outcome. Without the
+ * operator's `timeout`, the tarpit gives itself one that does. */
+static int tarpit_check_timeout(sluice_entry *e, const struct tarpit_conf *c, char *err,
                                 size_t errlen)
 {
     int64_t longest = c->max_delay_ms > c->banner_delay_ms ? c->max_delay_ms : c->banner_delay_ms;
     int64_t timeout_ms = 0;
     if (sluice_setting_duration(e, "timeout", &timeout_ms) != 0) {
-        if (longest >= TARPIT_HOST_DEFAULT_TIMEOUT_MS)
-            sluice_log_entry(e, SLUICE_LOG_WARN,
-                             "no timeout set: delays beyond plugin_timeout (10s unless set in "
-                             "sluice.conf) end with on_timeout's outcome");
+        if (sluice_entry_timeout(e) <= longest &&
+            sluice_entry_set_timeout(e, longest + TARPIT_TIMEOUT_MARGIN_MS) < 0) {
+            snprintf(err, errlen, "max_delay/banner_delay (%lld ms) too long", (long long)longest);
+            return -1;
+        }
         return 0;
     }
     if (timeout_ms > longest)
@@ -171,7 +174,7 @@ static int tarpit_check_timeout(const sluice_entry *e, const struct tarpit_conf 
     return -1;
 }
 
-static int tarpit_read_conf(const sluice_entry *e, struct tarpit_conf *c, char *err,
+static int tarpit_read_conf(sluice_entry *e, struct tarpit_conf *c, char *err,
                             size_t errlen)
 {
     c->max_delay_ms = TARPIT_DEFAULT_MAX_DELAY_MS;

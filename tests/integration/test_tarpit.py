@@ -24,8 +24,10 @@ def plugin_dir():
 
 
 class TarpitTest(SluiceTestCase):
-    def relay(self, **tarpit):
-        entry = {"plugin": "tarpit", "timeout": "60s"}
+    def relay(self, own_timeout=True, sluice_conf=None, **tarpit):
+        entry = {"plugin": "tarpit"}
+        if own_timeout:
+            entry["timeout"] = "60s"
         entry.update(tarpit)
         conf_dir = os.path.join(self.workdir, "conf.d")
         os.makedirs(conf_dir, exist_ok=True)
@@ -34,7 +36,7 @@ class TarpitTest(SluiceTestCase):
         b = self.start_backend("a")
         self.backend = b
         s, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")],
-                                   plugin_dir=plugin_dir())
+                                   plugin_dir=plugin_dir(), **(sluice_conf or {}))
         return s, port
 
     def timed(self, fn, *args):
@@ -45,6 +47,17 @@ class TarpitTest(SluiceTestCase):
     def assertDelayed(self, elapsed, delay):
         self.assertGreaterEqual(elapsed, delay - 0.05)
         self.assertLess(elapsed, delay + SLACK)
+
+    def test_delay_longer_than_plugin_timeout_needs_no_entry_timeout(self):
+        # Without `timeout`, the tarpit gives its entry one that outlasts its
+        # delays (sluice_entry_set_timeout): the delay ends, not the timeout.
+        _, port = self.relay(own_timeout=False, sluice_conf={"plugin_timeout": "1s"},
+                             delay="1500ms", hooks=["helo"])
+        c = self.connect(port)
+        self.assertReply(c.read_reply(), 220)
+        ehlo, elapsed = self.timed(c.cmd, "EHLO client.test")
+        self.assertReply(ehlo, 250)
+        self.assertDelayed(elapsed, 1.5)
 
     def test_fixed_delay_holds_the_replies_of_listed_hooks_only(self):
         _, port = self.relay(delay="1s", hooks=["helo", "rcpt"])

@@ -23,6 +23,22 @@ extern "C" {
 const char *sluice_entry_name(const sluice_entry *e);
 const char *sluice_entry_file(const sluice_entry *e);
 
+/*
+ * The entry's pending timeout: how long a hook that returned SLUICE_PENDING
+ * may wait before the host decides with on_timeout. It is the entry's own
+ * `timeout` setting when the operator wrote one, else the host's
+ * plugin_timeout. (SDK 1.3)
+ */
+int64_t sluice_entry_timeout(const sluice_entry *e);
+/*
+ * Gives the entry its own pending timeout when the operator did not set
+ * `timeout` in its file (a plugin that knows it waits longer than the host's
+ * default, the tarpit's delays). An operator's `timeout` always wins.
+ * Call it from init() only. ms > 0. Returns 0, or -1 (ms out of range, or
+ * the operator's setting stays). (SDK 1.3)
+ */
+int sluice_entry_set_timeout(sluice_entry *e, int64_t ms);
+
 /* Each getter returns 0 with *out set, 1 when the setting is absent (*out
  * untouched: keep your default), -1 when it has the wrong type or value. */
 int sluice_setting_string(const sluice_entry *e, const char *path, const char **out);

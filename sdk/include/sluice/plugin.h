@@ -31,8 +31,9 @@ extern "C" {
 #define SLUICE_ABI_MAJOR 1
 /* 1.1: sluice_entry_timer(), sluice_entry_dns_query() (<sluice/async.h>).
  * 1.2: message readers usable on the thread pool, sluice_message_pread(),
- *      sluice_message_length() (<sluice/session.h>). */
-#define SLUICE_ABI_MINOR 2
+ *      sluice_message_length() (<sluice/session.h>).
+ * 1.3: sluice_entry_timeout(), sluice_entry_set_timeout() (<sluice/config.h>). */
+#define SLUICE_ABI_MINOR 3
 
 /* Opaque handles. */
 typedef struct sluice_session sluice_session; /* one client session */
@@ -40,9 +41,9 @@ typedef struct sluice_entry sluice_entry;     /* one chain entry (conf.d file) *
 
 enum sluice_hook {
     SLUICE_HOOK_CONNECT,    /* after accept, limits and the reverse lookup */
-    SLUICE_HOOK_HELO,       /* HELO/EHLO, argument in sluice_session_helo() */
-    SLUICE_HOOK_MAIL,       /* MAIL FROM, sender in sluice_session_sender() */
-    SLUICE_HOOK_RCPT,       /* RCPT TO, recipient in sluice_session_rcpt() */
+    SLUICE_HOOK_HELO,       /* HELO/EHLO, argument in sluice_helo() */
+    SLUICE_HOOK_MAIL,       /* MAIL FROM, sender in sluice_sender() */
+    SLUICE_HOOK_RCPT,       /* RCPT TO, recipient in sluice_rcpt() */
     SLUICE_HOOK_DATA,       /* DATA, before the 354 */
     SLUICE_HOOK_EOM,        /* end of message: headers and body readable */
     SLUICE_HOOK_DISCONNECT, /* the session ended; the verdict is ignored */
@@ -99,7 +100,9 @@ struct sluice_plugin {
     sluice_hook_fn hooks[SLUICE_HOOK_COUNT];
 };
 
-/* The exported descriptor: `SLUICE_PLUGIN(my_plugin) = { ... };` */
+/* The exported descriptor, one per plugin:
+ *     SLUICE_PLUGIN = { .abi_major = SLUICE_ABI_MAJOR, .abi_minor = SLUICE_ABI_MINOR, ... };
+ * (it defines the symbol `sluice_plugin` the host looks up). */
 #define SLUICE_PLUGIN_SYMBOL "sluice_plugin"
 #define SLUICE_PLUGIN_EXPORT __attribute__((visibility("default")))
 #define SLUICE_PLUGIN const struct sluice_plugin sluice_plugin SLUICE_PLUGIN_EXPORT
