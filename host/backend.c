@@ -93,6 +93,7 @@ struct backend {
 };
 
 static void backend_try_server(struct backend *b);
+static enum backend_step backend_awaited(const struct backend *b);
 static void backend_read_cb(struct bufferevent *bev, void *arg);
 static void backend_event_cb(struct bufferevent *bev, short what, void *arg);
 
@@ -411,10 +412,13 @@ static void backend_handshake_reply(struct backend *b, const char *text, const s
     default:
         return;
     }
-    log_warn(b->sid, "backend %s: handshake refused with %d", b->peer, r->code);
+    char excerpt[160];
+    backend_reply_excerpt(text, r->len, excerpt, sizeof excerpt);
+    log_warn(b->sid, "backend %s: %s refused: \"%s\"", b->peer,
+             backend_step_name(backend_awaited(b)), excerpt);
     b->state = B_DEAD;
     backend_drop_connection(b);
-    backend_open_done(b, BACKEND_REPLY, text, r->len, r->code, r->nlines);
+    backend_open_done(b, BACKEND_REFUSED, NULL, 0, 0, 0);
 }
 
 /* ---- replies in the ready state --------------------------------------- */

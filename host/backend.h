@@ -27,6 +27,8 @@ enum backend_status {
     BACKEND_POOL_FULL,     /* no slot within the pool's wait time */
     BACKEND_LOST,          /* connection closed, timed out or broke protocol */
     BACKEND_INTERNAL,      /* local failure (memory, spool) */
+    BACKEND_REFUSED,       /* the server refused the handshake (EHLO, XCLIENT):
+                            * misconfigured for sluice, its reply is logged */
 };
 
 struct backend_reply {
@@ -54,7 +56,9 @@ struct backend_client {
  * pool's servers in turn), and runs the handshake: PROXY header, banner,
  * EHLO, XCLIENT + new banner + EHLO. Holds a reference on gen (where pool
  * lives) until the connection is gone. cb gets BACKEND_REPLY with the final
- * EHLO reply (2xx) when ready, or the failing reply / status. */
+ * EHLO reply (2xx) when ready, else the failing status: a refused handshake
+ * is BACKEND_REFUSED (never the server's reply, which is about the server,
+ * not the mail: relayed, a 5xx would bounce good mail). */
 struct backend *backend_open(struct loop *loop, struct generation *gen, struct pool *pool,
                              int pool_index, const struct backend_client *client, backend_cb cb,
                              void *arg);

@@ -39,6 +39,7 @@ static const struct reply_entry reply_table[R_COUNT] = {
     [R_BACKEND_UNREACHABLE] = REPLY("451 4.4.1 Backend unreachable, try again later"),
     [R_BACKEND_LOST] = REPLY("451 4.4.2 Backend connection lost, try again later"),
     [R_POOL_FULL] = REPLY("451 4.4.5 Server busy, try again later"),
+    [R_BACKEND_HANDSHAKE] = REPLY("451 4.4.0 Backend not ready for this session, try again later"),
     [R_INTERNAL] = REPLY("451 4.3.0 Internal error, try again later"),
     [R_NO_VALID_RCPT] = REPLY("554 5.5.1 No valid recipients"),
     [R_LINE_TOO_LONG] = REPLY("500 5.5.2 Line too long"),

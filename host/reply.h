@@ -31,6 +31,7 @@ enum reply_id {
     R_BACKEND_UNREACHABLE, /* 451 4.4.1 */
     R_BACKEND_LOST,     /* 451 4.4.2 */
     R_POOL_FULL,        /* 451 4.4.5 */
+    R_BACKEND_HANDSHAKE,/* 451 4.4.0 the backend refused EHLO, XCLIENT or STARTTLS */
     R_INTERNAL,         /* 451 4.3.0 */
     R_NO_VALID_RCPT,    /* 554 5.5.1 No valid recipients */
     R_LINE_TOO_LONG,    /* 500 5.5.2 Line too long */

@@ -30,6 +30,8 @@ static enum reply_id relay_status_reply(enum backend_status st)
         return R_POOL_FULL;
     case BACKEND_INTERNAL:
         return R_INTERNAL;
+    case BACKEND_REFUSED:
+        return R_BACKEND_HANDSHAKE;
     default:
         return R_BACKEND_LOST;
     }

@@ -622,7 +622,7 @@ BACKEND_CASES = {
     "garbage_banner": (4, None, ()),
     "nul_banner": (4, None, ()),
     "never_banner": (4, None, ()),
-    "ehlo_refused": (5, None, ()),
+    "ehlo_refused": (4, None, ()),
     "ehlo_garbage_caps": (2, 2, ()),
     "garbage_rcpt": (4, None, ()),
     "mixed_codes_rcpt": (4, None, ()),
@@ -638,7 +638,7 @@ BACKEND_CASES = {
     "close_mid_final_reply": (2, 4, ()),
     "garbage_final_reply": (2, 4, ()),
     "never_reply_final": (2, 4, ()),
-    "xclient_rejected": (None, None, ("--xclient",)),
+    "xclient_rejected": (4, None, ("--xclient",)),
     "xclient_garbage": (4, None, ("--xclient",)),
 }
 
@@ -734,6 +734,39 @@ class HostileBackendTest(HostileTestCase):
                 self.assertTrue(any(a["conn"] >= 2 for a in self.evil[mode].events("accepted")))
         self.assert_survived(self.port)
 
+
+
+class HandshakeRefusalTest(HostileTestCase):
+    """A 5xx to EHLO or XCLIENT says the backend is misconfigured for sluice,
+    not that the mail is bad: relayed, it would bounce good mail."""
+
+    def refusing_backend(self, mode, args=()):
+        e = EvilBackend(self.workdir, mode, args)
+        self.addCleanup(e.close)
+        e.wait_ready()
+        self.sluice, port = self.start_relay(
+            [pool("evil", [e.port], command_timeout="2s")], [("a.example", "evil")],
+            connections=NO_LIMITS, limits=limits())
+        return port
+
+    def assert_handshake_451(self, port, backend_text):
+        c = self.raw(port)
+        c.read_reply()
+        self.assertReply(c.cmd("EHLO victim.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 451, "4.4.0")
+        # Every later recipient of the transaction gets the same answer.
+        self.assertReply(c.cmd("RCPT TO:<v@a.example>"), 451, "4.4.0")
+        self.assertReply(c.cmd("QUIT"), 221)
+        self.sluice.wait_log(re.escape(backend_text))
+
+    def test_backend_554_to_ehlo_gives_the_client_451_4_4_0_and_is_logged(self):
+        port = self.refusing_backend("ehlo_refused")
+        self.assert_handshake_451(port, "554 5.7.1 go away")
+
+    def test_backend_550_to_xclient_gives_the_client_451_4_4_0_and_is_logged(self):
+        port = self.refusing_backend("xclient_rejected", ("--xclient",))
+        self.assert_handshake_451(port, "550 5.7.0 Error: insufficient authorization")
 
 
 class HostileIdleBackendTest(HostileTestCase):
