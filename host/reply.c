@@ -1,6 +1,7 @@
 #include "reply.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -64,6 +65,16 @@ static const struct reply_entry reply_table[R_COUNT] = {
     [R_DATA_TIMEOUT] = REPLY("421 4.4.2 Timeout during data transfer, closing"),
     [R_SHUTDOWN] = REPLY("421 4.3.2 Service shutting down"),
     [R_NO_DESCRIPTORS] = REPLY("421 4.3.2 Too busy, try again later, closing"),
+    [R_CHECK_EOM] = REPLY("250 2.0.0 Ok (check mode: not relayed)"),
+};
+
+/* The text before and after the name each carries. */
+static const struct {
+    const char *before, *after;
+} reply_fmt_table[RF_COUNT] = {
+    [RF_GREETING] = {"220 ", " ESMTP"},
+    [RF_HELO] = {"250 ", ""},
+    [RF_CHECK_RCPT] = {"250 2.1.5 Ok (check mode: pool ", ")"},
 };
 
 /* An id outside the table still yields a well-formed reply. */
@@ -82,6 +93,56 @@ int reply_code(enum reply_id id)
 {
     const char *t = reply_entry(id)->text;
     return (t[0] - '0') * 100 + (t[1] - '0') * 10 + (t[2] - '0');
+}
+
+/* snprintf's result as a length: what was written, ending in CRLF even
+ * when cut. */
+static size_t reply_fit(int n, char *out, size_t cap)
+{
+    if (n < 0 || cap < 3)
+        return 0;
+    if ((size_t)n < cap)
+        return (size_t)n;
+    memcpy(out + cap - 3, "\r\n", 3);
+    return cap - 1;
+}
+
+size_t reply_format(enum reply_fmt id, const char *arg, char *out, size_t cap)
+{
+    if ((unsigned)id >= RF_COUNT)
+        id = RF_GREETING;
+    return reply_fit(snprintf(out, cap, "%s%s%s\r\n", reply_fmt_table[id].before, arg ? arg : "",
+                              reply_fmt_table[id].after),
+                     out, cap);
+}
+
+size_t reply_ehlo(const struct reply_ehlo_offer *o, char *out, size_t cap)
+{
+    int n = snprintf(out, cap,
+                     "250-%s\r\n250-PIPELINING\r\n250-SIZE %lld\r\n250-8BITMIME\r\n"
+                     "250-ENHANCEDSTATUSCODES\r\n%s%s250 DSN\r\n",
+                     o->hostname, o->size_max, o->starttls ? "250-STARTTLS\r\n" : "",
+                     o->smtputf8 ? "250-SMTPUTF8\r\n" : "");
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+size_t reply_verdict(enum reply_id def, int code, const char *esc, const char *text, char *out,
+                     size_t cap)
+{
+    int dcode = reply_code(def);
+    if (code == 0 && (!text || !text[0]))
+        return reply_fit(snprintf(out, cap, "%s", reply_text(def)), out, cap);
+    int cls = dcode / 100;
+    if (code / 100 != cls || dcode == 421)
+        code = dcode;
+    char e[16];
+    if (esc && esc[0] - '0' == cls && strlen(esc) < sizeof e)
+        snprintf(e, sizeof e, "%s", esc);
+    else
+        snprintf(e, sizeof e, "%d.7.1", cls);
+    if (!text || !text[0])
+        text = cls == 5 ? "Rejected" : "Try again later";
+    return reply_fit(snprintf(out, cap, "%d %s %s\r\n", code, e, text), out, cap);
 }
 
 static bool is_digit(char c) { return c >= '0' && c <= '9'; }

@@ -56,13 +56,50 @@ enum reply_id {
     R_DATA_TIMEOUT,     /* 421 4.4.2 Timeout during data transfer, closing */
     R_SHUTDOWN,         /* 421 4.3.2 Service shutting down */
     R_NO_DESCRIPTORS,   /* 421 4.3.2 Too busy (out of descriptors), closing */
+    R_CHECK_EOM,        /* 250 2.0.0 Ok (check mode: not relayed) */
     R_COUNT
 };
+
+/* Replies that carry one value (a name). */
+enum reply_fmt {
+    RF_GREETING,   /* 220 <hostname> ESMTP */
+    RF_HELO,       /* 250 <hostname> (HELO) */
+    RF_CHECK_RCPT, /* 250 2.1.5 Ok (check mode: pool <pool>) */
+    RF_COUNT
+};
+
+/* The longest reply sluice formats itself (a verdict's or a named one). */
+#define REPLY_FORMAT_MAX 512
 
 /* The full reply, lines ending in CRLF, e.g. "250 2.1.0 Ok\r\n". */
 const char *reply_text(enum reply_id id);
 size_t reply_len(enum reply_id id);
 int reply_code(enum reply_id id);
+
+/* Writes the reply id with arg in place of its name into out (NUL
+ * terminated); returns its length, cut to a CRLF-ended line when arg is too
+ * long for cap. */
+size_t reply_format(enum reply_fmt id, const char *arg, char *out, size_t cap);
+
+/* The EHLO reply: the greeting line with hostname, then the capabilities
+ * sluice offers. Returns the length written into out (NUL terminated), 0 when
+ * cap is too small. */
+struct reply_ehlo_offer {
+    const char *hostname;
+    long long size_max;
+    bool smtputf8; /* every pool accepts it */
+    bool starttls; /* the listener offers TLS and the session is not in it yet */
+};
+size_t reply_ehlo(const struct reply_ehlo_offer *o, char *out, size_t cap);
+
+/* A plugin verdict's reply: def is the hook's default (its code gives the
+ * class; a 421 default forces 421, the reply of a closing verdict). code 0
+ * and an empty text give def verbatim; otherwise code is kept when in def's
+ * class, esc when of that class ("C.7.1" otherwise), text when not empty
+ * (else "Rejected" / "Try again later"). One line, CRLF-ended, into out (REPLY_FORMAT_MAX bytes is
+ * always enough). Returns its length. */
+size_t reply_verdict(enum reply_id def, int code, const char *esc, const char *text, char *out,
+                     size_t cap);
 
 /* A backend reply, parsed from the start of a buffer. */
 struct smtp_reply {

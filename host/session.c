@@ -112,43 +112,26 @@ void session_relay_reply(struct session *s, const struct backend_reply *r)
         free(out);
 }
 
+/* The reply table's default for a verdict at a hook. */
+static enum reply_id session_verdict_default(enum hook_point point, enum hook_verdict_kind kind)
+{
+    if (kind == VERDICT_REJECT)
+        return point == HOOK_CONNECT                          ? R_REJECT_CONNECT
+               : (point == HOOK_DATA || point == HOOK_EOM) ? R_REJECT_DATA
+                                                              : R_REJECT;
+    if (kind == VERDICT_TEMPFAIL)
+        return point == HOOK_CONNECT ? R_TEMPFAIL_CONNECT : R_TEMPFAIL;
+    return R_DISCONNECT;
+}
+
 /* The reply a verdict gives at a hook, forced into its class. */
 static void session_verdict_reply(struct session *s, enum hook_point point,
                                   const struct hook_verdict *v)
 {
-    enum reply_id def;
-    int cls;
-    if (v->kind == VERDICT_REJECT) {
-        def = point == HOOK_CONNECT                          ? R_REJECT_CONNECT
-              : (point == HOOK_DATA || point == HOOK_EOM) ? R_REJECT_DATA
-                                                             : R_REJECT;
-        cls = 5;
-    } else if (v->kind == VERDICT_TEMPFAIL && point != HOOK_CONNECT) {
-        def = R_TEMPFAIL;
-        cls = 4;
-    } else {
-        def = v->kind == VERDICT_TEMPFAIL ? R_TEMPFAIL_CONNECT : R_DISCONNECT;
-        cls = 4;
-    }
-    if (v->code == 0 && v->text[0] == '\0') {
-        session_reply(s, def);
-        return;
-    }
-    int code = v->code;
-    if (code / 100 != cls)
-        code = reply_code(def);
-    if (v->kind == VERDICT_DISCONNECT || (v->kind == VERDICT_TEMPFAIL && point == HOOK_CONNECT))
-        code = 421;
-    char esc[16];
-    if (v->esc[0] && v->esc[0] - '0' == cls)
-        snprintf(esc, sizeof esc, "%s", v->esc);
-    else
-        snprintf(esc, sizeof esc, "%d.7.1", cls);
-    char line[400];
-    int n = snprintf(line, sizeof line, "%d %s %s\r\n", code, esc,
-                     v->text[0] ? v->text : (cls == 5 ? "Rejected" : "Try again later"));
-    if (n > 0)
-        session_write(s, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+    char line[REPLY_FORMAT_MAX];
+    size_t n = reply_verdict(session_verdict_default(point, v->kind), v->code, v->esc, v->text,
+                             line, sizeof line);
+    session_write(s, line, n);
 }
 
 /* Applies a verdict that is not continue/accept. Returns true when the
@@ -407,9 +390,8 @@ static void session_greet(struct session *s)
         s->early_talker = true;
         log_info(s->sid, "early talker: client spoke before the greeting");
     }
-    char line[400];
-    int n = snprintf(line, sizeof line, "220 %s ESMTP\r\n", s->cfg->hostname);
-    session_write(s, line, (size_t)n);
+    char line[REPLY_FORMAT_MAX];
+    session_write(s, line, reply_format(RF_GREETING, s->cfg->hostname, line, sizeof line));
     s->phase = PH_COMMANDS;
     session_done(s);
 }

@@ -31,19 +31,22 @@ static bool cmd_all_pools_smtputf8(const struct sluice_config *cfg)
 static void cmd_ehlo_reply(struct session *s)
 {
     const struct sluice_config *cfg = s->cfg;
+    char out[1024];
     if (!s->esmtp) {
-        char line[300];
-        int n = snprintf(line, sizeof line, "250 %s\r\n", cfg->hostname);
-        session_write(s, line, (size_t)n);
+        session_write(s, out, reply_format(RF_HELO, cfg->hostname, out, sizeof out));
         return;
     }
-    char caps[1024];
-    int n = snprintf(caps, sizeof caps,
-                     "250-%s\r\n250-PIPELINING\r\n250-SIZE %lld\r\n250-8BITMIME\r\n"
-                     "250-ENHANCEDSTATUSCODES\r\n%s250 DSN\r\n",
-                     cfg->hostname, (long long)cfg->max_message_size,
-                     cmd_all_pools_smtputf8(cfg) ? "250-SMTPUTF8\r\n" : "");
-    session_write(s, caps, (size_t)n);
+    struct reply_ehlo_offer offer = {
+        .hostname = cfg->hostname,
+        .size_max = (long long)cfg->max_message_size,
+        .smtputf8 = cmd_all_pools_smtputf8(cfg),
+    };
+    size_t n = reply_ehlo(&offer, out, sizeof out);
+    if (n == 0) {
+        session_reply(s, R_INTERNAL);
+        return;
+    }
+    session_write(s, out, n);
 }
 
 static void cmd_helo_done(struct session *s, const struct hook_verdict *v)

@@ -256,10 +256,9 @@ static void relay_open_backend(struct session *s)
 /* sluice-check: the recipient passed relay control and every entry. */
 static void relay_rcpt_checked(struct session *s)
 {
-    char line[300];
-    int n = snprintf(line, sizeof line, "250 2.1.5 Ok (check mode: pool %s)\r\n",
-                     s->cfg->pools[s->txn.pool].name);
-    session_write(s, line, (size_t)n);
+    char line[REPLY_FORMAT_MAX];
+    session_write(s, line,
+                  reply_format(RF_CHECK_RCPT, s->cfg->pools[s->txn.pool].name, line, sizeof line));
     session_txn_add_rcpt(s, 250);
     session_done(s);
 }
@@ -389,8 +388,7 @@ static void relay_eom_done(struct session *s, const struct hook_verdict *v)
         return;
     }
     if (s->loop->worker->check_mode) {
-        static const char ok[] = "250 2.0.0 Ok (check mode: not relayed)\r\n";
-        session_write(s, ok, sizeof ok - 1);
+        session_reply(s, R_CHECK_EOM);
         session_log_txn(s, "250");
         session_txn_reset(s);
         session_done(s);

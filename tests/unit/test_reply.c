@@ -50,6 +50,65 @@ static void test_reply_table_matches_design(void **state)
     assert_memory_equal(reply_text(R_SHUTDOWN), "421 4.3.2 ", 10);
 }
 
+static void test_verdict_without_code_or_text_is_the_table_default(void **state)
+{
+    (void)state;
+    char out[REPLY_FORMAT_MAX];
+    size_t n = reply_verdict(R_REJECT, 0, "", "", out, sizeof out);
+    assert_int_equal(n, reply_len(R_REJECT));
+    assert_string_equal(out, reply_text(R_REJECT));
+}
+
+static void test_verdict_code_and_esc_are_forced_into_the_class(void **state)
+{
+    (void)state;
+    char out[REPLY_FORMAT_MAX];
+    reply_verdict(R_REJECT, 451, "4.7.1", "go away", out, sizeof out);
+    assert_string_equal(out, "550 5.7.1 go away\r\n");
+    reply_verdict(R_REJECT, 553, "5.1.8", "bad sender", out, sizeof out);
+    assert_string_equal(out, "553 5.1.8 bad sender\r\n");
+    reply_verdict(R_TEMPFAIL, 0, NULL, "later", out, sizeof out);
+    assert_string_equal(out, "451 4.7.1 later\r\n");
+    reply_verdict(R_TEMPFAIL, 554, NULL, NULL, out, sizeof out);
+    assert_string_equal(out, "451 4.7.1 Try again later\r\n");
+}
+
+static void test_closing_verdict_is_always_421(void **state)
+{
+    (void)state;
+    char out[REPLY_FORMAT_MAX];
+    reply_verdict(R_DISCONNECT, 450, "4.7.0", "bye", out, sizeof out);
+    assert_string_equal(out, "421 4.7.0 bye\r\n");
+}
+
+static void test_named_replies_end_in_crlf_even_when_cut(void **state)
+{
+    (void)state;
+    char out[32];
+    size_t n = reply_format(RF_GREETING, "mx.example", out, sizeof out);
+    assert_string_equal(out, "220 mx.example ESMTP\r\n");
+    assert_int_equal(n, strlen(out));
+    n = reply_format(RF_CHECK_RCPT, "a-very-long-pool-name-indeed", out, sizeof out);
+    assert_int_equal(n, sizeof out - 1);
+    assert_memory_equal(out + n - 2, "\r\n", 2);
+}
+
+static void test_ehlo_offers_starttls_and_smtputf8_only_when_told(void **state)
+{
+    (void)state;
+    char out[1024];
+    struct reply_ehlo_offer o = {.hostname = "mx.example", .size_max = 1000};
+    assert_true(reply_ehlo(&o, out, sizeof out) > 0);
+    assert_null(strstr(out, "STARTTLS"));
+    assert_null(strstr(out, "SMTPUTF8"));
+    assert_non_null(strstr(out, "250-SIZE 1000\r\n"));
+    o.starttls = o.smtputf8 = true;
+    assert_true(reply_ehlo(&o, out, sizeof out) > 0);
+    assert_non_null(strstr(out, "250-STARTTLS\r\n"));
+    assert_non_null(strstr(out, "250-SMTPUTF8\r\n"));
+    assert_int_equal(reply_ehlo(&o, out, 20), 0);
+}
+
 static void test_out_of_range_id_gives_a_valid_reply(void **state)
 {
     (void)state;
@@ -282,6 +341,11 @@ int main(void)
         cmocka_unit_test(test_every_final_reply_has_code_esc_and_crlf),
         cmocka_unit_test(test_reply_table_matches_design),
         cmocka_unit_test(test_out_of_range_id_gives_a_valid_reply),
+        cmocka_unit_test(test_verdict_without_code_or_text_is_the_table_default),
+        cmocka_unit_test(test_verdict_code_and_esc_are_forced_into_the_class),
+        cmocka_unit_test(test_closing_verdict_is_always_421),
+        cmocka_unit_test(test_named_replies_end_in_crlf_even_when_cut),
+        cmocka_unit_test(test_ehlo_offers_starttls_and_smtputf8_only_when_told),
         cmocka_unit_test(test_single_line_reply_parses),
         cmocka_unit_test(test_multiline_reply_parses_to_its_last_line),
         cmocka_unit_test(test_incomplete_reply_needs_more),
