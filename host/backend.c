@@ -796,8 +796,13 @@ struct backend *backend_open(struct loop *loop, struct generation *gen, struct p
 void backend_command(struct backend *b, enum backend_step step, const char *line, size_t len,
                      backend_cb cb, void *arg)
 {
-    if (b->state != B_READY || backend_queue(b, P_USER, step, cb, arg) < 0) {
+    if (b->state != B_READY) {
         backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
+        return;
+    }
+    if (backend_queue(b, P_USER, step, cb, arg) < 0) {
+        log_err(b->sid, "backend %s: out of memory queueing a command", b->peer);
+        backend_deliver(cb, arg, BACKEND_INTERNAL, 0, NULL, 0, 0);
         return;
     }
     if (b->noop_timer)
@@ -808,10 +813,17 @@ void backend_command(struct backend *b, enum backend_step step, const char *line
 void backend_send_message(struct backend *b, struct spool *spool, struct evbuffer *prefix,
                           uint64_t offset, backend_cb cb, void *arg)
 {
-    if (b->state != B_READY || backend_queue(b, P_DATA, BSTEP_DATA, cb, arg) < 0) {
+    enum backend_status st = BACKEND_LOST;
+    if (b->state == B_READY) {
+        if (backend_queue(b, P_DATA, BSTEP_DATA, cb, arg) == 0)
+            st = BACKEND_REPLY;
+        else
+            st = BACKEND_INTERNAL;
+    }
+    if (st != BACKEND_REPLY) {
         if (prefix)
             evbuffer_free(prefix);
-        backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
+        backend_deliver(cb, arg, st, 0, NULL, 0, 0);
         return;
     }
     b->tail->spool = spool;

@@ -38,6 +38,7 @@ struct message_info {
     size_t adds_len;
     size_t nadds;
     bool changed;
+    bool oom; /* an allocation failed: the header seen by plugins is incomplete */
 };
 
 #define S(ss) ((struct session *)(ss))
@@ -68,12 +69,12 @@ static size_t msg_line(const char *p, size_t avail, size_t *content_len)
     return total;
 }
 
-static void msg_append_value(struct header_field *f, const char *p, size_t len, bool fold)
+static bool msg_append_value(struct header_field *f, const char *p, size_t len, bool fold)
 {
     size_t extra = len + (fold ? 2 : 0);
     char *v = realloc(f->value, f->value_len + extra + 1);
     if (!v)
-        return;
+        return false;
     if (fold) {
         memcpy(v + f->value_len, "\r\n", 2);
         f->value_len += 2;
@@ -82,6 +83,7 @@ static void msg_append_value(struct header_field *f, const char *p, size_t len, 
     f->value_len += len;
     v[f->value_len] = '\0';
     f->value = v;
+    return true;
 }
 
 static bool msg_new_field(struct message_info *m, const char *line, size_t len, uint64_t off,
@@ -94,8 +96,10 @@ static bool msg_new_field(struct message_info *m, const char *line, size_t len, 
         if ((unsigned char)*q <= ' ' || (unsigned char)*q >= 0x7f)
             return false;
     struct header_field *fs = realloc(m->fields, (m->n + 1) * sizeof *fs);
-    if (!fs)
+    if (!fs) {
+        m->oom = true;
         return false;
+    }
     m->fields = fs;
     struct header_field *f = &fs[m->n++];
     memset(f, 0, sizeof *f);
@@ -104,17 +108,20 @@ static bool msg_new_field(struct message_info *m, const char *line, size_t len, 
     f->off = off;
     f->len = total;
     const char *v = colon + 1;
-    msg_append_value(f, v, len - (size_t)(v - line), false);
-    return f->name && f->value;
+    if (!f->name || !msg_append_value(f, v, len - (size_t)(v - line), false)) {
+        m->oom = true;
+        return false;
+    }
+    return true;
 }
 
-void message_info_parse(struct session *s)
+bool message_info_parse(struct session *s)
 {
     message_info_free(s->msg);
     s->msg = calloc(1, sizeof *s->msg);
     struct message_info *m = s->msg;
     if (!m)
-        return;
+        return false;
     uint64_t size = spool_size(s->spool);
     size_t want = size < HEADER_MAX_BYTES ? (size_t)size : HEADER_MAX_BYTES;
     char *buf = malloc(want ? want : 1);
@@ -132,7 +139,10 @@ void message_info_parse(struct session *s)
         }
         if ((line[0] == ' ' || line[0] == '\t') && m->n > 0) {
             struct header_field *f = &m->fields[m->n - 1];
-            msg_append_value(f, line, clen, true);
+            if (!msg_append_value(f, line, clen, true)) {
+                m->oom = true;
+                break;
+            }
             f->len += total;
         } else if (!msg_new_field(m, line, clen, pos, total)) {
             break; /* not a header field: the body starts here */
@@ -141,6 +151,7 @@ void message_info_parse(struct session *s)
     }
     m->header_end = pos;
     free(buf);
+    return buf && !m->oom;
 }
 
 /* ---- reading ------------------------------------------------------------- */
@@ -416,23 +427,25 @@ int sluice_header_remove(sluice_session *ss, const char *name, int idx)
     return 0;
 }
 
-bool message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_offset)
+int message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_offset)
 {
     struct message_info *m = s->msg;
     if (!m || !m->changed)
-        return false;
-    evbuffer_add(prefix, m->adds ? m->adds : "", m->adds_len);
+        return 0;
+    if (evbuffer_add(prefix, m->adds ? m->adds : "", m->adds_len) < 0)
+        return -1;
     for (size_t i = 0; i < m->n; i++) {
         if (m->fields[i].removed)
             continue;
         char *raw = malloc((size_t)m->fields[i].len);
         if (!raw)
-            continue;
+            return -1;
         ssize_t got = spool_read(s->spool, m->fields[i].off, raw, (size_t)m->fields[i].len);
-        if (got > 0)
-            evbuffer_add(prefix, raw, (size_t)got);
+        int rc = got == (ssize_t)m->fields[i].len ? evbuffer_add(prefix, raw, (size_t)got) : -1;
         free(raw);
+        if (rc < 0)
+            return -1;
     }
     *body_offset = m->header_end;
-    return true;
+    return 1;
 }

@@ -248,22 +248,34 @@ void session_txn_reset(struct session *s)
     session_txn_clear(s);
 }
 
+bool session_txn_reserve_rcpt(struct session *s)
+{
+    struct txn *t = &s->txn;
+    if (t->nrcpts < t->cap)
+        return true;
+    size_t ncap = t->cap ? t->cap * 2 : 4;
+    struct rcpt_entry *n = realloc(t->rcpts, ncap * sizeof *n);
+    if (!n)
+        return false;
+    t->rcpts = n;
+    t->cap = ncap;
+    return true;
+}
+
+/* Records the reply the current recipient got; its slot was reserved
+ * (session_txn_reserve_rcpt) before the RCPT went on. */
 void session_txn_add_rcpt(struct session *s, int code)
 {
     struct txn *t = &s->txn;
+    host_metrics_rcpt(code);
     if (t->nrcpts == t->cap) {
-        size_t ncap = t->cap ? t->cap * 2 : 4;
-        struct rcpt_entry *n = realloc(t->rcpts, ncap * sizeof *n);
-        if (!n)
-            return;
-        t->rcpts = n;
-        t->cap = ncap;
+        log_err(s->sid, "recipient recorded without a reserved slot");
+        return;
     }
     t->rcpts[t->nrcpts].addr = s->cur_rcpt_addr;
     t->rcpts[t->nrcpts].code = code;
     s->cur_rcpt_addr = NULL;
     t->nrcpts++;
-    host_metrics_rcpt(code);
     if (code / 100 == 2)
         t->naccepted++;
 }
@@ -278,7 +290,8 @@ void session_log_txn(struct session *s, const char *result)
     size_t off = 0;
     for (size_t i = 0; i < t->nrcpts && off + 16 < sizeof rcpts; i++) {
         char addr[300];
-        log_sanitize(addr, sizeof addr, t->rcpts[i].addr, strlen(t->rcpts[i].addr));
+        const char *a = t->rcpts[i].addr ? t->rcpts[i].addr : "";
+        log_sanitize(addr, sizeof addr, a, strlen(a));
         int n = snprintf(rcpts + off, sizeof rcpts - off, "%s<%s>:%d", i ? "," : "", addr,
                          t->rcpts[i].code);
         if (n < 0 || (size_t)n >= sizeof rcpts - off)

@@ -72,6 +72,7 @@ static void cmd_helo(struct session *s, const struct smtp_cmd *c, bool esmtp)
     free(s->helo);
     s->helo = strndup(c->arg, c->arg_len);
     if (!s->helo) {
+        log_err(s->sid, "out of memory at HELO");
         session_reply(s, R_INTERNAL);
         return;
     }
@@ -145,6 +146,7 @@ static void cmd_mail(struct session *s, const struct smtp_cmd *c)
     session_txn_reset(s);
     s->txn.from = strndup(path.addr, path.addr_len);
     if (!s->txn.from) {
+        log_err(s->sid, "out of memory at MAIL");
         session_reply(s, R_INTERNAL);
         return;
     }
@@ -217,7 +219,8 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
     }
     free(s->cur_rcpt_addr);
     s->cur_rcpt_addr = strndup(path.addr, path.addr_len);
-    if (!s->cur_rcpt_addr) {
+    if (!s->cur_rcpt_addr || !session_txn_reserve_rcpt(s)) {
+        log_err(s->sid, "out of memory at RCPT");
         session_reply(s, R_INTERNAL);
         return;
     }

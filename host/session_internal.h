@@ -50,8 +50,14 @@ struct txn {
     int pool;          /* the route of the transaction, -1 before the first recipient */
     bool backend_open; /* MAIL FROM accepted by the backend: it has a transaction */
     bool rcpt_pipelined; /* the first RCPT went with MAIL, before its reply */
-    char *fail_reply;  /* answers every later RCPT (backend refused MAIL, or failed) */
+    /* What answers every later RCPT once the backend refused MAIL or failed:
+     * fail_id from the reply table, or the backend's own reply (fail_reply,
+     * fail_len, fail_code) when fail_id is R_COUNT. */
+    bool failed;
+    enum reply_id fail_id;
+    char *fail_reply;
     size_t fail_len;
+    int fail_code;
     struct rcpt_entry *rcpts;
     size_t nrcpts, cap, naccepted;
     uint64_t size;
@@ -152,6 +158,9 @@ bool session_apply_verdict(struct session *s, enum hook_point point, const struc
 void session_done(struct session *s);
 void session_busy(struct session *s);
 void session_txn_reset(struct session *s);
+/* Makes room for one more recipient before the RCPT is answered, so that
+ * recording its reply cannot fail. False: out of memory (answer 451 4.3.0). */
+bool session_txn_reserve_rcpt(struct session *s);
 void session_txn_add_rcpt(struct session *s, int code);
 void session_log_txn(struct session *s, const char *result);
 
@@ -164,11 +173,13 @@ void session_plugins_free(struct session *s);
 void session_notes_clear(struct session *s, int scope);
 void session_apply_throttle(struct session *s);
 void message_info_free(struct message_info *m);
-/* Parses the header of the spooled message (eom). */
-void message_info_parse(struct session *s);
-/* Header changes: returns true with *prefix holding the new header (wire
- * form) and *body_offset where the spool continues, when there are any. */
-bool message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_offset);
+/* Parses the header of the spooled message (eom). False: out of memory, the
+ * header plugins would see is incomplete. */
+bool message_info_parse(struct session *s);
+/* Header changes: returns 1 with *prefix holding the new header (wire form)
+ * and *body_offset where the spool continues, 0 when there are none, -1 when
+ * the new header could not be built (memory, spool read). */
+int message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_offset);
 
 /* session_relay.c */
 void session_rcpt_relay(struct session *s);

@@ -37,40 +37,45 @@ static enum reply_id relay_status_reply(enum backend_status st)
     }
 }
 
-/* Remembers the reply that answers this and every later RCPT. */
-static void relay_set_fail(struct session *s, const char *buf, size_t len)
-{
-    free(s->txn.fail_reply);
-    s->txn.fail_reply = malloc(len);
-    s->txn.fail_len = s->txn.fail_reply ? len : 0;
-    if (s->txn.fail_reply)
-        memcpy(s->txn.fail_reply, buf, len);
-}
-
+/* Remembers the reply from the table that answers this and every later RCPT. */
 static void relay_fail_status(struct session *s, enum backend_status st)
 {
-    enum reply_id id = relay_status_reply(st);
-    relay_set_fail(s, reply_text(id), reply_len(id));
+    free(s->txn.fail_reply);
+    s->txn.fail_reply = NULL;
+    s->txn.failed = true;
+    s->txn.fail_id = relay_status_reply(st);
 }
 
+/* The backend's own reply answers this and every later RCPT (its refusal of
+ * MAIL FROM, about the sender); without memory for it, 451 4.3.0 does. */
 static void relay_fail_reply(struct session *s, const struct backend_reply *r)
 {
     struct smtp_reply sr = {.code = r->code, .len = r->len, .nlines = r->nlines};
     size_t cap = r->len + 8 * r->nlines + 16;
     char *out = malloc(cap);
     if (!out) {
+        log_err(s->sid, "out of memory for the backend's refusal (%d)", r->code);
         relay_fail_status(s, BACKEND_INTERNAL);
         return;
     }
-    relay_set_fail(s, out, reply_format_relay(r->text, &sr, out, cap));
-    free(out);
+    free(s->txn.fail_reply);
+    s->txn.fail_reply = out;
+    s->txn.fail_len = reply_format_relay(r->text, &sr, out, cap);
+    s->txn.fail_code = r->code;
+    s->txn.fail_id = R_COUNT;
+    s->txn.failed = true;
 }
 
 /* Answers the current RCPT with the transaction's failure reply. */
 static void relay_rcpt_failed(struct session *s)
 {
-    session_write(s, s->txn.fail_reply, s->txn.fail_len);
-    session_txn_add_rcpt(s, atoi(s->txn.fail_reply));
+    if (s->txn.fail_id == R_COUNT) {
+        session_write(s, s->txn.fail_reply, s->txn.fail_len);
+        session_txn_add_rcpt(s, s->txn.fail_code);
+    } else {
+        session_reply(s, s->txn.fail_id);
+        session_txn_add_rcpt(s, reply_code(s->txn.fail_id));
+    }
     session_done(s);
 }
 
@@ -89,7 +94,7 @@ static void relay_drop_backend(struct session *s)
 static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
 {
     struct session *s = arg;
-    if (s->txn.fail_reply) {
+    if (s->txn.failed) {
         /* Pipelined behind a MAIL the backend refused: its 503 here says
          * nothing the client needs, the refusal of MAIL does. */
         relay_rcpt_failed(s);
@@ -184,13 +189,10 @@ static size_t relay_mail_params(const struct session *s, char *out, size_t cap)
 static void relay_send_mail(struct session *s)
 {
     const struct ehlo_caps *caps = backend_caps(s->backend);
-    if (s->txn.mp.smtputf8 && !caps->smtputf8) {
-        relay_set_fail(s, reply_text(R_NEED_SMTPUTF8), reply_len(R_NEED_SMTPUTF8));
-        relay_rcpt_failed(s);
-        return;
-    }
-    if (s->txn.mp.body == SMTP_BODY_8BITMIME && !caps->eightbitmime) {
-        relay_set_fail(s, reply_text(R_NEED_8BITMIME), reply_len(R_NEED_8BITMIME));
+    if ((s->txn.mp.smtputf8 && !caps->smtputf8) ||
+        (s->txn.mp.body == SMTP_BODY_8BITMIME && !caps->eightbitmime)) {
+        s->txn.failed = true;
+        s->txn.fail_id = s->txn.mp.smtputf8 && !caps->smtputf8 ? R_NEED_SMTPUTF8 : R_NEED_8BITMIME;
         relay_rcpt_failed(s);
         return;
     }
@@ -269,7 +271,7 @@ void session_rcpt_relay(struct session *s)
         relay_rcpt_checked(s);
         return;
     }
-    if (s->txn.fail_reply) {
+    if (s->txn.failed) {
         relay_rcpt_failed(s);
         return;
     }
@@ -362,9 +364,12 @@ static void relay_message_reply(void *arg, const struct backend_reply *r)
     struct session *s = arg;
     char result[16];
     if (r->status != BACKEND_REPLY) {
-        log_warn(s->sid, "backend lost during the message: the client gets 451");
-        session_reply(s, R_BACKEND_LOST);
-        snprintf(result, sizeof result, "451");
+        enum reply_id id = relay_status_reply(r->status);
+        log_warn(s->sid, "backend %s during the message: the client gets %d",
+                 r->status == BACKEND_INTERNAL ? "unusable (out of memory)" : "lost",
+                 reply_code(id));
+        session_reply(s, id);
+        snprintf(result, sizeof result, "%d", reply_code(id));
         session_log_txn(s, result);
         relay_drop_backend(s);
     } else {
@@ -400,9 +405,20 @@ static void relay_eom_done(struct session *s, const struct hook_verdict *v)
     }
     struct evbuffer *prefix = evbuffer_new();
     uint64_t offset = 0;
-    if (prefix && !message_rewrite(s, prefix, &offset)) {
+    if (!prefix) {
+        /* Without it, header changes plugins asked for would be lost. */
+        relay_message_reply(s, &(struct backend_reply){.status = BACKEND_INTERNAL});
+        return;
+    }
+    int rw = message_rewrite(s, prefix, &offset);
+    if (rw <= 0) {
         evbuffer_free(prefix);
         prefix = NULL;
+    }
+    if (rw < 0) {
+        log_err(s->sid, "cannot build the changed header");
+        relay_message_reply(s, &(struct backend_reply){.status = BACKEND_INTERNAL});
+        return;
     }
     backend_send_message(s->backend, s->spool, prefix, offset, relay_message_reply, s);
 }
@@ -445,7 +461,14 @@ static void relay_end_of_data(struct session *s)
         session_done(s);
         return;
     }
-    message_info_parse(s);
+    if (!message_info_parse(s)) {
+        log_err(s->sid, "out of memory parsing the message header");
+        session_reply(s, R_INTERNAL);
+        session_log_txn(s, "451");
+        session_txn_reset(s);
+        session_done(s);
+        return;
+    }
     hooks_run(s, HOOK_EOM, relay_eom_done);
 }
 
