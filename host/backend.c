@@ -666,7 +666,9 @@ static void backend_resolved(void *arg, enum dns_status st, const struct sockadd
     struct backend *b = arg;
     b->dnsq = NULL;
     backend_enter(b);
-    if (st != DNS_OK || n == 0)
+    if (st == DNS_NOMEM)
+        backend_connect_failed(b, ENOMEM);
+    else if (st != DNS_OK || n == 0)
         backend_next_server(b, "cannot resolve the server's name");
     else
         backend_connect_addr(b, &addrs[0]);
@@ -680,7 +682,7 @@ static void backend_try_server(struct backend *b)
     b->state = B_RESOLVING;
     b->dnsq = dns_resolve(b->loop->dns, sc->host, atoi(sc->port), backend_resolved, b);
     if (!b->dnsq)
-        backend_next_server(b, "cannot start the name lookup");
+        backend_connect_failed(b, ENOMEM); /* our failure, not the server's */
 }
 
 static void backend_slot_cb(void *arg, bool granted)

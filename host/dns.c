@@ -480,7 +480,7 @@ static enum dns_status dns_copy_addrinfo(struct dns_query *q, const struct ares_
         return DNS_NOTFOUND;
     q->addrs = calloc(n, sizeof(*q->addrs));
     if (!q->addrs)
-        return DNS_TEMPFAIL;
+        return DNS_NOMEM;
     for (const struct ares_addrinfo_node *nd = ai->nodes; nd; nd = nd->ai_next) {
         if ((nd->ai_family != AF_INET && nd->ai_family != AF_INET6) ||
             (size_t)nd->ai_addrlen > sizeof(q->addrs[0]))
@@ -520,7 +520,7 @@ struct dns_query *dns_resolve(struct dns_ctx *ctx, const char *name, int port, d
             memcpy(q->addrs, &numeric, sizeof(numeric));
             q->naddrs = 1;
         }
-        dns_query_complete(q, q->addrs ? DNS_OK : DNS_TEMPFAIL);
+        dns_query_complete(q, q->addrs ? DNS_OK : DNS_NOMEM);
         return dns_query_started(q);
     }
     struct ares_addrinfo_hints hints;

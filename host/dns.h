@@ -22,6 +22,7 @@ enum dns_status {
     DNS_OK = 0,
     DNS_NOTFOUND, /* NXDOMAIN or no data: a definite "no" */
     DNS_TEMPFAIL, /* timeout, SERVFAIL, refused, network error */
+    DNS_NOMEM,    /* our own allocation failed: says nothing of the name */
 };
 
 /* servers from conf override /etc/resolv.conf. Returns NULL and writes err. */

@@ -42,6 +42,7 @@ static const struct reply_entry reply_table[R_COUNT] = {
     [R_POOL_FULL] = REPLY("451 4.4.5 Server busy, try again later"),
     [R_BACKEND_HANDSHAKE] = REPLY("451 4.4.0 Backend not ready for this session, try again later"),
     [R_INTERNAL] = REPLY("451 4.3.0 Internal error, try again later"),
+    [R_INTERNAL_CLOSE] = REPLY("421 4.3.0 Internal error, try again later, closing"),
     [R_NO_VALID_RCPT] = REPLY("554 5.5.1 No valid recipients"),
     [R_LINE_TOO_LONG] = REPLY("500 5.5.2 Line too long"),
     [R_BAD_BYTES] = REPLY("500 5.5.2 Syntax error (NUL or control byte)"),

@@ -33,6 +33,7 @@ enum reply_id {
     R_POOL_FULL,        /* 451 4.4.5 */
     R_BACKEND_HANDSHAKE,/* 451 4.4.0 the backend refused EHLO, XCLIENT or STARTTLS */
     R_INTERNAL,         /* 451 4.3.0 */
+    R_INTERNAL_CLOSE,   /* 421 4.3.0 the session cannot go on (no memory at accept) */
     R_NO_VALID_RCPT,    /* 554 5.5.1 No valid recipients */
     R_LINE_TOO_LONG,    /* 500 5.5.2 Line too long */
     R_BAD_BYTES,        /* 500 5.5.2 Syntax error (NUL or control byte) */

@@ -413,9 +413,19 @@ static void session_rdns_done(void *arg, enum dns_status st, const char *name)
 {
     struct session *s = arg;
     s->rdns_query = NULL;
+    if (st == DNS_NOMEM) {
+        /* Plugins see a lookup that failed for now, as it did. */
+        log_err(s->sid, "out of memory in the reverse lookup");
+        st = DNS_TEMPFAIL;
+    }
     s->rdns_status = st;
-    if (st == DNS_OK && name)
+    if (st == DNS_OK && name) {
         s->rdns_name = strdup(name);
+        if (!s->rdns_name) {
+            log_err(s->sid, "out of memory keeping the reverse name");
+            s->rdns_status = DNS_TEMPFAIL;
+        }
+    }
     log_info(s->sid, "connect from %s[%s]:%d%s", s->rdns_name ? s->rdns_name : "unknown",
              s->client_ip, s->client_port, st == DNS_TEMPFAIL ? " (reverse lookup failed)" : "");
     s->phase = PH_CONNECT_HOOK;
@@ -630,11 +640,21 @@ static void session_make_id(struct session *s)
              (unsigned)(r & 0xffffff), (unsigned)(s->loop->session_seq++ & 0xffff));
 }
 
+/* Out of memory at accept: the client still hears why (one reply fits any
+ * fresh socket's send buffer), then the socket closes. */
+static void session_refuse_fd(evutil_socket_t fd)
+{
+    if (send(fd, reply_text(R_INTERNAL_CLOSE), reply_len(R_INTERNAL_CLOSE),
+             MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+        log_debug(NULL, "cannot tell a refused client why: %s", strerror(errno));
+}
+
 void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr *peer,
                     int peerlen, const struct listen_conf *listen)
 {
     struct session *s = calloc(1, sizeof *s);
     if (!s) {
+        session_refuse_fd(fd);
         evutil_closesocket(fd);
         return;
     }
@@ -671,6 +691,7 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     s->wait_timer = event_new(loop->base, -1, 0, session_wait_expired, s);
     if (!s->line || !s->bev || !s->spool || !s->data_out || !s->finish_ev || !s->wait_timer) {
         log_err(s->sid, "out of memory at accept");
+        session_refuse_fd(fd);
         if (!s->bev)
             evutil_closesocket(fd);
         session_free(s);

@@ -100,6 +100,19 @@ static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
         relay_rcpt_failed(s);
         return;
     }
+    if (r->status == BACKEND_INTERNAL) {
+        /* The RCPT was never sent: the backend session is as it was. Behind
+         * a MAIL still unanswered, the MAIL's reply sends it again (or
+         * answers it); otherwise the client hears of it now. */
+        if (s->txn.rcpt_pipelined) {
+            s->txn.rcpt_pipelined = false;
+            return;
+        }
+        session_reply(s, R_INTERNAL);
+        session_txn_add_rcpt(s, reply_code(R_INTERNAL));
+        session_done(s);
+        return;
+    }
     if (r->status != BACKEND_REPLY) {
         log_warn(s->sid, "backend lost at RCPT");
         relay_drop_backend(s);

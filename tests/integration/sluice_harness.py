@@ -233,15 +233,17 @@ class Backend:
 class Sluice:
     """A running sluice (master and worker) with its log in a file."""
 
-    def __init__(self, workdir, config_text, name="sluice.conf", ready_timeout=START_TIMEOUT):
+    def __init__(self, workdir, config_text, name="sluice.conf", ready_timeout=START_TIMEOUT,
+                 binary=None, env=None):
         self.conf_path = os.path.join(workdir, name)
         with open(self.conf_path, "w") as f:
             f.write(config_text)
         self.log_path = os.path.join(workdir, "sluice.log")
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sluice_bin(), "-c", self.conf_path],
+        self.proc = subprocess.Popen([binary or sluice_bin(), "-c", self.conf_path],
                                      stdout=self.log, stderr=self.log,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     env=dict(os.environ, **(env or {})))
         self.wait_ready(ready_timeout)
 
     def wait_ready(self, timeout):
@@ -448,8 +450,8 @@ class SluiceTestCase(unittest.TestCase):
         self.backends.append(b)
         return b
 
-    def start_sluice(self, config_text):
-        s = Sluice(self.workdir, config_text)
+    def start_sluice(self, config_text, **kwargs):
+        s = Sluice(self.workdir, config_text, **kwargs)
         self.sluices.append(s)
         return s
 

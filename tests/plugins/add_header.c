@@ -50,7 +50,10 @@ static enum sluice_verdict add_header_eom(sluice_session *s, void *state, void *
     const struct add_header *ah = state;
     (void)ts;
     if (sluice_header_add(s, ah->name, ah->value) < 0) {
+        /* The message must not go on without the header this entry adds. */
         sluice_log(s, SLUICE_LOG_ERR, "add_header: sluice_header_add failed");
+        sluice_reply(s, 451, "4.3.0", "Internal error, try again later");
+        return SLUICE_TEMPFAIL;
     }
     return SLUICE_CONTINUE;
 }

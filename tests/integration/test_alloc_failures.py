@@ -1,0 +1,157 @@
+"""Every allocation of sluice's own code fails once, one at a time, through a
+whole relayed transaction (sluice-failalloc, tests/failalloc/failalloc.c): the
+client always gets an answer, each failure is 451 4.3.0 (or 421 4.3.0 where
+the session cannot go on), a message is accepted only with exactly the
+recipients the client was told 250 for, and the daemon lives on."""
+
+import os
+import sys
+import time
+import unittest
+
+from sluice_harness import RawClient, SluiceTestCase, base_config, free_port, pool
+
+SENDER = "sender@x.example"
+RCPTS = ["one@a.example", "two@a.example"]
+BODY = b"Subject: alloc\r\nX-Test: yes\r\n\r\nbody line\r\n"
+MAX_STEPS = 600  # far more allocations than one transaction makes
+SANITIZER_PATTERN = r"ERROR: AddressSanitizer|LeakSanitizer|runtime error|worker exited"
+
+
+def failalloc_bin():
+    path = os.environ.get("SLUICE_FAILALLOC_BIN")
+    if path:
+        return path
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.normpath(os.path.join(here, "..", "..", "build", "sluice-failalloc"))
+
+
+class AllocFailureTest(SluiceTestCase):
+    def setUp(self):
+        super().setUp()
+        if not os.path.exists(failalloc_bin()):
+            self.skipTest("sluice-failalloc is not built (SLUICE_TESTS=ON builds it)")
+        self.ctl = os.path.join(self.workdir, "failalloc")
+        os.makedirs(self.ctl)
+        self.backend = self.start_backend("a")
+        self.port = free_port()
+
+    def start(self):
+        conf = base_config(self.workdir, self.port, [pool("a", [self.backend.port])],
+                           [("a.example", "a")], threads=1)
+        self.sluice = self.start_sluice(conf, binary=failalloc_bin(),
+                                        env={"SLUICE_FAILALLOC_DIR": self.ctl})
+
+    def arm(self, n):
+        tmp = os.path.join(self.ctl, "arm.tmp")
+        with open(tmp, "w") as f:
+            f.write("%d\n" % n)
+        os.rename(tmp, os.path.join(self.ctl, "arm"))
+
+    def fired(self):
+        path = os.path.join(self.ctl, "fired")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            text = f.read()
+        os.unlink(path)
+        return text.strip()
+
+    def assertFailure(self, reply, step):
+        """A reply that is not the step's success is the internal error."""
+        self.assertIn((reply.code, reply.lines[-1][4:9]),
+                      ((451, b"4.3.0"), (421, b"4.3.0")), "%s: %r" % (step, reply))
+
+    def transaction(self):
+        """One whole relayed transaction as a patient client runs it.
+        Returns (recipients told 250, final reply or None)."""
+        c = RawClient(self.port, timeout=20)
+        self.clients.append(c)
+        banner = c.read_reply()
+        if banner.code != 220:
+            self.assertFailure(banner, "banner")
+            return [], None
+        ehlo = c.cmd("EHLO client.test")
+        if ehlo.code != 250:
+            self.assertFailure(ehlo, "EHLO")
+            return [], None
+        mail = c.cmd("MAIL FROM:<%s>" % SENDER)
+        if mail.code != 250:
+            self.assertFailure(mail, "MAIL")
+            return [], None
+        accepted = []
+        for r in RCPTS:
+            reply = c.cmd("RCPT TO:<%s>" % r)
+            if reply.code == 250:
+                accepted.append(r)
+            else:
+                self.assertFailure(reply, "RCPT")
+            if reply.code == 421:
+                return [], None
+        data = c.cmd("DATA")
+        if not accepted:
+            self.assertEqual(data.code, 554, data)
+            c.cmd("QUIT")
+            return [], None
+        if data.code != 354:
+            self.assertFailure(data, "DATA")
+            return accepted, None
+        c.send(BODY + b".\r\n")
+        final = c.read_reply()
+        if final.code != 250:
+            self.assertFailure(final, "end of data")
+        if final.code != 421:
+            self.assertIn(c.cmd("QUIT").code, (221, 421))
+        return accepted, final
+
+    def test_each_allocation_failing_in_turn_is_answered_and_loses_no_recipient(self):
+        self.start()
+        self.fail_each_allocation_in_turn(b"X-Test: yes")
+
+    def test_header_changes_are_never_lost_to_a_failed_allocation(self):
+        plugin = os.path.join(os.path.dirname(failalloc_bin()), "test-plugins", "add_header.so")
+        if not os.path.exists(plugin):
+            self.skipTest("test plugins not built")
+        os.makedirs(os.path.join(self.workdir, "conf.d"), exist_ok=True)
+        with open(os.path.join(self.workdir, "conf.d", "10-header.conf"), "w") as f:
+            f.write('plugin = "%s";\nname = "X-Added";\nvalue = "by plugin";\n' % plugin)
+        self.start()
+        self.fail_each_allocation_in_turn(b"X-Added: by plugin")
+
+    def fail_each_allocation_in_turn(self, must_have):
+        delivered = 0
+        fired_count = 0
+        for n in range(1, MAX_STEPS + 1):
+            self.arm(n)
+            try:
+                accepted, final = self.transaction()
+            except (AssertionError, OSError) as e:
+                time.sleep(0.1)
+                raise AssertionError("allocation %d (%s): %s" % (n, self.fired(), e))
+            # The worker's log is written after the reply: let the session end.
+            time.sleep(0.02)
+            fired = self.fired()
+            if final is not None and final.code == 250:
+                delivered += 1
+                msgs = self.backend.wait_messages(delivered)
+                self.assertEqual(sorted(msgs[-1]["rcpt_tos"]), sorted(accepted),
+                                 "allocation %d (%s)" % (n, fired))
+                self.assertIn(must_have, msgs[-1]["data"])
+            self.assertEqual(self.backend.message_count(), delivered,
+                             "a message reached the backend the client was not told 250 for "
+                             "(allocation %d, %s)" % (n, fired))
+            self.assertEqual(self.sluice.grep(SANITIZER_PATTERN), [])
+            if fired is None:
+                break
+            fired_count += 1
+        else:
+            self.fail("allocations never ran out within %d steps" % MAX_STEPS)
+        print("allocations failed in turn: %d" % fired_count, file=sys.stderr)
+        # Disarmed (the last run made fewer allocations than n): all is well.
+        self.assertGreater(fired_count, 10)
+        self.assertEqual(final.code, 250, final)
+        self.assertEqual(self.sluice.grep(SANITIZER_PATTERN), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
