@@ -427,8 +427,10 @@ static int s_log(lua_State *L)
     static const char *const levels[] = {"err", "warn", "info", "debug", NULL};
     struct luap_call *c = check_session(L);
     int level = lua_gettop(L) >= 3 ? luaL_checkoption(L, 2, NULL, levels) : SLUICE_LOG_INFO;
-    const char *msg = luaL_checkstring(L, lua_gettop(L) >= 3 ? 3 : 2);
-    sluice_log(c->s, (enum sluice_log_level)level, "lua: %s", msg);
+    size_t len;
+    const char *msg = luaL_checklstring(L, lua_gettop(L) >= 3 ? 3 : 2, &len);
+    (void)c;
+    luap_log(L, (enum sluice_log_level)level, msg, len);
     return 0;
 }
 

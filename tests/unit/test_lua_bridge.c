@@ -21,6 +21,7 @@
 static const struct luart_limits default_limits = {
     .max_memory = LUART_DEFAULT_MAX_MEMORY,
     .max_instructions = SMALL_BUDGET,
+    .max_time_ms = 10000, /* these tests are about instructions, on a busy machine */
 };
 
 /* Runs code as a handler call; returns the status, results left on run->co. */
