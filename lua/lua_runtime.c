@@ -328,6 +328,19 @@ static void open_lib(lua_State *L, const char *name, lua_CFunction open)
     lua_pop(L, 1);
 }
 
+/* The string metatable is shared by every string of the state, the helper
+ * library's included: getmetatable("") returns a name, not the table. */
+static void lock_string_metatable(lua_State *L)
+{
+    lua_pushliteral(L, "");
+    if (lua_getmetatable(L, -1)) {
+        lua_pushliteral(L, "string");
+        lua_setfield(L, -2, "__metatable");
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static void open_sandbox(lua_State *L, const struct luart_limits *lim)
 {
     open_lib(L, LUA_GNAME, luaopen_base);
@@ -351,6 +364,7 @@ static void open_sandbox(lua_State *L, const struct luart_limits *lim)
     wrap_global(L, "collectgarbage", sandbox_collectgarbage);
     charge_library_functions(L);
     luapat_open(L);
+    lock_string_metatable(L);
     remove_field(L, LUA_STRLIBNAME, "dump");
     remove_field(L, LUA_OSLIBNAME, "exit");
     remove_field(L, LUA_OSLIBNAME, "setlocale");
