@@ -1,7 +1,9 @@
 /* lua patterns: a step-counted matcher for the string library (see lua_pattern.h).
  * The algorithm and the error messages are Lua 5.4's (lstrlib.c, MIT); what
  * is new is that every step is counted and charged to the call's budget. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem: a linear plain find */
+#endif
 #include "lua_pattern.h"
 
 #include <ctype.h>
