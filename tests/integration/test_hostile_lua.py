@@ -66,6 +66,12 @@ HOSTILE = {
     "string_metatable": 'getmetatable("").__index = spin return ("x"):len()',
     "close_metamethod": "local x <close> = setmetatable({}, {__close = spin})",
     "yield_outside_wait": "coroutine.yield()",
+    "defer_crlf": 's:defer_reject("rcpt", 550, "5.7.1\\r\\n250 x")',
+    "defer_text_lf": 's:defer_reject("data", 550, "5.7.1", "a\\nb")',
+    "print_tostring_loop":
+        "print(setmetatable({}, {__tostring = function() while true do end end}))",
+    # a huge log line is cut, not refused: the tempfail is the variant's own
+    "log_huge": 's:log(("x\\r\\n"):rep(1e6)) return "tempfail"',
 }
 
 POLICY = """
@@ -77,9 +83,9 @@ sluice.on("rcpt", function(s)
     if who == "ok" then return end
     if who == "huge_text" then return "reject", 550, "5.7.1", ("x"):rep(1e6) end
     local v = variants[who]
-    if v then return v() end
+    if v then return v(s) end
 end)
-""" % "\n".join('variants["%s"] = function()\n%s\nend' % (name, body)
+""" % "\n".join('variants["%s"] = function(s)\n%s\nend' % (name, body)
                 for name, body in HOSTILE.items())
 
 
@@ -143,7 +149,8 @@ class HostileVerdictTest(HostileLuaTestCase):
         self.assertNoCrash(s)
         self.assertServing(port)
         # every failure is a log line with the session id and the reason
-        self.assertGreaterEqual(len(s.grep(r"50-policy: lua: .*\(hook rcpt\)")), len(HOSTILE))
+        self.assertGreaterEqual(len(s.grep(r"50-policy: lua: .*\(hook rcpt\)")), len(HOSTILE) - 1)
+        self.assertTrue(s.grep(r"50-policy: lua: (x\\x0d\\x0a)+"))
 
     def test_forged_second_reply_in_enhanced_code_or_text_never_reaches_the_client(self):
         s, b, port = self.start_lua(self.write_script("hostile.lua", POLICY))
