@@ -13,6 +13,7 @@
 #include "hooks.h"
 #include "log.h"
 #include "plugin_host.h"
+#include "reply.h"
 #include "sdk_op.h"
 #include "session_internal.h"
 #include "worker.h"
@@ -115,6 +116,14 @@ const char *chain_verdict_name(enum sluice_verdict v) { return verdict_name(v); 
 
 static bool chain_take_verdict(struct session *s, struct plugin_entry *e, enum sluice_verdict v)
 {
+    if (s->reply_refused && v != SLUICE_PENDING) {
+        /* never sent: a reply the plugin got wrong is the plugin's error */
+        log_warn(s->sid, "%s: entry %s: reply refused (%s): tempfail", hook_name(s->run.point),
+                 e->name, s->reply_refused);
+        s->reply_refused = NULL;
+        s->reply.set = false;
+        v = SLUICE_TEMPFAIL;
+    }
     if (chain_trace)
         chain_trace(s, s->run.point, e->name, v, s->reply.set ? s->reply.text : NULL);
     if (v != SLUICE_CONTINUE)
@@ -145,6 +154,7 @@ static void chain_timeout_cb(evutil_socket_t fd, short what, void *arg)
     s->run.entry = NULL;
     sdk_op_abandon_entry(s, e);
     s->reply.set = false;
+    s->reply_refused = NULL;
     if (!chain_take_verdict(s, e, e->on_timeout))
         chain_continue(s);
 }
@@ -170,6 +180,7 @@ static void chain_continue(struct session *s)
         if (!fn)
             continue;
         s->reply.set = false;
+        s->reply_refused = NULL;
         s->run.have_resume = false;
         s->current_entry = e;
         s->run.in_call = true;
@@ -240,19 +251,41 @@ void sluice_resume(sluice_session *ss, enum sluice_verdict verdict)
 
 /* ---- replies and deferred rejections -------------------------------------- */
 
-__attribute__((format(printf, 4, 0))) static void
-chain_format_reply(struct verdict_reply *r, int code, const char *esc, const char *fmt, va_list ap)
+/* Why a plugin's reply cannot be sent, or NULL when it can. */
+static const char *chain_reply_fault(const struct verdict_reply *r, const char *esc)
 {
-    r->set = true;
-    r->code = code;
-    snprintf(r->esc, sizeof r->esc, "%s", esc ? esc : "");
-    r->text[0] = '\0';
+    if (r->code != 0 && (r->code < 200 || r->code > 599))
+        return "code outside 200..599";
+    if (esc && !reply_esc_valid(esc))
+        return "enhanced status code is not class.subject.detail";
+    if (strpbrk(r->text, "\r\n"))
+        return "text of several lines";
+    return NULL;
+}
+
+/* Returns false (nothing set, the call's reply refused) for a reply that is
+ * not one well-formed line. */
+__attribute__((format(printf, 5, 0))) static bool
+chain_format_reply(struct session *s, struct verdict_reply *r, int code, const char *esc,
+                   const char *fmt, va_list ap)
+{
+    struct verdict_reply next = {.set = true, .code = code};
+    snprintf(next.esc, sizeof next.esc, "%s", esc ? esc : "");
     if (fmt)
-        vsnprintf(r->text, sizeof r->text, fmt, ap);
-    /* One line: nothing a plugin copies from the client may split it. */
-    for (char *p = r->text; *p; p++)
+        vsnprintf(next.text, sizeof next.text, fmt, ap);
+    const char *fault = chain_reply_fault(&next, esc);
+    if (!fault && esc && strlen(esc) >= sizeof next.esc)
+        fault = "enhanced status code too long";
+    if (fault) {
+        s->reply_refused = fault;
+        return false;
+    }
+    /* other control bytes a plugin copied from the client become spaces */
+    for (char *p = next.text; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
             *p = ' ';
+    *r = next;
+    return true;
 }
 
 void sluice_reply(sluice_session *ss, int code, const char *esc, const char *fmt, ...)
@@ -260,7 +293,7 @@ void sluice_reply(sluice_session *ss, int code, const char *esc, const char *fmt
     struct session *s = (struct session *)ss;
     va_list ap;
     va_start(ap, fmt);
-    chain_format_reply(&s->reply, code, esc, fmt, ap);
+    chain_format_reply(s, &s->reply, code, esc, fmt, ap);
     va_end(ap);
 }
 
@@ -270,8 +303,10 @@ void sluice_defer_reject(sluice_session *ss, enum sluice_hook when, int code, co
     struct session *s = (struct session *)ss;
     va_list ap;
     va_start(ap, fmt);
-    chain_format_reply(&s->deferred, code ? code : 550, esc ? esc : "5.7.1", fmt, ap);
+    bool ok = chain_format_reply(s, &s->deferred, code ? code : 550, esc ? esc : "5.7.1", fmt, ap);
     va_end(ap);
+    if (!ok)
+        return;
     s->deferred_when = when == SLUICE_HOOK_DATA ? HOOK_DATA : HOOK_RCPT;
     /* A mark made after an allowlist accepted counts again. */
     s->deferred_cleared = false;

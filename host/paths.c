@@ -79,19 +79,28 @@ static void set_configured(void)
     snprintf(paths.plugin_dir, sizeof paths.plugin_dir, "%s", SLUICE_PLUGIN_DIR);
 }
 
+/* snprintf into a paths field; false when the result would not fit. */
+#define PATHS_FMT(field, ...)                                                                      \
+    path_fits(snprintf(paths.field, sizeof paths.field, __VA_ARGS__), sizeof paths.field)
+
+static bool path_fits(int n, size_t cap) { return n >= 0 && (size_t)n < cap; }
+
+/* The layout under another prefix; a path too long for PATH_MAX leaves the
+ * configured one. */
 static void set_relocated(const char *prefix)
 {
-    snprintf(paths.prefix, sizeof paths.prefix, "%s", prefix);
     const char *sep = strcmp(prefix, "/") == 0 ? "" : "/";
+    bool ok = PATHS_FMT(prefix, "%s", prefix);
     if (strcmp(prefix, "/usr") == 0)
-        snprintf(paths.config, sizeof paths.config, "/etc/sluice/sluice.conf");
+        ok = ok && PATHS_FMT(config, "/etc/sluice/sluice.conf");
     else if (strncmp(prefix, "/opt/", 5) == 0)
-        snprintf(paths.config, sizeof paths.config, "/etc%s/sluice/sluice.conf", prefix);
+        ok = ok && PATHS_FMT(config, "/etc%s/sluice/sluice.conf", prefix);
     else
-        snprintf(paths.config, sizeof paths.config, "%s%s%s/sluice/sluice.conf", prefix, sep,
-                 SLUICE_SYSCONFDIR_REL);
-    snprintf(paths.plugin_dir, sizeof paths.plugin_dir, "%s%s%s/sluice/plugins", prefix, sep,
-             SLUICE_LIBDIR_REL);
+        ok = ok && PATHS_FMT(config, "%s%s%s/sluice/sluice.conf", prefix, sep,
+                             SLUICE_SYSCONFDIR_REL);
+    ok = ok && PATHS_FMT(plugin_dir, "%s%s%s/sluice/plugins", prefix, sep, SLUICE_LIBDIR_REL);
+    if (!ok)
+        set_configured();
 }
 
 static void paths_init(void)

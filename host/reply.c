@@ -256,6 +256,14 @@ bool reply_has_esc(const char *text, size_t len, int code)
     return i == len || text[i] == ' ' || text[i] == '\t';
 }
 
+bool reply_esc_valid(const char *esc)
+{
+    size_t len = strlen(esc);
+    if (len == 0 || (esc[0] != '2' && esc[0] != '4' && esc[0] != '5'))
+        return false;
+    return strspn(esc, "0123456789.") == len && reply_has_esc(esc, len, (esc[0] - '0') * 100);
+}
+
 /* Calls back for each line of a complete reply: text after "ddd" + separator. */
 struct reply_iter {
     const char *buf;

@@ -133,6 +133,10 @@ size_t reply_format_relay(const char *buf, const struct smtp_reply *r, char *out
  * "ddd " / "ddd-". */
 bool reply_has_esc(const char *text, size_t len, int code);
 
+/* True when esc is exactly an enhanced status code (RFC 3463): class 2, 4
+ * or 5, subject and detail of 1 to 3 digits ("5.7.1"), nothing else. */
+bool reply_esc_valid(const char *esc);
+
 struct ehlo_caps {
     bool pipelining, size, eightbitmime, smtputf8, dsn, starttls, chunking;
     long long size_max; /* 0 when unlimited or absent */

@@ -1,5 +1,6 @@
 /* The SDK's logging and metrics. */
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,29 @@ static enum log_level sdk_level(enum sluice_log_level l)
     }
 }
 
+/* CR, LF and every other control byte of a plugin's message become "\xHH":
+ * no plugin or script can forge a log line. */
+static void sdk_log_escape(const char *in, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+    for (; *in; in++) {
+        unsigned char c = (unsigned char)*in;
+        bool plain = c >= 0x20 && c != 0x7f;
+        if (n + (plain ? 1 : 4) >= outlen)
+            break;
+        if (plain) {
+            out[n++] = (char)c;
+        } else {
+            out[n++] = '\\';
+            out[n++] = 'x';
+            out[n++] = hex[c >> 4];
+            out[n++] = hex[c & 0xf];
+        }
+    }
+    out[n] = '\0';
+}
+
 /* One line "<entry>: <message>", with the session id when there is one. */
 __attribute__((format(printf, 4, 0))) static void sdk_vlog(enum sluice_log_level level,
                                                             const char *sid, const char *entry,
@@ -33,9 +57,10 @@ __attribute__((format(printf, 4, 0))) static void sdk_vlog(enum sluice_log_level
     enum log_level lv = sdk_level(level);
     if (lv > log_get_level())
         return;
-    char msg[2048];
+    char msg[2048], line[2048];
     vsnprintf(msg, sizeof msg, fmt, ap);
-    log_msg(lv, sid, "%s: %s", entry ? entry : "plugin", msg);
+    sdk_log_escape(msg, line, sizeof line);
+    log_msg(lv, sid, "%s: %s", entry ? entry : "plugin", line);
 }
 
 void sluice_log(const sluice_session *ss, enum sluice_log_level level, const char *fmt, ...)

@@ -136,6 +136,9 @@ struct session {
         char esc[12];
         char text[256];
     } reply, deferred;
+    /* why the current plugin call's reply (or deferred rejection) was refused:
+     * a bad code, enhanced code or a text of several lines. NULL when none. */
+    const char *reply_refused;
     enum hook_point deferred_when;
     bool deferred_cleared; /* an accept at connect/helo/mail */
     struct note *notes;

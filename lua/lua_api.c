@@ -41,20 +41,24 @@ static int api_on(lua_State *L)
 
 /* ---- logging ------------------------------------------------------------------- */
 
-static void log_line(lua_State *L, enum sluice_log_level level, const char *msg)
+void luap_log(lua_State *L, enum sluice_log_level level, const char *msg, size_t len)
 {
     struct luap_thread *t = thread_of(L);
+    char line[LUAP_LOG_MAX];
+    luab_escape_line(msg, len, line, sizeof(line));
     if (t->current)
-        sluice_log(t->current->s, level, "lua: %s", msg);
+        sluice_log(t->current->s, level, "lua: %s", line);
     else
-        sluice_log_entry(t->e->entry, level, "lua: %s", msg);
+        sluice_log_entry(t->e->entry, level, "lua: %s", line);
 }
 
 static int api_log(lua_State *L)
 {
     static const char *const levels[] = {"err", "warn", "info", "debug", NULL};
     int level = luaL_checkoption(L, 1, NULL, levels);
-    log_line(L, (enum sluice_log_level)level, luaL_checkstring(L, 2));
+    size_t len;
+    const char *msg = luaL_checklstring(L, 2, &len);
+    luap_log(L, (enum sluice_log_level)level, msg, len);
     return 0;
 }
 
@@ -71,7 +75,9 @@ static int api_print(lua_State *L)
         luaL_addvalue(&b);
     }
     luaL_pushresult(&b);
-    log_line(L, SLUICE_LOG_INFO, lua_tostring(L, -1));
+    size_t len;
+    const char *msg = lua_tolstring(L, -1, &len);
+    luap_log(L, SLUICE_LOG_INFO, msg, len);
     return 0;
 }
 

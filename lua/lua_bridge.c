@@ -197,6 +197,25 @@ static int verdict_parse(const char *name, struct luab_outcome *o)
     return -1;
 }
 
+bool luab_esc_valid(const char *esc, size_t len)
+{
+    if (len < 5 || (esc[0] != '2' && esc[0] != '4' && esc[0] != '5') || esc[1] != '.')
+        return false;
+    size_t i = 2;
+    for (int part = 0; part < 2; part++) {
+        size_t digits = 0;
+        while (i < len && esc[i] >= '0' && esc[i] <= '9' && digits < 3) {
+            i++;
+            digits++;
+        }
+        if (digits == 0)
+            return false;
+        if (part == 0 && (i >= len || esc[i++] != '.'))
+            return false;
+    }
+    return i == len;
+}
+
 /* code, esc and text at three stack slots (any may be nil). */
 static int reply_parts(lua_State *L, int code_idx, int esc_idx, int text_idx,
                        struct luab_outcome *o, char *err, size_t errlen)
@@ -212,22 +231,55 @@ static int reply_parts(lua_State *L, int code_idx, int esc_idx, int text_idx,
     }
     if (!lua_isnoneornil(L, esc_idx)) {
         size_t len;
-        const char *esc = lua_tolstring(L, esc_idx, &len);
-        if (!esc || len == 0 || len >= sizeof(o->esc)) {
-            snprintf(err, errlen, "enhanced status code must be a string like \"5.7.1\"");
+        const char *esc = lua_type(L, esc_idx) == LUA_TSTRING ? lua_tolstring(L, esc_idx, &len)
+                                                               : NULL;
+        if (!esc || len >= sizeof(o->esc) || !luab_esc_valid(esc, len)) {
+            snprintf(err, errlen,
+                     "enhanced status code must be class.subject.detail, like \"5.7.1\"");
             return -1;
         }
         memcpy(o->esc, esc, len + 1);
     }
     if (!lua_isnoneornil(L, text_idx)) {
-        const char *text = lua_tostring(L, text_idx);
+        size_t len;
+        const char *text = lua_type(L, text_idx) == LUA_TSTRING
+                               ? lua_tolstring(L, text_idx, &len)
+                               : NULL;
         if (!text) {
             snprintf(err, errlen, "reply text must be a string");
+            return -1;
+        }
+        if (memchr(text, '\r', len) || memchr(text, '\n', len) || memchr(text, '\0', len)) {
+            snprintf(err, errlen, "reply text must be one line (no CR, LF or NUL)");
             return -1;
         }
         snprintf(o->text, sizeof(o->text), "%s", text);
     }
     return 0;
+}
+
+size_t luab_escape_line(const char *in, size_t len, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+    if (outlen == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        bool plain = c >= 0x20 && c != 0x7f;
+        if (n + (plain ? 1 : 4) >= outlen)
+            break;
+        if (plain) {
+            out[n++] = (char)c;
+        } else {
+            out[n++] = '\\';
+            out[n++] = 'x';
+            out[n++] = hex[c >> 4];
+            out[n++] = hex[c & 0xf];
+        }
+    }
+    out[n] = '\0';
+    return n;
 }
 
 static int defer_when_from(lua_State *L, int idx, struct luab_outcome *o, char *err,

@@ -40,11 +40,23 @@ void luab_outcome_init(struct luab_outcome *o, enum sluice_verdict verdict);
  * nothing or nil (continue), a verdict name ("accept", "reject", ...)
  * optionally followed by code, enhanced code and text, or a table
  * { verdict = "reject", code = 550, esc = "5.7.1", text = "..." }. A
- * "defer" verdict carries when = "rcpt" | "data". Returns 0, or -1 with a
- * reason in err for anything else (a script error).
+ * "defer" verdict carries when = "rcpt" | "data". Codes are 200..599,
+ * enhanced codes class.subject.detail (luab_esc_valid), texts one line (no
+ * CR, LF or NUL). Returns 0, or -1 with a reason in err for anything else
+ * (a script error). Table fields are read with their metamethods: call it
+ * only inside a protected call under the budget (the handler's coroutine).
  */
 int luab_outcome_from_results(lua_State *L, int first, int nres, struct luab_outcome *o,
                               char *err, size_t errlen);
+
+/* An enhanced status code as RFC 3463 writes it: class (2, 4 or 5), subject
+ * and detail of one to three digits, "5.7.1". Nothing else, no spaces. */
+bool luab_esc_valid(const char *esc, size_t len);
+
+/* Copies len bytes of in into out as one log line: CR, LF, NUL and every
+ * other control byte become "\xHH", so no script can forge a line. Truncates
+ * to outlen - 1 bytes; out is always terminated. Returns the length. */
+size_t luab_escape_line(const char *in, size_t len, char *out, size_t outlen);
 
 /* The outcome of a failed call under the entry's on_error. */
 void luab_outcome_for_error(enum luab_on_error on_error, struct luab_outcome *o);

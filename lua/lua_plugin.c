@@ -13,6 +13,9 @@
 #include "lua_plugin.h"
 
 #define LUAP_ERR_MAX 512
+/* max_time above this would let one call hold a loop thread for longer than
+ * any client waits for a reply. */
+#define LUAP_MAX_TIME_LIMIT_MS 10000
 
 /* ---- settings ------------------------------------------------------------- */
 
@@ -37,6 +40,10 @@ static int read_settings(struct luap_entry *le, char *err, size_t errlen)
         le->limits.max_instructions < 1000)
         return setting_fail(le, "max_instructions", "must be an integer of at least 1000", err,
                             errlen);
+    le->limits.max_time_ms = LUART_DEFAULT_MAX_TIME_MS;
+    if (sluice_setting_duration(e, "max_time", &le->limits.max_time_ms) < 0 ||
+        le->limits.max_time_ms < 1 || le->limits.max_time_ms > LUAP_MAX_TIME_LIMIT_MS)
+        return setting_fail(le, "max_time", "must be a duration from 1ms to 10s", err, errlen);
     le->max_body = LUAP_DEFAULT_MAX_BODY;
     if (sluice_setting_size(e, "max_body", &le->max_body) < 0 || le->max_body < 0)
         return setting_fail(le, "max_body", "must be a size", err, errlen);
@@ -54,16 +61,19 @@ static int read_settings(struct luap_entry *le, char *err, size_t errlen)
 
 /* ---- loading the script ---------------------------------------------------- */
 
-static int handler_from_table(lua_State *L, int tidx, struct luap_thread *t, char *err,
+/* Reads the script's handlers from the table at tidx (of the loading
+ * coroutine: the table is the script's, its metamethods run under the
+ * budget). */
+static int handler_from_table(lua_State *co, int tidx, struct luap_thread *t, char *err,
                               size_t errlen)
 {
     for (int h = 0; h < SLUICE_HOOK_COUNT; h++) {
-        int type = lua_getfield(L, tidx, luab_hook_name((enum sluice_hook)h));
+        int type = lua_getfield(co, tidx, luab_hook_name((enum sluice_hook)h));
         if (type == LUA_TFUNCTION && t->handlers[h] == LUA_NOREF) {
-            t->handlers[h] = luaL_ref(L, LUA_REGISTRYINDEX);
+            t->handlers[h] = luaL_ref(co, LUA_REGISTRYINDEX);
             continue;
         }
-        lua_pop(L, 1);
+        lua_pop(co, 1);
         if (type != LUA_TNIL && type != LUA_TFUNCTION) {
             snprintf(err, errlen, "%s: handler '%s' is not a function", t->e->script,
                      luab_hook_name((enum sluice_hook)h));
@@ -77,23 +87,37 @@ static int handler_from_table(lua_State *L, int tidx, struct luap_thread *t, cha
 static int collect_handlers(struct luap_thread *t, lua_State *co, int nres, char *err,
                             size_t errlen)
 {
-    lua_State *L = t->rt->L;
     if (nres > 0 && lua_type(co, -nres) == LUA_TTABLE) {
-        lua_pushvalue(co, -nres);
-        lua_xmove(co, L, 1);
-        int rc = handler_from_table(L, lua_gettop(L), t, err, errlen);
-        lua_pop(L, 1);
-        if (rc < 0)
+        if (handler_from_table(co, lua_absindex(co, -nres), t, err, errlen) < 0)
             return -1;
     } else if (nres > 0 && !lua_isnil(co, -nres)) {
         snprintf(err, errlen, "%s: the script must return nothing or a table of handlers",
                  t->e->script);
         return -1;
     }
-    lua_getfield(L, LUA_REGISTRYINDEX, LUAP_HANDLERS_KEY);
-    int rc = handler_from_table(L, lua_gettop(L), t, err, errlen);
-    lua_pop(L, 1);
+    lua_getfield(co, LUA_REGISTRYINDEX, LUAP_HANDLERS_KEY);
+    int rc = handler_from_table(co, lua_gettop(co), t, err, errlen);
+    lua_pop(co, 1);
     return rc;
+}
+
+static int load_body_k(lua_State *co, int status, lua_KContext ctx)
+{
+    (void)status;
+    struct luap_thread *t = (struct luap_thread *)ctx;
+    char err[LUAP_ERR_MAX];
+    if (collect_handlers(t, co, lua_gettop(co), err, sizeof(err)) < 0)
+        return luaL_error(co, "%s", err);
+    return 0;
+}
+
+/* The loading coroutine's body: runs the chunk, then reads its handlers. */
+static int load_body(lua_State *co)
+{
+    struct luap_thread *t = lua_touserdata(co, 1);
+    lua_remove(co, 1);
+    lua_callk(co, 0, LUA_MULTRET, (lua_KContext)t, load_body_k);
+    return load_body_k(co, LUA_OK, (lua_KContext)t);
 }
 
 static int run_script(struct luap_thread *t, char *err, size_t errlen)
@@ -105,12 +129,14 @@ static int run_script(struct luap_thread *t, char *err, size_t errlen)
         return -1;
     }
     int rc = -1;
+    lua_pushcfunction(run.co, load_body);
+    lua_pushlightuserdata(run.co, t);
     if (luart_load_file(&run, t->e->script, err, errlen) == 0) {
-        enum luart_status st = luart_resume(t->rt, &run, 0, &nres, err, errlen);
+        enum luart_status st = luart_resume(t->rt, &run, 2, &nres, err, errlen);
         if (st == LUART_YIELDED)
             snprintf(err, errlen, "%s: the script waited while loading", t->e->script);
         else if (st == LUART_DONE)
-            rc = collect_handlers(t, run.co, nres, err, errlen);
+            rc = 0;
     }
     luart_finish(t->rt, &run);
     return rc;
@@ -255,7 +281,9 @@ static enum sluice_verdict apply_outcome(sluice_session *s, enum sluice_hook hoo
 static enum sluice_verdict call_failed(struct luap_call *c, const char *why)
 {
     struct luab_outcome o;
-    sluice_log(c->s, SLUICE_LOG_ERR, "lua: %s (hook %s)", why, luab_hook_name(c->hook));
+    char line[LUAP_ERR_MAX + 64];
+    luab_escape_line(why, strlen(why), line, sizeof(line));
+    sluice_log(c->s, SLUICE_LOG_ERR, "lua: %s (hook %s)", line, luab_hook_name(c->hook));
     luab_outcome_for_error(c->t->e->on_error, &o);
     enum sluice_hook hook = c->hook;
     call_abandon(c);
@@ -267,7 +295,6 @@ static enum sluice_verdict call_step(struct luap_call *c, int nargs)
 {
     struct luap_thread *t = c->t;
     char err[LUAP_ERR_MAX];
-    char why[LUAP_ERR_MAX + 64];
     int nres;
     struct luap_call *outer = t->current;
     t->current = c;
@@ -280,25 +307,24 @@ static enum sluice_verdict call_step(struct luap_call *c, int nargs)
             return SLUICE_PENDING;
         return call_failed(c, "a handler yielded outside a sluice wait");
     }
-    struct luab_outcome o;
-    lua_State *co = c->run.co;
-    if (luab_outcome_from_results(co, lua_gettop(co) - nres + 1, nres, &o, err, sizeof(err)) <
-        0) {
-        snprintf(why, sizeof(why), "%s: %s", t->e->script, err);
-        return call_failed(c, why);
-    }
+    struct luab_outcome o = c->outcome;
     enum sluice_hook hook = c->hook;
     call_abandon(c);
     return apply_outcome(c->s, hook, &o);
 }
 
-/* The coroutine's body: building the session object allocates, so it
- * happens inside the coroutine, where a memory error is a script error. */
+/* The coroutine's body: building the session object allocates and reading
+ * the verdict runs the script's metamethods (__index of a returned table),
+ * so both happen inside the coroutine, where an error, a loop or a memory
+ * failure is a script error under the budget, never the host's. */
 static int call_body_k(lua_State *co, int status, lua_KContext ctx)
 {
     (void)status;
-    (void)ctx;
-    return lua_gettop(co);
+    struct luap_call *c = (struct luap_call *)ctx;
+    char err[LUAP_ERR_MAX];
+    if (luab_outcome_from_results(co, 1, lua_gettop(co), &c->outcome, err, sizeof(err)) < 0)
+        return luaL_error(co, "%s: %s", c->t->e->script, err);
+    return 0;
 }
 
 static int call_body(lua_State *co)
@@ -307,8 +333,8 @@ static int call_body(lua_State *co)
     lua_settop(co, 0);
     lua_rawgeti(co, LUA_REGISTRYINDEX, c->t->handlers[c->hook]);
     luap_session_push(co, c);
-    lua_callk(co, 1, LUA_MULTRET, 0, call_body_k);
-    return call_body_k(co, LUA_OK, 0);
+    lua_callk(co, 1, LUA_MULTRET, (lua_KContext)c, call_body_k);
+    return call_body_k(co, LUA_OK, (lua_KContext)c);
 }
 
 static enum sluice_verdict luap_hook(sluice_session *s, struct luap_thread *t,

@@ -48,6 +48,7 @@ struct luap_call {
     bool starting;   /* inside the call that starts a wait */
     int early_nres;  /* results of an answer that came while starting, or -1 */
     sluice_message_reader *reader; /* of s:body_chunks() */
+    struct luab_outcome outcome;   /* read from the results inside the coroutine */
 };
 
 /* ---- lua_plugin.c ---- */
@@ -67,6 +68,10 @@ int luap_await(lua_State *L, struct luap_call *c, int (*start)(struct luap_call 
 void luap_deliver(sluice_session *s, void *arg, lua_CFunction build, void *ud, int n);
 
 /* ---- lua_api.c ---- */
+
+/* A log line of a script (print, sluice.log, s:log): escaped, with the
+ * session id inside a handler call. */
+void luap_log(lua_State *L, enum sluice_log_level level, const char *msg, size_t len);
 
 /* Installs the `sluice` global (C functions, options, the helper library). */
 int luap_api_open(struct luap_thread *t, char *err, size_t errlen);

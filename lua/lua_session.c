@@ -403,16 +403,25 @@ static int s_add_score(lua_State *L)
     return 1;
 }
 
+/* The reply parts as a verdict's: malformed ones are a script error. */
 static int s_defer_reject(lua_State *L)
 {
     struct luap_call *c = check_session(L);
     static const char *const whens[] = {"rcpt", "data", NULL};
     int when = luaL_checkoption(L, 2, "rcpt", whens);
-    int code = (int)luaL_optinteger(L, 3, 0);
-    const char *esc = luaL_optstring(L, 4, NULL);
-    const char *text = luaL_optstring(L, 5, "Rejected by policy");
-    sluice_defer_reject(c->s, when == 0 ? SLUICE_HOOK_RCPT : SLUICE_HOOK_DATA, code, esc, "%s",
-                        text);
+    lua_Integer code = luaL_optinteger(L, 3, 0);
+    size_t esc_len = 0, text_len;
+    const char *esc = luaL_optlstring(L, 4, NULL, &esc_len);
+    const char *text = luaL_optlstring(L, 5, "Rejected by policy", &text_len);
+    if (code != 0 && (code < 200 || code > 599))
+        return luaL_error(L, "defer_reject: reply code must be an integer from 200 to 599");
+    if (esc && !luab_esc_valid(esc, esc_len))
+        return luaL_error(L, "defer_reject: enhanced status code must be class.subject.detail");
+    if (memchr(text, '\r', text_len) || memchr(text, '\n', text_len) ||
+        memchr(text, '\0', text_len))
+        return luaL_error(L, "defer_reject: reply text must be one line (no CR, LF or NUL)");
+    sluice_defer_reject(c->s, when == 0 ? SLUICE_HOOK_RCPT : SLUICE_HOOK_DATA, (int)code, esc,
+                        "%s", text);
     return 0;
 }
 
@@ -427,8 +436,10 @@ static int s_log(lua_State *L)
     static const char *const levels[] = {"err", "warn", "info", "debug", NULL};
     struct luap_call *c = check_session(L);
     int level = lua_gettop(L) >= 3 ? luaL_checkoption(L, 2, NULL, levels) : SLUICE_LOG_INFO;
-    const char *msg = luaL_checkstring(L, lua_gettop(L) >= 3 ? 3 : 2);
-    sluice_log(c->s, (enum sluice_log_level)level, "lua: %s", msg);
+    size_t len;
+    const char *msg = luaL_checklstring(L, lua_gettop(L) >= 3 ? 3 : 2, &len);
+    (void)c;
+    luap_log(L, (enum sluice_log_level)level, msg, len);
     return 0;
 }
 

@@ -21,6 +21,7 @@
 static const struct luart_limits default_limits = {
     .max_memory = LUART_DEFAULT_MAX_MEMORY,
     .max_instructions = SMALL_BUDGET,
+    .max_time_ms = 10000, /* these tests are about instructions, on a busy machine */
 };
 
 /* Runs code as a handler call; returns the status, results left on run->co. */
@@ -406,6 +407,48 @@ static void plain_yield_suspends_without_error(void **state)
     luart_free(rt);
 }
 
+static void malformed_codes_and_texts_are_script_errors(void **state)
+{
+    struct luab_outcome o;
+    const char *bad[] = {
+        "return 'reject', 550, '5.7.1\\r\\n250 x'",
+        "return 'reject', 550, '3.7.1'",
+        "return 'reject', 550, '5.7'",
+        "return 'reject', 550, '5.7.1 '",
+        "return 'reject', 550, '5.x.1'",
+        "return 'reject', 550, 5.7",
+        "return 'reject', 999",
+        "return 'reject', 199",
+        "return 'reject', 550.5",
+        "return 'reject', 550, '5.7.1', 'a\\r\\n250 2.0.0 fake'",
+        "return 'reject', 550, '5.7.1', 'a\\nb'",
+        "return 'reject', 550, '5.7.1', 'a\\0b'",
+        "return {verdict = 'reject', esc = '5.7.1\\n'}",
+        "return {verdict = 'reject', text = {}}",
+        "return {verdict = 'reject', text = 42}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (outcome_of(bad[i], &o) != -1)
+            fail_msg("accepted: %s", bad[i]);
+    assert_int_equal(outcome_of("return 'reject', 553, '5.123.999', 'tab\\there'", &o), 0);
+    assert_string_equal(o.esc, "5.123.999");
+}
+
+static void log_lines_escape_control_bytes(void **state)
+{
+    char out[64];
+    const char in[] = "a\r\nb\0c\x1b\x7f d";
+    size_t n = luab_escape_line(in, sizeof(in) - 1, out, sizeof(out));
+    assert_string_equal(out, "a\\x0d\\x0ab\\x00c\\x1b\\x7f d");
+    assert_int_equal(n, strlen(out));
+    /* truncation never splits an escape or overflows */
+    char small[8];
+    luab_escape_line("ab\ncdef", 7, small, sizeof(small));
+    assert_string_equal(small, "ab\\x0ac");
+    luab_escape_line("abc", 3, small, 1);
+    assert_string_equal(small, "");
+}
+
 /* ---- the helper library ----------------------------------------------------- */
 
 static struct luart *helpers_state(void)
@@ -498,6 +541,8 @@ int main(void)
         cmocka_unit_test(runtime_error_names_file_and_line),
         cmocka_unit_test(syntax_error_names_file_and_line),
         cmocka_unit_test(plain_yield_suspends_without_error),
+        cmocka_unit_test(malformed_codes_and_texts_are_script_errors),
+        cmocka_unit_test(log_lines_escape_control_bytes),
         cmocka_unit_test(helper_verdicts_map_like_tables),
         cmocka_unit_test(helper_address_and_ip_functions),
     };

@@ -238,6 +238,19 @@ static size_t relay(const char *in, char *out, size_t cap)
     return reply_format_relay(in, &r, out, cap);
 }
 
+static void test_plugin_esc_must_be_exactly_class_subject_detail(void **state)
+{
+    (void)state;
+    const char *good[] = {"5.7.1", "4.7.0", "2.0.0", "5.123.999"};
+    const char *bad[] = {"", "5.7", "5.7.1 ", " 5.7.1", "5.7.1\r\n250 x", "3.7.1", "5.x.1",
+                         "5.7.1000", "5..1", "5.7.1.2", "55.7.1", "5.7.-1"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        assert_true(reply_esc_valid(good[i]));
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (reply_esc_valid(bad[i]))
+            fail_msg("'%s' accepted", bad[i]);
+}
+
 static void test_relay_keeps_a_reply_with_esc_verbatim(void **state)
 {
     (void)state;
@@ -355,6 +368,7 @@ int main(void)
         cmocka_unit_test(test_overlong_line_is_rejected_before_its_end),
         cmocka_unit_test(test_overlong_reply_is_rejected),
         cmocka_unit_test(test_esc_is_recognised_only_for_the_reply_class),
+        cmocka_unit_test(test_plugin_esc_must_be_exactly_class_subject_detail),
         cmocka_unit_test(test_relay_keeps_a_reply_with_esc_verbatim),
         cmocka_unit_test(test_relay_adds_class_esc_to_lines_lacking_it),
         cmocka_unit_test(test_relay_treats_wrong_class_esc_as_missing),

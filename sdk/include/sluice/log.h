@@ -15,10 +15,12 @@ extern "C" {
 
 enum sluice_log_level { SLUICE_LOG_ERR, SLUICE_LOG_WARN, SLUICE_LOG_INFO, SLUICE_LOG_DEBUG };
 
-/* A log line with the session id and the calling entry's name. Loop thread. */
+/* A log line with the session id and the calling entry's name. Loop thread.
+ * The message stays one line: CR, LF and every other control byte in it are
+ * written as "\xHH" (so text copied from a client cannot forge a line). */
 void sluice_log(const sluice_session *s, enum sluice_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-/* A log line with the entry's name, no session. Any thread. */
+/* A log line with the entry's name, no session, escaped likewise. Any thread. */
 void sluice_log_entry(const sluice_entry *e, enum sluice_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

@@ -111,9 +111,13 @@ struct sluice_plugin {
 
 /*
  * Sets the reply for the verdict the current hook returns (or resumes with).
- * code: 0 keeps the default code; esc: "5.7.1" or NULL for the default;
- * text: a printf format, one line (CR, LF and control bytes are replaced).
- * Any hook but disconnect.
+ * code: 0 keeps the default code, else 200..599; esc: NULL for the default,
+ * else exactly class.subject.detail ("5.7.1": class 2, 4 or 5, one to three
+ * digits each); text: a printf format giving one line (other control bytes
+ * are replaced by spaces). A reply that breaks these rules (a code out of
+ * range, "5.7.1\r\n250 x", a text with CR or LF) is never sent: the host
+ * logs it and the call's verdict becomes SLUICE_TEMPFAIL with the hook's
+ * default reply (the plugin's error). Any hook but disconnect.
  */
 void sluice_reply(sluice_session *s, int code, const char *esc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -133,7 +137,8 @@ void sluice_resume(sluice_session *s, enum sluice_verdict verdict);
  * DATA). The reply is given after the rcpt chain, for a recipient no entry
  * accepted; postmaster@ is never refused this way. An ACCEPT verdict at
  * connect, helo or mail clears the mark for the session; at rcpt, for that
- * recipient only. code/esc/fmt as for sluice_reply (defaults 550 5.7.1).
+ * recipient only. code/esc/fmt as for sluice_reply (defaults 550 5.7.1); a
+ * malformed one sets nothing and makes the call's verdict SLUICE_TEMPFAIL.
  * Hooks: connect, helo, mail, rcpt.
  */
 void sluice_defer_reject(sluice_session *s, enum sluice_hook when, int code, const char *esc,
