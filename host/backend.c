@@ -54,10 +54,11 @@ struct pending {
     struct pending *next;
 };
 
-struct backend {
+struct smtp_backend {
+    struct backend base; /* first: the handle the session holds */
     struct loop *loop;
     struct generation *gen; /* its pool and pool_conf live there */
-    struct backend *prev, *next; /* the loop's list */
+    struct smtp_backend *prev, *next; /* the loop's list */
     struct pool *pool;
     const struct pool_conf *pc;
     int pool_index;
@@ -92,8 +93,11 @@ struct backend {
     bool free_when_idle;
 };
 
-static void backend_try_server(struct backend *b);
-static enum backend_step backend_awaited(const struct backend *b);
+#define SMTP(base) ((struct smtp_backend *)(base))
+#define CSMTP(base) ((const struct smtp_backend *)(base))
+
+static void backend_try_server(struct smtp_backend *b);
+static enum backend_step backend_awaited(const struct smtp_backend *b);
 static void backend_read_cb(struct bufferevent *bev, void *arg);
 static void backend_event_cb(struct bufferevent *bev, short what, void *arg);
 
@@ -112,7 +116,7 @@ static void pending_free(struct pending *p)
     free(p);
 }
 
-static void backend_free(struct backend *b)
+static void backend_free(struct smtp_backend *b)
 {
     if (b->in_handler > 0) {
         b->free_when_idle = true;
@@ -156,16 +160,16 @@ static void backend_free(struct backend *b)
 void backend_abort_all(struct loop *loop)
 {
     while (loop->backend_list) {
-        struct backend *b = loop->backend_list;
+        struct smtp_backend *b = loop->backend_list;
         b->in_handler = 0;
         backend_free(b);
     }
 }
 
-static void backend_enter(struct backend *b) { b->in_handler++; }
+static void backend_enter(struct smtp_backend *b) { b->in_handler++; }
 
 /* Returns false when the backend was freed meanwhile and must not be touched. */
-static bool backend_leave(struct backend *b)
+static bool backend_leave(struct smtp_backend *b)
 {
     if (--b->in_handler == 0 && b->free_when_idle) {
         b->free_when_idle = false;
@@ -175,7 +179,7 @@ static bool backend_leave(struct backend *b)
     return true;
 }
 
-static void backend_drop_connection(struct backend *b)
+static void backend_drop_connection(struct smtp_backend *b)
 {
     if (b->reply_timer)
         event_del(b->reply_timer);
@@ -196,7 +200,7 @@ static void backend_deliver(backend_cb cb, void *arg, enum backend_status st, in
         cb(arg, &r);
 }
 
-static void backend_open_done(struct backend *b, enum backend_status st, const char *text,
+static void backend_open_done(struct smtp_backend *b, enum backend_status st, const char *text,
                               size_t len, int code, size_t nlines)
 {
     backend_cb cb = b->open_cb;
@@ -205,7 +209,7 @@ static void backend_open_done(struct backend *b, enum backend_status st, const c
 }
 
 /* The connection is unusable: every queued command learns it. */
-static void backend_fail(struct backend *b, const char *why)
+static void backend_fail(struct smtp_backend *b, const char *why)
 {
     if (b->state == B_DEAD)
         return;
@@ -237,18 +241,18 @@ static void backend_fail(struct backend *b, const char *why)
 /* The whole reply must arrive within ms of this call: a server dribbling a
  * byte at a time is cut as surely as a silent one (a read timeout would
  * restart at every byte). */
-static void backend_await(struct backend *b, int64_t ms)
+static void backend_await(struct smtp_backend *b, int64_t ms)
 {
     struct timeval tv = ms_to_tv(ms);
     event_add(b->reply_timer, &tv);
 }
 
-static void backend_await_none(struct backend *b)
+static void backend_await_none(struct smtp_backend *b)
 {
     event_del(b->reply_timer);
 }
 
-static void backend_write(struct backend *b, const char *line, size_t len)
+static void backend_write(struct smtp_backend *b, const char *line, size_t len)
 {
     bufferevent_write(b->bev, line, len);
     b->bytes_out += len;
@@ -260,7 +264,7 @@ static void backend_write(struct backend *b, const char *line, size_t len)
  * its answer: the server is out of step (a stray or early reply), and taking
  * it would pair every later reply with the wrong command. The greeting is
  * exempt: a PROXY header may still be queued when it arrives. */
-static bool backend_reply_premature(struct backend *b)
+static bool backend_reply_premature(struct smtp_backend *b)
 {
     size_t unsent = evbuffer_get_length(bufferevent_get_output(b->bev));
     if (b->state < B_READY)
@@ -268,7 +272,7 @@ static bool backend_reply_premature(struct backend *b)
     return b->head && b->bytes_out - unsent < b->head->sent_at;
 }
 
-static int backend_queue(struct backend *b, enum pending_kind kind, enum backend_step step,
+static int backend_queue(struct smtp_backend *b, enum pending_kind kind, enum backend_step step,
                          backend_cb cb, void *arg)
 {
     struct pending *p = calloc(1, sizeof *p);
@@ -292,7 +296,7 @@ static int backend_queue(struct backend *b, enum pending_kind kind, enum backend
 
 /* ---- the handshake ------------------------------------------------------ */
 
-static void backend_send_ehlo(struct backend *b, const char *name)
+static void backend_send_ehlo(struct smtp_backend *b, const char *name)
 {
     char line[600];
     int n = snprintf(line, sizeof line, "EHLO %s\r\n", name);
@@ -310,7 +314,7 @@ static size_t backend_xclient_attr(char *out, size_t cap, const char *key, const
     return (n > 0 && (size_t)n < cap) ? (size_t)n : 0;
 }
 
-static void backend_send_xclient(struct backend *b)
+static void backend_send_xclient(struct smtp_backend *b)
 {
     char line[2400] = "XCLIENT";
     size_t len = strlen(line);
@@ -342,7 +346,7 @@ static void backend_send_xclient(struct backend *b)
     backend_write(b, line, len + 2);
 }
 
-static void backend_ready(struct backend *b, const char *text, const struct smtp_reply *r)
+static void backend_ready(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     b->state = B_READY;
     pool_server_ok(b->pool, b->server);
@@ -354,7 +358,7 @@ static void backend_ready(struct backend *b, const char *text, const struct smtp
 
 /* A server that does not greet with 2xx is treated like one that refused
  * the connection: the next server of the pool gets the session. */
-static void backend_next_server(struct backend *b, const char *why)
+static void backend_next_server(struct smtp_backend *b, const char *why)
 {
     log_warn(b->sid, "backend %s: %s", b->peer, why);
     pool_server_failed(b->pool, b->server);
@@ -370,7 +374,7 @@ static void backend_next_server(struct backend *b, const char *why)
     backend_try_server(b);
 }
 
-static void backend_handshake_reply(struct backend *b, const char *text, const struct smtp_reply *r)
+static void backend_handshake_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     bool ok = r->code >= 200 && r->code < 300;
     backend_await(b, b->pc->command_timeout_ms); /* the next step's reply */
@@ -423,7 +427,7 @@ static void backend_handshake_reply(struct backend *b, const char *text, const s
 
 /* ---- replies in the ready state --------------------------------------- */
 
-static void backend_noop_arm(struct backend *b)
+static void backend_noop_arm(struct smtp_backend *b)
 {
     if (b->keepalive && b->noop_timer && !b->head && b->state == B_READY) {
         struct timeval tv = ms_to_tv(b->pc->noop_interval_ms);
@@ -431,7 +435,7 @@ static void backend_noop_arm(struct backend *b)
     }
 }
 
-static void backend_start_body(struct backend *b, struct pending *p)
+static void backend_start_body(struct smtp_backend *b, struct pending *p)
 {
     struct evbuffer *out = bufferevent_get_output(b->bev);
     size_t queued = evbuffer_get_length(out);
@@ -449,7 +453,7 @@ static void backend_start_body(struct backend *b, struct pending *p)
     backend_await(b, b->pc->final_timeout_ms);
 }
 
-static void backend_command_reply(struct backend *b, const char *text, const struct smtp_reply *r)
+static void backend_command_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     struct pending *p = b->head;
     if (!p) {
@@ -488,7 +492,7 @@ static void backend_command_reply(struct backend *b, const char *text, const str
 }
 
 /* What the next reply answers; BSTEP_COUNT when nothing is awaited. */
-static enum backend_step backend_awaited(const struct backend *b)
+static enum backend_step backend_awaited(const struct smtp_backend *b)
 {
     switch (b->state) {
     case B_GREETING:
@@ -509,7 +513,7 @@ static enum backend_step backend_awaited(const struct backend *b)
 
 /* Logs what was sent and what came back (with the session id) and gives
  * the backend up: its owner gets BACKEND_LOST, the client 451 4.4.2. */
-static void backend_violation(struct backend *b, const char *what, const char *text, size_t len)
+static void backend_violation(struct smtp_backend *b, const char *what, const char *text, size_t len)
 {
     char excerpt[160], why[300];
     enum backend_step step = backend_awaited(b);
@@ -526,7 +530,7 @@ static void backend_violation(struct backend *b, const char *what, const char *t
     backend_fail(b, why);
 }
 
-static void backend_handle_reply(struct backend *b, const char *text, const struct smtp_reply *r)
+static void backend_handle_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     enum backend_step step = backend_awaited(b);
     if (step != BSTEP_COUNT && !backend_reply_expected(step, r->code)) {
@@ -550,7 +554,7 @@ static void backend_handle_reply(struct backend *b, const char *text, const stru
 
 static void backend_read_cb(struct bufferevent *bev, void *arg)
 {
-    struct backend *b = arg;
+    struct smtp_backend *b = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     backend_enter(b);
     while (b->bev == bev && b->state != B_DEAD && !b->free_when_idle) {
@@ -586,7 +590,7 @@ static void backend_read_cb(struct bufferevent *bev, void *arg)
 
 static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-    struct backend *b = arg;
+    struct smtp_backend *b = arg;
     backend_enter(b);
     if (what & BEV_EVENT_CONNECTED) {
         evutil_socket_t fd = bufferevent_getfd(bev);
@@ -623,7 +627,7 @@ static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
 
 /* Out of descriptors or memory is our failure, not the server's: marking
  * the servers down for it would send later sessions away from good ones. */
-static void backend_connect_failed(struct backend *b, int err)
+static void backend_connect_failed(struct smtp_backend *b, int err)
 {
     if (err != EMFILE && err != ENFILE && err != ENOBUFS && err != ENOMEM) {
         backend_next_server(b, "connect failed");
@@ -635,7 +639,7 @@ static void backend_connect_failed(struct backend *b, int err)
     backend_open_done(b, BACKEND_INTERNAL, NULL, 0, 0, 0);
 }
 
-static void backend_connect_addr(struct backend *b, const struct sockaddr_storage *ss)
+static void backend_connect_addr(struct smtp_backend *b, const struct sockaddr_storage *ss)
 {
     const struct sockaddr *sa = (const struct sockaddr *)ss;
     socklen_t salen =
@@ -663,7 +667,7 @@ static void backend_connect_addr(struct backend *b, const struct sockaddr_storag
 static void backend_resolved(void *arg, enum dns_status st, const struct sockaddr_storage *addrs,
                              size_t n)
 {
-    struct backend *b = arg;
+    struct smtp_backend *b = arg;
     b->dnsq = NULL;
     backend_enter(b);
     if (st == DNS_NOMEM)
@@ -675,7 +679,7 @@ static void backend_resolved(void *arg, enum dns_status st, const struct sockadd
     backend_leave(b);
 }
 
-static void backend_try_server(struct backend *b)
+static void backend_try_server(struct smtp_backend *b)
 {
     const struct server_conf *sc = &b->pc->servers[b->server];
     snprintf(b->peer, sizeof b->peer, "%s:%s", sc->host, sc->port);
@@ -687,7 +691,7 @@ static void backend_try_server(struct backend *b)
 
 static void backend_slot_cb(void *arg, bool granted)
 {
-    struct backend *b = arg;
+    struct smtp_backend *b = arg;
     b->waiter = NULL;
     backend_enter(b);
     if (!granted) {
@@ -708,7 +712,7 @@ static void backend_slot_cb(void *arg, bool granted)
 
 static void backend_start_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct backend *b = arg;
+    struct smtp_backend *b = arg;
     backend_enter(b);
     b->tried = 0;
     b->server = pool_first_server(b->pool);
@@ -718,7 +722,7 @@ static void backend_start_cb(evutil_socket_t fd, short what, void *arg)
 
 static void backend_reply_timeout(evutil_socket_t fd, short what, void *arg)
 {
-    struct backend *b = arg;
+    struct smtp_backend *b = arg;
     backend_enter(b);
     if (b->state == B_GREETING)
         backend_next_server(b, "greeting: no complete reply in time");
@@ -729,7 +733,7 @@ static void backend_reply_timeout(evutil_socket_t fd, short what, void *arg)
 
 static void backend_noop_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct backend *b = arg;
+    struct smtp_backend *b = arg;
     if (b->state != B_READY || b->head || !b->keepalive)
         return;
     if (backend_queue(b, P_NOOP, BSTEP_NOOP, NULL, NULL) == 0)
@@ -743,13 +747,14 @@ static const char *backend_client_name(const struct backend_client *c)
     return c->name_status == DNS_TEMPFAIL ? "[TEMPUNAVAIL]" : "[UNAVAILABLE]";
 }
 
-struct backend *backend_open(struct loop *loop, struct generation *gen, struct pool *pool,
-                             int pool_index, const struct backend_client *client, backend_cb cb,
-                             void *arg)
+static struct backend *smtp_open(struct loop *loop, struct generation *gen, struct pool *pool,
+                                  int pool_index, const struct backend_client *client,
+                                  backend_cb cb, void *arg)
 {
-    struct backend *b = calloc(1, sizeof *b);
+    struct smtp_backend *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
+    b->base.ops = &backend_smtp_ops;
     b->loop = loop;
     b->gen = gen;
     generation_ref(gen);
@@ -790,14 +795,15 @@ struct backend *backend_open(struct loop *loop, struct generation *gen, struct p
         b->has_slot = true;
         event_active(b->start_ev, 0, 0);
     }
-    return b;
+    return &b->base;
 }
 
 /* ---- commands ----------------------------------------------------------- */
 
-void backend_command(struct backend *b, enum backend_step step, const char *line, size_t len,
-                     backend_cb cb, void *arg)
+static void smtp_command(struct backend *base, enum backend_step step, const char *line,
+                         size_t len, backend_cb cb, void *arg)
 {
+    struct smtp_backend *b = SMTP(base);
     if (b->state != B_READY) {
         backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
         return;
@@ -812,9 +818,10 @@ void backend_command(struct backend *b, enum backend_step step, const char *line
     backend_write(b, line, len);
 }
 
-void backend_send_message(struct backend *b, struct spool *spool, struct evbuffer *prefix,
-                          uint64_t offset, backend_cb cb, void *arg)
+static void smtp_send_message(struct backend *base, struct spool *spool, struct evbuffer *prefix,
+                              uint64_t offset, backend_cb cb, void *arg)
 {
+    struct smtp_backend *b = SMTP(base);
     enum backend_status st = BACKEND_LOST;
     if (b->state == B_READY) {
         if (backend_queue(b, P_DATA, BSTEP_DATA, cb, arg) == 0)
@@ -836,8 +843,9 @@ void backend_send_message(struct backend *b, struct spool *spool, struct evbuffe
     backend_write(b, "DATA\r\n", 6);
 }
 
-void backend_keepalive(struct backend *b, bool on)
+static void smtp_keepalive(struct backend *base, bool on)
 {
+    struct smtp_backend *b = SMTP(base);
     b->keepalive = on;
     if (!on) {
         if (b->noop_timer)
@@ -849,13 +857,14 @@ void backend_keepalive(struct backend *b, bool on)
 
 static void backend_quit_timeout(evutil_socket_t fd, short what, void *arg)
 {
-    struct backend *b = arg;
+    struct smtp_backend *b = arg;
     b->state = B_DEAD;
     backend_free(b);
 }
 
-void backend_close(struct backend *b)
+static void smtp_close(struct backend *base)
 {
+    struct smtp_backend *b = SMTP(base);
     while (b->head) {
         struct pending *p = b->head;
         b->head = p->next;
@@ -883,7 +892,19 @@ void backend_close(struct backend *b)
     event_add(b->quit_timer, &tv);
 }
 
-bool backend_usable(const struct backend *b) { return b->state == B_READY; }
-const struct ehlo_caps *backend_caps(const struct backend *b) { return &b->caps; }
-const char *backend_peer_name(const struct backend *b) { return b->peer; }
-int backend_pool_index(const struct backend *b) { return b->pool_index; }
+static bool smtp_usable(const struct backend *b) { return CSMTP(b)->state == B_READY; }
+static const struct ehlo_caps *smtp_caps(const struct backend *b) { return &CSMTP(b)->caps; }
+static const char *smtp_peer_name(const struct backend *b) { return CSMTP(b)->peer; }
+static int smtp_pool_index(const struct backend *b) { return CSMTP(b)->pool_index; }
+
+const struct backend_ops backend_smtp_ops = {
+    .open = smtp_open,
+    .command = smtp_command,
+    .send_message = smtp_send_message,
+    .keepalive = smtp_keepalive,
+    .close = smtp_close,
+    .usable = smtp_usable,
+    .caps = smtp_caps,
+    .peer_name = smtp_peer_name,
+    .pool_index = smtp_pool_index,
+};

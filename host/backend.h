@@ -52,16 +52,44 @@ struct backend_client {
     const char *name;              /* the confirmed reverse name when DNS_OK */
 };
 
+/* The backend behind an interface (nginx's peer get/free): the SMTP client
+ * of backend.c, or sluice-check's check mode, which relays nothing
+ * (backend_check.c). The session only calls the functions below. */
+struct backend_ops {
+    struct backend *(*open)(struct loop *loop, struct generation *gen, struct pool *pool,
+                            int pool_index, const struct backend_client *client, backend_cb cb,
+                            void *arg);
+    void (*command)(struct backend *b, enum backend_step step, const char *line, size_t len,
+                    backend_cb cb, void *arg);
+    void (*send_message)(struct backend *b, struct spool *spool, struct evbuffer *prefix,
+                         uint64_t offset, backend_cb cb, void *arg);
+    void (*keepalive)(struct backend *b, bool on);
+    void (*close)(struct backend *b);
+    bool (*usable)(const struct backend *b);
+    const struct ehlo_caps *(*caps)(const struct backend *b);
+    const char *(*peer_name)(const struct backend *b);
+    int (*pool_index)(const struct backend *b);
+};
+
+/* What every implementation's connection starts with. */
+struct backend {
+    const struct backend_ops *ops;
+};
+
+extern const struct backend_ops backend_smtp_ops;  /* backend.c */
+extern const struct backend_ops backend_check_ops; /* backend_check.c */
+
 /* Takes a slot of the pool (waiting for one if needed), connects (trying the
  * pool's servers in turn), and runs the handshake: PROXY header, banner,
  * EHLO, XCLIENT + new banner + EHLO. Holds a reference on gen (where pool
  * lives) until the connection is gone. cb gets BACKEND_REPLY with the final
  * EHLO reply (2xx) when ready, else the failing status: a refused handshake
  * is BACKEND_REFUSED (never the server's reply, which is about the server,
- * not the mail: relayed, a 5xx would bounce good mail). */
-struct backend *backend_open(struct loop *loop, struct generation *gen, struct pool *pool,
-                             int pool_index, const struct backend_client *client, backend_cb cb,
-                             void *arg);
+ * not the mail: relayed, a 5xx would bounce good mail). The callback never
+ * runs inside backend_open. ops: the loop's implementation. */
+struct backend *backend_open(const struct backend_ops *ops, struct loop *loop,
+                             struct generation *gen, struct pool *pool, int pool_index,
+                             const struct backend_client *client, backend_cb cb, void *arg);
 
 /* Sends one command line (CRLF included); cb gets its reply. step names the
  * command for the reply-class check (backend_proto.h): a reply of a class
@@ -84,7 +112,7 @@ void backend_keepalive(struct backend *b, bool on);
  * its pool slot are released when the server answers or after a short wait. */
 void backend_close(struct backend *b);
 
-/* Shutdown: frees every backend connection of the loop at once. */
+/* Shutdown: frees every SMTP backend connection of the loop at once. */
 void backend_abort_all(struct loop *loop);
 
 bool backend_usable(const struct backend *b);

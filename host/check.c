@@ -27,6 +27,7 @@
 #include "session.h"
 #include "session_internal.h"
 #include "store.h"
+#include "backend.h"
 #include "worker.h"
 #include "workpool.h"
 
@@ -251,7 +252,7 @@ static int check_setup(struct worker *w, struct loop *loop, const struct sluice_
     w->cfg = cfg;
     w->nloops = 1;
     w->loops = loop;
-    w->check_mode = true;
+    w->backend_ops = &backend_check_ops;
     pthread_mutex_init(&w->gen_lock, NULL);
     loop->worker = w;
     loop->base = event_base_new();

@@ -256,8 +256,8 @@ static void relay_open_backend(struct session *s)
         .name_status = s->rdns_status,
         .name = s->rdns_name,
     };
-    s->backend = backend_open(s->loop, s->gen, s->gen->pools[s->txn.pool], s->txn.pool, &c,
-                              relay_backend_ready, s);
+    s->backend = backend_open(s->loop->worker->backend_ops, s->loop, s->gen,
+                              s->gen->pools[s->txn.pool], s->txn.pool, &c, relay_backend_ready, s);
     /* A throttle applies only while no backend connection is held. */
     session_apply_throttle(s);
     if (!s->backend) {
@@ -268,22 +268,8 @@ static void relay_open_backend(struct session *s)
 
 /* The recipient passed relay control and every hook: hand it to the
  * backend, opening or reusing the backend session as needed. */
-/* sluice-check: the recipient passed relay control and every entry. */
-static void relay_rcpt_checked(struct session *s)
-{
-    char line[REPLY_FORMAT_MAX];
-    session_write(s, line,
-                  reply_format(RF_CHECK_RCPT, s->cfg->pools[s->txn.pool].name, line, sizeof line));
-    session_txn_add_rcpt(s, 250);
-    session_done(s);
-}
-
 void session_rcpt_relay(struct session *s)
 {
-    if (s->loop->worker->check_mode) {
-        relay_rcpt_checked(s);
-        return;
-    }
     if (s->txn.failed) {
         relay_rcpt_failed(s);
         return;
@@ -334,8 +320,7 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
         session_done(s);
         return;
     }
-    bool check = s->loop->worker->check_mode;
-    if (!check && (!s->backend || !backend_usable(s->backend))) {
+    if (!s->backend || !backend_usable(s->backend)) {
         session_reply(s, R_BACKEND_LOST);
         session_log_txn(s, "451");
         relay_drop_backend(s);
@@ -401,13 +386,6 @@ static void relay_eom_done(struct session *s, const struct hook_verdict *v)
 {
     if (session_apply_verdict(s, HOOK_EOM, v)) {
         session_log_txn(s, v->kind == VERDICT_REJECT ? "554" : "451");
-        session_txn_reset(s);
-        session_done(s);
-        return;
-    }
-    if (s->loop->worker->check_mode) {
-        session_reply(s, R_CHECK_EOM);
-        session_log_txn(s, "250");
         session_txn_reset(s);
         session_done(s);
         return;

@@ -356,7 +356,7 @@ static void worker_wait_for_stop(struct worker *w, int status_fd)
 int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
 {
     char err[512] = "";
-    struct worker w = {.cfg = cfg, .nloops = cfg->threads};
+    struct worker w = {.cfg = cfg, .nloops = cfg->threads, .backend_ops = &backend_smtp_ops};
     pthread_mutex_init(&w.gen_lock, NULL);
     evthread_use_pthreads();
     sigset_t set;

@@ -20,7 +20,8 @@ struct store;
 struct store_thread;
 struct limits;
 struct session;
-struct backend;
+struct backend_ops;
+struct smtp_backend;
 struct accept_guard;
 
 struct loop {
@@ -36,7 +37,7 @@ struct loop {
     uint32_t session_seq;
     unsigned sessions;
     struct session *session_list; /* every session of this loop */
-    struct backend *backend_list; /* every backend connection, closing ones too */
+    struct smtp_backend *backend_list; /* every SMTP backend connection, closing ones too */
 };
 
 /* The loop whose thread is running, NULL on any other thread: the SDK's
@@ -57,7 +58,9 @@ struct worker {
     int nloops;
     atomic_int sessions; /* open sessions, all threads */
     atomic_bool stopping;
-    bool check_mode; /* sluice-check: recipients and messages go nowhere */
+    /* Where transactions go: backend_smtp_ops, or sluice-check's
+     * backend_check_ops (recipients and messages go nowhere). */
+    const struct backend_ops *backend_ops;
 };
 
 /* fds[l * nloops + t]: the listening socket of listen entry l for loop t.

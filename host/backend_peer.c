@@ -1,0 +1,34 @@
+/* The backend interface: each call goes to the connection's implementation
+ * (backend.c's SMTP client, backend_check.c's check mode). */
+#include "backend.h"
+
+struct backend *backend_open(const struct backend_ops *ops, struct loop *loop,
+                             struct generation *gen, struct pool *pool, int pool_index,
+                             const struct backend_client *client, backend_cb cb, void *arg)
+{
+    return ops->open(loop, gen, pool, pool_index, client, cb, arg);
+}
+
+void backend_command(struct backend *b, enum backend_step step, const char *line, size_t len,
+                     backend_cb cb, void *arg)
+{
+    b->ops->command(b, step, line, len, cb, arg);
+}
+
+void backend_send_message(struct backend *b, struct spool *spool, struct evbuffer *prefix,
+                          uint64_t offset, backend_cb cb, void *arg)
+{
+    b->ops->send_message(b, spool, prefix, offset, cb, arg);
+}
+
+void backend_keepalive(struct backend *b, bool on) { b->ops->keepalive(b, on); }
+
+void backend_close(struct backend *b) { b->ops->close(b); }
+
+bool backend_usable(const struct backend *b) { return b->ops->usable(b); }
+
+const struct ehlo_caps *backend_caps(const struct backend *b) { return b->ops->caps(b); }
+
+const char *backend_peer_name(const struct backend *b) { return b->ops->peer_name(b); }
+
+int backend_pool_index(const struct backend *b) { return b->ops->pool_index(b); }
