@@ -1,6 +1,7 @@
 #include "backend.h"
 #include "mstime.h"
 
+#include <sys/queue.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -51,14 +52,14 @@ struct pending {
     struct evbuffer *prefix; /* a rewritten header, sent before the spool from offset */
     uint64_t offset;
     uint64_t sent_at; /* bytes_out once its command (or body) is written */
-    struct pending *next;
+    TAILQ_ENTRY(pending) link;
 };
 
 struct smtp_backend {
     struct backend base; /* first: the handle the session holds */
     struct loop *loop;
     struct generation *gen; /* its pool and pool_conf live there */
-    struct smtp_backend *prev, *next; /* the loop's list */
+    LIST_ENTRY(smtp_backend) loop_link; /* the loop's backend_list */
     struct pool *pool;
     const struct pool_conf *pc;
     int pool_index;
@@ -81,7 +82,7 @@ struct smtp_backend {
     backend_cb open_cb;
     void *open_arg;
 
-    struct pending *head, *tail;
+    TAILQ_HEAD(pending_queue, pending) awaited; /* commands sent, replies not yet in, in order */
     struct event *noop_timer;
     bool keepalive;
     struct event *quit_timer;
@@ -138,19 +139,14 @@ static void backend_free(struct smtp_backend *b)
         event_free(b->quit_timer);
     if (b->start_ev)
         event_free(b->start_ev);
-    while (b->head) {
-        struct pending *p = b->head;
-        b->head = p->next;
+    while (!TAILQ_EMPTY(&b->awaited)) {
+        struct pending *p = TAILQ_FIRST(&b->awaited);
+        TAILQ_REMOVE(&b->awaited, p, link);
         pending_free(p);
     }
     free(b->client_helo);
     free(b->client_name);
-    if (b->prev)
-        b->prev->next = b->next;
-    else
-        b->loop->backend_list = b->next;
-    if (b->next)
-        b->next->prev = b->prev;
+    LIST_REMOVE(b, loop_link);
     struct generation *gen = b->gen;
     free(b);
     if (gen)
@@ -159,8 +155,8 @@ static void backend_free(struct smtp_backend *b)
 
 void backend_abort_all(struct loop *loop)
 {
-    while (loop->backend_list) {
-        struct smtp_backend *b = loop->backend_list;
+    while (!LIST_EMPTY(&loop->backend_list)) {
+        struct smtp_backend *b = LIST_FIRST(&loop->backend_list);
         b->in_handler = 0;
         backend_free(b);
     }
@@ -224,11 +220,9 @@ static void backend_fail(struct smtp_backend *b, const char *why)
         backend_open_done(b, BACKEND_LOST, NULL, 0, 0, 0);
         return;
     }
-    while (b->head && b->state == B_DEAD) {
-        struct pending *p = b->head;
-        b->head = p->next;
-        if (!b->head)
-            b->tail = NULL;
+    while (!TAILQ_EMPTY(&b->awaited) && b->state == B_DEAD) {
+        struct pending *p = TAILQ_FIRST(&b->awaited);
+        TAILQ_REMOVE(&b->awaited, p, link);
         backend_cb cb = p->cb;
         void *arg = p->arg;
         pending_free(p);
@@ -256,8 +250,8 @@ static void backend_write(struct smtp_backend *b, const char *line, size_t len)
 {
     bufferevent_write(b->bev, line, len);
     b->bytes_out += len;
-    if (b->tail)
-        b->tail->sent_at = b->bytes_out;
+    if (!TAILQ_EMPTY(&b->awaited))
+        TAILQ_LAST(&b->awaited, pending_queue)->sent_at = b->bytes_out;
 }
 
 /* A reply to a command that has not fully left our output buffer cannot be
@@ -269,7 +263,8 @@ static bool backend_reply_premature(struct smtp_backend *b)
     size_t unsent = evbuffer_get_length(bufferevent_get_output(b->bev));
     if (b->state < B_READY)
         return b->state != B_GREETING && unsent > 0;
-    return b->head && b->bytes_out - unsent < b->head->sent_at;
+    struct pending *head = TAILQ_FIRST(&b->awaited);
+    return head && b->bytes_out - unsent < head->sent_at;
 }
 
 static int backend_queue(struct smtp_backend *b, enum pending_kind kind, enum backend_step step,
@@ -282,14 +277,10 @@ static int backend_queue(struct smtp_backend *b, enum pending_kind kind, enum ba
     p->step = step;
     p->cb = cb;
     p->arg = arg;
-    if (b->tail)
-        b->tail->next = p;
-    else
-        b->head = p;
-    b->tail = p;
+    TAILQ_INSERT_TAIL(&b->awaited, p, link);
     /* A command pipelined behind another waits its turn: its deadline
      * starts when the reply before it is complete. */
-    if (b->head == p)
+    if (TAILQ_FIRST(&b->awaited) == p)
         backend_await(b, b->pc->command_timeout_ms);
     return 0;
 }
@@ -429,7 +420,7 @@ static void backend_handshake_reply(struct smtp_backend *b, const char *text, co
 
 static void backend_noop_arm(struct smtp_backend *b)
 {
-    if (b->keepalive && b->noop_timer && !b->head && b->state == B_READY) {
+    if (b->keepalive && b->noop_timer && TAILQ_EMPTY(&b->awaited) && b->state == B_READY) {
         struct timeval tv = ms_to_tv(b->pc->noop_interval_ms);
         event_add(b->noop_timer, &tv);
     }
@@ -455,7 +446,7 @@ static void backend_start_body(struct smtp_backend *b, struct pending *p)
 
 static void backend_command_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
-    struct pending *p = b->head;
+    struct pending *p = TAILQ_FIRST(&b->awaited);
     if (!p) {
         /* Unsolicited: typically 421 before the server closes an idle session. */
         backend_fail(b, r->code == 421 ? "closed the idle session (421)" : "unexpected reply");
@@ -467,11 +458,10 @@ static void backend_command_reply(struct smtp_backend *b, const char *text, cons
         backend_start_body(b, p);
         return;
     }
-    b->head = p->next;
-    if (!b->head)
-        b->tail = NULL;
-    if (b->head)
-        backend_await(b, b->head->kind == P_FINAL ? b->pc->final_timeout_ms
+    TAILQ_REMOVE(&b->awaited, p, link);
+    struct pending *next = TAILQ_FIRST(&b->awaited);
+    if (next)
+        backend_await(b, next->kind == P_FINAL ? b->pc->final_timeout_ms
                                                   : b->pc->command_timeout_ms);
     else
         backend_await_none(b);
@@ -505,7 +495,7 @@ static enum backend_step backend_awaited(const struct smtp_backend *b)
     case B_CLOSING:
         return BSTEP_QUIT;
     case B_READY:
-        return b->head ? b->head->step : BSTEP_COUNT;
+        return TAILQ_EMPTY(&b->awaited) ? BSTEP_COUNT : TAILQ_FIRST(&b->awaited)->step;
     default:
         return BSTEP_COUNT;
     }
@@ -734,7 +724,7 @@ static void backend_reply_timeout(evutil_socket_t fd, short what, void *arg)
 static void backend_noop_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct smtp_backend *b = arg;
-    if (b->state != B_READY || b->head || !b->keepalive)
+    if (b->state != B_READY || !TAILQ_EMPTY(&b->awaited) || !b->keepalive)
         return;
     if (backend_queue(b, P_NOOP, BSTEP_NOOP, NULL, NULL) == 0)
         backend_write(b, "NOOP\r\n", 6);
@@ -755,13 +745,11 @@ static struct backend *smtp_open(struct loop *loop, struct generation *gen, stru
     if (!b)
         return NULL;
     b->base.ops = &backend_smtp_ops;
+    TAILQ_INIT(&b->awaited);
     b->loop = loop;
     b->gen = gen;
     generation_ref(gen);
-    b->next = loop->backend_list;
-    if (b->next)
-        b->next->prev = b;
-    loop->backend_list = b;
+    LIST_INSERT_HEAD(&loop->backend_list, b, loop_link);
     b->pool = pool;
     b->pc = pool_conf(pool);
     b->pool_index = pool_index;
@@ -835,9 +823,10 @@ static void smtp_send_message(struct backend *base, struct spool *spool, struct 
         backend_deliver(cb, arg, st, 0, NULL, 0, 0);
         return;
     }
-    b->tail->spool = spool;
-    b->tail->prefix = prefix;
-    b->tail->offset = offset;
+    struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
+    p->spool = spool;
+    p->prefix = prefix;
+    p->offset = offset;
     if (b->noop_timer)
         event_del(b->noop_timer);
     backend_write(b, "DATA\r\n", 6);
@@ -865,12 +854,11 @@ static void backend_quit_timeout(evutil_socket_t fd, short what, void *arg)
 static void smtp_close(struct backend *base)
 {
     struct smtp_backend *b = SMTP(base);
-    while (b->head) {
-        struct pending *p = b->head;
-        b->head = p->next;
+    while (!TAILQ_EMPTY(&b->awaited)) {
+        struct pending *p = TAILQ_FIRST(&b->awaited);
+        TAILQ_REMOVE(&b->awaited, p, link);
         pending_free(p);
     }
-    b->tail = NULL;
     b->open_cb = NULL;
     if (b->noop_timer)
         event_del(b->noop_timer);

@@ -7,6 +7,7 @@
 #include "dns.h"
 #include "mstime.h"
 
+#include <sys/queue.h>
 #include <ares.h>
 #include <arpa/nameser.h>
 #include <arpa/inet.h>
@@ -38,7 +39,7 @@ struct dns_ctx {
     ares_channel channel;
     struct event *ares_timer; /* c-ares' own retransmits and timeouts */
     struct dns_sock *socks;
-    struct dns_query *queries; /* every live query, for dns_ctx_free */
+    LIST_HEAD(, dns_query) queries; /* every live query, for dns_ctx_free */
     int depth;                 /* > 0 while inside one of our libevent callbacks */
     bool closing;              /* dns_ctx_free was called during a callback */
 };
@@ -47,7 +48,7 @@ enum dns_query_kind { DNS_Q_ADDR, DNS_Q_NAME, DNS_Q_RECORDS };
 
 struct dns_query {
     struct dns_ctx *ctx;
-    struct dns_query *prev, *next;
+    LIST_ENTRY(dns_query) link; /* the context's queries */
     enum dns_query_kind kind;
     union {
         dns_addr_cb addr;
@@ -313,13 +314,7 @@ struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf
 
 static void dns_query_free(struct dns_query *q)
 {
-    struct dns_ctx *ctx = q->ctx;
-    if (q->prev)
-        q->prev->next = q->next;
-    else
-        ctx->queries = q->next;
-    if (q->next)
-        q->next->prev = q->prev;
+    LIST_REMOVE(q, link);
     event_free(q->timer);
     free(q->addrs);
     free(q->name);
@@ -411,10 +406,7 @@ static struct dns_query *dns_query_new(struct dns_ctx *ctx, enum dns_query_kind 
     q->kind = kind;
     q->arg = arg;
     q->starting = true;
-    q->next = ctx->queries;
-    if (q->next)
-        q->next->prev = q;
-    ctx->queries = q;
+    LIST_INSERT_HEAD(&ctx->queries, q, link);
     return q;
 }
 
@@ -708,15 +700,16 @@ struct dns_query *dns_query_records(struct dns_ctx *ctx, const char *name, enum 
 
 static void dns_ctx_destroy(struct dns_ctx *ctx)
 {
-    for (struct dns_query *q = ctx->queries; q; q = q->next) {
+    struct dns_query *q;
+    LIST_FOREACH(q, &ctx->queries, link) {
         q->finished = true;
         evtimer_del(q->timer);
     }
     /* Calls every pending query back with ARES_EDESTRUCTION: they only
      * release themselves, since all are finished. */
     ares_destroy(ctx->channel);
-    while (ctx->queries)
-        dns_query_free(ctx->queries);
+    while (!LIST_EMPTY(&ctx->queries))
+        dns_query_free(LIST_FIRST(&ctx->queries));
     while (ctx->socks)
         dns_sock_remove(&ctx->socks);
     event_free(ctx->ares_timer);
@@ -730,7 +723,8 @@ void dns_ctx_free(struct dns_ctx *ctx)
     if (ctx->depth > 0) {
         /* Inside one of our callbacks: c-ares is on the stack. Silence every
          * query now, tear down when the callback unwinds. */
-        for (struct dns_query *q = ctx->queries; q; q = q->next)
+        struct dns_query *q;
+        LIST_FOREACH(q, &ctx->queries, link)
             q->finished = true;
         ctx->closing = true;
         return;

@@ -4,6 +4,7 @@
 #ifndef SLUICE_PLUGIN_HOST_H
 #define SLUICE_PLUGIN_HOST_H
 
+#include <sys/queue.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -16,6 +17,9 @@ struct chain_entry_conf;
 struct worker;
 
 /* A chain entry; the SDK's opaque sluice_entry. */
+/* One loop thread's entry-level operations of an entry (sdk_entry_async.c). */
+LIST_HEAD(entry_op_list, entry_op);
+
 struct plugin_entry {
     char *name;                          /* file stem, "20-dnsbl" */
     const struct chain_entry_conf *conf; /* owned by the config generation */
@@ -27,7 +31,7 @@ struct plugin_entry {
     /* [loop index]: the entry-level timers and DNS queries (sluice_entry_timer,
      * sluice_entry_dns_query) outstanding on that thread, cancelled when the
      * chain is retired there; after that, new ones are refused. */
-    struct entry_op **thread_ops;
+    struct entry_op_list *thread_ops;
     bool *thread_retired;
     int nthreads;
     int index;

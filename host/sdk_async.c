@@ -1,5 +1,6 @@
 /* Operations bound to a session and an entry (sdk_op.h), and the SDK's
  * asynchronous services built on them: DNS, timers, the thread pool. */
+#include <sys/queue.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,20 +22,16 @@ struct sdk_op {
     struct plugin_entry *entry;
     sdk_op_cancel_fn cancel;
     void *cancel_arg;
-    struct sdk_op *prev, *next;
+    LIST_ENTRY(sdk_op) link; /* the session's ops */
+    bool linked;
     struct plugin_entry *saved_entry; /* restored by sdk_op_end */
 };
 
 static void op_unlink(struct sdk_op *op)
 {
-    struct session *s = op->s;
-    if (op->prev)
-        op->prev->next = op->next;
-    else
-        s->ops = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
-    op->prev = op->next = NULL;
+    if (op->linked)
+        LIST_REMOVE(op, link);
+    op->linked = false;
 }
 
 struct sdk_op *sdk_op_new(struct session *s, sdk_op_cancel_fn cancel, void *cancel_arg)
@@ -46,10 +43,8 @@ struct sdk_op *sdk_op_new(struct session *s, sdk_op_cancel_fn cancel, void *canc
     op->entry = s->current_entry;
     op->cancel = cancel;
     op->cancel_arg = cancel_arg;
-    op->next = s->ops;
-    if (op->next)
-        op->next->prev = op;
-    s->ops = op;
+    LIST_INSERT_HEAD(&s->ops, op, link);
+    op->linked = true;
     return op;
 }
 
@@ -88,15 +83,15 @@ static void op_abandon(struct sdk_op *op)
 
 void sdk_op_abandon_all(struct session *s)
 {
-    while (s->ops)
-        op_abandon(s->ops);
+    while (!LIST_EMPTY(&s->ops))
+        op_abandon(LIST_FIRST(&s->ops));
 }
 
 void sdk_op_abandon_entry(struct session *s, const struct plugin_entry *e)
 {
-    struct sdk_op *op = s->ops;
+    struct sdk_op *op = LIST_FIRST(&s->ops);
     while (op) {
-        struct sdk_op *next = op->next;
+        struct sdk_op *next = LIST_NEXT(op, link);
         if (op->entry == e)
             op_abandon(op);
         op = next;

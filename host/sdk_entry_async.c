@@ -2,6 +2,7 @@
  * and the loop thread that started them, not to a session. Each thread keeps
  * its own list per entry (only that thread touches it), so retiring the
  * chain on a thread cancels exactly what that thread started. */
+#include <sys/queue.h>
 #include <stdlib.h>
 
 #include <event2/event.h>
@@ -16,7 +17,8 @@
 struct entry_op {
     struct plugin_entry *entry;
     int index;
-    struct entry_op *prev, *next;
+    LIST_ENTRY(entry_op) link; /* the entry's thread_ops[index] */
+    bool linked;
     struct event *timer;     /* a timer op */
     struct dns_query *query; /* a DNS op */
     sluice_entry_timer_cb timer_cb;
@@ -47,28 +49,21 @@ static struct entry_op *entry_op_new(struct plugin_entry *e, const struct loop *
 
 static void entry_op_link(struct entry_op *op)
 {
-    struct entry_op **head = &op->entry->thread_ops[op->index];
-    op->next = *head;
-    if (op->next)
-        op->next->prev = op;
-    *head = op;
+    LIST_INSERT_HEAD(&op->entry->thread_ops[op->index], op, link);
+    op->linked = true;
 }
 
 static void entry_op_unlink(struct entry_op *op)
 {
-    if (op->prev)
-        op->prev->next = op->next;
-    else
-        op->entry->thread_ops[op->index] = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
-    op->prev = op->next = NULL;
+    if (op->linked)
+        LIST_REMOVE(op, link);
+    op->linked = false;
 }
 
 void entry_ops_cancel(struct plugin_entry *e, int index)
 {
-    while (e->thread_ops[index]) {
-        struct entry_op *op = e->thread_ops[index];
+    while (!LIST_EMPTY(&e->thread_ops[index])) {
+        struct entry_op *op = LIST_FIRST(&e->thread_ops[index]);
         entry_op_unlink(op);
         if (op->timer)
             event_free(op->timer);

@@ -587,12 +587,7 @@ static void session_free(struct session *s)
     free(s->helo);
     free(s->rdns_name);
     free(s->line);
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        loop->session_list = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
+    LIST_REMOVE(s, loop_link);
     loop->sessions--;
     atomic_fetch_sub(&loop->worker->sessions, 1);
     host_metrics_session_closed();
@@ -624,8 +619,8 @@ static void session_finish(struct session *s)
 
 void session_close_all(struct loop *loop)
 {
-    while (loop->session_list)
-        session_free(loop->session_list);
+    while (!LIST_EMPTY(&loop->sessions_of_loop))
+        session_free(LIST_FIRST(&loop->sessions_of_loop));
 }
 
 static void session_finish_cb(evutil_socket_t fd, short what, void *arg)
@@ -673,10 +668,7 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     session_make_id(s);
     netaddr_ntop(peer, s->client_ip, sizeof s->client_ip);
     s->client_port = netaddr_port(peer);
-    s->next = loop->session_list;
-    if (s->next)
-        s->next->prev = s;
-    loop->session_list = s;
+    LIST_INSERT_HEAD(&loop->sessions_of_loop, s, loop_link);
     loop->sessions++;
     atomic_fetch_add(&loop->worker->sessions, 1);
     host_metrics_session_opened();

@@ -3,6 +3,7 @@
 #ifndef SLUICE_SESSION_INTERNAL_H
 #define SLUICE_SESSION_INTERNAL_H
 
+#include <sys/queue.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -69,7 +70,7 @@ struct session {
     struct loop *loop;
     const struct sluice_config *cfg;
     const struct listen_conf *listen;
-    struct session *prev, *next; /* the loop's list */
+    LIST_ENTRY(session) loop_link; /* the loop's sessions_of_loop */
 
     struct bufferevent *bev;
     struct event *finish_ev;
@@ -145,7 +146,7 @@ struct session {
     size_t nnotes;
     void **entry_data;
     void (**entry_data_free)(void *);
-    struct sdk_op *ops;
+    LIST_HEAD(, sdk_op) ops; /* the plugins' operations in flight (sdk_async.c) */
     struct message_info *msg; /* headers parsed at eom and pending header changes */
     uint64_t throttle_bps;
     struct ev_token_bucket_cfg *throttle_cfg;

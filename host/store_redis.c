@@ -4,6 +4,7 @@
  * timer: whichever comes first, the reply or the timer, decides what the
  * caller gets; the other is ignored. hiredis owns a record from the command
  * until its callback (with a reply, or NULL when the connection goes away). */
+#include <sys/queue.h>
 #include <event2/event.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
@@ -49,7 +50,7 @@ struct redis_cmd {
     bool delivered;      /* the caller got its answer */
     bool in_hiredis;     /* hiredis still holds the record */
     const char *errstr;  /* why a command that never reached hiredis failed */
-    struct redis_cmd *prev, *next;
+    LIST_ENTRY(redis_cmd) link; /* the connection's cmds */
 };
 
 struct store_redis_conn {
@@ -58,7 +59,7 @@ struct store_redis_conn {
     bool freeing;
     int64_t retry_at_ms; /* monotonic: no connection attempt before */
     int backoff_ms;
-    struct redis_cmd *cmds; /* every record not yet freed */
+    LIST_HEAD(, redis_cmd) cmds; /* every record not yet freed */
 };
 
 static int64_t redis_mono_ms(void)
@@ -133,13 +134,7 @@ static void rcmd_finish(struct redis_cmd *cmd, redisReply *r, const char *errstr
 
 static void rcmd_free(struct redis_cmd *cmd)
 {
-    struct store_redis_conn *conn = cmd->t->redis;
-    if (cmd->prev)
-        cmd->prev->next = cmd->next;
-    else
-        conn->cmds = cmd->next;
-    if (cmd->next)
-        cmd->next->prev = cmd->prev;
+    LIST_REMOVE(cmd, link);
     event_free(cmd->timer);
     free(cmd);
 }
@@ -282,10 +277,7 @@ static int rcmd_start(struct store_thread *t, enum rcmd_kind kind, union rcmd_cb
     cmd->kind = kind;
     cmd->cb = cb;
     cmd->arg = arg;
-    cmd->next = conn->cmds;
-    if (conn->cmds)
-        conn->cmds->prev = cmd;
-    conn->cmds = cmd;
+    LIST_INSERT_HEAD(&conn->cmds, cmd, link);
     struct timeval tv = {0, 0};
     if (redis_ensure(t) == 0 &&
         redisAsyncCommandArgv(conn->ac, rcmd_reply_cb, cmd, argc, argv, argvlen) == REDIS_OK) {
@@ -385,8 +377,8 @@ void store_redis_thread_free(struct store_thread *t)
         redis_forget(conn, ac);
         redisAsyncFree(ac);
     }
-    while (conn->cmds) {
-        struct redis_cmd *cmd = conn->cmds;
+    while (!LIST_EMPTY(&conn->cmds)) {
+        struct redis_cmd *cmd = LIST_FIRST(&conn->cmds);
         rcmd_finish(cmd, NULL, "store closing");
         rcmd_free(cmd);
     }

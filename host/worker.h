@@ -3,6 +3,7 @@
 #ifndef SLUICE_WORKER_H
 #define SLUICE_WORKER_H
 
+#include <sys/queue.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdatomic.h>
@@ -36,8 +37,8 @@ struct loop {
     pthread_t thread;
     uint32_t session_seq;
     unsigned sessions;
-    struct session *session_list; /* every session of this loop */
-    struct smtp_backend *backend_list; /* every SMTP backend connection, closing ones too */
+    LIST_HEAD(, session) sessions_of_loop;   /* every session of this loop */
+    LIST_HEAD(, smtp_backend) backend_list;  /* every SMTP backend connection, closing ones too */
 };
 
 /* The loop whose thread is running, NULL on any other thread: the SDK's
