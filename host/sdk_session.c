@@ -4,12 +4,12 @@
 #include <string.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include <sluice/session.h>
 
 #include "config.h"
+#include "io.h"
 #include "log.h"
 #include "netaddr.h"
 #include "plugin_host.h"
@@ -114,31 +114,17 @@ bool sluice_early_talker(const sluice_session *ss)
     if (s->early_talker)
         return true;
     /* Before the greeting any byte the client sent is early talk. */
-    return s->phase < PH_COMMANDS && s->bev &&
-           evbuffer_get_length(bufferevent_get_input(s->bev)) > 0;
+    return s->phase < PH_COMMANDS && s->io && io_input_len(s->io) > 0;
 }
 
 void session_apply_throttle(struct session *s)
 {
-    if (!s->bev)
+    if (!s->io)
         return;
-    if (s->throttle_bps == 0 || s->backend) {
-        bufferevent_set_rate_limit(s->bev, NULL);
-        return;
-    }
-    size_t rate = s->throttle_bps;
-    struct timeval tick = {.tv_sec = 0, .tv_usec = 100000};
-    /* Per tick of 100 ms; the burst allows one tick's worth. */
-    size_t per_tick = rate / 10 ? rate / 10 : 1;
-    struct ev_token_bucket_cfg *cfg =
-        ev_token_bucket_cfg_new(per_tick, per_tick, EV_RATE_LIMIT_MAX, EV_RATE_LIMIT_MAX, &tick);
-    if (cfg) {
-        bufferevent_set_rate_limit(s->bev, cfg);
-        /* libevent keeps a pointer to cfg: it lives as long as the session. */
-        if (s->throttle_cfg)
-            ev_token_bucket_cfg_free(s->throttle_cfg);
-        s->throttle_cfg = cfg;
-    }
+    /* A throttle applies only while no backend connection is held. */
+    uint64_t rate = s->backend ? 0 : s->throttle_bps;
+    if (io_set_read_rate(s->io, rate) < 0)
+        log_err(s->sid, "out of memory setting the read throttle: reads are not throttled");
 }
 
 void sluice_throttle(sluice_session *s, uint64_t bytes_per_second)

@@ -10,8 +10,7 @@
 #include <sys/time.h>
 #include <time.h>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
+#include <event2/buffer.h> /* the decoded message on its way to the spool */
 #include <event2/event.h>
 
 #include "backend.h"
@@ -21,6 +20,7 @@
 #include "data_codec.h"
 #include "dns.h"
 #include "hooks.h"
+#include "io.h"
 #include "log.h"
 #include "netaddr.h"
 #include "generation.h"
@@ -41,6 +41,8 @@
 #define SESSION_INPUT_HIGH_WATER (256 * 1024)
 /* Replies a client has not read: stop reading commands until it does. */
 #define SESSION_OUTPUT_HIGH_WATER (256 * 1024)
+/* How long a closing session waits for the client to take its last reply. */
+#define SESSION_CLOSE_FLUSH_MS 10000
 /* Relayed replies up to this size are formatted without an allocation. */
 #define SESSION_REPLY_STACK 2048
 
@@ -52,8 +54,8 @@ static void session_greet(struct session *s);
 
 void session_write(struct session *s, const char *buf, size_t len)
 {
-    if (s->bev)
-        bufferevent_write(s->bev, buf, len);
+    if (s->io)
+        io_write(s->io, buf, len);
 }
 
 void session_reply(struct session *s, enum reply_id id)
@@ -68,15 +70,13 @@ void session_close_after(struct session *s, enum reply_id id)
         session_reply(s, id);
     s->phase = PH_CLOSING;
     s->busy = true;
-    if (s->wait_timer)
-        event_del(s->wait_timer);
-    if (s->bev) {
-        bufferevent_disable(s->bev, EV_READ);
-        struct timeval tv = {.tv_sec = 10};
-        bufferevent_set_timeouts(s->bev, NULL, &tv);
+    if (s->io) {
+        io_clear_deadline(s->io);
+        io_pause(s->io);
+        io_set_timeouts(s->io, 0, SESSION_CLOSE_FLUSH_MS);
         s->armed_wait = WAIT_UNSET;
         /* Never freed from inside a handler: the finish event does it. */
-        if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        if (io_output_len(s->io) == 0)
             event_active(s->finish_ev, 0, 0);
     } else {
         event_active(s->finish_ev, 0, 0);
@@ -162,21 +162,20 @@ bool session_apply_verdict(struct session *s, enum hook_point point, const struc
  * dribbling a byte per period would never be cut; this timer does not move. */
 static void session_deadline(struct session *s, int64_t ms)
 {
-    struct timeval tv = ms_to_timeval(ms);
-    event_add(s->wait_timer, &tv);
+    io_set_deadline(s->io, ms);
 }
 
 /* Sets the client's timeouts for what the session waits for now. A command
  * line's deadline starts when the session becomes ready for it (the previous
  * line was taken, or the session stopped being busy); DATA keeps a read
  * timeout, since data_block is the gap between chunks and data_total bounds
- * the whole. Only a change of what it waits for touches the bufferevent. */
+ * the whole. Only a change of what it waits for touches the connection. */
 static void session_arm_timeout(struct session *s)
 {
     /* The PROXY header's deadline runs from accept until the header is
      * complete, whatever wakes the session meanwhile (a write event did
      * disarm it, and a balancer that sent nothing was never closed). */
-    if (!s->bev || s->phase == PH_CLOSING || s->phase == PH_PROXY)
+    if (!s->io || s->phase == PH_CLOSING || s->phase == PH_PROXY)
         return;
     enum session_wait wait = s->busy ? WAIT_US : s->phase == PH_DATA ? WAIT_DATA : WAIT_COMMAND;
     if (wait == WAIT_COMMAND && (wait != s->armed_wait || s->line_taken))
@@ -186,15 +185,14 @@ static void session_arm_timeout(struct session *s)
         return;
     s->armed_wait = wait;
     if (wait != WAIT_COMMAND)
-        event_del(s->wait_timer);
+        io_clear_deadline(s->io);
     if (wait == WAIT_US) {
         /* Waiting on a hook or the backend: the client is waiting on us. */
-        bufferevent_set_timeouts(s->bev, NULL, NULL);
+        io_set_timeouts(s->io, 0, 0);
         return;
     }
-    struct timeval wt = ms_to_timeval(s->cfg->command_timeout_ms);
-    struct timeval rt = ms_to_timeval(s->cfg->data_block_timeout_ms);
-    bufferevent_set_timeouts(s->bev, wait == WAIT_DATA ? &rt : NULL, &wt);
+    io_set_timeouts(s->io, wait == WAIT_DATA ? s->cfg->data_block_timeout_ms : 0,
+                    s->cfg->command_timeout_ms);
 }
 
 /* The current command is complete: go on with what the client pipelined. */
@@ -317,46 +315,37 @@ void session_log_txn(struct session *s, const char *result)
 
 static bool session_read_line(struct session *s)
 {
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-    size_t max = (size_t)s->cfg->max_line_length;
-    struct evbuffer_ptr p = evbuffer_search(in, "\n", 1, NULL);
-    if (p.pos < 0) {
-        size_t avail = evbuffer_get_length(in);
-        if (avail >= max) {
-            /* Answer once, then drop bytes until the line ends. */
-            evbuffer_drain(in, avail);
-            if (!s->discarding_line) {
-                s->discarding_line = true;
-                session_error(s, R_LINE_TOO_LONG);
-            }
-        }
+    size_t len;
+    switch (io_read_line(s->io, s->line, (size_t)s->cfg->max_line_length, &len)) {
+    case IO_LINE_MORE:
         return false;
-    }
-    size_t linelen = (size_t)p.pos + 1;
-    s->line_taken = true;
-    if (s->discarding_line || linelen > max) {
-        evbuffer_drain(in, linelen);
-        if (!s->discarding_line)
-            session_error(s, R_LINE_TOO_LONG);
-        s->discarding_line = false;
+    case IO_LINE_LONG_OPEN:
+        /* Answered once; the rest of the line is dropped up to its end. */
+        session_error(s, R_LINE_TOO_LONG);
+        return false;
+    case IO_LINE_TOO_LONG:
+        s->line_taken = true;
+        session_error(s, R_LINE_TOO_LONG);
+        return true;
+    case IO_LINE_SKIPPED:
+        s->line_taken = true;
+        return true;
+    case IO_LINE_OK:
+    default:
+        s->line_taken = true;
+        session_command(s, s->line, len);
         return true;
     }
-    evbuffer_remove(in, s->line, linelen);
-    size_t len = linelen - 1;
-    if (len > 0 && s->line[len - 1] == '\r')
-        len--;
-    session_command(s, s->line, len);
-    return true;
 }
 
 static bool session_output_full(struct session *s)
 {
-    return evbuffer_get_length(bufferevent_get_output(s->bev)) > SESSION_OUTPUT_HIGH_WATER;
+    return io_output_len(s->io) > SESSION_OUTPUT_HIGH_WATER;
 }
 
 static void session_process(struct session *s)
 {
-    if (s->processing || !s->bev)
+    if (s->processing || !s->io)
         return;
     s->processing = true;
     while (!s->busy && s->phase != PH_CLOSING && !session_output_full(s)) {
@@ -399,7 +388,7 @@ static void session_connect_done(struct session *s, const struct hook_verdict *v
 
 static void session_greet(struct session *s)
 {
-    if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0) {
+    if (io_input_len(s->io) > 0) {
         s->early_talker = true;
         log_info(s->sid, "early talker: client spoke before the greeting");
     }
@@ -467,10 +456,9 @@ static void session_identified(struct session *s)
 
 static void session_proxy_input(struct session *s)
 {
-    struct evbuffer *in = bufferevent_get_input(s->bev);
-    size_t avail = evbuffer_get_length(in);
+    size_t avail = io_input_len(s->io);
     size_t want = avail < PROXY_MAX_HEADER ? avail : PROXY_MAX_HEADER;
-    const unsigned char *buf = evbuffer_pullup(in, (ev_ssize_t)want);
+    const unsigned char *buf = io_input_peek(s->io, want);
     struct proxy_info info;
     int n = proxy_parse(buf, want, &info);
     if (n == 0 && want < PROXY_MAX_HEADER)
@@ -480,8 +468,8 @@ static void session_proxy_input(struct session *s)
         session_close_after(s, R_COUNT);
         return;
     }
-    evbuffer_drain(in, (size_t)n);
-    event_del(s->wait_timer);
+    io_input_drain(s->io, (size_t)n);
+    io_clear_deadline(s->io);
     if (!info.local) {
         s->peer = info.src;
         s->local = info.dst;
@@ -491,9 +479,9 @@ static void session_proxy_input(struct session *s)
 
 /* ---- events ------------------------------------------------------------- */
 
-static void session_wait_expired(evutil_socket_t fd, short what, void *arg)
+/* The deadline of what the client must send whole passed. */
+static void session_deadline_passed(struct session *s)
 {
-    struct session *s = arg;
     if (s->phase == PH_PROXY) {
         log_info(s->sid, "no complete PROXY header from %s within %lld ms, closing",
                  s->client_ip, (long long)s->cfg->proxy_header_timeout_ms);
@@ -508,52 +496,63 @@ static void session_wait_expired(evutil_socket_t fd, short what, void *arg)
     session_close_after(s, R_IDLE_TIMEOUT);
 }
 
-static void session_read_cb(struct bufferevent *bev, void *arg)
+static void session_input(struct io *io, void *arg)
 {
     struct session *s = arg;
+    (void)io;
     if (s->phase == PH_PROXY)
         session_proxy_input(s);
     else
         session_process(s);
 }
 
-static void session_write_cb(struct bufferevent *bev, void *arg)
+static void session_drained(struct io *io, void *arg)
 {
     struct session *s = arg;
     if (s->phase == PH_CLOSING) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        if (io_output_len(io) == 0)
             session_finish(s);
         return;
     }
     session_process(s); /* output drained below the high-water mark */
 }
 
-static void session_event_cb(struct bufferevent *bev, short what, void *arg)
+static void session_io_event(struct io *io, enum io_event ev, void *arg)
 {
     struct session *s = arg;
-    if ((what & BEV_EVENT_TIMEOUT) && s->phase != PH_CLOSING) {
+    if (ev == IO_DEADLINE) {
+        session_deadline_passed(s);
+        return;
+    }
+    if ((ev == IO_READ_TIMEOUT || ev == IO_WRITE_TIMEOUT) && s->phase != PH_CLOSING) {
         /* The command wait has its own deadline: this is data_block in DATA,
          * or a client that does not read its replies. */
         log_info(s->sid, "timeout %s, closing",
-                 (what & BEV_EVENT_READING) ? "during DATA" : "writing to the client");
+                 ev == IO_READ_TIMEOUT ? "during DATA" : "writing to the client");
         session_log_txn(s, "timeout");
         session_close_after(s, s->phase == PH_DATA ? R_DATA_TIMEOUT : R_IDLE_TIMEOUT);
         return;
     }
     /* A client may pipeline up to QUIT and shut its side (shutdown(SHUT_WR)):
      * its commands are still carried out and answered. */
-    if ((what & BEV_EVENT_EOF) && s->phase != PH_CLOSING && s->phase != PH_PROXY &&
-        (s->busy || evbuffer_get_length(bufferevent_get_input(bev)) > 0)) {
+    if (ev == IO_EOF && s->phase != PH_CLOSING && s->phase != PH_PROXY &&
+        (s->busy || io_input_len(io) > 0)) {
         s->client_eof = true;
         session_process(s);
         return;
     }
     if (s->phase != PH_CLOSING) {
-        log_info(s->sid, "client %s", (what & BEV_EVENT_EOF) ? "disconnected" : "connection error");
+        log_info(s->sid, "client %s", ev == IO_EOF ? "disconnected" : "connection error");
         session_log_txn(s, "disconnect");
     }
     session_finish(s);
 }
+
+static const struct io_callbacks session_io_callbacks = {
+    .input = session_input,
+    .drained = session_drained,
+    .event = session_io_event,
+};
 
 /* ---- lifetime ----------------------------------------------------------- */
 
@@ -564,14 +563,11 @@ static void session_free(struct session *s)
         dns_cancel(s->rdns_query);
     if (s->backend)
         backend_close(s->backend);
-    if (s->bev)
-        bufferevent_free(s->bev);
+    io_free(s->io);
     if (s->data_timer)
         event_free(s->data_timer);
     if (s->finish_ev)
         event_free(s->finish_ev);
-    if (s->wait_timer)
-        event_free(s->wait_timer);
     if (s->spool)
         spool_free(s->spool);
     if (s->data_out)
@@ -580,8 +576,6 @@ static void session_free(struct session *s)
     session_plugins_free(s);
     if (s->limits_admitted)
         limits_release(loop->worker->limits, (struct sockaddr *)&s->peer);
-    if (s->throttle_cfg)
-        ev_token_bucket_cfg_free(s->throttle_cfg);
     if (s->gen)
         generation_unref(s->gen);
     free(s->helo);
@@ -605,10 +599,8 @@ static void session_finish(struct session *s)
         return;
     s->finishing = true;
     s->phase = PH_CLOSING;
-    if (s->bev) {
-        bufferevent_free(s->bev);
-        s->bev = NULL;
-    }
+    io_free(s->io);
+    s->io = NULL;
     if (s->backend) {
         backend_close(s->backend);
         s->backend = NULL;
@@ -673,25 +665,20 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     atomic_fetch_add(&loop->worker->sessions, 1);
     host_metrics_session_opened();
 
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     s->line = malloc((size_t)cfg->max_line_length + 1);
-    s->bev = bufferevent_socket_new(loop->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    s->io = io_new(loop->base, fd, &session_io_callbacks, s);
     s->spool = spool_new((size_t)cfg->spool_memory, cfg->spool_dir);
     s->data_out = evbuffer_new();
     s->finish_ev = event_new(loop->base, -1, 0, session_finish_cb, s);
-    s->wait_timer = event_new(loop->base, -1, 0, session_wait_expired, s);
-    if (!s->line || !s->bev || !s->spool || !s->data_out || !s->finish_ev || !s->wait_timer) {
+    if (!s->line || !s->io || !s->spool || !s->data_out || !s->finish_ev) {
         log_err(s->sid, "out of memory at accept");
         session_refuse_fd(fd);
-        if (!s->bev)
+        if (!s->io)
             evutil_closesocket(fd);
         session_free(s);
         return;
     }
-    bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
-    bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_INPUT_HIGH_WATER);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    io_set_input_limit(s->io, SESSION_INPUT_HIGH_WATER);
     s->busy = true;
 
     if (listen->proxy_protocol) {

@@ -6,7 +6,6 @@
 #include <sys/time.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 
 #include "config.h"
 #include "host_metrics.h"

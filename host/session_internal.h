@@ -72,7 +72,7 @@ struct session {
     const struct listen_conf *listen;
     LIST_ENTRY(session) loop_link; /* the loop's sessions_of_loop */
 
-    struct bufferevent *bev;
+    struct io *io; /* the client connection; NULL once it is closed */
     struct event *finish_ev;
     struct sockaddr_storage peer;  /* the real client (after PROXY) */
     struct sockaddr_storage local; /* where it connected to */
@@ -85,11 +85,9 @@ struct session {
     enum session_phase phase;
     bool busy;       /* a command is in progress: no further input is read */
     enum session_wait armed_wait;
-    struct event *wait_timer; /* deadline of a PROXY header or of one command line */
     bool line_taken; /* a command line was consumed: its successor's deadline starts */
     bool processing; /* inside session_process (re-entrancy guard) */
     bool finishing;
-    bool discarding_line;
     bool early_talker;
     bool client_eof; /* half-closed: answer what it sent, then close */
     bool limits_admitted;
@@ -149,7 +147,6 @@ struct session {
     LIST_HEAD(, sdk_op) ops; /* the plugins' operations in flight (sdk_async.c) */
     struct message_info *msg; /* headers parsed at eom and pending header changes */
     uint64_t throttle_bps;
-    struct ev_token_bucket_cfg *throttle_cfg;
 };
 
 /* session.c */

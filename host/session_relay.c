@@ -7,12 +7,12 @@
 #include <string.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "config.h"
 #include "mstime.h"
 #include "generation.h"
+#include "io.h"
 #include "log.h"
 #include "pool.h"
 #include "session_internal.h"
@@ -468,15 +468,13 @@ static void relay_end_of_data(struct session *s)
  * message), false when more input is needed. */
 bool session_data_input(struct session *s)
 {
-    struct evbuffer *in = bufferevent_get_input(s->bev);
     uint64_t limit = (uint64_t)s->cfg->max_message_size;
     bool done = false;
-    while (!done && evbuffer_get_length(in) > 0) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
-        size_t used = data_decode(&s->decoder, v.iov_base, v.iov_len, s->data_out, limit);
-        evbuffer_drain(in, used);
+    const char *chunk;
+    size_t chunk_len;
+    while (!done && io_input_chunk(s->io, &chunk, &chunk_len)) {
+        size_t used = data_decode(&s->decoder, chunk, chunk_len, s->data_out, limit);
+        io_input_drain(s->io, used);
         done = s->decoder.done;
     }
     if (evbuffer_get_length(s->data_out) > 0 && spool_append(s->spool, s->data_out) < 0) {

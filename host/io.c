@@ -1,0 +1,257 @@
+#include "io.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "mstime.h"
+#include "spool.h"
+
+/* A throttle's bucket refills every tick; its burst is one tick's worth. */
+#define IO_RATE_TICKS_PER_SECOND 10
+
+struct io {
+    struct bufferevent *bev;
+    struct event *deadline;
+    struct ev_token_bucket_cfg *rate;
+    const struct io_callbacks *cb;
+    void *arg;
+    bool discarding; /* dropping the rest of an over-long line */
+    int error;       /* errno of the last IO_ERROR */
+};
+
+static void io_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct io *io = arg;
+    (void)bev;
+    if (io->cb->input)
+        io->cb->input(io, io->arg);
+}
+
+static void io_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct io *io = arg;
+    (void)bev;
+    if (io->cb->drained)
+        io->cb->drained(io, io->arg);
+}
+
+static void io_set_nodelay(struct io *io)
+{
+    int one = 1;
+    evutil_socket_t fd = bufferevent_getfd(io->bev);
+    if (fd >= 0)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+static void io_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct io *io = arg;
+    (void)bev;
+    enum io_event ev;
+    if (what & BEV_EVENT_CONNECTED) {
+        io_set_nodelay(io);
+        ev = IO_CONNECTED;
+    } else if (what & BEV_EVENT_TIMEOUT) {
+        ev = (what & BEV_EVENT_READING) ? IO_READ_TIMEOUT : IO_WRITE_TIMEOUT;
+    } else if (what & BEV_EVENT_EOF) {
+        ev = IO_EOF;
+    } else {
+        io->error = EVUTIL_SOCKET_ERROR();
+        ev = IO_ERROR;
+    }
+    io->cb->event(io, ev, io->arg);
+}
+
+static void io_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct io *io = arg;
+    (void)fd;
+    (void)what;
+    io->cb->event(io, IO_DEADLINE, io->arg);
+}
+
+struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb, void *arg)
+{
+    struct io *io = calloc(1, sizeof *io);
+    if (!io)
+        return NULL;
+    io->cb = cb;
+    io->arg = arg;
+    io->deadline = event_new(base, -1, 0, io_deadline_cb, io);
+    io->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!io->deadline || !io->bev) {
+        if (io->bev)
+            bufferevent_setfd(io->bev, -1); /* fd stays the caller's */
+        if (io->bev)
+            bufferevent_free(io->bev);
+        if (io->deadline)
+            event_free(io->deadline);
+        free(io);
+        return NULL;
+    }
+    bufferevent_setcb(io->bev, io_read_cb, io_write_cb, io_event_cb, io);
+    bufferevent_enable(io->bev, EV_READ | EV_WRITE);
+    if (fd >= 0)
+        io_set_nodelay(io);
+    return io;
+}
+
+int io_connect(struct io *io, const struct sockaddr *sa, socklen_t len)
+{
+    if (bufferevent_socket_connect(io->bev, sa, (int)len) < 0) {
+        io->error = errno;
+        return -1;
+    }
+    return 0;
+}
+
+void io_free(struct io *io)
+{
+    if (!io)
+        return;
+    bufferevent_free(io->bev);
+    event_free(io->deadline);
+    if (io->rate)
+        ev_token_bucket_cfg_free(io->rate);
+    free(io);
+}
+
+/* ---- input ---- */
+
+enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len)
+{
+    struct evbuffer *in = bufferevent_get_input(io->bev);
+    struct evbuffer_ptr p = evbuffer_search(in, "\n", 1, NULL);
+    *len = 0;
+    if (p.pos < 0) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail < max)
+            return IO_LINE_MORE;
+        /* Over the limit with no end in sight: drop what is here. */
+        evbuffer_drain(in, avail);
+        if (io->discarding)
+            return IO_LINE_MORE;
+        io->discarding = true;
+        return IO_LINE_LONG_OPEN;
+    }
+    size_t linelen = (size_t)p.pos + 1;
+    if (io->discarding || linelen > max) {
+        evbuffer_drain(in, linelen);
+        bool reported = io->discarding;
+        io->discarding = false;
+        return reported ? IO_LINE_SKIPPED : IO_LINE_TOO_LONG;
+    }
+    evbuffer_remove(in, buf, linelen);
+    size_t n = linelen - 1;
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    *len = n;
+    return IO_LINE_OK;
+}
+
+size_t io_input_len(const struct io *io)
+{
+    return evbuffer_get_length(bufferevent_get_input(io->bev));
+}
+
+const unsigned char *io_input_peek(struct io *io, size_t n)
+{
+    return evbuffer_pullup(bufferevent_get_input(io->bev), (ev_ssize_t)n);
+}
+
+bool io_input_chunk(struct io *io, const char **p, size_t *len)
+{
+    struct evbuffer_iovec v;
+    if (evbuffer_peek(bufferevent_get_input(io->bev), -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+        return false;
+    *p = v.iov_base;
+    *len = v.iov_len;
+    return true;
+}
+
+void io_input_drain(struct io *io, size_t n) { evbuffer_drain(bufferevent_get_input(io->bev), n); }
+
+/* ---- output ---- */
+
+int io_write(struct io *io, const void *buf, size_t len)
+{
+    return bufferevent_write(io->bev, buf, len);
+}
+
+int io_write_reply(struct io *io, enum reply_id id)
+{
+    return io_write(io, reply_text(id), reply_len(id));
+}
+
+int io_write_buffer(struct io *io, struct evbuffer *buf)
+{
+    return bufferevent_write_buffer(io->bev, buf);
+}
+
+int io_write_spool(struct io *io, struct spool *spool, uint64_t offset)
+{
+    return spool_add_range_to(spool, offset, bufferevent_get_output(io->bev));
+}
+
+size_t io_output_len(const struct io *io)
+{
+    return evbuffer_get_length(bufferevent_get_output(io->bev));
+}
+
+/* ---- what is awaited ---- */
+
+void io_set_timeouts(struct io *io, int64_t read_ms, int64_t write_ms)
+{
+    struct timeval rt = ms_to_timeval(read_ms), wt = ms_to_timeval(write_ms);
+    bufferevent_set_timeouts(io->bev, read_ms > 0 ? &rt : NULL, write_ms > 0 ? &wt : NULL);
+}
+
+void io_set_deadline(struct io *io, int64_t ms)
+{
+    struct timeval tv = ms_to_timeval(ms);
+    event_add(io->deadline, &tv);
+}
+
+void io_clear_deadline(struct io *io) { event_del(io->deadline); }
+
+/* ---- flow ---- */
+
+void io_pause(struct io *io) { bufferevent_disable(io->bev, EV_READ); }
+
+void io_resume(struct io *io) { bufferevent_enable(io->bev, EV_READ); }
+
+void io_set_input_limit(struct io *io, size_t bytes)
+{
+    bufferevent_setwatermark(io->bev, EV_READ, 0, bytes);
+}
+
+int io_set_read_rate(struct io *io, uint64_t bytes_per_second)
+{
+    if (bytes_per_second == 0) {
+        bufferevent_set_rate_limit(io->bev, NULL);
+        return 0;
+    }
+    struct timeval tick = ms_to_timeval(1000 / IO_RATE_TICKS_PER_SECOND);
+    size_t per_tick = (size_t)(bytes_per_second / IO_RATE_TICKS_PER_SECOND);
+    if (per_tick == 0)
+        per_tick = 1;
+    struct ev_token_bucket_cfg *cfg =
+        ev_token_bucket_cfg_new(per_tick, per_tick, EV_RATE_LIMIT_MAX, EV_RATE_LIMIT_MAX, &tick);
+    if (!cfg)
+        return -1;
+    bufferevent_set_rate_limit(io->bev, cfg);
+    /* libevent keeps a pointer to the current one: the old one may go. */
+    if (io->rate)
+        ev_token_bucket_cfg_free(io->rate);
+    io->rate = cfg;
+    return 0;
+}
+
+const char *io_error_text(const struct io *io) { return evutil_socket_error_to_string(io->error); }

@@ -1,0 +1,101 @@
+/* One connection's buffered I/O, under both the client session and the
+ * backend connection (OpenSMTPD's ioev.c): it owns the socket and its
+ * buffers, frames lines and replies, keeps the deadline of what is awaited
+ * and the idle timeouts, throttles reads, and (later) upgrades to TLS. Its
+ * users never see a socket, a bufferevent or the input buffer.
+ *
+ * Today it sits on a libevent bufferevent, which already registers the
+ * socket's events once (no epoll_ctl per write), reads without FIONREAD
+ * first, and writes what is queued in one go; the interface is shaped so
+ * the internals can move off bufferevent without touching its users. */
+#ifndef SLUICE_IO_H
+#define SLUICE_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "reply.h"
+
+struct event_base;
+struct evbuffer;
+struct spool;
+struct io;
+
+enum io_event {
+    IO_CONNECTED,     /* io_connect succeeded */
+    IO_EOF,           /* the peer closed its side */
+    IO_ERROR,         /* the connection broke (io_error_text says how) */
+    IO_READ_TIMEOUT,  /* nothing arrived for the read timeout */
+    IO_WRITE_TIMEOUT, /* the peer did not take our output for the write timeout */
+    IO_DEADLINE,      /* the deadline set by io_set_deadline passed */
+};
+
+struct io_callbacks {
+    void (*input)(struct io *io, void *arg);   /* new input is buffered */
+    void (*drained)(struct io *io, void *arg); /* all output was written */
+    void (*event)(struct io *io, enum io_event ev, void *arg);
+};
+
+/* A connection on fd (taken over: closed by io_free), or, with fd -1, one
+ * to connect with io_connect. TCP_NODELAY is set on the socket. NULL when
+ * out of memory (fd is then still the caller's). */
+struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb, void *arg);
+int io_connect(struct io *io, const struct sockaddr *sa, socklen_t len);
+void io_free(struct io *io);
+
+/* ---- input ---- */
+
+enum io_line {
+    IO_LINE_MORE,     /* no complete line yet */
+    IO_LINE_OK,       /* a line, without its LF or CRLF */
+    IO_LINE_TOO_LONG, /* a line over the limit ended: tell the peer once */
+    IO_LINE_LONG_OPEN,/* a line is over the limit and goes on: tell the peer; its
+                       * rest is dropped up to its end (then IO_LINE_SKIPPED) */
+    IO_LINE_SKIPPED,  /* the end of a line already reported too long */
+};
+/* Takes one line of at most max bytes (LF included) into buf (max bytes),
+ * its length in *len. Lines may hold NUL bytes: use *len, not strlen. */
+enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len);
+size_t io_input_len(const struct io *io);
+/* The first n input bytes made contiguous (n <= io_input_len), or NULL. */
+const unsigned char *io_input_peek(struct io *io, size_t n);
+/* The first contiguous chunk of input, without copying; false when none. */
+bool io_input_chunk(struct io *io, const char **p, size_t *len);
+void io_input_drain(struct io *io, size_t n);
+
+/* ---- output ---- */
+
+int io_write(struct io *io, const void *buf, size_t len);
+int io_write_reply(struct io *io, enum reply_id id);
+/* Moves the whole of buf to the output (buf is emptied, not freed). */
+int io_write_buffer(struct io *io, struct evbuffer *buf);
+/* The spooled message from offset, by reference where the spool allows. */
+int io_write_spool(struct io *io, struct spool *spool, uint64_t offset);
+size_t io_output_len(const struct io *io);
+
+/* ---- what is awaited ---- */
+
+/* Idle timeouts: read_ms without input, write_ms without output taken by
+ * the peer; 0 switches one off. */
+void io_set_timeouts(struct io *io, int64_t read_ms, int64_t write_ms);
+/* A fixed deadline for something whole (a command line, a reply): unlike a
+ * read timeout it does not move with every byte, so a peer dribbling a
+ * byte at a time is cut as surely as a silent one. */
+void io_set_deadline(struct io *io, int64_t ms);
+void io_clear_deadline(struct io *io);
+
+/* ---- flow ---- */
+
+void io_pause(struct io *io);  /* stop reading (the kernel buffers the rest) */
+void io_resume(struct io *io);
+/* Reading stops while this much input is buffered unread. */
+void io_set_input_limit(struct io *io, size_t bytes);
+/* Reads at most bytes_per_second (0: no limit). */
+int io_set_read_rate(struct io *io, uint64_t bytes_per_second);
+
+/* errno's text of the last IO_ERROR. */
+const char *io_error_text(const struct io *io);
+
+#endif
