@@ -10,12 +10,12 @@
 #include <string.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "config.h"
 #include "generation.h"
 #include "host_metrics.h"
+#include "io.h"
 #include "log.h"
 #include "netaddr.h"
 #include "pool.h"
@@ -75,7 +75,7 @@ struct smtp_backend {
     bool has_slot;
     int server, tried;
     struct dns_query *dnsq;
-    struct bufferevent *bev;
+    struct io *io; /* the connection to the current server; NULL between servers */
     char peer[300];
 
     struct ehlo_caps caps;
@@ -88,7 +88,6 @@ struct smtp_backend {
     struct event *quit_timer;
     struct event *start_ev;
     uint64_t bytes_out; /* everything ever put into the output buffer */
-    struct event *reply_timer; /* deadline of the awaited reply */
 
     int in_handler;
     bool free_when_idle;
@@ -99,8 +98,13 @@ struct smtp_backend {
 
 static void backend_try_server(struct smtp_backend *b);
 static enum backend_step backend_awaited(const struct smtp_backend *b);
-static void backend_read_cb(struct bufferevent *bev, void *arg);
-static void backend_event_cb(struct bufferevent *bev, short what, void *arg);
+static void backend_input(struct io *io, void *arg);
+static void backend_io_event(struct io *io, enum io_event ev, void *arg);
+
+static const struct io_callbacks backend_io_callbacks = {
+    .input = backend_input,
+    .event = backend_io_event,
+};
 
 static struct timeval ms_to_tv(int64_t ms)
 {
@@ -127,14 +131,11 @@ static void backend_free(struct smtp_backend *b)
         pool_cancel(b->waiter);
     if (b->dnsq)
         dns_cancel(b->dnsq);
-    if (b->bev)
-        bufferevent_free(b->bev);
+    io_free(b->io);
     if (b->has_slot)
         pool_release(b->pool, (const struct sockaddr *)&b->client_addr);
     if (b->noop_timer)
         event_free(b->noop_timer);
-    if (b->reply_timer)
-        event_free(b->reply_timer);
     if (b->quit_timer)
         event_free(b->quit_timer);
     if (b->start_ev)
@@ -177,12 +178,8 @@ static bool backend_leave(struct smtp_backend *b)
 
 static void backend_drop_connection(struct smtp_backend *b)
 {
-    if (b->reply_timer)
-        event_del(b->reply_timer);
-    if (b->bev) {
-        bufferevent_free(b->bev);
-        b->bev = NULL;
-    }
+    io_free(b->io);
+    b->io = NULL;
 }
 
 /* ---- replies to the owner --------------------------------------------- */
@@ -237,18 +234,19 @@ static void backend_fail(struct smtp_backend *b, const char *why)
  * restart at every byte). */
 static void backend_await(struct smtp_backend *b, int64_t ms)
 {
-    struct timeval tv = ms_to_tv(ms);
-    event_add(b->reply_timer, &tv);
+    if (b->io)
+        io_set_deadline(b->io, ms);
 }
 
 static void backend_await_none(struct smtp_backend *b)
 {
-    event_del(b->reply_timer);
+    if (b->io)
+        io_clear_deadline(b->io);
 }
 
 static void backend_write(struct smtp_backend *b, const char *line, size_t len)
 {
-    bufferevent_write(b->bev, line, len);
+    io_write(b->io, line, len);
     b->bytes_out += len;
     if (!TAILQ_EMPTY(&b->awaited))
         TAILQ_LAST(&b->awaited, pending_queue)->sent_at = b->bytes_out;
@@ -260,7 +258,7 @@ static void backend_write(struct smtp_backend *b, const char *line, size_t len)
  * exempt: a PROXY header may still be queued when it arrives. */
 static bool backend_reply_premature(struct smtp_backend *b)
 {
-    size_t unsent = evbuffer_get_length(bufferevent_get_output(b->bev));
+    size_t unsent = io_output_len(b->io);
     if (b->state < B_READY)
         return b->state != B_GREETING && unsent > 0;
     struct pending *head = TAILQ_FIRST(&b->awaited);
@@ -428,16 +426,13 @@ static void backend_noop_arm(struct smtp_backend *b)
 
 static void backend_start_body(struct smtp_backend *b, struct pending *p)
 {
-    struct evbuffer *out = bufferevent_get_output(b->bev);
-    size_t queued = evbuffer_get_length(out);
-    if (p->prefix)
-        evbuffer_add_buffer(out, p->prefix);
-    if (spool_add_range_to(p->spool, p->offset, out) < 0) {
+    size_t queued = io_output_len(b->io);
+    if ((p->prefix && io_write_buffer(b->io, p->prefix) < 0) ||
+        io_write_spool(b->io, p->spool, p->offset) < 0 || io_write(b->io, ".\r\n", 3) < 0) {
         backend_fail(b, "cannot read the spooled message");
         return;
     }
-    evbuffer_add(out, ".\r\n", 3);
-    b->bytes_out += evbuffer_get_length(out) - queued;
+    b->bytes_out += io_output_len(b->io) - queued;
     p->sent_at = b->bytes_out;
     p->kind = P_FINAL;
     p->step = BSTEP_END_OF_DATA;
@@ -542,17 +537,16 @@ static void backend_handle_reply(struct smtp_backend *b, const char *text, const
         backend_command_reply(b, text, r);
 }
 
-static void backend_read_cb(struct bufferevent *bev, void *arg)
+static void backend_input(struct io *io, void *arg)
 {
     struct smtp_backend *b = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
     backend_enter(b);
-    while (b->bev == bev && b->state != B_DEAD && !b->free_when_idle) {
-        size_t avail = evbuffer_get_length(in);
+    while (b->io == io && b->state != B_DEAD && !b->free_when_idle) {
+        size_t avail = io_input_len(io);
         if (avail == 0)
             break;
         size_t want = avail < REPLY_MAX_LEN ? avail : REPLY_MAX_LEN;
-        const char *buf = (const char *)evbuffer_pullup(in, (ev_ssize_t)want);
+        const char *buf = (const char *)io_input_peek(io, want);
         struct smtp_reply r;
         int rc = reply_parse(buf, want, &r);
         if (rc == 0 && want < REPLY_MAX_LEN)
@@ -570,7 +564,7 @@ static void backend_read_cb(struct bufferevent *bev, void *arg)
             break;
         }
         memcpy(copy, buf, r.len);
-        evbuffer_drain(in, r.len);
+        io_input_drain(io, r.len);
         backend_handle_reply(b, copy, &r);
         if (copy != small)
             free(copy);
@@ -578,34 +572,42 @@ static void backend_read_cb(struct bufferevent *bev, void *arg)
     backend_leave(b);
 }
 
-static void backend_event_cb(struct bufferevent *bev, short what, void *arg)
+/* The awaited reply is not complete in time. */
+static void backend_reply_late(struct smtp_backend *b)
+{
+    if (b->state == B_GREETING)
+        backend_next_server(b, "greeting: no complete reply in time");
+    else if (b->state != B_CLOSING && b->state != B_DEAD)
+        backend_fail(b, "no complete reply in time");
+}
+
+static void backend_io_event(struct io *io, enum io_event ev, void *arg)
 {
     struct smtp_backend *b = arg;
     backend_enter(b);
-    if (what & BEV_EVENT_CONNECTED) {
-        evutil_socket_t fd = bufferevent_getfd(bev);
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (ev == IO_DEADLINE) {
+        backend_reply_late(b);
+        backend_leave(b);
+        return;
+    }
+    if (ev == IO_CONNECTED) {
         b->state = B_GREETING;
-        /* From here the reply timer bounds reads; writes keep a timeout of their own. */
-        struct timeval wt = ms_to_tv(b->pc->final_timeout_ms);
-        bufferevent_set_timeouts(bev, NULL, &wt);
+        /* From here the deadline bounds replies; writes keep a timeout of their own. */
+        io_set_timeouts(io, 0, b->pc->final_timeout_ms);
         backend_await(b, b->pc->command_timeout_ms);
         backend_leave(b);
         return;
     }
-    const char *why = (what & BEV_EVENT_TIMEOUT) ? "timed out"
-                      : (what & BEV_EVENT_EOF)   ? "closed the connection"
-                                                 : "connection error";
+    const char *why = (ev == IO_READ_TIMEOUT || ev == IO_WRITE_TIMEOUT) ? "timed out"
+                      : ev == IO_EOF                                    ? "closed the connection"
+                                                                        : "connection error";
     if (b->state == B_CLOSING) {
         b->state = B_DEAD;
         backend_free(b);
     } else if (b->state == B_CONNECTING || b->state == B_GREETING) {
         char msg[200];
         snprintf(msg, sizeof msg, "%s: %s", b->state == B_CONNECTING ? "connect" : "greeting",
-                 (what & BEV_EVENT_ERROR) ? evutil_socket_error_to_string(
-                                                EVUTIL_SOCKET_ERROR())
-                                          : why);
+                 ev == IO_ERROR ? io_error_text(io) : why);
         backend_next_server(b, msg);
     } else {
         backend_fail(b, why);
@@ -634,23 +636,20 @@ static void backend_connect_addr(struct smtp_backend *b, const struct sockaddr_s
     const struct sockaddr *sa = (const struct sockaddr *)ss;
     socklen_t salen =
         sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    b->bev = bufferevent_socket_new(b->loop->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!b->bev) {
-        backend_next_server(b, "cannot create a socket");
+    b->io = io_new(b->loop->base, -1, &backend_io_callbacks, b);
+    if (!b->io) {
+        backend_connect_failed(b, ENOMEM);
         return;
     }
-    bufferevent_setcb(b->bev, backend_read_cb, NULL, backend_event_cb, b);
-    struct timeval ct = ms_to_tv(b->pc->connect_timeout_ms);
-    bufferevent_set_timeouts(b->bev, &ct, &ct);
-    bufferevent_enable(b->bev, EV_READ | EV_WRITE);
+    io_set_timeouts(b->io, b->pc->connect_timeout_ms, b->pc->connect_timeout_ms);
     b->state = B_CONNECTING;
     if (b->pc->proxy_protocol) {
         unsigned char hdr[PROXY_MAX_HEADER];
         size_t n = proxy_v2_build(hdr, sizeof hdr, (const struct sockaddr *)&b->client_addr,
                                   (const struct sockaddr *)&b->client_local);
-        bufferevent_write(b->bev, hdr, n);
+        io_write(b->io, hdr, n);
     }
-    if (bufferevent_socket_connect(b->bev, sa, (int)salen) < 0)
+    if (io_connect(b->io, sa, salen) < 0)
         backend_connect_failed(b, errno);
 }
 
@@ -710,17 +709,6 @@ static void backend_start_cb(evutil_socket_t fd, short what, void *arg)
     backend_leave(b);
 }
 
-static void backend_reply_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    struct smtp_backend *b = arg;
-    backend_enter(b);
-    if (b->state == B_GREETING)
-        backend_next_server(b, "greeting: no complete reply in time");
-    else if (b->state != B_CLOSING && b->state != B_DEAD)
-        backend_fail(b, "no complete reply in time");
-    backend_leave(b);
-}
-
 static void backend_noop_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct smtp_backend *b = arg;
@@ -762,9 +750,8 @@ static struct backend *smtp_open(struct loop *loop, struct generation *gen, stru
     b->open_cb = cb;
     b->open_arg = arg;
     b->noop_timer = event_new(loop->base, -1, 0, backend_noop_cb, b);
-    b->reply_timer = event_new(loop->base, -1, 0, backend_reply_timeout, b);
     snprintf(b->peer, sizeof b->peer, "pool %s", b->pc->name);
-    if (!b->client_helo || !b->client_name || !b->noop_timer || !b->reply_timer) {
+    if (!b->client_helo || !b->client_name || !b->noop_timer) {
         backend_free(b);
         return NULL;
     }
@@ -862,7 +849,7 @@ static void smtp_close(struct backend *base)
     b->open_cb = NULL;
     if (b->noop_timer)
         event_del(b->noop_timer);
-    if (b->state != B_READY || !b->bev) {
+    if (b->state != B_READY || !b->io) {
         b->state = B_DEAD;
         backend_free(b);
         return;
@@ -875,7 +862,7 @@ static void smtp_close(struct backend *base)
         return;
     }
     struct timeval tv = ms_to_tv(BACKEND_QUIT_WAIT_MS);
-    bufferevent_set_timeouts(b->bev, &tv, &tv);
+    io_set_timeouts(b->io, BACKEND_QUIT_WAIT_MS, BACKEND_QUIT_WAIT_MS);
     backend_await_none(b);
     event_add(b->quit_timer, &tv);
 }
