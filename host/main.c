@@ -10,6 +10,7 @@
 #include "master.h"
 #include "paths.h"
 #include "plugin_host.h"
+#include "privileges.h"
 #include "sluice/plugin.h"
 
 static void usage(FILE *out)
@@ -34,6 +35,28 @@ static void version(void)
            "plugin directory %s\n",
            SLUICE_VERSION, SLUICE_ABI_MAJOR, SLUICE_ABI_MINOR, paths_prefix(),
            paths_default_config(), paths_plugin_dir());
+}
+
+/* sluice -t: the files, the worker's user and what it must write, and the
+ * chain (a plugin checks its own settings in init()). */
+static int check_config(const struct sluice_config *cfg)
+{
+    char err[1024];
+    struct run_as run_as;
+    if (privileges_resolve(cfg, &run_as, err, sizeof err) < 0 ||
+        privileges_check_layout(cfg, err, sizeof err) < 0 ||
+        privileges_check_as_worker(cfg, &run_as, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    struct chain *chain = chain_build(cfg, NULL, 1, err, sizeof err);
+    if (!chain) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    chain_free(chain);
+    printf("configuration ok\n");
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -76,22 +99,12 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
-        /* The chain is built too: a plugin checks its own settings in init(). */
-        struct chain *chain = chain_build(cfg, NULL, 1, err, sizeof err);
-        if (!chain) {
-            fprintf(stderr, "%s\n", err);
-            config_free(cfg);
-            return 1;
-        }
-        chain_free(chain);
-        printf("configuration ok\n");
+        int rc = check_config(cfg);
         config_free(cfg);
-        return 0;
+        return rc;
     }
     enum log_level level = SLOG_INFO;
     if (cfg->log_level && log_level_parse(cfg->log_level, &level) == 0)
         log_set_level(level);
-    int rc = master_run(cfg);
-    config_free(cfg);
-    return rc;
+    return master_run(cfg);
 }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -25,7 +26,14 @@
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
+#include "privileges.h"
 #include "session.h"
+
+/* After the shutdown deadline, sessions answered 421 4.3.2 get this long
+ * to flush it before they are cut. */
+#define WORKER_CLOSE_WAIT_MS 2000
+/* How often the drain looks at the session count. */
+#define WORKER_DRAIN_TICK_MS 100
 
 struct listener_ctx {
     struct loop *loop;
@@ -103,6 +111,25 @@ static void worker_loop_stop_cb(evutil_socket_t fd, short what, void *arg)
     session_close_all(loop);
     backend_abort_all(loop);
     event_base_loopbreak(loop->base);
+}
+
+/* Shutdown: the listeners close (the master closed its copies too), so new
+ * clients are refused and try another MX, while sessions carry on. */
+static void worker_loop_unlisten_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct loop *loop = arg;
+    accept_guard_free(loop->accept_guard);
+    loop->accept_guard = NULL;
+    for (size_t i = 0; i < loop->nlisteners; i++) {
+        if (loop->listeners[i])
+            evconnlistener_free(loop->listeners[i]);
+        loop->listeners[i] = NULL;
+    }
+}
+
+static void worker_loop_shutdown_cb(evutil_socket_t fd, short what, void *arg)
+{
+    session_shutdown_all(arg);
 }
 
 static int worker_loop_init(struct worker *w, struct loop *loop, int index, const int *fds,
@@ -301,6 +328,13 @@ static void worker_warn_restart_only(const struct sluice_config *running,
         log_warn(NULL, "reload: '%s' changed: it applies only after a restart", what[i]);
 }
 
+static void worker_apply_log_level(const struct sluice_config *cfg)
+{
+    enum log_level level = SLOG_INFO;
+    if (cfg->log_level && log_level_parse(cfg->log_level, &level) == 0)
+        log_set_level(level);
+}
+
 /* SIGHUP: a new generation for new sessions, or the old one stays. */
 static void worker_reload(struct worker *w, int status_fd)
 {
@@ -313,6 +347,7 @@ static void worker_reload(struct worker *w, int status_fd)
     }
     worker_warn_restart_only(w->cfg, cfg);
     fd_limits_check(cfg, "reload");
+    worker_apply_log_level(cfg);
     struct generation *g = generation_new(w, cfg, true, ++w->gen_seq, err, sizeof err);
     if (!g) {
         log_err(NULL, "reload refused, the running configuration stays: %s", err);
@@ -333,15 +368,27 @@ static void worker_reload(struct worker *w, int status_fd)
     worker_report_reload(status_fd, true, "");
 }
 
+static int64_t worker_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void worker_stop_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
 /* Blocks until SIGTERM or SIGINT arrives (signals are blocked in every
  * thread, so only this sigwait sees them); SIGHUP reloads meanwhile. */
 static void worker_wait_for_stop(struct worker *w, int status_fd)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
+    worker_stop_signals(&set);
     for (;;) {
         int sig = 0;
         if (sigwait(&set, &sig) != 0)
@@ -353,19 +400,88 @@ static void worker_wait_for_stop(struct worker *w, int status_fd)
     }
 }
 
-int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
+/* Waits until no session is left or deadline_ms passes; false when a
+ * second SIGTERM/SIGINT asks to stop at once. */
+static bool worker_wait_sessions(struct worker *w, int64_t deadline_ms)
+{
+    sigset_t set;
+    worker_stop_signals(&set);
+    while (atomic_load(&w->sessions) > 0 && worker_now_ms() < deadline_ms) {
+        struct timespec tick = {.tv_nsec = WORKER_DRAIN_TICK_MS * 1000000L};
+        int sig = sigtimedwait(&set, NULL, &tick);
+        if (sig == SIGTERM || sig == SIGINT) {
+            log_info(NULL, "worker: %s again: closing every session now", strsignal(sig));
+            return false;
+        }
+        if (sig == SIGHUP)
+            log_warn(NULL, "worker: reload ignored: stopping");
+    }
+    return true;
+}
+
+static void worker_post_all(struct worker *w, event_callback_fn fn)
+{
+    for (int i = 0; i < w->nloops; i++)
+        event_base_once(w->loops[i].base, -1, EV_TIMEOUT, fn, &w->loops[i], NULL);
+}
+
+/* SIGTERM: no new sessions; those in flight finish within the deadline,
+ * then the rest are answered 421 4.3.2 and closed. */
+static void worker_drain(struct worker *w)
+{
+    atomic_store(&w->stopping, true);
+    worker_post_all(w, worker_loop_unlisten_cb);
+    int64_t timeout = w->gen->cfg->shutdown_timeout_ms;
+    log_info(NULL, "worker: stopping: %d sessions may finish within %lld ms",
+             atomic_load(&w->sessions), (long long)timeout);
+    bool patient = worker_wait_sessions(w, worker_now_ms() + timeout);
+    int left = atomic_load(&w->sessions);
+    if (left == 0) {
+        log_info(NULL, "worker: every session finished");
+        return;
+    }
+    log_info(NULL, "worker: %s: closing %d sessions with 421 4.3.2",
+             patient ? "shutdown deadline passed" : "stopping at once", left);
+    worker_post_all(w, worker_loop_shutdown_cb);
+    worker_wait_sessions(w, worker_now_ms() + WORKER_CLOSE_WAIT_MS);
+}
+
+/* Before any plugin, script or store file is opened. */
+static int worker_become_user(const struct sluice_config *cfg, const struct run_as *run_as,
+                              char *err, size_t errlen)
+{
+    char who[200], why[400];
+    privileges_describe(run_as, who, sizeof who);
+    if (privileges_drop(run_as, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s", why);
+        return -1;
+    }
+    if (privileges_check_paths(cfg, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s: the worker (user %s) %s", cfg->path, run_as->user, why);
+        return -1;
+    }
+    log_info(NULL, "worker: running as %s", who);
+    return 0;
+}
+
+int worker_run(const struct sluice_config *cfg, const struct run_as *run_as, const int *fds,
+               int ready_fd)
 {
     char err[512] = "";
     struct worker w = {.cfg = cfg, .nloops = cfg->threads};
     pthread_mutex_init(&w.gen_lock, NULL);
-    evthread_use_pthreads();
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
+    worker_stop_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    if (worker_become_user(cfg, run_as, err, sizeof err) < 0) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "error: %s\n", err);
+        worker_report(ready_fd, msg);
+        pthread_mutex_destroy(&w.gen_lock);
+        return 1;
+    }
+    evthread_use_pthreads();
 
     w.loops = calloc((size_t)w.nloops, sizeof *w.loops);
     struct listener_ctx *ctxs = calloc((size_t)w.nloops * cfg->nlistens, sizeof *ctxs);
@@ -401,6 +517,7 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
     worker_report(ready_fd, "ok\n");
     log_info(NULL, "worker: %d loop threads, %zu listeners each", w.nloops, cfg->nlistens);
     worker_wait_for_stop(&w, ready_fd);
+    worker_drain(&w);
     rc = 0;
 out:
     if (rc != 0) {

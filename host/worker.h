@@ -22,6 +22,7 @@ struct limits;
 struct session;
 struct backend;
 struct accept_guard;
+struct run_as;
 
 struct loop {
     int index;
@@ -61,8 +62,11 @@ struct worker {
 };
 
 /* fds[l * nloops + t]: the listening socket of listen entry l for loop t.
- * Runs until SIGTERM/SIGINT; ready_fd (or -1) receives "ok\n" once every loop
+ * First becomes run_as's user (before any plugin loads). Runs until
+ * SIGTERM/SIGINT, then lets sessions finish within timeouts.shutdown (a
+ * second signal: at once); ready_fd (or -1) receives "ok\n" once every loop
  * listens, or "error: ...\n". Returns the process exit status. */
-int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd);
+int worker_run(const struct sluice_config *cfg, const struct run_as *run_as, const int *fds,
+               int ready_fd);
 
 #endif

@@ -6,9 +6,11 @@ tests need: a raw SMTP client, reading what a backend recorded, bounded waits,
 and grepping sluice's log. Every wait here is bounded.
 """
 
+import fcntl
 import glob
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -25,6 +27,36 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 LOG_TAIL_LINES = 60
 CLIENT_TIMEOUT = 30.0
+
+
+WORKER_USER = "sluice"
+USER_LOCK = "/tmp/sluice-tests-user.lock"
+
+
+def worker_user():
+    """The user sluice's worker runs as in the tests, as in production: the
+    dedicated "sluice" user when the tests run as root (tests/install-deps.sh
+    creates it; created here when missing), else the user running them (who
+    has nothing to drop). Returns its passwd entry."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid())
+    with open(USER_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(WORKER_USER)
+        except KeyError:
+            subprocess.run(["adduser", "--system", "--group", "--home", "/var/lib/sluice",
+                            "--no-create-home", WORKER_USER], check=True,
+                           stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            return pwd.getpwnam(WORKER_USER)
+
+
+def make_worker_dir(path):
+    """A directory only the worker's user may write (its spool, its files)."""
+    user = worker_user()
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    return path
 
 
 def sluice_bin():
@@ -235,14 +267,28 @@ class Sluice:
         return wait_until(lambda: self.grep(pattern), timeout,
                           what="log line matching %r" % pattern)
 
+    def worker_pid(self):
+        """The worker: the master's child (None while it is being restarted)."""
+        try:
+            with open("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return None
+        return pids[0] if pids else None
+
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM (sessions drain), a second one (at once), then SIGKILL."""
+        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                break
+            worker = self.worker_pid()
+            self.proc.send_signal(sig)
+            if sig == signal.SIGKILL and worker:
+                os.kill(worker, signal.SIGKILL)
             try:
                 self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
+                pass
         self.log.close()
 
 
@@ -356,8 +402,11 @@ def base_config(workdir, listen_port, pools, routes=(), listen_options=None, **o
         "routes": tuple({"match": m, "pool": p} for m, p in routes),
         "default_pool": pools[0]["name"],
         "limits": {"max_message_size": "40M", "max_recipients": 100},
-        "timeouts": {"command": "5m", "data_block": "3m"},
-        "data": {"bare_newline": "reject", "spool_memory": "1M", "spool_dir": workdir},
+        # Sessions a test leaves open would otherwise hold every stop 30 s.
+        "timeouts": {"command": "5m", "data_block": "3m", "shutdown": "2s"},
+        "user": worker_user().pw_name,
+        "data": {"bare_newline": "reject", "spool_memory": "1M",
+                 "spool_dir": make_worker_dir(os.path.join(workdir, "spool"))},
         # Nobody answers on this port, so reverse lookups fail at once.
         "dns": {"servers": ["127.0.0.1:%d" % free_port(socket.SOCK_DGRAM)],
                 "timeout": "1s"},
@@ -382,6 +431,10 @@ class SluiceTestCase(unittest.TestCase):
         if not os.environ.get("SLUICE_BIN") and not os.path.exists(sluice_bin()):
             self.skipTest("no sluice binary at %s (set SLUICE_BIN)" % sluice_bin())
         self.workdir = tempfile.mkdtemp(prefix="sluice-it-")
+        # The worker runs as an unprivileged user: it reads what is here
+        # (configuration, scripts) like /etc/sluice, and writes only its own
+        # directories (spool, store).
+        os.chmod(self.workdir, 0o755)
         self.backends = []
         self.sluices = []
         self.clients = []
