@@ -27,7 +27,9 @@ static void usage(FILE *out)
             "  --message FILE     the message (headers and body) sent after DATA\n"
             "  -v, --verbose      log at debug level\n"
             "  -V, --version      print the version\n"
-            "Exit: 0 accepted, 1 refused, 2 setup error.\n",
+            "Exit: 0 when everything was accepted; 1 when anything was refused (the\n"
+            "greeting, HELO, the sender, any one recipient, or the message), even if\n"
+            "other recipients were accepted; 2 on a setup error.\n",
             paths_default_config());
 }
 

@@ -308,6 +308,7 @@ static const struct copt root_opts[] = {
     OSTRING("user", struct sluice_config, user, "sluice"),
     OSTRING("group", struct sluice_config, group, NULL),
     OBOOL("run_as_root", struct sluice_config, run_as_root, false),
+    OSTRING("state_file", struct sluice_config, state_file, "/run/sluice/running.state"),
     {.name = "listen", .kind = OPT_CUSTOM, .custom = load_listens, .required = true},
     ONETLIST("relay_networks", struct sluice_config, relay_networks),
     {.name = "pools", .kind = OPT_CUSTOM, .custom = load_pools, .required = true},
@@ -386,6 +387,8 @@ static int resolve_paths(struct copt_loader *ld, struct sluice_config *cfg)
         rc = resolve_in_place(dir, &cfg->store.path);
     if (rc == 0)
         rc = resolve_in_place(dir, &cfg->spool_dir);
+    if (rc == 0)
+        rc = resolve_in_place(dir, &cfg->state_file);
     free(dir);
     return rc == 0 ? 0 : copt_fail(ld, NULL, "out of memory");
 }
@@ -685,6 +688,7 @@ void config_free(struct sluice_config *cfg)
     free(cfg->log_level);
     free(cfg->user);
     free(cfg->group);
+    free(cfg->state_file);
     free(cfg->route_table_file);
     free(cfg->spool_dir);
     free(cfg);

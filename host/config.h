@@ -109,6 +109,7 @@ struct sluice_config {
     char *user;       /* the worker's user, default "sluice" */
     char *group;      /* the worker's group; NULL: the user's primary group */
     bool run_as_root; /* the worker keeps root: explicit, and logged */
+    char *state_file; /* the running restart-only settings, for sluice -t */
 
     struct listen_conf *listens;
     size_t nlistens;

@@ -11,6 +11,7 @@
 #include "paths.h"
 #include "plugin_host.h"
 #include "privileges.h"
+#include "restart_only.h"
 #include "sluice/plugin.h"
 
 static void usage(FILE *out)
@@ -37,6 +38,24 @@ static void version(void)
            paths_default_config(), paths_plugin_dir());
 }
 
+/* With sluice running (its state file exists): what in this file the
+ * running instance would take only at a restart. */
+static void check_restart_only(const struct sluice_config *cfg)
+{
+    char *running = restart_only_read_state(cfg->state_file);
+    char *next = malloc(RESTART_ONLY_TEXT_MAX);
+    if (running && next && restart_only_describe(cfg, next, RESTART_ONLY_TEXT_MAX) == 0) {
+        const char *names[RESTART_ONLY_MAX_CHANGED];
+        size_t n = restart_only_changed(running, next, names, RESTART_ONLY_MAX_CHANGED);
+        for (size_t i = 0; i < n; i++)
+            printf("'%s' differs from the running sluice (%s): it needs a restart, a reload "
+                   "keeps the running value\n",
+                   names[i], cfg->state_file);
+    }
+    free(running);
+    free(next);
+}
+
 /* sluice -t: the files, the worker's user and what it must write, and the
  * chain (a plugin checks its own settings in init()). */
 static int check_config(const struct sluice_config *cfg)
@@ -55,6 +74,7 @@ static int check_config(const struct sluice_config *cfg)
         return 1;
     }
     chain_free(chain);
+    check_restart_only(cfg);
     printf("configuration ok\n");
     return 0;
 }

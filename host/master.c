@@ -19,6 +19,7 @@
 #include "fd_limits.h"
 #include "log.h"
 #include "privileges.h"
+#include "restart_only.h"
 #include "worker.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -241,6 +242,19 @@ static int master_spawn(struct master *m, char *err, size_t errlen)
     return master_wait_ready(m->status_fd, err, errlen);
 }
 
+/* What the running worker cannot change until a restart, for sluice -t. */
+static void master_write_state(const struct master *m)
+{
+    char *text = malloc(RESTART_ONLY_TEXT_MAX);
+    if (!text || restart_only_describe(m->cfg, text, RESTART_ONLY_TEXT_MAX) < 0 ||
+        restart_only_write_state(m->cfg->state_file, text) < 0)
+        log_warn(NULL,
+                 "cannot write state_file %s (%s): sluice -t will not say which changes "
+                 "need a restart",
+                 m->cfg->state_file, strerror(errno));
+    free(text);
+}
+
 /* ---- a worker that died ------------------------------------------------------ */
 
 static void master_describe_status(int status, char *out, size_t outlen)
@@ -310,6 +324,7 @@ static void master_restart(struct master *m)
     char err[700];
     if (master_spawn(m, err, sizeof err) == 0) {
         log_info(NULL, "master: worker restarted (pid %ld)", (long)m->worker);
+        master_write_state(m);
         return;
     }
     log_err(NULL, "master: the restarted worker did not start: %s", err);
@@ -498,8 +513,10 @@ int master_run(struct sluice_config *cfg)
     }
     log_info(NULL, "sluice ready: %zu listen addresses, %d loop threads", m.cfg->nlistens,
              m.cfg->threads);
+    master_write_state(&m);
     master_notify_systemd("READY=1");
     rc = master_supervise(&m);
+    unlink(m.cfg->state_file);
 out:
     master_forget_worker(&m);
     if (m.fds)

@@ -27,8 +27,12 @@
 #include "metrics.h"
 #include "pool.h"
 #include "privileges.h"
+#include "restart_only.h"
 #include "session.h"
 
+/* How often a loop looks for DNS contexts a reload replaced that have no
+ * query left. */
+#define WORKER_DNS_SWEEP_MS 1000
 /* After the shutdown deadline, sessions answered 421 4.3.2 get this long
  * to flush it before they are cut. */
 #define WORKER_CLOSE_WAIT_MS 2000
@@ -185,6 +189,11 @@ static int worker_loop_init(struct worker *w, struct loop *loop, int index, cons
 
 static void worker_loop_free(struct loop *loop)
 {
+    if (loop->dns_sweep)
+        event_free(loop->dns_sweep);
+    for (size_t i = 0; i < loop->ndns_retired; i++)
+        dns_ctx_free(loop->dns_retired[i]);
+    free(loop->dns_retired);
     accept_guard_free(loop->accept_guard);
     for (size_t i = 0; i < loop->nlisteners; i++)
         if (loop->listeners[i])
@@ -271,61 +280,110 @@ static void worker_report_reload(int fd, bool ok, const char *err)
     worker_report(fd, msg);
 }
 
-static bool same_string(const char *a, const char *b)
-{
-    return (!a && !b) || (a && b && strcmp(a, b) == 0);
-}
-
-static bool same_listens(const struct sluice_config *a, const struct sluice_config *b)
-{
-    if (a->nlistens != b->nlistens)
-        return false;
-    for (size_t i = 0; i < a->nlistens; i++)
-        if (!same_string(a->listens[i].address, b->listens[i].address) ||
-            !same_string(a->listens[i].port, b->listens[i].port) ||
-            a->listens[i].proxy_protocol != b->listens[i].proxy_protocol)
-            return false;
-    return true;
-}
-
-static bool same_dns(const struct dns_conf *a, const struct dns_conf *b)
-{
-    if (a->nservers != b->nservers || a->timeout_ms != b->timeout_ms || a->tries != b->tries)
-        return false;
-    for (size_t i = 0; i < a->nservers; i++)
-        if (!same_string(a->servers[i], b->servers[i]))
-            return false;
-    return true;
-}
-
-static bool same_store(const struct store_conf *a, const struct store_conf *b)
-{
-    return a->backend == b->backend && same_string(a->path, b->path) &&
-           a->map_size == b->map_size && same_string(a->redis_address, b->redis_address) &&
-           a->redis_timeout_ms == b->redis_timeout_ms && a->redis_database == b->redis_database;
-}
-
 /* What the worker set up once at start keeps running until a restart: say
  * so for each such setting a reload would change. */
 static void worker_warn_restart_only(const struct sluice_config *running,
                                      const struct sluice_config *next)
 {
-    const char *what[6];
-    size_t n = 0;
-    if (!same_listens(running, next))
-        what[n++] = "listen";
-    if (next->threads != running->threads)
-        what[n++] = "threads";
-    if (!same_dns(&running->dns, &next->dns))
-        what[n++] = "dns";
-    if (!same_store(&running->store, &next->store))
-        what[n++] = "store";
-    if (!same_string(running->metrics_listen, next->metrics_listen))
-        what[n++] = "metrics_listen";
-    if (next->thread_pool_size != running->thread_pool_size)
-        what[n++] = "thread_pool_size";
-    for (size_t i = 0; i < n; i++)
-        log_warn(NULL, "reload: '%s' changed: it applies only after a restart", what[i]);
+    char *a = malloc(RESTART_ONLY_TEXT_MAX), *b = malloc(RESTART_ONLY_TEXT_MAX);
+    if (a && b && restart_only_describe(running, a, RESTART_ONLY_TEXT_MAX) == 0 &&
+        restart_only_describe(next, b, RESTART_ONLY_TEXT_MAX) == 0) {
+        const char *names[RESTART_ONLY_MAX_CHANGED];
+        size_t n = restart_only_changed(a, b, names, RESTART_ONLY_MAX_CHANGED);
+        for (size_t i = 0; i < n; i++)
+            log_warn(NULL, "reload: '%s' changed: it applies only after a restart", names[i]);
+    }
+    free(a);
+    free(b);
+}
+
+static void worker_post_all(struct worker *w, event_callback_fn fn)
+{
+    for (int i = 0; i < w->nloops; i++)
+        event_base_once(w->loops[i].base, -1, EV_TIMEOUT, fn, &w->loops[i], NULL);
+}
+
+/* ---- dns and metrics at a reload ------------------------------------------- */
+
+static void worker_dns_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct loop *loop = arg;
+    size_t kept = 0;
+    for (size_t i = 0; i < loop->ndns_retired; i++) {
+        if (dns_ctx_busy(loop->dns_retired[i]))
+            loop->dns_retired[kept++] = loop->dns_retired[i];
+        else
+            dns_ctx_free(loop->dns_retired[i]);
+    }
+    loop->ndns_retired = kept;
+    if (kept > 0) {
+        struct timeval tv = {.tv_sec = WORKER_DNS_SWEEP_MS / 1000};
+        evtimer_add(loop->dns_sweep, &tv);
+    }
+}
+
+/* The old context keeps serving its queries in flight; new ones go to the
+ * new servers (or a re-read /etc/resolv.conf). */
+static void worker_loop_dns_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct loop *loop = arg;
+    struct generation *g = generation_current(loop->worker);
+    char err[256];
+    struct dns_ctx *fresh = dns_ctx_new(loop->base, &g->cfg->dns, err, sizeof err);
+    struct dns_ctx **grown =
+        fresh ? realloc(loop->dns_retired, (loop->ndns_retired + 1) * sizeof *grown) : NULL;
+    if (!loop->dns_sweep)
+        loop->dns_sweep = evtimer_new(loop->base, worker_dns_sweep_cb, loop);
+    if (!fresh || !grown || !loop->dns_sweep) {
+        log_err(NULL, "reload: loop %d keeps its DNS settings: %s", loop->index,
+                fresh ? "out of memory" : err);
+        if (grown)
+            loop->dns_retired = grown;
+        dns_ctx_free(fresh);
+        generation_unref(g);
+        return;
+    }
+    loop->dns_retired = grown;
+    loop->dns_retired[loop->ndns_retired++] = loop->dns;
+    loop->dns = fresh;
+    worker_dns_sweep_cb(-1, 0, loop);
+    generation_unref(g);
+}
+
+static bool same_string(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static int worker_metrics_start(struct worker *w, const char *where, char *err, size_t errlen)
+{
+    free(w->metrics_listen);
+    w->metrics_listen = NULL;
+    if (!where)
+        return 0;
+    if (metrics_start(where, err, errlen) < 0)
+        return -1;
+    w->metrics_listen = strdup(where);
+    return 0;
+}
+
+/* A new address: the endpoint moves; one that cannot listen leaves the
+ * old one serving. */
+static void worker_reload_metrics(struct worker *w, const char *where)
+{
+    if (same_string(w->metrics_listen, where))
+        return;
+    char *old = w->metrics_listen ? strdup(w->metrics_listen) : NULL;
+    char err[256];
+    metrics_stop();
+    if (worker_metrics_start(w, where, err, sizeof err) == 0) {
+        log_info(NULL, "reload: metrics endpoint %s", where ? where : "off");
+    } else {
+        log_err(NULL, "reload: metrics stay on %s: %s", old ? old : "(off)", err);
+        if (worker_metrics_start(w, old, err, sizeof err) < 0)
+            log_err(NULL, "reload: metrics endpoint lost: %s", err);
+    }
+    free(old);
 }
 
 static void worker_apply_log_level(const struct sluice_config *cfg)
@@ -364,6 +422,8 @@ static void worker_reload(struct worker *w, int status_fd)
      * may be retired and freed as soon as it is no longer current. */
     limits_reconfigure(w->limits, &g->cfg->connections);
     generation_install(w, g);
+    worker_post_all(w, worker_loop_dns_cb);
+    worker_reload_metrics(w, g->cfg->metrics_listen);
     log_info(NULL, "reload: configuration generation %u serves new sessions", g->id);
     worker_report_reload(status_fd, true, "");
 }
@@ -417,12 +477,6 @@ static bool worker_wait_sessions(struct worker *w, int64_t deadline_ms)
             log_warn(NULL, "worker: reload ignored: stopping");
     }
     return true;
-}
-
-static void worker_post_all(struct worker *w, event_callback_fn fn)
-{
-    for (int i = 0; i < w->nloops; i++)
-        event_base_once(w->loops[i].base, -1, EV_TIMEOUT, fn, &w->loops[i], NULL);
 }
 
 /* SIGTERM: no new sessions; those in flight finish within the deadline,
@@ -512,7 +566,7 @@ int worker_run(const struct sluice_config *cfg, const struct run_as *run_as, con
         }
     if (worker_wait_started(w.nloops, err, sizeof err) < 0)
         goto out;
-    if (cfg->metrics_listen && metrics_start(cfg->metrics_listen, err, sizeof err) < 0)
+    if (worker_metrics_start(&w, cfg->metrics_listen, err, sizeof err) < 0)
         goto out;
     worker_report(ready_fd, "ok\n");
     log_info(NULL, "worker: %d loop threads, %zu listeners each", w.nloops, cfg->nlistens);
@@ -527,6 +581,7 @@ out:
         log_err(NULL, "worker: %s", err);
     }
     metrics_stop();
+    free(w.metrics_listen);
     for (int i = 0; i < started; i++)
         event_base_once(w.loops[i].base, -1, EV_TIMEOUT, worker_loop_stop_cb, &w.loops[i], NULL);
     for (int i = 0; i < started; i++)

@@ -28,6 +28,9 @@ struct loop {
     int index;
     struct event_base *base;
     struct dns_ctx *dns;
+    struct dns_ctx **dns_retired; /* replaced at reloads, freed once idle */
+    size_t ndns_retired;
+    struct event *dns_sweep;      /* looks for idle retired contexts */
     struct store_thread *store;
     struct worker *worker;
     struct evconnlistener **listeners;
@@ -59,6 +62,7 @@ struct worker {
     atomic_int sessions; /* open sessions, all threads */
     atomic_bool stopping;
     bool check_mode; /* sluice-check: recipients and messages go nowhere */
+    char *metrics_listen; /* where the metrics endpoint listens now, or NULL */
 };
 
 /* fds[l * nloops + t]: the listening socket of listen entry l for loop t.

@@ -414,6 +414,8 @@ def base_config(workdir, listen_port, pools, routes=(), listen_options=None, **o
         # Everything arrives from 127.0.0.1: only the limit tests turn these on.
         "connections": {"per_address": 0, "per_network": 0, "rate": 0},
         "store": {"backend": "lmdb", "path": os.path.join(workdir, "store")},
+        # What sluice -t compares a new file with; each test has its own.
+        "state_file": os.path.join(workdir, "running.state"),
     }
     for key, value in overrides.items():
         if value is None:
