@@ -558,6 +558,8 @@ static int load_entries(struct copt_loader *ld, struct sluice_config *cfg)
     for (size_t i = 0; rc == 0 && i < n; i++) {
         cfg->nentries = i + 1;
         rc = load_entry(ld, cfg->conf_dir, names[i], &cfg->entries[i]);
+        if (rc == 0 && (cfg->entries[i].config_dir = dir_of(cfg->path)) == NULL)
+            rc = copt_fail(ld, NULL, "out of memory");
     }
     free_names(names, n);
     return rc;
@@ -644,6 +646,7 @@ static void free_entry(struct chain_entry_conf *e)
 {
     free(e->name);
     free(e->file);
+    free(e->config_dir);
     free(e->plugin);
     if (e->settings) {
         config_destroy(e->settings);

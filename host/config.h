@@ -95,6 +95,7 @@ struct connection_conf {
 struct chain_entry_conf {
     char *name;   /* file stem: "20-dnsbl" */
     char *file;   /* full path */
+    char *config_dir; /* directory of sluice.conf: relative paths in the entry resolve here */
     char *plugin; /* "dnsbl", "/path/x.so" or "lua" */
     bool enabled;
     void *settings; /* the libconfig config_t of the file (owned) */

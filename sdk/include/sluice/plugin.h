@@ -30,7 +30,7 @@ extern "C" {
 
 #define SLUICE_ABI_MAJOR 1
 /* 1.1: sluice_entry_timer(), sluice_entry_dns_query() (<sluice/async.h>). */
-#define SLUICE_ABI_MINOR 1
+#define SLUICE_ABI_MINOR 2
 
 /* Opaque handles. */
 typedef struct sluice_session sluice_session; /* one client session */
