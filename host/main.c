@@ -56,24 +56,35 @@ static void check_restart_only(const struct sluice_config *cfg)
     free(next);
 }
 
-/* sluice -t: the files, the worker's user and what it must write, and the
- * chain (a plugin checks its own settings in init()). */
+/* The part of sluice -t that runs as the worker's user: what it must read
+ * and write, and the chain (a plugin checks its own settings and files in
+ * init(), with the rights it will have). */
+static int check_as_worker(const struct sluice_config *cfg, char *err, size_t errlen)
+{
+    char why[700];
+    if (privileges_check_paths(cfg, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s: the worker (user %s) %s", cfg->path,
+                 cfg->run_as_root ? "root" : cfg->user, why);
+        return -1;
+    }
+    struct chain *chain = chain_build(cfg, NULL, 1, err, errlen);
+    if (!chain)
+        return -1;
+    chain_free(chain);
+    return 0;
+}
+
+/* sluice -t: the files, the worker's user, and then the rest as that user. */
 static int check_config(const struct sluice_config *cfg)
 {
     char err[1024];
     struct run_as run_as;
     if (privileges_resolve(cfg, &run_as, err, sizeof err) < 0 ||
         privileges_check_layout(cfg, err, sizeof err) < 0 ||
-        privileges_check_as_worker(cfg, &run_as, err, sizeof err) < 0) {
+        privileges_check_as_worker(cfg, &run_as, check_as_worker, err, sizeof err) < 0) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    struct chain *chain = chain_build(cfg, NULL, 1, err, sizeof err);
-    if (!chain) {
-        fprintf(stderr, "%s\n", err);
-        return 1;
-    }
-    chain_free(chain);
     check_restart_only(cfg);
     printf("configuration ok\n");
     return 0;

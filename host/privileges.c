@@ -233,10 +233,10 @@ int privileges_check_paths(const struct sluice_config *cfg, char *err, size_t er
 }
 
 int privileges_check_as_worker(const struct sluice_config *cfg, const struct run_as *ra,
-                               char *err, size_t errlen)
+                               privileges_check_fn check, char *err, size_t errlen)
 {
     if (!ra->switch_user)
-        return privileges_check_paths(cfg, err, errlen);
+        return check(cfg, err, errlen);
     int fds[2];
     if (pipe(fds) < 0) {
         snprintf(err, errlen, "pipe: %s", strerror(errno));
@@ -254,7 +254,7 @@ int privileges_check_as_worker(const struct sluice_config *cfg, const struct run
         char msg[PRIVILEGES_ERR_MAX] = "";
         int rc = privileges_drop(ra, msg, sizeof msg);
         if (rc == 0)
-            rc = privileges_check_paths(cfg, msg, sizeof msg);
+            rc = check(cfg, msg, sizeof msg);
         ssize_t n = write(fds[1], msg, strlen(msg));
         (void)n;
         _exit(rc == 0 ? 0 : 1);
@@ -273,8 +273,7 @@ int privileges_check_as_worker(const struct sluice_config *cfg, const struct run
         ;
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
         return 0;
-    snprintf(err, errlen, "%s: the worker (user %s) %s", cfg->path, ra->user,
-             len ? msg : "could not check its paths");
+    snprintf(err, errlen, "%s", len ? msg : "the check as the worker's user failed");
     return -1;
 }
 

@@ -47,10 +47,12 @@ int privileges_drop(const struct run_as *ra, char *err, size_t errlen);
  * user: names the first path it cannot use. */
 int privileges_check_paths(const struct sluice_config *cfg, char *err, size_t errlen);
 
-/* sluice -t: privileges_check_paths as the worker's user, in a child
- * process that drops privileges first. */
+/* sluice -t: check(cfg) as the worker would run it, in a child process
+ * that drops privileges first (in this process when there is nothing to
+ * drop). check returns 0 or -1 with err. */
+typedef int (*privileges_check_fn)(const struct sluice_config *cfg, char *err, size_t errlen);
 int privileges_check_as_worker(const struct sluice_config *cfg, const struct run_as *ra,
-                               char *err, size_t errlen);
+                               privileges_check_fn check, char *err, size_t errlen);
 
 /* "user sluice (uid 101, gid 102)" or "root (run_as_root)", for logs. */
 void privileges_describe(const struct run_as *ra, char *out, size_t outlen);

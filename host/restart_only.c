@@ -24,7 +24,8 @@ struct text {
     bool full;
 };
 
-static void text_add(struct text *t, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static void text_add(struct text *t, const char *fmt,
+                                                           ...)
 {
     va_list ap;
     va_start(ap, fmt);

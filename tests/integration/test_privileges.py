@@ -112,6 +112,25 @@ class PrivilegesTest(SluiceTestCase):
             self.assertIn("cannot write data.spool_dir %s: Permission denied" % spool, out)
             self.assertIn(self.user.pw_name, out)
 
+    def test_check_builds_the_chain_as_the_worker_so_an_unreadable_script_is_named(self):
+        self.backend = self.start_backend("a")
+        script = os.path.join(self.workdir, "private.lua")
+        with open(script, "w") as f:
+            f.write('sluice.on("rcpt", function(s) end)\n')
+        os.chmod(script, 0o600)
+        plugin_dir = os.path.join(os.path.dirname(os.path.abspath(os.environ["SLUICE_BIN"])),
+                                  "plugins")
+        text = self.config(plugin_dir=plugin_dir)
+        with open(os.path.join(self.workdir, "conf.d", "30-private.conf"), "w") as f:
+            f.write('plugin = "lua";\nscript = "%s";\n' % script)
+        code, out = run_sluice_check(self.workdir, text)
+        self.assertEqual(code, 1, out)
+        self.assertIn(script, out)
+        self.assertIn("Permission denied", out)
+        os.chown(script, self.user.pw_uid, self.user.pw_gid)
+        code, out = run_sluice_check(self.workdir, text)
+        self.assertEqual((code, out), (0, "configuration ok\n"))
+
     def test_check_refuses_a_store_path_whose_parent_is_missing(self):
         self.backend = self.start_backend("a")
         path = os.path.join(self.workdir, "no", "such", "store")
