@@ -11,6 +11,7 @@ import subprocess
 import urllib.request
 
 from sluice_harness import free_port, pool, sluice_bin, wait_until
+from test_dnsbl import SilentDns
 from test_lua import Dnsmasq
 from test_reload import ReloadTestCase
 
@@ -76,6 +77,23 @@ class ReloadSettingsTest(ReloadTestCase):
         self.session()
         s.wait_log(r"connect from good\.test\[127\.0\.0\.1\]", 5.0)
         self.assertEqual(s.grep(r"'dns' changed"), [])
+
+    def test_query_in_flight_at_a_dns_reload_ends_on_the_old_servers(self):
+        silent = SilentDns()
+        self.addCleanup(silent.stop)
+        s = self.start(dns={"servers": ["127.0.0.1:%d" % silent.port], "timeout": "1s",
+                            "tries": 1})
+        c = self.connect(self.port)  # its reverse lookup waits on the silent server
+        wait_until(lambda: silent.queries >= 1, 5.0, what="the reverse lookup asked")
+        dns = Dnsmasq()
+        self.addCleanup(dns.stop)
+        edit(s.conf_path, "127.0.0.1:%d" % silent.port, "127.0.0.1:%d" % dns.port)
+        self.reload(s)
+        self.assertReply(c.read_reply(), 220)  # the old query timed out
+        self.assertReply(c.cmd("QUIT"), 221)
+        s.wait_log(r"connect from unknown\[127\.0\.0\.1\]", 5.0)
+        self.session()
+        s.wait_log(r"connect from good\.test\[127\.0\.0\.1\]", 5.0)
 
     def test_metrics_listen_applies_on_reload(self):
         s = self.start()
