@@ -92,10 +92,18 @@ class Tally:
         known = {o.mid for o in self.outcomes}
         self.unknown = sorted(mid for mid in self.delivered if mid not in known)
 
+    def refusals(self):
+        """How many refusals of each reply (code and enhanced code)."""
+        counts = {}
+        for o in self.refused:
+            key = " ".join(o.text.splitlines()[-1].split()[:2]) if o.text else str(o.code)
+            counts[key] = counts.get(key, 0) + 1
+        return ", ".join("%s: %d" % kv for kv in sorted(counts.items(), key=lambda kv: -kv[1]))
+
     def summary(self):
-        return ("%d messages: %d got 250, %d refused (4xx/5xx), %d broken sessions "
+        return ("%d messages: %d got 250, %d refused (4xx/5xx) [%s], %d broken sessions "
                 "(%d of them delivered: RFC 1047 window); %d lost, %d doubled, "
                 "%d refused but delivered"
-                % (len(self.outcomes), len(self.accepted), len(self.refused), len(self.broken),
-                   len(self.unheard), len(self.lost), len(self.doubled),
+                % (len(self.outcomes), len(self.accepted), len(self.refused), self.refusals(),
+                   len(self.broken), len(self.unheard), len(self.lost), len(self.doubled),
                    len(self.refused_but_delivered)))
