@@ -117,6 +117,32 @@ class SupervisionTest(SluiceTestCase):
                          ["<after-1@x.example>", "<after-3@x.example>", "<queued-2@x.example>"])
         self.assertEqual(s.proc.poll(), None, "the master kept running")
 
+    def gen_entry(self, value):
+        with open(os.path.join(self.workdir, "conf.d", "50-gen.conf"), "w") as f:
+            f.write('plugin = "%s";\nname = "X-Gen";\nvalue = "%s";\n'
+                    % (os.path.join(TEST_PLUGIN_DIR, "add_header.so"), value))
+
+    def test_restarted_worker_keeps_the_reloaded_configuration_and_the_sockets(self):
+        b = self.start_backend("a")
+        self.gen_entry("boot")
+        s = self.start_sluice(self.config(b))
+        with open(s.conf_path) as f:
+            text = f.read()
+        with open(s.conf_path, "w") as f:
+            f.write(text.replace("threads = 2;", "threads = 3;"))
+        self.gen_entry("reloaded")
+        s.proc.send_signal(signal.SIGHUP)
+        s.wait_log(r"master: reload done")
+        old = s.worker_pid()
+        os.kill(old, signal.SIGKILL)
+        self.new_worker(s, old, RESTART_WITHIN)
+        s.wait_log(r"master: worker restarted")
+        # Still the boot sockets: 2 loop threads, whatever the file says now.
+        self.assertEqual(len(s.grep(r"worker: 2 loop threads, 1 listeners each")), 2)
+        self.relay("<after-restart@x.example>")
+        msg = b.wait_messages(1)[0]["data"]
+        self.assertIn(b"X-Gen: reloaded", msg)
+
     def test_worker_that_cannot_start_at_boot_makes_start_fail(self):
         b = self.start_backend("a")
         with open(os.path.join(self.workdir, "conf.d", "20-fail.conf"), "w") as f:
