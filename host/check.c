@@ -156,7 +156,6 @@ static void check_next(struct check_client *c, int code)
     } else if (step - 2 == o->nrcpts && o->message_file) {
         check_send(c, "DATA", NULL);
     } else if (step - 2 == o->nrcpts + 1 && o->message_file && code == 354) {
-        c->refused = false; /* 354 is no refusal; the final reply decides */
         if (check_send_message(c) < 0) {
             c->refused = true;
             c->done = true;

@@ -3,11 +3,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "config.h"
 #include "log.h"
 #include "paths.h"
+#include "privileges.h"
 
 #define CHECK_MAX_RCPTS 1000
 
@@ -22,6 +24,7 @@ static void usage(FILE *out)
             "write an entry asks for, and the replies. The store is an empty scratch one;\n"
             "--live-store reads the configured store instead, read-only (writes are shown,\n"
             "not done). The configured store is never changed.\n"
+            "Started as root, it first becomes the worker's user (sluice.conf's user/group).\n"
             "  -c, --config FILE  configuration (default %s)\n"
             "  --client IP        the client's address (default 192.0.2.1), --port its port\n"
             "  --helo NAME        its HELO/EHLO name (default client.example)\n"
@@ -32,8 +35,25 @@ static void usage(FILE *out)
             "  --live-store       read the configured store (read-only) instead of a scratch one\n"
             "  -v, --verbose      log at debug level\n"
             "  -V, --version      print the version\n"
-            "Exit: 0 accepted, 1 refused, 2 setup error.\n",
+            "Exit: 0 when everything was accepted; 1 when anything was refused (the\n"
+            "greeting, HELO, the sender, any one recipient, or the message), even if\n"
+            "other recipients were accepted; 2 on a setup error.\n",
             paths_default_config());
+}
+
+/* Run as root, the chain runs with the worker's rights, as in the daemon. */
+static int check_become_worker(const struct sluice_config *cfg)
+{
+    struct run_as run_as;
+    char err[1024];
+    if (geteuid() != 0)
+        return 0;
+    if (privileges_resolve(cfg, &run_as, err, sizeof err) < 0 ||
+        privileges_drop(&run_as, err, sizeof err) < 0) {
+        fprintf(stderr, "sluice-check: %s\n", err);
+        return -1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -80,6 +100,10 @@ int main(int argc, char **argv)
     char err[1024];
     if (config_load(path, &cfg, err, sizeof err) < 0) {
         fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    if (check_become_worker(cfg) < 0) {
+        config_free(cfg);
         return 2;
     }
     enum log_level level = SLOG_WARN;

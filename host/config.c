@@ -223,6 +223,7 @@ static const struct copt timeouts_opts[] = {
     ODURATION("data_total", struct sluice_config, data_total_timeout_ms, 1, "30m"),
     ODURATION("reverse_lookup", struct sluice_config, reverse_lookup_timeout_ms, 1, "5s"),
     ODURATION("proxy_header", struct sluice_config, proxy_header_timeout_ms, 1, "5s"),
+    ODURATION("shutdown", struct sluice_config, shutdown_timeout_ms, 0, "30s"),
     OEND,
 };
 
@@ -304,6 +305,10 @@ static const struct copt root_opts[] = {
      .sdef = "info",
      .choices = log_levels},
     OSTRING("conf_dir", struct sluice_config, conf_dir, NULL),
+    OSTRING("user", struct sluice_config, user, "sluice"),
+    OSTRING("group", struct sluice_config, group, NULL),
+    OBOOL("run_as_root", struct sluice_config, run_as_root, false),
+    OSTRING("state_file", struct sluice_config, state_file, "/run/sluice/running.state"),
     {.name = "listen", .kind = OPT_CUSTOM, .custom = load_listens, .required = true},
     ONETLIST("relay_networks", struct sluice_config, relay_networks),
     {.name = "pools", .kind = OPT_CUSTOM, .custom = load_pools, .required = true},
@@ -382,6 +387,8 @@ static int resolve_paths(struct copt_loader *ld, struct sluice_config *cfg)
         rc = resolve_in_place(dir, &cfg->store.path);
     if (rc == 0)
         rc = resolve_in_place(dir, &cfg->spool_dir);
+    if (rc == 0)
+        rc = resolve_in_place(dir, &cfg->state_file);
     free(dir);
     return rc == 0 ? 0 : copt_fail(ld, NULL, "out of memory");
 }
@@ -551,6 +558,8 @@ static int load_entries(struct copt_loader *ld, struct sluice_config *cfg)
     for (size_t i = 0; rc == 0 && i < n; i++) {
         cfg->nentries = i + 1;
         rc = load_entry(ld, cfg->conf_dir, names[i], &cfg->entries[i]);
+        if (rc == 0 && (cfg->entries[i].config_dir = dir_of(cfg->path)) == NULL)
+            rc = copt_fail(ld, NULL, "out of memory");
     }
     free_names(names, n);
     return rc;
@@ -598,6 +607,19 @@ int config_load(const char *path, struct sluice_config **out, char *err, size_t 
     return 0;
 }
 
+void config_keep_listeners(struct sluice_config *next, struct sluice_config *running)
+{
+    struct listen_conf *listens = next->listens;
+    size_t nlistens = next->nlistens;
+    int threads = next->threads;
+    next->listens = running->listens;
+    next->nlistens = running->nlistens;
+    next->threads = running->threads;
+    running->listens = listens;
+    running->nlistens = nlistens;
+    running->threads = threads;
+}
+
 int config_pool_index(const struct sluice_config *cfg, const char *name)
 {
     for (size_t i = 0; name && i < cfg->npools; i++) {
@@ -624,6 +646,7 @@ static void free_entry(struct chain_entry_conf *e)
 {
     free(e->name);
     free(e->file);
+    free(e->config_dir);
     free(e->plugin);
     if (e->settings) {
         config_destroy(e->settings);
@@ -666,6 +689,9 @@ void config_free(struct sluice_config *cfg)
     free(cfg->conf_dir);
     free(cfg->hostname);
     free(cfg->log_level);
+    free(cfg->user);
+    free(cfg->group);
+    free(cfg->state_file);
     free(cfg->route_table_file);
     free(cfg->spool_dir);
     free(cfg);

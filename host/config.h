@@ -95,6 +95,7 @@ struct connection_conf {
 struct chain_entry_conf {
     char *name;   /* file stem: "20-dnsbl" */
     char *file;   /* full path */
+    char *config_dir; /* directory of sluice.conf: relative paths in the entry resolve here */
     char *plugin; /* "dnsbl", "/path/x.so" or "lua" */
     bool enabled;
     void *settings; /* the libconfig config_t of the file (owned) */
@@ -106,6 +107,10 @@ struct sluice_config {
     char *hostname;  /* banner and EHLO name; default: gethostname() */
     int threads;     /* loop threads; 0 in the file means one per core */
     char *log_level; /* "err", "warn", "info" (default), "debug" */
+    char *user;       /* the worker's user, default "sluice" */
+    char *group;      /* the worker's group; NULL: the user's primary group */
+    bool run_as_root; /* the worker keeps root: explicit, and logged */
+    char *state_file; /* the running restart-only settings, for sluice -t */
 
     struct listen_conf *listens;
     size_t nlistens;
@@ -132,6 +137,7 @@ struct sluice_config {
     int64_t data_block_timeout_ms; /* between DATA chunks, default 3m */
     int64_t data_total_timeout_ms; /* the whole upload, default 30m */
     int64_t reverse_lookup_timeout_ms; /* FCrDNS at accept, default 5s */
+    int64_t shutdown_timeout_ms; /* SIGTERM: sessions may finish this long, default 30s */
 
     /* data */
     int64_t spool_memory;  /* bytes kept in memory before spilling to a file, default 1M */
@@ -159,6 +165,11 @@ void config_free(struct sluice_config *cfg);
 int config_parse_duration(const char *s, int64_t *ms);
 /* "25M", "512K", "1G" (binary units) or a plain number of bytes. */
 int config_parse_size(const char *s, int64_t *bytes);
+
+/* The listening sockets follow the configuration sluice started with:
+ * next takes running's listen entries and thread count (a swap, so each
+ * still frees what it holds). */
+void config_keep_listeners(struct sluice_config *next, struct sluice_config *running);
 
 /* Index of the pool named name, or -1. */
 int config_pool_index(const struct sluice_config *cfg, const char *name);

@@ -716,6 +716,11 @@ static void dns_ctx_destroy(struct dns_ctx *ctx)
     free(ctx);
 }
 
+bool dns_ctx_busy(const struct dns_ctx *ctx)
+{
+    return !LIST_EMPTY(&ctx->queries) || ctx->depth > 0;
+}
+
 void dns_ctx_free(struct dns_ctx *ctx)
 {
     if (!ctx)

@@ -9,6 +9,7 @@
 #ifndef SLUICE_DNS_H
 #define SLUICE_DNS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -31,6 +32,9 @@ struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf
 /* Cancels outstanding queries without calling their callbacks. May be called
  * from inside a dns callback: the teardown then waits until it returns. */
 void dns_ctx_free(struct dns_ctx *ctx);
+/* True while a query of ctx has not ended: a context replaced at a reload
+ * is freed only once this is false, so no caller loses its answer. */
+bool dns_ctx_busy(const struct dns_ctx *ctx);
 
 /* Addresses of a host name (A and AAAA; a numeric address answers at once,
  * still through the callback but never synchronously from inside the call). */

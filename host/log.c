@@ -7,7 +7,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static enum log_level current_level = SLOG_INFO;
+/* Set at a reload while loop threads log. */
+static _Atomic enum log_level current_level = SLOG_INFO;
 static const char *const level_names[] = {"err", "warn", "info", "debug"};
 
 void log_set_level(enum log_level level) { current_level = level; }

@@ -10,6 +10,8 @@
 #include "master.h"
 #include "paths.h"
 #include "plugin_host.h"
+#include "privileges.h"
+#include "restart_only.h"
 #include "sluice/plugin.h"
 
 static void usage(FILE *out)
@@ -34,6 +36,58 @@ static void version(void)
            "plugin directory %s\n",
            SLUICE_VERSION, SLUICE_ABI_MAJOR, SLUICE_ABI_MINOR, paths_prefix(),
            paths_default_config(), paths_plugin_dir());
+}
+
+/* With sluice running (its state file exists): what in this file the
+ * running instance would take only at a restart. */
+static void check_restart_only(const struct sluice_config *cfg)
+{
+    char *running = restart_only_read_state(cfg->state_file);
+    char *next = malloc(RESTART_ONLY_TEXT_MAX);
+    if (running && next && restart_only_describe(cfg, next, RESTART_ONLY_TEXT_MAX) == 0) {
+        const char *names[RESTART_ONLY_MAX_CHANGED];
+        size_t n = restart_only_changed(running, next, names, RESTART_ONLY_MAX_CHANGED);
+        for (size_t i = 0; i < n; i++)
+            printf("'%s' differs from the running sluice (%s): it needs a restart, a reload "
+                   "keeps the running value\n",
+                   names[i], cfg->state_file);
+    }
+    free(running);
+    free(next);
+}
+
+/* The part of sluice -t that runs as the worker's user: what it must read
+ * and write, and the chain (a plugin checks its own settings and files in
+ * init(), with the rights it will have). */
+static int check_as_worker(const struct sluice_config *cfg, char *err, size_t errlen)
+{
+    char why[700];
+    if (privileges_check_paths(cfg, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s: the worker (user %s) %s", cfg->path,
+                 cfg->run_as_root ? "root" : cfg->user, why);
+        return -1;
+    }
+    struct chain *chain = chain_build(cfg, NULL, 1, err, errlen);
+    if (!chain)
+        return -1;
+    chain_free(chain);
+    return 0;
+}
+
+/* sluice -t: the files, the worker's user, and then the rest as that user. */
+static int check_config(const struct sluice_config *cfg)
+{
+    char err[1024];
+    struct run_as run_as;
+    if (privileges_resolve(cfg, &run_as, err, sizeof err) < 0 ||
+        privileges_check_layout(cfg, err, sizeof err) < 0 ||
+        privileges_check_as_worker(cfg, &run_as, check_as_worker, err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    check_restart_only(cfg);
+    printf("configuration ok\n");
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -76,22 +130,12 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
-        /* The chain is built too: a plugin checks its own settings in init(). */
-        struct chain *chain = chain_build(cfg, NULL, 1, err, sizeof err);
-        if (!chain) {
-            fprintf(stderr, "%s\n", err);
-            config_free(cfg);
-            return 1;
-        }
-        chain_free(chain);
-        printf("configuration ok\n");
+        int rc = check_config(cfg);
         config_free(cfg);
-        return 0;
+        return rc;
     }
     enum log_level level = SLOG_INFO;
     if (cfg->log_level && log_level_parse(cfg->log_level, &level) == 0)
         log_set_level(level);
-    int rc = master_run(cfg);
-    config_free(cfg);
-    return rc;
+    return master_run(cfg);
 }

@@ -12,11 +12,14 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "fd_limits.h"
 #include "log.h"
+#include "privileges.h"
+#include "restart_only.h"
 #include "worker.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -36,8 +39,48 @@
 #endif
 
 #define MASTER_LISTEN_BACKLOG 1024
-/* Plugins initialise during a reload: give them time, but not forever. */
+/* Plugins initialise during a start or a reload: give them time, but not
+ * forever. */
 #define MASTER_RELOAD_WAIT_MS 60000
+#define MASTER_START_WAIT_MS 60000
+/* A worker that dies sooner than this after its start counts as one more
+ * death in a row, and the next restart waits longer. */
+#define MASTER_STABLE_MS 30000
+#define MASTER_BACKOFF_FIRST_MS 1000
+#define MASTER_BACKOFF_MAX_MS 30000
+/* A worker still there this long after its shutdown deadline is killed. */
+#define MASTER_STOP_SLACK_MS 5000
+
+struct master {
+    struct sluice_config *cfg; /* what the next worker starts with */
+    struct run_as run_as;
+    int *fds; /* fds[l * threads + t], open from start to stop */
+    size_t nfds;
+    pid_t worker; /* 0: none running */
+    int status_fd; /* the worker's reports: readiness, reloads */
+    int64_t started_ms;
+    int deaths; /* in a row, each soon after its start */
+    int64_t restart_at_ms;
+    bool stopping;
+    int64_t kill_at_ms;
+};
+
+static int64_t master_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The signals the master handles, all by sigwait. */
+static void master_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+    sigaddset(set, SIGCHLD);
+}
 
 static int master_open_socket(const struct listen_conf *lc, char *err, size_t errlen)
 {
@@ -115,116 +158,337 @@ static void master_notify_systemd(const char *state)
     close(fd);
 }
 
-/* Reads the worker's one-line report: 0 when it is serving. */
-static int master_wait_ready(int fd)
+/* ---- the worker's reports ------------------------------------------------ */
+
+/* Reads one line of the worker (readiness, reload result), waiting at most
+ * timeout_ms in all. */
+static int master_read_line(int fd, char *buf, size_t len, int timeout_ms)
 {
-    char buf[700];
-    size_t len = 0;
-    while (len + 1 < sizeof buf) {
-        ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+    size_t got = 0;
+    int64_t deadline = master_now_ms() + timeout_ms;
+    while (got + 1 < len) {
+        int64_t left = deadline - master_now_ms();
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = left > 0 ? poll(&p, 1, (int)left) : 0;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        ssize_t n = read(fd, buf + got, 1);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             break;
-        len += (size_t)n;
-        if (memchr(buf, '\n', len))
-            break;
+        if (buf[got++] == '\n') {
+            buf[got] = '\0';
+            return 0;
+        }
     }
-    buf[len] = '\0';
-    if (strncmp(buf, "ok\n", 3) == 0)
-        return 0;
-    if (strncmp(buf, "error: ", 7) == 0)
-        fprintf(stderr, "sluice: %s", buf + 7);
-    else
-        fprintf(stderr, "sluice: the worker exited before it was ready\n");
+    buf[got] = '\0';
     return -1;
 }
 
-/* Reads one status line of the worker (reload result), waiting at most
- * timeout_ms. */
-static int master_read_line(int fd, char *buf, size_t len, int timeout_ms)
+/* 0 when the worker says it is serving; otherwise why not, in err. */
+static int master_wait_ready(int fd, char *err, size_t errlen)
 {
-    size_t got = 0;
-    while (got + 1 < len) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int r = poll(&p, 1, timeout_ms);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        ssize_t n = read(fd, buf + got, 1);
-        if (n <= 0)
-            return -1;
-        if (buf[got++] == '\n')
-            break;
+    char line[800];
+    if (master_read_line(fd, line, sizeof line, MASTER_START_WAIT_MS) == 0 &&
+        strcmp(line, "ok\n") == 0)
+        return 0;
+    if (strncmp(line, "error: ", 7) == 0) {
+        line[strcspn(line, "\n")] = '\0';
+        snprintf(err, errlen, "%s", line + 7);
+    } else {
+        snprintf(err, errlen, "the worker exited or hung before it was ready");
     }
-    buf[got] = '\0';
-    return 0;
+    return -1;
+}
+
+/* ---- starting a worker ------------------------------------------------------ */
+
+static void master_child(struct master *m, int report_fd)
+{
+    int rc = worker_run(m->cfg, &m->run_as, m->fds, report_fd);
+    close(report_fd);
+    free(m->fds);
+    config_free(m->cfg);
+    MASTER_WORKER_LEAK_CHECK();
+    _exit(rc);
+}
+
+/* Forks a worker and waits for its report: 0 when it serves. */
+static int master_spawn(struct master *m, char *err, size_t errlen)
+{
+    int pipefd[2];
+    if (pipe(pipefd) < 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(err, errlen, "fork: %s", strerror(errno));
+        close(pipefd[0]);
+        close(pipefd[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(pipefd[0]);
+        master_child(m, pipefd[1]);
+    }
+    close(pipefd[1]);
+    m->worker = pid;
+    m->status_fd = pipefd[0];
+    m->started_ms = master_now_ms();
+    return master_wait_ready(m->status_fd, err, errlen);
+}
+
+/* What the running worker cannot change until a restart, for sluice -t. */
+static void master_write_state(const struct master *m)
+{
+    char *text = malloc(RESTART_ONLY_TEXT_MAX);
+    if (!text || restart_only_describe(m->cfg, text, RESTART_ONLY_TEXT_MAX) < 0 ||
+        restart_only_write_state(m->cfg->state_file, text) < 0)
+        log_warn(NULL,
+                 "cannot write state_file %s (%s): sluice -t will not say which changes "
+                 "need a restart",
+                 m->cfg->state_file, strerror(errno));
+    free(text);
+}
+
+/* ---- a worker that died ------------------------------------------------------ */
+
+static void master_describe_status(int status, char *out, size_t outlen)
+{
+    if (WIFSIGNALED(status))
+        snprintf(out, outlen, "killed by signal %d (%s)%s", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)), WCOREDUMP(status) ? ", core dumped" : "");
+    else
+        snprintf(out, outlen, "status %d", WEXITSTATUS(status));
+}
+
+/* 0 for the first death after a worker that served a while, then 1 s,
+ * 2 s, 4 s ... up to MASTER_BACKOFF_MAX_MS: a plugin that crashes at once
+ * every time must not make the master fork in a loop. */
+static int64_t master_backoff_ms(int deaths)
+{
+    if (deaths <= 1)
+        return 0;
+    int64_t delay = MASTER_BACKOFF_FIRST_MS;
+    for (int i = 2; i < deaths && delay < MASTER_BACKOFF_MAX_MS; i++)
+        delay *= 2;
+    return delay < MASTER_BACKOFF_MAX_MS ? delay : MASTER_BACKOFF_MAX_MS;
+}
+
+static void master_forget_worker(struct master *m)
+{
+    if (m->status_fd >= 0)
+        close(m->status_fd);
+    m->status_fd = -1;
+    m->worker = 0;
+}
+
+static void master_worker_died(struct master *m, int status)
+{
+    int64_t lived = master_now_ms() - m->started_ms;
+    char why[128];
+    master_describe_status(status, why, sizeof why);
+    master_forget_worker(m);
+    if (m->stopping) {
+        log_info(NULL, "master: the worker stopped (%s)", why);
+        return;
+    }
+    m->deaths = lived < MASTER_STABLE_MS ? m->deaths + 1 : 1;
+    int64_t delay = master_backoff_ms(m->deaths);
+    m->restart_at_ms = master_now_ms() + delay;
+    log_err(NULL,
+            "master: the worker exited (%s) after %lld.%01lld s; restarting it in %lld ms (%d "
+            "death%s in a row)",
+            why, (long long)(lived / 1000), (long long)(lived % 1000 / 100), (long long)delay,
+            m->deaths, m->deaths == 1 ? "" : "s");
+}
+
+/* Reaps every child; the worker's death is handled, others are forgotten. */
+static void master_reap(struct master *m)
+{
+    int status = 0;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+        if (pid == m->worker)
+            master_worker_died(m, status);
+}
+
+/* The listening sockets never closed meanwhile: clients waited in the
+ * backlog. */
+static void master_restart(struct master *m)
+{
+    char err[700];
+    if (master_spawn(m, err, sizeof err) == 0) {
+        log_info(NULL, "master: worker restarted (pid %ld)", (long)m->worker);
+        master_write_state(m);
+        return;
+    }
+    log_err(NULL, "master: the restarted worker did not start: %s", err);
+    if (m->worker > 0) {
+        kill(m->worker, SIGKILL);
+        int status = 0;
+        while (waitpid(m->worker, &status, 0) < 0 && errno == EINTR)
+            ;
+        master_worker_died(m, status);
+    }
+}
+
+/* ---- reload ---------------------------------------------------------------- */
+
+/* The next worker (after a crash) starts with what the running one
+ * reloaded; the sockets stay those of the boot configuration. */
+static void master_adopt(struct master *m, struct sluice_config *next)
+{
+    config_keep_listeners(next, m->cfg);
+    config_free(m->cfg);
+    m->cfg = next;
+    enum log_level level = SLOG_INFO;
+    if (next->log_level && log_level_parse(next->log_level, &level) == 0)
+        log_set_level(level);
 }
 
 /* SIGHUP: check the files here (no plugin code runs in the master), then
  * let the worker build the new chain and say how it went. */
-static void master_reload(const struct sluice_config *cfg, pid_t worker, int status_fd)
+static void master_reload(struct master *m)
 {
     struct sluice_config *next = NULL;
     char err[1024];
-    if (config_load(cfg->path, &next, err, sizeof err) < 0) {
+    if (config_load(m->cfg->path, &next, err, sizeof err) < 0) {
         log_err(NULL, "master: reload refused, the running configuration stays: %s", err);
         return;
     }
-    config_free(next);
+    if (m->worker <= 0) {
+        log_info(NULL, "master: reload: no worker running; the next one starts with it");
+        master_adopt(m, next);
+        return;
+    }
     master_notify_systemd("RELOADING=1");
-    kill(worker, SIGHUP);
+    kill(m->worker, SIGHUP);
     char line[800];
-    if (master_read_line(status_fd, line, sizeof line, MASTER_RELOAD_WAIT_MS) < 0)
+    if (master_read_line(m->status_fd, line, sizeof line, MASTER_RELOAD_WAIT_MS) < 0) {
         log_err(NULL, "master: the worker did not report on the reload");
-    else if (strncmp(line, "reload ok", 9) == 0)
+        config_free(next);
+    } else if (strncmp(line, "reload ok", 9) == 0) {
         log_info(NULL, "master: reload done");
-    else
+        master_adopt(m, next);
+    } else {
         log_err(NULL, "master: %s", line);
+        config_free(next);
+    }
     master_notify_systemd("READY=1");
 }
 
-/* The signals the master handles, all by sigwait. */
-static void master_signals(sigset_t *set)
+/* ---- stopping ---------------------------------------------------------------- */
+
+static void master_close_listeners(struct master *m)
 {
-    sigemptyset(set);
-    sigaddset(set, SIGTERM);
-    sigaddset(set, SIGINT);
-    sigaddset(set, SIGHUP);
-    sigaddset(set, SIGCHLD);
+    for (size_t i = 0; i < m->nfds; i++)
+        if (m->fds[i] >= 0)
+            close(m->fds[i]);
+    for (size_t i = 0; i < m->nfds; i++)
+        m->fds[i] = -1;
 }
 
-static int master_supervise(const struct sluice_config *cfg, pid_t worker, int status_fd)
+/* The first SIGTERM/SIGINT drains; a second one has the worker close every
+ * session at once. */
+static void master_stop_signal(struct master *m, int sig)
+{
+    if (m->stopping) {
+        log_info(NULL, "master: %s again: stopping at once", strsignal(sig));
+        if (m->worker > 0)
+            kill(m->worker, SIGTERM);
+        return;
+    }
+    m->stopping = true;
+    log_info(NULL, "master: %s: stopping, sessions may finish within %lld ms", strsignal(sig),
+             (long long)m->cfg->shutdown_timeout_ms);
+    master_notify_systemd("STOPPING=1");
+    /* New clients are refused now and try the next MX. */
+    master_close_listeners(m);
+    if (m->worker > 0)
+        kill(m->worker, SIGTERM);
+    m->kill_at_ms = master_now_ms() + m->cfg->shutdown_timeout_ms + MASTER_STOP_SLACK_MS;
+}
+
+/* How long sigtimedwait may sleep: until the next restart or the forced
+ * stop; -1 for no timer. */
+static int64_t master_next_timer(const struct master *m)
+{
+    if (m->stopping && m->worker > 0)
+        return m->kill_at_ms;
+    if (!m->stopping && m->worker <= 0)
+        return m->restart_at_ms;
+    return -1;
+}
+
+static void master_timer(struct master *m)
+{
+    int64_t now = master_now_ms();
+    if (m->stopping && m->worker > 0 && now >= m->kill_at_ms) {
+        log_err(NULL, "master: the worker did not stop in time: killing it");
+        kill(m->worker, SIGKILL);
+        m->kill_at_ms = now + MASTER_STOP_SLACK_MS;
+    } else if (!m->stopping && m->worker <= 0 && now >= m->restart_at_ms) {
+        master_restart(m);
+    }
+}
+
+static int master_wait_signal(sigset_t *set, int64_t at_ms)
+{
+    if (at_ms < 0)
+        return sigwaitinfo(set, NULL);
+    int64_t left = at_ms - master_now_ms();
+    if (left < 0)
+        left = 0;
+    struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (long)(left % 1000) * 1000000L};
+    return sigtimedwait(set, NULL, &ts);
+}
+
+static int master_supervise(struct master *m)
 {
     sigset_t set;
     master_signals(&set);
-    for (;;) {
-        int sig = 0;
-        if (sigwait(&set, &sig) != 0)
-            continue;
-        if (sig == SIGTERM || sig == SIGINT) {
-            log_info(NULL, "master: stopping");
-            master_notify_systemd("STOPPING=1");
-            kill(worker, SIGTERM);
-            int status = 0;
-            while (waitpid(worker, &status, 0) < 0 && errno == EINTR)
-                ;
-            return 0;
-        }
-        if (sig == SIGHUP) {
-            master_reload(cfg, worker, status_fd);
+    while (!(m->stopping && m->worker <= 0)) {
+        int sig = master_wait_signal(&set, master_next_timer(m));
+        if (sig < 0) {
+            if (errno == EAGAIN)
+                master_timer(m);
             continue;
         }
-        int status = 0;
-        pid_t pid = waitpid(worker, &status, WNOHANG);
-        if (pid == worker) {
-            log_err(NULL, "master: worker exited (%s %d)",
-                    WIFSIGNALED(status) ? "signal" : "status",
-                    WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
-            return 1;
-        }
+        if (sig == SIGTERM || sig == SIGINT)
+            master_stop_signal(m, sig);
+        else if (sig == SIGHUP && !m->stopping)
+            master_reload(m);
+        else if (sig == SIGCHLD)
+            master_reap(m);
     }
+    log_info(NULL, "master: stopped");
+    return 0;
+}
+
+/* ---- start ------------------------------------------------------------------- */
+
+/* Everything the worker needs that only root can do, before the first fork. */
+static int master_prepare(struct master *m)
+{
+    char err[1024];
+    if (privileges_resolve(m->cfg, &m->run_as, err, sizeof err) < 0 ||
+        privileges_check_layout(m->cfg, err, sizeof err) < 0 ||
+        privileges_prepare_dirs(m->cfg, &m->run_as, err, sizeof err) < 0) {
+        fprintf(stderr, "sluice: %s\n", err);
+        return -1;
+    }
+    if (m->run_as.keep_root)
+        log_warn(NULL, "run_as_root = true: every plugin and script runs as root");
+    /* Before the fork: the worker inherits the raised limit. */
+    fd_limits_check(m->cfg, "start");
+    m->nfds = m->cfg->nlistens * (size_t)m->cfg->threads;
+    m->fds = master_open_sockets(m->cfg);
+    return m->fds ? 0 : -1;
 }
 
 int master_run(struct sluice_config *cfg)
@@ -233,48 +497,31 @@ int master_run(struct sluice_config *cfg)
     master_signals(&set);
     sigprocmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
-
-    /* Before the fork: the worker inherits the raised limit. */
-    fd_limits_check(cfg, "start");
-    int *fds = master_open_sockets(cfg);
-    if (!fds)
-        return 1;
-    int pipefd[2];
-    if (pipe(pipefd) < 0) {
-        fprintf(stderr, "sluice: pipe: %s\n", strerror(errno));
-        return 1;
+    struct master m = {.cfg = cfg, .status_fd = -1};
+    int rc = 1;
+    char err[700];
+    if (master_prepare(&m) < 0)
+        goto out;
+    if (master_spawn(&m, err, sizeof err) < 0) {
+        /* At boot a worker that cannot start makes the start fail. */
+        fprintf(stderr, "sluice: %s\n", err);
+        if (m.worker > 0) {
+            kill(m.worker, SIGTERM);
+            waitpid(m.worker, NULL, 0);
+        }
+        goto out;
     }
-    pid_t pid = fork();
-    if (pid < 0) {
-        fprintf(stderr, "sluice: fork: %s\n", strerror(errno));
-        return 1;
-    }
-    if (pid == 0) {
-        close(pipefd[0]);
-        int rc = worker_run(cfg, fds, pipefd[1]);
-        close(pipefd[1]);
-        free(fds);
-        config_free(cfg);
-        MASTER_WORKER_LEAK_CHECK();
-        _exit(rc);
-    }
-    close(pipefd[1]);
-    int ready = master_wait_ready(pipefd[0]);
-    if (ready < 0) {
-        close(pipefd[0]);
-        kill(pid, SIGTERM);
-        waitpid(pid, NULL, 0);
-        free(fds);
-        return 1;
-    }
-    log_info(NULL, "sluice ready: %zu listen addresses, %d loop threads", cfg->nlistens,
-             cfg->threads);
+    log_info(NULL, "sluice ready: %zu listen addresses, %d loop threads", m.cfg->nlistens,
+             m.cfg->threads);
+    master_write_state(&m);
     master_notify_systemd("READY=1");
-    int rc = master_supervise(cfg, pid, pipefd[0]);
-    close(pipefd[0]);
-    size_t n = cfg->nlistens * (size_t)cfg->threads;
-    for (size_t i = 0; i < n; i++)
-        close(fds[i]);
-    free(fds);
+    rc = master_supervise(&m);
+    unlink(m.cfg->state_file);
+out:
+    master_forget_worker(&m);
+    if (m.fds)
+        master_close_listeners(&m);
+    free(m.fds);
+    config_free(m.cfg);
     return rc;
 }

@@ -43,6 +43,23 @@ int sluice_entry_set_timeout(sluice_entry *e, int64_t ms)
     return 0;
 }
 
+const char *sluice_config_dir(const sluice_entry *e)
+{
+    const struct chain_entry_conf *c = E(e)->conf;
+    return c && c->config_dir ? c->config_dir : ".";
+}
+
+int sluice_setting_path(const sluice_entry *e, const char *path, char *out, size_t outlen)
+{
+    const char *v = NULL;
+    int rc = sluice_setting_string(e, path, &v);
+    if (rc != 0)
+        return rc;
+    int n = v[0] == '/' ? snprintf(out, outlen, "%s", v)
+                        : snprintf(out, outlen, "%s/%s", sluice_config_dir(e), v);
+    return n < 0 || (size_t)n >= outlen ? -1 : 0;
+}
+
 int sluice_setting_string(const sluice_entry *e, const char *path, const char **out)
 {
     config_setting_t *s = setting(e, path);

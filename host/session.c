@@ -609,6 +609,18 @@ static void session_finish(struct session *s)
     hooks_run(s, HOOK_DISCONNECT, session_disconnect_done);
 }
 
+void session_shutdown_all(struct loop *loop)
+{
+    struct session *s;
+    LIST_FOREACH(s, &loop->sessions_of_loop, loop_link) {
+        if (s->finishing || s->phase == PH_CLOSING)
+            continue;
+        log_info(s->sid, "shutdown: closing");
+        session_log_txn(s, "shutdown");
+        session_close_after(s, R_SHUTDOWN);
+    }
+}
+
 void session_close_all(struct loop *loop)
 {
     while (!LIST_EMPTY(&loop->sessions_of_loop))

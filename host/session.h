@@ -14,6 +14,10 @@ struct session;
 void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr *peer,
                     int peerlen, const struct listen_conf *listen);
 
+/* The shutdown deadline passed: every session not already closing is
+ * answered 421 4.3.2 and closed once that reply is written. */
+void session_shutdown_all(struct loop *loop);
+
 /* Closes every session of the loop at once (shutdown). */
 void session_close_all(struct loop *loop);
 

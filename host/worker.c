@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -25,7 +26,18 @@
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
+#include "privileges.h"
+#include "restart_only.h"
 #include "session.h"
+
+/* How often a loop looks for DNS contexts a reload replaced that have no
+ * query left. */
+#define WORKER_DNS_SWEEP_MS 1000
+/* After the shutdown deadline, sessions answered 421 4.3.2 get this long
+ * to flush it before they are cut. */
+#define WORKER_CLOSE_WAIT_MS 2000
+/* How often the drain looks at the session count. */
+#define WORKER_DRAIN_TICK_MS 100
 
 struct listener_ctx {
     struct loop *loop;
@@ -105,6 +117,25 @@ static void worker_loop_stop_cb(evutil_socket_t fd, short what, void *arg)
     event_base_loopbreak(loop->base);
 }
 
+/* Shutdown: the listeners close (the master closed its copies too), so new
+ * clients are refused and try another MX, while sessions carry on. */
+static void worker_loop_unlisten_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct loop *loop = arg;
+    accept_guard_free(loop->accept_guard);
+    loop->accept_guard = NULL;
+    for (size_t i = 0; i < loop->nlisteners; i++) {
+        if (loop->listeners[i])
+            evconnlistener_free(loop->listeners[i]);
+        loop->listeners[i] = NULL;
+    }
+}
+
+static void worker_loop_shutdown_cb(evutil_socket_t fd, short what, void *arg)
+{
+    session_shutdown_all(arg);
+}
+
 static int worker_loop_init(struct worker *w, struct loop *loop, int index, const int *fds,
                             struct listener_ctx *ctxs, char *err, size_t errlen)
 {
@@ -158,6 +189,11 @@ static int worker_loop_init(struct worker *w, struct loop *loop, int index, cons
 
 static void worker_loop_free(struct loop *loop)
 {
+    if (loop->dns_sweep)
+        event_free(loop->dns_sweep);
+    for (size_t i = 0; i < loop->ndns_retired; i++)
+        dns_ctx_free(loop->dns_retired[i]);
+    free(loop->dns_retired);
     accept_guard_free(loop->accept_guard);
     for (size_t i = 0; i < loop->nlisteners; i++)
         if (loop->listeners[i])
@@ -244,61 +280,117 @@ static void worker_report_reload(int fd, bool ok, const char *err)
     worker_report(fd, msg);
 }
 
-static bool same_string(const char *a, const char *b)
-{
-    return (!a && !b) || (a && b && strcmp(a, b) == 0);
-}
-
-static bool same_listens(const struct sluice_config *a, const struct sluice_config *b)
-{
-    if (a->nlistens != b->nlistens)
-        return false;
-    for (size_t i = 0; i < a->nlistens; i++)
-        if (!same_string(a->listens[i].address, b->listens[i].address) ||
-            !same_string(a->listens[i].port, b->listens[i].port) ||
-            a->listens[i].proxy_protocol != b->listens[i].proxy_protocol)
-            return false;
-    return true;
-}
-
-static bool same_dns(const struct dns_conf *a, const struct dns_conf *b)
-{
-    if (a->nservers != b->nservers || a->timeout_ms != b->timeout_ms || a->tries != b->tries)
-        return false;
-    for (size_t i = 0; i < a->nservers; i++)
-        if (!same_string(a->servers[i], b->servers[i]))
-            return false;
-    return true;
-}
-
-static bool same_store(const struct store_conf *a, const struct store_conf *b)
-{
-    return a->backend == b->backend && same_string(a->path, b->path) &&
-           a->map_size == b->map_size && same_string(a->redis_address, b->redis_address) &&
-           a->redis_timeout_ms == b->redis_timeout_ms && a->redis_database == b->redis_database;
-}
-
 /* What the worker set up once at start keeps running until a restart: say
  * so for each such setting a reload would change. */
 static void worker_warn_restart_only(const struct sluice_config *running,
                                      const struct sluice_config *next)
 {
-    const char *what[6];
-    size_t n = 0;
-    if (!same_listens(running, next))
-        what[n++] = "listen";
-    if (next->threads != running->threads)
-        what[n++] = "threads";
-    if (!same_dns(&running->dns, &next->dns))
-        what[n++] = "dns";
-    if (!same_store(&running->store, &next->store))
-        what[n++] = "store";
-    if (!same_string(running->metrics_listen, next->metrics_listen))
-        what[n++] = "metrics_listen";
-    if (next->thread_pool_size != running->thread_pool_size)
-        what[n++] = "thread_pool_size";
-    for (size_t i = 0; i < n; i++)
-        log_warn(NULL, "reload: '%s' changed: it applies only after a restart", what[i]);
+    char *a = malloc(RESTART_ONLY_TEXT_MAX), *b = malloc(RESTART_ONLY_TEXT_MAX);
+    if (a && b && restart_only_describe(running, a, RESTART_ONLY_TEXT_MAX) == 0 &&
+        restart_only_describe(next, b, RESTART_ONLY_TEXT_MAX) == 0) {
+        const char *names[RESTART_ONLY_MAX_CHANGED];
+        size_t n = restart_only_changed(a, b, names, RESTART_ONLY_MAX_CHANGED);
+        for (size_t i = 0; i < n; i++)
+            log_warn(NULL, "reload: '%s' changed: it applies only after a restart", names[i]);
+    }
+    free(a);
+    free(b);
+}
+
+static void worker_post_all(struct worker *w, event_callback_fn fn)
+{
+    for (int i = 0; i < w->nloops; i++)
+        event_base_once(w->loops[i].base, -1, EV_TIMEOUT, fn, &w->loops[i], NULL);
+}
+
+/* ---- dns and metrics at a reload ------------------------------------------- */
+
+static void worker_dns_sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct loop *loop = arg;
+    size_t kept = 0;
+    for (size_t i = 0; i < loop->ndns_retired; i++) {
+        if (dns_ctx_busy(loop->dns_retired[i]))
+            loop->dns_retired[kept++] = loop->dns_retired[i];
+        else
+            dns_ctx_free(loop->dns_retired[i]);
+    }
+    loop->ndns_retired = kept;
+    if (kept > 0) {
+        struct timeval tv = {.tv_sec = WORKER_DNS_SWEEP_MS / 1000};
+        evtimer_add(loop->dns_sweep, &tv);
+    }
+}
+
+/* The old context keeps serving its queries in flight; new ones go to the
+ * new servers (or a re-read /etc/resolv.conf). */
+static void worker_loop_dns_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct loop *loop = arg;
+    struct generation *g = generation_current(loop->worker);
+    char err[256];
+    struct dns_ctx *fresh = dns_ctx_new(loop->base, &g->cfg->dns, err, sizeof err);
+    struct dns_ctx **grown =
+        fresh ? realloc(loop->dns_retired, (loop->ndns_retired + 1) * sizeof *grown) : NULL;
+    if (!loop->dns_sweep)
+        loop->dns_sweep = evtimer_new(loop->base, worker_dns_sweep_cb, loop);
+    if (!fresh || !grown || !loop->dns_sweep) {
+        log_err(NULL, "reload: loop %d keeps its DNS settings: %s", loop->index,
+                fresh ? "out of memory" : err);
+        if (grown)
+            loop->dns_retired = grown;
+        dns_ctx_free(fresh);
+        generation_unref(g);
+        return;
+    }
+    loop->dns_retired = grown;
+    loop->dns_retired[loop->ndns_retired++] = loop->dns;
+    loop->dns = fresh;
+    worker_dns_sweep_cb(-1, 0, loop);
+    generation_unref(g);
+}
+
+static bool same_string(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static int worker_metrics_start(struct worker *w, const char *where, char *err, size_t errlen)
+{
+    free(w->metrics_listen);
+    w->metrics_listen = NULL;
+    if (!where)
+        return 0;
+    if (metrics_start(where, err, errlen) < 0)
+        return -1;
+    w->metrics_listen = strdup(where);
+    return 0;
+}
+
+/* A new address: the endpoint moves; one that cannot listen leaves the
+ * old one serving. */
+static void worker_reload_metrics(struct worker *w, const char *where)
+{
+    if (same_string(w->metrics_listen, where))
+        return;
+    char *old = w->metrics_listen ? strdup(w->metrics_listen) : NULL;
+    char err[256];
+    metrics_stop();
+    if (worker_metrics_start(w, where, err, sizeof err) == 0) {
+        log_info(NULL, "reload: metrics endpoint %s", where ? where : "off");
+    } else {
+        log_err(NULL, "reload: metrics stay on %s: %s", old ? old : "(off)", err);
+        if (worker_metrics_start(w, old, err, sizeof err) < 0)
+            log_err(NULL, "reload: metrics endpoint lost: %s", err);
+    }
+    free(old);
+}
+
+static void worker_apply_log_level(const struct sluice_config *cfg)
+{
+    enum log_level level = SLOG_INFO;
+    if (cfg->log_level && log_level_parse(cfg->log_level, &level) == 0)
+        log_set_level(level);
 }
 
 /* SIGHUP: a new generation for new sessions, or the old one stays. */
@@ -313,6 +405,7 @@ static void worker_reload(struct worker *w, int status_fd)
     }
     worker_warn_restart_only(w->cfg, cfg);
     fd_limits_check(cfg, "reload");
+    worker_apply_log_level(cfg);
     struct generation *g = generation_new(w, cfg, true, ++w->gen_seq, err, sizeof err);
     if (!g) {
         log_err(NULL, "reload refused, the running configuration stays: %s", err);
@@ -329,8 +422,25 @@ static void worker_reload(struct worker *w, int status_fd)
      * may be retired and freed as soon as it is no longer current. */
     limits_reconfigure(w->limits, &g->cfg->connections);
     generation_install(w, g);
+    worker_post_all(w, worker_loop_dns_cb);
+    worker_reload_metrics(w, g->cfg->metrics_listen);
     log_info(NULL, "reload: configuration generation %u serves new sessions", g->id);
     worker_report_reload(status_fd, true, "");
+}
+
+static int64_t worker_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void worker_stop_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
 }
 
 /* Blocks until SIGTERM or SIGINT arrives (signals are blocked in every
@@ -338,10 +448,7 @@ static void worker_reload(struct worker *w, int status_fd)
 static void worker_wait_for_stop(struct worker *w, int status_fd)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
+    worker_stop_signals(&set);
     for (;;) {
         int sig = 0;
         if (sigwait(&set, &sig) != 0)
@@ -353,19 +460,82 @@ static void worker_wait_for_stop(struct worker *w, int status_fd)
     }
 }
 
-int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
+/* Waits until no session is left or deadline_ms passes; false when a
+ * second SIGTERM/SIGINT asks to stop at once. */
+static bool worker_wait_sessions(struct worker *w, int64_t deadline_ms)
+{
+    sigset_t set;
+    worker_stop_signals(&set);
+    while (atomic_load(&w->sessions) > 0 && worker_now_ms() < deadline_ms) {
+        struct timespec tick = {.tv_nsec = WORKER_DRAIN_TICK_MS * 1000000L};
+        int sig = sigtimedwait(&set, NULL, &tick);
+        if (sig == SIGTERM || sig == SIGINT) {
+            log_info(NULL, "worker: %s again: closing every session now", strsignal(sig));
+            return false;
+        }
+        if (sig == SIGHUP)
+            log_warn(NULL, "worker: reload ignored: stopping");
+    }
+    return true;
+}
+
+/* SIGTERM: no new sessions; those in flight finish within the deadline,
+ * then the rest are answered 421 4.3.2 and closed. */
+static void worker_drain(struct worker *w)
+{
+    atomic_store(&w->stopping, true);
+    worker_post_all(w, worker_loop_unlisten_cb);
+    int64_t timeout = w->gen->cfg->shutdown_timeout_ms;
+    log_info(NULL, "worker: stopping: %d sessions may finish within %lld ms",
+             atomic_load(&w->sessions), (long long)timeout);
+    bool patient = worker_wait_sessions(w, worker_now_ms() + timeout);
+    int left = atomic_load(&w->sessions);
+    if (left == 0) {
+        log_info(NULL, "worker: every session finished");
+        return;
+    }
+    log_info(NULL, "worker: %s: closing %d sessions with 421 4.3.2",
+             patient ? "shutdown deadline passed" : "stopping at once", left);
+    worker_post_all(w, worker_loop_shutdown_cb);
+    worker_wait_sessions(w, worker_now_ms() + WORKER_CLOSE_WAIT_MS);
+}
+
+/* Before any plugin, script or store file is opened. */
+static int worker_become_user(const struct sluice_config *cfg, const struct run_as *run_as,
+                              char *err, size_t errlen)
+{
+    char who[200], why[400];
+    privileges_describe(run_as, who, sizeof who);
+    if (privileges_drop(run_as, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s", why);
+        return -1;
+    }
+    if (privileges_check_paths(cfg, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s: the worker (user %s) %s", cfg->path, run_as->user, why);
+        return -1;
+    }
+    log_info(NULL, "worker: running as %s", who);
+    return 0;
+}
+
+int worker_run(const struct sluice_config *cfg, const struct run_as *run_as, const int *fds,
+               int ready_fd)
 {
     char err[512] = "";
     struct worker w = {.cfg = cfg, .nloops = cfg->threads, .backend_ops = &backend_smtp_ops};
     pthread_mutex_init(&w.gen_lock, NULL);
-    evthread_use_pthreads();
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGHUP);
+    worker_stop_signals(&set);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
+    if (worker_become_user(cfg, run_as, err, sizeof err) < 0) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "error: %s\n", err);
+        worker_report(ready_fd, msg);
+        pthread_mutex_destroy(&w.gen_lock);
+        return 1;
+    }
+    evthread_use_pthreads();
 
     w.loops = calloc((size_t)w.nloops, sizeof *w.loops);
     struct listener_ctx *ctxs = calloc((size_t)w.nloops * cfg->nlistens, sizeof *ctxs);
@@ -396,11 +566,12 @@ int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd)
         }
     if (worker_wait_started(w.nloops, err, sizeof err) < 0)
         goto out;
-    if (cfg->metrics_listen && metrics_start(cfg->metrics_listen, err, sizeof err) < 0)
+    if (worker_metrics_start(&w, cfg->metrics_listen, err, sizeof err) < 0)
         goto out;
     worker_report(ready_fd, "ok\n");
     log_info(NULL, "worker: %d loop threads, %zu listeners each", w.nloops, cfg->nlistens);
     worker_wait_for_stop(&w, ready_fd);
+    worker_drain(&w);
     rc = 0;
 out:
     if (rc != 0) {
@@ -410,6 +581,7 @@ out:
         log_err(NULL, "worker: %s", err);
     }
     metrics_stop();
+    free(w.metrics_listen);
     for (int i = 0; i < started; i++)
         event_base_once(w.loops[i].base, -1, EV_TIMEOUT, worker_loop_stop_cb, &w.loops[i], NULL);
     for (int i = 0; i < started; i++)

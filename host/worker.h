@@ -24,11 +24,15 @@ struct session;
 struct backend_ops;
 struct smtp_backend;
 struct accept_guard;
+struct run_as;
 
 struct loop {
     int index;
     struct event_base *base;
     struct dns_ctx *dns;
+    struct dns_ctx **dns_retired; /* replaced at reloads, freed once idle */
+    size_t ndns_retired;
+    struct event *dns_sweep;      /* looks for idle retired contexts */
     struct store_thread *store;
     struct worker *worker;
     struct evconnlistener **listeners;
@@ -62,11 +66,15 @@ struct worker {
     /* Where transactions go: backend_smtp_ops, or sluice-check's
      * backend_check_ops (recipients and messages go nowhere). */
     const struct backend_ops *backend_ops;
+    char *metrics_listen; /* where the metrics endpoint listens now, or NULL */
 };
 
 /* fds[l * nloops + t]: the listening socket of listen entry l for loop t.
- * Runs until SIGTERM/SIGINT; ready_fd (or -1) receives "ok\n" once every loop
+ * First becomes run_as's user (before any plugin loads). Runs until
+ * SIGTERM/SIGINT, then lets sessions finish within timeouts.shutdown (a
+ * second signal: at once); ready_fd (or -1) receives "ok\n" once every loop
  * listens, or "error: ...\n". Returns the process exit status. */
-int worker_run(const struct sluice_config *cfg, const int *fds, int ready_fd);
+int worker_run(const struct sluice_config *cfg, const struct run_as *run_as, const int *fds,
+               int ready_fd);
 
 #endif

@@ -29,8 +29,9 @@ static int setting_fail(struct luap_entry *le, const char *name, const char *wha
 static int read_settings(struct luap_entry *le, char *err, size_t errlen)
 {
     sluice_entry *e = le->entry;
-    if (sluice_setting_string(e, "script", &le->script) != 0)
+    if (sluice_setting_path(e, "script", le->script_path, sizeof le->script_path) != 0)
         return setting_fail(le, "script", "must name the policy script", err, errlen);
+    le->script = le->script_path;
     int64_t mem = LUART_DEFAULT_MAX_MEMORY;
     if (sluice_setting_size(e, "max_memory", &mem) < 0 || mem < 1024 * 1024)
         return setting_fail(le, "max_memory", "must be a size of at least 1M", err, errlen);

@@ -20,7 +20,8 @@
 /* One chain entry (entry_state). */
 struct luap_entry {
     sluice_entry *entry;
-    const char *script;
+    const char *script;     /* script_path */
+    char script_path[4096]; /* resolved against the directory of sluice.conf */
     struct luart_limits limits;
     enum luab_on_error on_error;
     int64_t max_body; /* cap of s:body() */

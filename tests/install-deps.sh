@@ -56,4 +56,10 @@ if [ "$postfix_was_running" -eq 0 ] && postfix_running; then
     /usr/sbin/postfix stop || true
 fi
 
+# The worker's user (sluice.conf's default "user"): the integration tests
+# run sluice with its privileges dropped to it, as in production.
+if ! getent passwd sluice >/dev/null; then
+    adduser --system --group --home /var/lib/sluice --no-create-home sluice
+fi
+
 echo "install-deps.sh: done"

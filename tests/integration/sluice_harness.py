@@ -10,6 +10,7 @@ import fcntl
 import glob
 import json
 import os
+import pwd
 import random
 import re
 import shutil
@@ -27,6 +28,36 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 LOG_TAIL_LINES = 60
 CLIENT_TIMEOUT = 30.0
+
+
+WORKER_USER = "sluice"
+USER_LOCK = "/tmp/sluice-tests-user.lock"
+
+
+def worker_user():
+    """The user sluice's worker runs as in the tests, as in production: the
+    dedicated "sluice" user when the tests run as root (tests/install-deps.sh
+    creates it; created here when missing), else the user running them (who
+    has nothing to drop). Returns its passwd entry."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid())
+    with open(USER_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return pwd.getpwnam(WORKER_USER)
+        except KeyError:
+            subprocess.run(["adduser", "--system", "--group", "--home", "/var/lib/sluice",
+                            "--no-create-home", WORKER_USER], check=True,
+                           stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            return pwd.getpwnam(WORKER_USER)
+
+
+def make_worker_dir(path):
+    """A directory only the worker's user may write (its spool, its files)."""
+    user = worker_user()
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chown(path, user.pw_uid, user.pw_gid)
+    return path
 
 
 def sluice_bin():
@@ -271,14 +302,28 @@ class Sluice:
         return wait_until(lambda: self.grep(pattern), timeout,
                           what="log line matching %r" % pattern)
 
+    def worker_pid(self):
+        """The worker: the master's child (None while it is being restarted)."""
+        try:
+            with open("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return None
+        return pids[0] if pids else None
+
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM (sessions drain), a second one (at once), then SIGKILL."""
+        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                break
+            worker = self.worker_pid()
+            self.proc.send_signal(sig)
+            if sig == signal.SIGKILL and worker:
+                os.kill(worker, signal.SIGKILL)
             try:
                 self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT)
+                pass
         self.log.close()
 
 
@@ -392,8 +437,11 @@ def base_config(workdir, listen_port, pools, routes=(), listen_options=None, **o
         "routes": tuple({"match": m, "pool": p} for m, p in routes),
         "default_pool": pools[0]["name"],
         "limits": {"max_message_size": "40M", "max_recipients": 100},
-        "timeouts": {"command": "5m", "data_block": "3m"},
-        "data": {"bare_newline": "reject", "spool_memory": "1M", "spool_dir": workdir},
+        # Sessions a test leaves open would otherwise hold every stop 30 s.
+        "timeouts": {"command": "5m", "data_block": "3m", "shutdown": "2s"},
+        "user": worker_user().pw_name,
+        "data": {"bare_newline": "reject", "spool_memory": "1M",
+                 "spool_dir": make_worker_dir(os.path.join(workdir, "spool"))},
         # Nobody answers on this port, so reverse lookups fail at once.
         "dns": {"servers": ["127.0.0.1:%d" % free_port(socket.SOCK_DGRAM)],
                 "timeout": "1s"},
@@ -401,6 +449,8 @@ def base_config(workdir, listen_port, pools, routes=(), listen_options=None, **o
         # Everything arrives from 127.0.0.1: only the limit tests turn these on.
         "connections": {"per_address": 0, "per_network": 0, "rate": 0},
         "store": {"backend": "lmdb", "path": os.path.join(workdir, "store")},
+        # What sluice -t compares a new file with; each test has its own.
+        "state_file": os.path.join(workdir, "running.state"),
     }
     for key, value in overrides.items():
         if value is None:
@@ -418,6 +468,10 @@ class SluiceTestCase(unittest.TestCase):
         if not os.environ.get("SLUICE_BIN") and not os.path.exists(sluice_bin()):
             self.skipTest("no sluice binary at %s (set SLUICE_BIN)" % sluice_bin())
         self.workdir = tempfile.mkdtemp(prefix="sluice-it-")
+        # The worker runs as an unprivileged user: it reads what is here
+        # (configuration, scripts) like /etc/sluice, and writes only its own
+        # directories (spool, store).
+        os.chmod(self.workdir, 0o755)
         self.backends = []
         self.sluices = []
         self.clients = []

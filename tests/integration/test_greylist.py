@@ -16,7 +16,7 @@ import time
 import unittest
 
 from sluice_harness import (Sluice, SluiceTestCase, base_config, free_port, pool, render_config,
-                            run_sluice_check, sluice_bin, wait_until)
+                            run_sluice_check, sluice_bin, wait_until, worker_user)
 
 SENDER = "alice@sender.example"
 RCPT = "bob@a.example"
@@ -100,6 +100,10 @@ def lmdb_fill(path, map_size=MAP_SIZE):
             if done.returncode != 0:
                 break
             loaded += batch
+    # mdb_load ran as the test's user; the store is the worker's.
+    user = worker_user()
+    for name in [path] + [os.path.join(path, f) for f in os.listdir(path)]:
+        os.chown(name, user.pw_uid, user.pw_gid)
     return loaded
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 import unittest
 
-from sluice_harness import (PYTHON, START_TIMEOUT, Raw, RawClient, SluiceTestCase, free_port,
+from sluice_harness import (PYTHON, make_worker_dir, START_TIMEOUT, Raw, RawClient, SluiceTestCase, free_port,
                             pool, wait_until)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -398,7 +398,8 @@ class HostileClientTest(HostileTestCase):
 
     def test_smuggling_in_normalize_mode_becomes_body_text_of_one_message(self):
         b, port = self.relay(data={"bare_newline": "normalize", "spool_memory": "1M",
-                                   "spool_dir": self.workdir})
+                                   "spool_dir": make_worker_dir(
+                                       os.path.join(self.workdir, "spool"))})
         with_nul = [f for f in self.FAKE_ENDS if b"\x00" in f]
         for i, fake_end in enumerate(self.FAKE_ENDS):
             reply = self.smuggle(port, fake_end, split=i % 2 == 1)

@@ -23,7 +23,8 @@ import unittest
 
 import os
 
-from sluice_harness import RawClient, Sluice, base_config, free_port, pool, wait_until
+from sluice_harness import (RawClient, Sluice, base_config, free_port, make_worker_dir, pool,
+                            wait_until)
 from test_hostile import (NO_LIMITS, SANITIZER_PATTERN, WELL_FORMED_COMMAND, EvilBackend,
                           HostileTestCase, limits)
 
@@ -43,7 +44,7 @@ class ProtocolTestCase(HostileTestCase):
         conf.setdefault("connections", NO_LIMITS)
         conf.setdefault("limits", limits())
         conf.setdefault("data", {"bare_newline": mode, "spool_memory": "64K",
-                                 "spool_dir": workdir})
+                                 "spool_dir": make_worker_dir(os.path.join(workdir, "spool"))})
         port = free_port()
         self.sluice = Sluice(workdir, base_config(
             workdir, port, [pool("a", [b.port], max_connections=2, wait="5s")],

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import unittest
 
-from sluice_harness import SluiceTestCase, free_port, sluice_bin, wait_until
+from sluice_harness import SluiceTestCase, free_port, make_worker_dir, sluice_bin, wait_until
 
 INSTALL_TIMEOUT = 120
 
@@ -136,7 +136,8 @@ class InstallTest(SluiceTestCase):
         text += '\nstore = { path = "%s"; };\n' % os.path.join(self.workdir, "store")
         text += 'dns = { servers = [ "127.0.0.1:%d" ]; timeout = "1s"; };\n' % free_port(
             socket.SOCK_DGRAM)
-        text = re.sub(r'spool_dir = "[^"]*";', 'spool_dir = "%s";' % self.workdir, text)
+        spool = make_worker_dir(os.path.join(self.workdir, "spool"))
+        text = re.sub(r'spool_dir = "[^"]*";', 'spool_dir = "%s";' % spool, text)
         with open(conf_path, "w") as f:
             f.write(text)
         tarpit = os.path.join(etc, "conf.d", "10-tarpit.conf")

@@ -2,11 +2,12 @@
 idle clients, long lines, error counts and recipient counts."""
 
 import concurrent.futures
+import os
 import smtplib
 import time
 import unittest
 
-from sluice_harness import SluiceTestCase, pool
+from sluice_harness import SluiceTestCase, make_worker_dir, pool
 
 SENDER = "sender@x.example"
 CLIENTS = 50
@@ -70,7 +71,8 @@ class LimitsTest(SluiceTestCase):
 
     def test_bare_lf_normalized_to_crlf_and_lf_dot_lf_does_not_end_data(self):
         b, port = self.relay(data={"bare_newline": "normalize", "spool_memory": "1M",
-                                   "spool_dir": self.workdir})
+                                   "spool_dir": make_worker_dir(
+                                       os.path.join(self.workdir, "spool"))})
         c = self.start_data(port)
         c.send(b"Subject: smuggle\r\n\r\nfirst\n.\nsecond\r\nthird\r\n.\r\n")
         self.assertReply(c.read_reply(), 250)

@@ -163,7 +163,6 @@ class ExampleScripts(LuaTestCase):
 
     def test_rate_limit_counts_senders_in_the_lmdb_store(self):
         store = {"backend": "lmdb", "path": os.path.join(self.workdir, "store")}
-        os.makedirs(store["path"])
         _, port = self.start_lua(os.path.join(EXAMPLES, "rate_limit.lua"),
                                  {"limit": 2, "window": "1h"}, store=store)
         c = self.open_session(port)

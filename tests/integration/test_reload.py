@@ -431,17 +431,6 @@ class ReloadLifecycleTest(ReloadTestCase):
             self.assertEqual(self.delivered(b, "<threads-%d@reload.test>" % i).get_all("X-Gen"),
                              ["after"])
 
-    def test_changed_dns_servers_are_warned_about_as_restart_only(self):
-        b = self.start_backend("a")
-        s = self.start_sluice(self.config([pool("a", [b.port])]))
-        with open(s.conf_path) as f:
-            text = f.read()
-        with open(s.conf_path, "w") as f:
-            f.write(text.replace('timeout = "1s";', 'timeout = "2s";', 1))
-        self.reload(s)
-        s.wait_log(r"reload: 'dns' changed: it applies only after a restart", 5.0)
-        s.wait_log(r"reload done", 5.0)
-
     def test_session_pending_in_a_plugin_during_reload_resumes_on_its_generation(self):
         b = self.start_backend("a")
         self.gen_entry("old")

@@ -67,14 +67,62 @@ class SluiceCheckTest(SluiceTestCase):
     def test_message_passing_every_entry_exits_0_without_touching_the_backend(self):
         backend = self.start_backend("a")
         s = self.start_sluice(self.config(backend.port))
-        out = self.check(s.conf_path, "good@x.example", ["u@a.example", "v@unrouted.example"])
+        out = self.check(s.conf_path, "good@x.example", ["u@a.example", "w@a.example"])
         text = out.stdout.decode()
         self.assertEqual(out.returncode, 0, text + out.stderr.decode())
         self.assertRegex(text, r"mail\s+10-reject-sender\s+continue")
         self.assertRegex(text, r"eom\s+20-tag\s+continue")
-        self.assertIn("550 5.7.1 Relay access denied", text)
         self.assertRegex(text, r"<<< 250 2\.0\.0 .*check mode")
         self.assertEqual(backend.connection_count(), 0)
+
+    def test_one_refused_recipient_among_accepted_ones_exits_1(self):
+        backend = self.start_backend("a")
+        s = self.start_sluice(self.config(backend.port))
+        out = self.check(s.conf_path, "good@x.example", ["u@a.example", "v@unrouted.example"])
+        text = out.stdout.decode()
+        self.assertEqual(out.returncode, 1, text + out.stderr.decode())
+        self.assertIn("550 5.7.1 Relay access denied", text)
+        # The accepted recipient still gets the message through the chain.
+        self.assertRegex(text, r"eom\s+20-tag\s+continue")
+        self.assertRegex(text, r"<<< 250 2\.0\.0 .*check mode")
+        self.assertEqual(backend.connection_count(), 0)
+
+    @unittest.skipUnless(os.geteuid() == 0, "dropping privileges needs root")
+    def test_run_as_root_the_chain_gets_the_workers_rights(self):
+        secret = os.path.join(self.workdir, "secret")
+        with open(secret, "w") as f:
+            f.write("root only\n")
+        os.chmod(secret, 0o600)
+        script = os.path.join(self.workdir, "peek.lua")
+        with open(script, "w") as f:
+            f.write('local f, err = io.open(%r, "r")\n'
+                    'sluice.on("rcpt", function(s)\n'
+                    '    return sluice.reject(550, "5.7.1", "peek: " .. (f and "read" or err))\n'
+                    'end)\n' % secret)
+        with open(os.path.join(self.conf_dir, "30-peek.conf"), "w") as f:
+            f.write('plugin = "lua";\nscript = "%s";\nallow_io = true;\n' % script)
+        conf = os.path.join(self.workdir, "sluice.conf")
+        with open(conf, "w") as f:
+            f.write(base_config(self.workdir, free_port(), [pool("a", [free_port()])],
+                                (("a.example", "a"),),
+                                plugin_dir=os.path.join(BUILD_DIR, "plugins")))
+        out = self.check(conf, "good@x.example", ["u@a.example"], message=False)
+        text = out.stdout.decode()
+        self.assertEqual(out.returncode, 1, text + out.stderr.decode())
+        self.assertIn("Permission denied", text)
+        self.assertNotIn("peek: read", text)
+
+    def test_smtp_option_greets_with_helo(self):
+        backend = self.start_backend("a")
+        s = self.start_sluice(self.config(backend.port))
+        args = [CHECK_BIN, "-c", s.conf_path, "--client", "127.0.0.1", "--helo", "client.test",
+                "--smtp", "--from", "good@x.example", "--rcpt", "u@a.example"]
+        out = subprocess.run(args, capture_output=True, timeout=CHECK_TIMEOUT,
+                             stdin=subprocess.DEVNULL)
+        text = out.stdout.decode()
+        self.assertEqual(out.returncode, 0, text + out.stderr.decode())
+        self.assertIn(">>> HELO client.test", text)
+        self.assertNotIn("EHLO", text)
 
 
 if __name__ == "__main__":

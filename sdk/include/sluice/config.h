@@ -55,6 +55,14 @@ int sluice_setting_count(const sluice_entry *e, const char *path);
  * or NULL past the end: to walk free-form options (the Lua bridge passes
  * them to scripts). */
 const char *sluice_setting_name_at(const sluice_entry *e, const char *path, int i);
+/* A setting naming a file or directory, resolved like the host's own paths:
+ * a relative value is relative to the directory of sluice.conf (never to
+ * the working directory). Writes the path into out; returns like the
+ * getters, and -1 also when out is too small. Since ABI 1.2. */
+int sluice_setting_path(const sluice_entry *e, const char *path, char *out, size_t outlen);
+/* The directory of sluice.conf ("." when unknown). Since ABI 1.2. */
+const char *sluice_config_dir(const sluice_entry *e);
+
 /* The line of a setting in the entry's file (0 when absent), for messages. */
 int sluice_setting_line(const sluice_entry *e, const char *path);
 
