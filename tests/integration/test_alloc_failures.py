@@ -9,7 +9,8 @@ import sys
 import time
 import unittest
 
-from sluice_harness import RawClient, SluiceTestCase, base_config, free_port, pool
+from sluice_harness import (RawClient, SluiceTestCase, base_config, free_port, make_worker_dir,
+                            pool)
 
 SENDER = "sender@x.example"
 RCPTS = ["one@a.example", "two@a.example"]
@@ -31,8 +32,9 @@ class AllocFailureTest(SluiceTestCase):
         super().setUp()
         if not os.path.exists(failalloc_bin()):
             self.skipTest("sluice-failalloc is not built (SLUICE_TESTS=ON builds it)")
-        self.ctl = os.path.join(self.workdir, "failalloc")
-        os.makedirs(self.ctl)
+        # The worker (an unprivileged user) takes the arm file and writes
+        # the fired one: the directory is its own.
+        self.ctl = make_worker_dir(os.path.join(self.workdir, "failalloc"))
         self.backend = self.start_backend("a")
         self.port = free_port()
 
