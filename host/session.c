@@ -221,6 +221,8 @@ static void session_txn_clear(struct session *s)
         free(t->rcpts[i].addr);
     free(t->rcpts);
     free(t->fail_reply);
+    if (s->state == SS_MAIL)
+        s->state = SS_HELO;
     free(s->cur_rcpt_addr);
     s->cur_rcpt_addr = NULL;
     memset(t, 0, sizeof *t);
@@ -376,7 +378,7 @@ static void session_connect_done(struct session *s, const struct hook_verdict *v
 {
     if (v->kind == VERDICT_REJECT) {
         session_verdict_reply(s, HOOK_CONNECT, v);
-        s->rejected = true;
+        s->state = SS_REJECTED;
         s->phase = PH_COMMANDS;
         session_done(s);
         return;

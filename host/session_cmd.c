@@ -1,5 +1,7 @@
-/* The SMTP commands, each checked, passed through its hook, then carried
- * out (OpenSMTPD's check / filter / proceed shape). */
+/* The SMTP commands: one table row per verb says in which states it is
+ * allowed (and the reply where it is not), how it is checked, which hook
+ * runs, and how it proceeds (OpenSMTPD's check / filter / proceed shape).
+ * Adding a command is adding a row. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,22 +50,24 @@ static void cmd_ehlo_reply(struct session *s)
     session_write(s, out, n);
 }
 
-static void cmd_helo_done(struct session *s, const struct hook_verdict *v)
+static void cmd_helo_proceed(struct session *s, const struct hook_verdict *v)
 {
     if (session_apply_verdict(s, HOOK_HELO, v)) {
         free(s->helo);
         s->helo = NULL;
+        s->state = SS_CONNECTED;
     } else {
+        s->state = SS_HELO;
         cmd_ehlo_reply(s);
     }
     session_done(s);
 }
 
-static void cmd_helo(struct session *s, const struct smtp_cmd *c, bool esmtp)
+static bool cmd_helo_check(struct session *s, const struct smtp_cmd *c)
 {
     if (!smtp_helo_valid(c->arg, c->arg_len)) {
         session_error(s, R_SYNTAX_HELO);
-        return;
+        return false;
     }
     /* EHLO in the middle of a transaction resets it (RFC 5321 4.1.4). */
     if (s->txn.active)
@@ -72,12 +76,12 @@ static void cmd_helo(struct session *s, const struct smtp_cmd *c, bool esmtp)
     s->helo = strndup(c->arg, c->arg_len);
     if (!s->helo) {
         log_err(s->sid, "out of memory at HELO");
+        s->state = SS_CONNECTED;
         session_reply(s, R_INTERNAL);
-        return;
+        return false;
     }
-    s->esmtp = esmtp;
-    session_busy(s);
-    hooks_run(s, HOOK_HELO, cmd_helo_done);
+    s->esmtp = c->verb == SMTP_EHLO;
+    return true;
 }
 
 /* ---- MAIL --------------------------------------------------------------- */
@@ -99,62 +103,55 @@ static enum reply_id cmd_param_error(enum smtp_param_status st)
     return st == SMTP_PARAM_UNSUPPORTED ? R_PARAM_UNSUPPORTED : R_SYNTAX_PATH;
 }
 
-static void cmd_mail_done(struct session *s, const struct hook_verdict *v)
+static void cmd_mail_proceed(struct session *s, const struct hook_verdict *v)
 {
     if (session_apply_verdict(s, HOOK_MAIL, v)) {
         free(s->txn.from);
         s->txn.from = NULL;
         s->txn.active = false;
+        s->state = SS_HELO;
     } else {
         session_reply(s, R_MAIL_OK);
     }
     session_done(s);
 }
 
-static void cmd_mail(struct session *s, const struct smtp_cmd *c)
+static bool cmd_mail_check(struct session *s, const struct smtp_cmd *c)
 {
-    if (!s->helo) {
-        session_error(s, R_NEED_HELO);
-        return;
-    }
-    if (s->txn.active) {
-        session_error(s, R_NESTED_MAIL);
-        return;
-    }
     bool utf8 = smtp_path_has_smtputf8(c->arg, c->arg_len);
     struct smtp_path path;
     enum smtp_path_status ps = smtp_path_parse(c->arg, c->arg_len, false, utf8, &path);
     if (ps != SMTP_PATH_OK) {
         session_error(s, cmd_path_error(ps));
-        return;
+        return false;
     }
     struct mail_params mp;
     enum smtp_param_status pst = smtp_mail_params(&path, &mp);
     if (pst != SMTP_PARAM_OK) {
         session_error(s, cmd_param_error(pst));
-        return;
+        return false;
     }
     if (mp.smtputf8 && !cmd_all_pools_smtputf8(s->cfg)) {
         session_error(s, R_PARAM_UNSUPPORTED);
-        return;
+        return false;
     }
     if (mp.size > s->cfg->max_message_size) {
         session_reply(s, R_TOO_BIG);
-        return;
+        return false;
     }
     session_txn_reset(s);
     s->txn.from = strndup(path.addr, path.addr_len);
     if (!s->txn.from) {
         log_err(s->sid, "out of memory at MAIL");
         session_reply(s, R_INTERNAL);
-        return;
+        return false;
     }
     s->txn.from_len = path.addr_len;
     s->txn.mp = mp;
     s->txn.active = true;
+    s->state = SS_MAIL;
     gettimeofday(&s->txn.start, NULL);
-    session_busy(s);
-    hooks_run(s, HOOK_MAIL, cmd_mail_done);
+    return true;
 }
 
 /* ---- RCPT --------------------------------------------------------------- */
@@ -164,7 +161,7 @@ static bool cmd_trusted(const struct session *s)
     return netlist_match(s->cfg->relay_networks, (const struct sockaddr *)&s->peer);
 }
 
-static void cmd_rcpt_done(struct session *s, const struct hook_verdict *v)
+static void cmd_rcpt_proceed(struct session *s, const struct hook_verdict *v)
 {
     if (session_apply_verdict(s, HOOK_RCPT, v)) {
         if (s->phase != PH_CLOSING) {
@@ -178,27 +175,23 @@ static void cmd_rcpt_done(struct session *s, const struct hook_verdict *v)
     session_rcpt_relay(s);
 }
 
-static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
+static bool cmd_rcpt_check(struct session *s, const struct smtp_cmd *c)
 {
-    if (!s->txn.active) {
-        session_error(s, R_NEED_MAIL);
-        return;
-    }
     struct smtp_path path;
     enum smtp_path_status ps =
         smtp_path_parse(c->arg, c->arg_len, true, s->txn.mp.smtputf8, &path);
     if (ps != SMTP_PATH_OK) {
         session_error(s, cmd_path_error(ps));
-        return;
+        return false;
     }
     enum smtp_param_status pst = smtp_rcpt_params(&path, &s->cur_rcpt_params);
     if (pst != SMTP_PARAM_OK) {
         session_error(s, cmd_param_error(pst));
-        return;
+        return false;
     }
     if (s->txn.nrcpts >= (size_t)s->cfg->max_recipients) {
         session_reply(s, R_TOO_MANY_RCPTS);
-        return;
+        return false;
     }
     struct relay_decision relay = relay_control(s->cfg, cmd_trusted(s), &path);
     int pool = relay.pool;
@@ -210,61 +203,132 @@ static void cmd_rcpt(struct session *s, const struct smtp_cmd *c)
         host_metrics_relay_denied();
         host_metrics_rcpt(550);
         session_error(s, R_RELAY_DENIED);
-        return;
+        return false;
     }
     if (s->txn.pool >= 0 && pool != s->txn.pool) {
         session_reply(s, R_ROUTE_CONFLICT);
-        return;
+        return false;
     }
     free(s->cur_rcpt_addr);
     s->cur_rcpt_addr = strndup(path.addr, path.addr_len);
     if (!s->cur_rcpt_addr || !session_txn_reserve_rcpt(s)) {
         log_err(s->sid, "out of memory at RCPT");
         session_reply(s, R_INTERNAL);
-        return;
+        return false;
     }
     s->cur_rcpt_pool = pool;
-    session_busy(s);
-    hooks_run(s, HOOK_RCPT, cmd_rcpt_done);
+    return true;
 }
 
 /* ---- DATA and the simple ones ------------------------------------------- */
 
-static void cmd_data(struct session *s, const struct smtp_cmd *c)
+static bool cmd_data_check(struct session *s, const struct smtp_cmd *c)
 {
-    if (c->arg_len > 0) {
-        session_error(s, R_SYNTAX_NOARGS);
-        return;
-    }
-    if (!s->txn.active) {
-        session_error(s, R_NEED_MAIL);
-        return;
-    }
+    (void)c;
     if (s->txn.naccepted == 0) {
         session_error(s, R_NO_VALID_RCPT);
-        return;
+        return false;
     }
-    session_busy(s);
-    session_data_start(s);
+    return true;
 }
 
-static void cmd_rset(struct session *s, const struct smtp_cmd *c)
+static void cmd_data_proceed(struct session *s, const struct hook_verdict *v)
 {
-    if (c->arg_len > 0) {
-        session_error(s, R_SYNTAX_NOARGS);
-        return;
-    }
+    (void)v;
+    session_busy(s);
+    session_data_start(s); /* the data hook runs there, before the 354 */
+}
+
+static void cmd_rset_proceed(struct session *s, const struct hook_verdict *v)
+{
+    (void)v;
     if (s->txn.active && s->txn.nrcpts > 0)
         session_log_txn(s, "rset");
     session_txn_reset(s);
     session_reply(s, R_RSET_OK);
 }
 
-static void cmd_quit(struct session *s)
+static void cmd_quit_proceed(struct session *s, const struct hook_verdict *v)
 {
+    (void)v;
     if (s->txn.active && s->txn.nrcpts > 0)
         session_log_txn(s, "quit");
     session_close_after(s, R_BYE);
+}
+
+/* Commands answered from the table alone. */
+static void cmd_noop_proceed(struct session *s, const struct hook_verdict *v)
+{
+    (void)v;
+    session_reply(s, R_NOOP_OK);
+}
+
+static void cmd_help_proceed(struct session *s, const struct hook_verdict *v)
+{
+    (void)v;
+    session_reply(s, R_HELP);
+}
+
+static void cmd_vrfy_proceed(struct session *s, const struct hook_verdict *v)
+{
+    (void)v;
+    session_reply(s, R_VRFY);
+}
+
+/* ---- the table ---------------------------------------------------------- */
+
+#define OK R_COUNT /* allowed in this state */
+#define ANY_BUT_REJECTED {[SS_CONNECTED] = OK, [SS_HELO] = OK, [SS_MAIL] = OK, \
+                          [SS_REJECTED] = R_BAD_SEQUENCE}
+#define IN_TRANSACTION {[SS_CONNECTED] = R_NEED_MAIL, [SS_HELO] = R_NEED_MAIL, [SS_MAIL] = OK, \
+                        [SS_REJECTED] = R_BAD_SEQUENCE}
+
+struct cmd_row {
+    enum smtp_verb verb;
+    bool no_args;                       /* an argument is a syntax error (checked first) */
+    enum reply_id refused[SS_COUNT];    /* per state: OK, or the reply (a counted error) */
+    bool (*check)(struct session *s, const struct smtp_cmd *c); /* false: it answered */
+    enum hook_point hook;               /* HOOK_COUNT: none */
+    void (*proceed)(struct session *s, const struct hook_verdict *v); /* v NULL without hook */
+    enum reply_id reply;                /* no proceed: this reply (a counted error when 5xx) */
+};
+
+static const struct cmd_row cmd_table[] = {
+    {SMTP_HELO, false, ANY_BUT_REJECTED, cmd_helo_check, HOOK_HELO, cmd_helo_proceed, OK},
+    {SMTP_EHLO, false, ANY_BUT_REJECTED, cmd_helo_check, HOOK_HELO, cmd_helo_proceed, OK},
+    {SMTP_MAIL, false,
+     {[SS_CONNECTED] = R_NEED_HELO, [SS_HELO] = OK, [SS_MAIL] = R_NESTED_MAIL,
+      [SS_REJECTED] = R_BAD_SEQUENCE},
+     cmd_mail_check, HOOK_MAIL, cmd_mail_proceed, OK},
+    {SMTP_RCPT, false, IN_TRANSACTION, cmd_rcpt_check, HOOK_RCPT, cmd_rcpt_proceed, OK},
+    {SMTP_DATA, true, IN_TRANSACTION, cmd_data_check, HOOK_COUNT, cmd_data_proceed, OK},
+    {SMTP_RSET, true, ANY_BUT_REJECTED, NULL, HOOK_COUNT, cmd_rset_proceed, OK},
+    {SMTP_NOOP, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, cmd_noop_proceed, OK},
+    {SMTP_QUIT, false, {OK, OK, OK, OK}, NULL, HOOK_COUNT, cmd_quit_proceed, OK},
+    {SMTP_HELP, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, cmd_help_proceed, OK},
+    {SMTP_VRFY, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, cmd_vrfy_proceed, OK},
+    {SMTP_EXPN, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},
+    {SMTP_STARTTLS, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},
+    {SMTP_AUTH, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},
+    {SMTP_BDAT, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},
+    {SMTP_XCLIENT, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},
+    {SMTP_UNKNOWN, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_UNKNOWN_CMD},
+};
+
+static const struct cmd_row *cmd_find(enum smtp_verb verb)
+{
+    for (size_t i = 0; i < sizeof cmd_table / sizeof cmd_table[0]; i++)
+        if (cmd_table[i].verb == verb)
+            return &cmd_table[i];
+    return &cmd_table[sizeof cmd_table / sizeof cmd_table[0] - 1]; /* SMTP_UNKNOWN */
+}
+
+/* The hook of the running command decided. */
+static void cmd_hook_done(struct session *s, const struct hook_verdict *v)
+{
+    const struct cmd_row *row = s->cmd_row;
+    s->cmd_row = NULL;
+    row->proceed(s, v);
 }
 
 void session_command(struct session *s, const char *line, size_t len)
@@ -274,49 +338,27 @@ void session_command(struct session *s, const char *line, size_t len)
         session_error(s, R_BAD_BYTES);
         return;
     }
-    if (s->rejected && c.verb != SMTP_QUIT) {
-        session_error(s, R_BAD_SEQUENCE);
+    const struct cmd_row *row = cmd_find(c.verb);
+    enum reply_id refused = row->refused[s->state];
+    /* A stray argument is named before the sequence (but not to a client
+     * refused at connect, which only hears that it may QUIT). */
+    if (s->state != SS_REJECTED && row->no_args && c.arg_len > 0)
+        refused = R_SYNTAX_NOARGS;
+    if (refused != OK) {
+        session_error(s, refused);
         return;
     }
-    switch (c.verb) {
-    case SMTP_EHLO:
-    case SMTP_HELO:
-        cmd_helo(s, &c, c.verb == SMTP_EHLO);
-        return;
-    case SMTP_MAIL:
-        cmd_mail(s, &c);
-        return;
-    case SMTP_RCPT:
-        cmd_rcpt(s, &c);
-        return;
-    case SMTP_DATA:
-        cmd_data(s, &c);
-        return;
-    case SMTP_RSET:
-        cmd_rset(s, &c);
-        return;
-    case SMTP_NOOP:
-        session_reply(s, R_NOOP_OK);
-        return;
-    case SMTP_QUIT:
-        cmd_quit(s);
-        return;
-    case SMTP_HELP:
-        session_reply(s, R_HELP);
-        return;
-    case SMTP_VRFY:
-        session_reply(s, R_VRFY);
-        return;
-    case SMTP_EXPN:
-    case SMTP_STARTTLS:
-    case SMTP_AUTH:
-    case SMTP_BDAT:
-    case SMTP_XCLIENT:
-        session_error(s, R_NOT_IMPLEMENTED);
-        return;
-    case SMTP_UNKNOWN:
-    default:
-        session_error(s, R_UNKNOWN_CMD);
+    if (!row->proceed) {
+        session_error(s, row->reply);
         return;
     }
+    if (row->check && !row->check(s, &c))
+        return;
+    if (row->hook == HOOK_COUNT) {
+        row->proceed(s, NULL);
+        return;
+    }
+    session_busy(s);
+    s->cmd_row = row;
+    hooks_run(s, row->hook, cmd_hook_done);
 }

@@ -25,6 +25,7 @@ struct plugin_entry;
 struct note;
 struct sdk_op;
 struct message_info;
+struct cmd_row;
 
 enum session_phase {
     PH_PROXY,        /* waiting for the PROXY header */
@@ -33,6 +34,16 @@ enum session_phase {
     PH_COMMANDS,
     PH_DATA,         /* after 354: everything is message */
     PH_CLOSING,
+};
+
+/* Where the SMTP conversation is (RFC 5321 4.1.4): what each command is
+ * allowed in is the command table's business (session_cmd.c). */
+enum smtp_state {
+    SS_CONNECTED, /* greeted, no accepted HELO/EHLO yet (also after STARTTLS) */
+    SS_HELO,      /* HELO/EHLO accepted, no transaction */
+    SS_MAIL,      /* MAIL accepted: a transaction (recipients, DATA) */
+    SS_REJECTED,  /* refused at connect: only QUIT */
+    SS_COUNT
 };
 
 /* What the client's timeouts are armed for. */
@@ -91,7 +102,8 @@ struct session {
     bool early_talker;
     bool client_eof; /* half-closed: answer what it sent, then close */
     bool limits_admitted;
-    bool rejected; /* refused at connect: 503 to all but QUIT */
+    enum smtp_state state;
+    const struct cmd_row *cmd_row; /* the command whose hook runs (session_cmd.c) */
     int errors;
     char *line;    /* the current command line, cfg->max_line_length bytes */
 
