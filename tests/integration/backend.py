@@ -200,6 +200,10 @@ class Session:
         self.ehlo_names.append(arg)
         self.reset()
         caps = ["PIPELINING", "SIZE 104857600", "8BITMIME", "ENHANCEDSTATUSCODES", "DSN"]
+        if self.opts.no_8bitmime:
+            caps.remove("8BITMIME")
+        if self.opts.smtputf8:
+            caps.append("SMTPUTF8")
         if self.opts.xclient:
             caps.append("XCLIENT " + XCLIENT_ATTRS)
         lines = ["250-" + HOSTNAME] + ["250-" + c for c in caps[:-1]] + ["250 " + caps[-1]]
@@ -341,6 +345,8 @@ def parse_args(argv):
     p.add_argument("--mail-reply", help="refuse every MAIL FROM with this reply")
     p.add_argument("--data-reply", help="answer the end of data with this instead of 250")
     p.add_argument("--xclient", action="store_true", help="offer and implement XCLIENT")
+    p.add_argument("--no-8bitmime", action="store_true", help="do not offer 8BITMIME")
+    p.add_argument("--smtputf8", action="store_true", help="offer SMTPUTF8")
     p.add_argument("--proxy", action="store_true", help="require a PROXY header first")
     p.add_argument("--delay-data", type=float, default=0.0,
                    help="seconds to wait before the final reply")
