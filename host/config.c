@@ -46,6 +46,8 @@ static const struct copt listen_opts[] = {
     OPORT("port", struct listen_conf, port, CONFIG_DEFAULT_PORT),
     OBOOL("proxy_protocol", struct listen_conf, proxy_protocol, false),
     ONETLIST("proxy_trusted", struct listen_conf, proxy_trusted),
+    OSTRING("tls_cert", struct listen_conf, tls_cert, NULL),
+    OSTRING("tls_key", struct listen_conf, tls_key, NULL),
     OEND,
 };
 
@@ -62,6 +64,8 @@ static int load_listens(struct copt_loader *ld, const config_setting_t *s, void 
         l->line = (int)config_setting_source_line(e);
         if (l->proxy_protocol && netlist_count(l->proxy_trusted) == 0)
             return copt_fail(ld, e, "'proxy_protocol' needs a non-empty 'proxy_trusted'");
+        if (l->tls_key && !l->tls_cert)
+            return copt_fail(ld, e, "'tls_key' needs 'tls_cert'");
     }
     return 0;
 }
@@ -662,6 +666,8 @@ void config_free(struct sluice_config *cfg)
         free(cfg->listens[i].address);
         free(cfg->listens[i].port);
         netlist_free(cfg->listens[i].proxy_trusted);
+        free(cfg->listens[i].tls_cert);
+        free(cfg->listens[i].tls_key);
     }
     free(cfg->listens);
     for (size_t i = 0; i < cfg->npools; i++)

@@ -22,6 +22,8 @@ struct listen_conf {
     char *port;                  /* e.g. "2525" */
     bool proxy_protocol;         /* PROXY v1/v2 header required first */
     struct netlist *proxy_trusted; /* who may send it; others are closed */
+    char *tls_cert;              /* PEM certificate chain: STARTTLS is offered; NULL: no TLS */
+    char *tls_key;               /* its private key (PEM), default: tls_cert */
     int line;                    /* where it was configured, for messages */
 };
 

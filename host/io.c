@@ -3,18 +3,24 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "mstime.h"
 #include "spool.h"
 
 /* A throttle's bucket refills every tick; its burst is one tick's worth. */
 #define IO_RATE_TICKS_PER_SECOND 10
+/* Writes tried to flush the plaintext before a TLS handshake. */
+#define IO_PLAINTEXT_FLUSH_TRIES 8
 
 struct io {
     struct bufferevent *bev;
@@ -23,6 +29,8 @@ struct io {
     const struct io_callbacks *cb;
     void *arg;
     bool discarding; /* dropping the rest of an over-long line */
+    bool tls;        /* bev is a TLS filter over the socket's bufferevent */
+    size_t input_limit;
     int error;       /* errno of the last IO_ERROR */
 };
 
@@ -56,7 +64,8 @@ static void io_event_cb(struct bufferevent *bev, short what, void *arg)
     (void)bev;
     enum io_event ev;
     if (what & BEV_EVENT_CONNECTED) {
-        io_set_nodelay(io);
+        if (!io->tls)
+            io_set_nodelay(io);
         ev = IO_CONNECTED;
     } else if (what & BEV_EVENT_TIMEOUT) {
         ev = (what & BEV_EVENT_READING) ? IO_READ_TIMEOUT : IO_WRITE_TIMEOUT;
@@ -64,6 +73,8 @@ static void io_event_cb(struct bufferevent *bev, short what, void *arg)
         ev = IO_EOF;
     } else {
         io->error = EVUTIL_SOCKET_ERROR();
+        if (io->tls)
+            ERR_clear_error(); /* the failed handshake's queue: not ours to keep */
         ev = IO_ERROR;
     }
     io->cb->event(io, ev, io->arg);
@@ -229,6 +240,7 @@ void io_resume(struct io *io) { bufferevent_enable(io->bev, EV_READ); }
 
 void io_set_input_limit(struct io *io, size_t bytes)
 {
+    io->input_limit = bytes;
     bufferevent_setwatermark(io->bev, EV_READ, 0, bytes);
 }
 
@@ -255,3 +267,74 @@ int io_set_read_rate(struct io *io, uint64_t bytes_per_second)
 }
 
 const char *io_error_text(const struct io *io) { return evutil_socket_error_to_string(io->error); }
+
+/* ---- TLS ---- */
+
+/* What is queued in plaintext (the replies up to STARTTLS's 220) leaves
+ * now, before the handshake; the client waits for the 220, so the socket
+ * takes it at once. */
+static int io_flush_plaintext(struct io *io, evutil_socket_t fd)
+{
+    struct evbuffer *out = bufferevent_get_output(io->bev);
+    /* The bufferevent keeps its output's start frozen between its own
+     * writes; this bufferevent is about to go, so this write is the last. */
+    evbuffer_unfreeze(out, 1);
+    for (int tries = 0; evbuffer_get_length(out) > 0 && tries < IO_PLAINTEXT_FLUSH_TRIES; tries++)
+        if (evbuffer_write(out, fd) < 0 && errno != EAGAIN && errno != EINTR)
+            break;
+    int rc = evbuffer_get_length(out) == 0 ? 0 : -1;
+    evbuffer_freeze(out, 1);
+    return rc;
+}
+
+int io_start_tls_server(struct io *io, void *ssl_ctx)
+{
+    evutil_socket_t fd = bufferevent_getfd(io->bev);
+    if (fd < 0 || io_flush_plaintext(io, fd) < 0) {
+        io->error = errno;
+        return -1;
+    }
+    SSL *ssl = SSL_new(ssl_ctx);
+    if (!ssl) {
+        io->error = ENOMEM;
+        return -1;
+    }
+    struct bufferevent *tls = bufferevent_openssl_socket_new(
+        bufferevent_get_base(io->bev), fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (!tls) {
+        SSL_free(ssl);
+        io->error = ENOMEM;
+        return -1;
+    }
+    /* The plaintext bufferevent lets go of the socket without closing it;
+     * what it read and did not hand out (pipelined behind STARTTLS) goes
+     * with it. */
+    bufferevent_setfd(io->bev, -1);
+    bufferevent_free(io->bev);
+    /* A peer closing without close_notify is an end of stream, not an
+     * error (OpenSSL 3's unexpected EOF). */
+    bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
+    io->bev = tls;
+    io->tls = true;
+    io->discarding = false;
+    bufferevent_setcb(tls, io_read_cb, io_write_cb, io_event_cb, io);
+    if (io->input_limit)
+        bufferevent_setwatermark(tls, EV_READ, 0, io->input_limit);
+    if (io->rate)
+        bufferevent_set_rate_limit(tls, io->rate);
+    bufferevent_enable(tls, EV_READ | EV_WRITE);
+    return 0;
+}
+
+bool io_tls_active(const struct io *io) { return io->tls; }
+
+void io_tls_describe(const struct io *io, char *out, size_t cap)
+{
+    SSL *ssl = io->tls ? bufferevent_openssl_get_ssl(io->bev) : NULL;
+    if (!ssl || cap == 0) {
+        if (cap)
+            out[0] = '\0';
+        return;
+    }
+    snprintf(out, cap, "%s %s", SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+}

@@ -24,7 +24,7 @@ struct spool;
 struct io;
 
 enum io_event {
-    IO_CONNECTED,     /* io_connect succeeded */
+    IO_CONNECTED,     /* io_connect succeeded, or the TLS handshake completed */
     IO_EOF,           /* the peer closed its side */
     IO_ERROR,         /* the connection broke (io_error_text says how) */
     IO_READ_TIMEOUT,  /* nothing arrived for the read timeout */
@@ -94,6 +94,20 @@ void io_resume(struct io *io);
 void io_set_input_limit(struct io *io, size_t bytes);
 /* Reads at most bytes_per_second (0: no limit). */
 int io_set_read_rate(struct io *io, uint64_t bytes_per_second);
+
+/* ---- TLS ---- */
+
+/* Starts TLS as the server on this connection (STARTTLS, RFC 3207). Input
+ * not yet read is discarded: plaintext pipelined behind STARTTLS must never
+ * be taken as if it came over TLS (CVE-2011-0411). Output already queued
+ * (the 220 go-ahead) is written in plaintext first. IO_CONNECTED follows
+ * when the handshake is done, IO_ERROR when it fails. ctx (an SSL_CTX) is
+ * borrowed. Returns -1 when the plaintext cannot be flushed or memory runs
+ * out: close the connection then. */
+int io_start_tls_server(struct io *io, void *ssl_ctx);
+bool io_tls_active(const struct io *io);
+/* "TLSv1.3 TLS_AES_256_GCM_SHA384", or "" without TLS. */
+void io_tls_describe(const struct io *io, char *out, size_t cap);
 
 /* errno's text of the last IO_ERROR. */
 const char *io_error_text(const struct io *io);

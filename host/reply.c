@@ -67,6 +67,8 @@ static const struct reply_entry reply_table[R_COUNT] = {
     [R_SHUTDOWN] = REPLY("421 4.3.2 Service shutting down"),
     [R_NO_DESCRIPTORS] = REPLY("421 4.3.2 Too busy, try again later, closing"),
     [R_CHECK_EOM] = REPLY("250 2.0.0 Ok (check mode: not relayed)"),
+    [R_TLS_GO] = REPLY("220 2.0.0 Ready to start TLS"),
+    [R_TLS_UNAVAILABLE] = REPLY("454 4.7.0 TLS not available due to temporary reason"),
 };
 
 /* The text before and after the name each carries. */

@@ -58,6 +58,8 @@ enum reply_id {
     R_SHUTDOWN,         /* 421 4.3.2 Service shutting down */
     R_NO_DESCRIPTORS,   /* 421 4.3.2 Too busy (out of descriptors), closing */
     R_CHECK_EOM,        /* 250 2.0.0 Ok (check mode: not relayed) */
+    R_TLS_GO,           /* 220 2.0.0 Ready to start TLS */
+    R_TLS_UNAVAILABLE,  /* 454 4.7.0 TLS not available (certificate not loadable) */
     R_COUNT
 };
 

@@ -526,6 +526,12 @@ static void session_io_event(struct io *io, enum io_event ev, void *arg)
         session_deadline_passed(s);
         return;
     }
+    if (ev == IO_CONNECTED) {
+        char tls[128];
+        io_tls_describe(io, tls, sizeof tls);
+        log_info(s->sid, "TLS established: %s", tls);
+        return;
+    }
     if ((ev == IO_READ_TIMEOUT || ev == IO_WRITE_TIMEOUT) && s->phase != PH_CLOSING) {
         /* The command wait has its own deadline: this is data_block in DATA,
          * or a client that does not read its replies. */

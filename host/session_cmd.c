@@ -11,11 +11,13 @@
 
 #include "config.h"
 #include "host_metrics.h"
+#include "io.h"
 #include "log.h"
 #include "netaddr.h"
 #include "pool.h"
 #include "relay_control.h"
 #include "route.h"
+#include "tls.h"
 #include "session_internal.h"
 #include "worker.h"
 
@@ -41,6 +43,8 @@ static void cmd_ehlo_reply(struct session *s)
         .hostname = cfg->hostname,
         .size_max = (long long)cfg->max_message_size,
         .smtputf8 = cmd_all_pools_smtputf8(cfg),
+        /* Not again once TLS runs (RFC 3207 4.2). */
+        .starttls = s->listen->tls_cert && !io_tls_active(s->io),
     };
     size_t n = reply_ehlo(&offer, out, sizeof out);
     if (n == 0) {
@@ -256,6 +260,47 @@ static void cmd_quit_proceed(struct session *s, const struct hook_verdict *v)
     session_close_after(s, R_BYE);
 }
 
+/* ---- STARTTLS (RFC 3207) ------------------------------------------------- */
+
+static bool cmd_starttls_check(struct session *s, const struct smtp_cmd *c)
+{
+    (void)c;
+    if (!s->listen->tls_cert) {
+        session_error(s, R_NOT_IMPLEMENTED);
+        return false;
+    }
+    if (io_tls_active(s->io)) {
+        session_error(s, R_BAD_SEQUENCE);
+        return false;
+    }
+    return true;
+}
+
+static void cmd_starttls_proceed(struct session *s, const struct hook_verdict *v)
+{
+    (void)v;
+    char err[300];
+    SSL_CTX *ctx = tls_server_ctx(s->listen, err, sizeof err);
+    if (!ctx) {
+        log_err(s->sid, "STARTTLS: %s", err);
+        session_reply(s, R_TLS_UNAVAILABLE);
+        return;
+    }
+    session_reply(s, R_TLS_GO);
+    if (io_start_tls_server(s->io, ctx) < 0) {
+        log_err(s->sid, "STARTTLS: cannot start TLS: %s", io_error_text(s->io));
+        session_close_after(s, R_COUNT); /* the client already heard 220 */
+        return;
+    }
+    /* Everything known before TLS is forgotten: EHLO is needed again. */
+    session_txn_reset(s);
+    free(s->helo);
+    s->helo = NULL;
+    s->esmtp = false;
+    s->state = SS_CONNECTED;
+    s->armed_wait = WAIT_UNSET; /* the TLS connection's timeouts are set anew */
+}
+
 /* Commands answered from the table alone. */
 static void cmd_noop_proceed(struct session *s, const struct hook_verdict *v)
 {
@@ -308,7 +353,10 @@ static const struct cmd_row cmd_table[] = {
     {SMTP_HELP, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, cmd_help_proceed, OK},
     {SMTP_VRFY, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, cmd_vrfy_proceed, OK},
     {SMTP_EXPN, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},
-    {SMTP_STARTTLS, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},
+    {SMTP_STARTTLS, true,
+     {[SS_CONNECTED] = OK, [SS_HELO] = OK, [SS_MAIL] = R_BAD_SEQUENCE,
+      [SS_REJECTED] = R_BAD_SEQUENCE},
+     cmd_starttls_check, HOOK_COUNT, cmd_starttls_proceed, OK},
     {SMTP_AUTH, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},
     {SMTP_BDAT, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},
     {SMTP_XCLIENT, false, ANY_BUT_REJECTED, NULL, HOOK_COUNT, NULL, R_NOT_IMPLEMENTED},

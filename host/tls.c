@@ -1,0 +1,89 @@
+#include "tls.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+
+#include "config.h"
+
+/* One context per certificate and key file pair, for the worker's life. */
+struct tls_ctx_entry {
+    char *cert, *key;
+    SSL_CTX *ctx;
+    struct tls_ctx_entry *next;
+};
+
+static pthread_mutex_t tls_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tls_ctx_entry *tls_ctxs;
+
+static void tls_error(char *err, size_t errlen, const char *what, const char *path)
+{
+    char ossl[256] = "";
+    unsigned long e = ERR_get_error();
+    if (e)
+        ERR_error_string_n(e, ossl, sizeof ossl);
+    ERR_clear_error();
+    snprintf(err, errlen, "%s %s: %s", what, path, ossl[0] ? ossl : "failed");
+}
+
+static SSL_CTX *tls_load(const char *cert, const char *key, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        tls_error(err, errlen, "cannot create a TLS context for", cert);
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* Renegotiation is a client-driven CPU cost with no use in SMTP. */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        tls_error(err, errlen, "cannot load the certificate", cert);
+    } else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        tls_error(err, errlen, "cannot load the key", key);
+    } else if (SSL_CTX_check_private_key(ctx) != 1) {
+        tls_error(err, errlen, "the key does not match the certificate", cert);
+    } else {
+        return ctx;
+    }
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+SSL_CTX *tls_server_ctx(const struct listen_conf *l, char *err, size_t errlen)
+{
+    const char *cert = l->tls_cert, *key = l->tls_key ? l->tls_key : l->tls_cert;
+    if (!cert) {
+        snprintf(err, errlen, "no tls_cert on this listener");
+        return NULL;
+    }
+    pthread_mutex_lock(&tls_lock);
+    SSL_CTX *ctx = NULL;
+    for (struct tls_ctx_entry *t = tls_ctxs; t; t = t->next)
+        if (strcmp(t->cert, cert) == 0 && strcmp(t->key, key) == 0)
+            ctx = t->ctx;
+    if (!ctx) {
+        struct tls_ctx_entry *t = calloc(1, sizeof *t);
+        if (t) {
+            t->cert = strdup(cert);
+            t->key = strdup(key);
+        }
+        if (!t || !t->cert || !t->key) {
+            snprintf(err, errlen, "out of memory");
+        } else {
+            t->ctx = ctx = tls_load(cert, key, err, errlen);
+        }
+        if (ctx) {
+            t->next = tls_ctxs;
+            tls_ctxs = t;
+        } else if (t) {
+            free(t->cert);
+            free(t->key);
+            free(t);
+        }
+    }
+    pthread_mutex_unlock(&tls_lock);
+    return ctx;
+}

@@ -1,0 +1,115 @@
+"""STARTTLS on a listener with a certificate (RFC 3207): smtplib delivers over
+it, STARTTLS is not offered again and EHLO is needed again after the
+handshake, and plaintext pipelined behind STARTTLS is discarded, never
+executed (the CVE-2011-0411 class). Certificates are made with the openssl
+CLI."""
+
+import os
+import smtplib
+import socket
+import ssl
+import subprocess
+import unittest
+
+from sluice_harness import RawClient, SluiceTestCase, pool
+
+SENDER = "sender@x.example"
+BODY = b"Subject: tls\r\n\r\nover TLS\r\n"
+
+
+def make_cert(workdir, name):
+    cert = os.path.join(workdir, name + ".crt")
+    key = os.path.join(workdir, name + ".key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=" + name, "-addext", "subjectAltName=DNS:%s,IP:127.0.0.1" % name,
+                    "-keyout", key, "-out", cert],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    os.chmod(key, 0o644)  # readable by the worker's user, as ssl-cert would make it
+    return cert, key
+
+
+def client_context(cafile):
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.check_hostname = True
+    return ctx
+
+
+class StartTlsTest(SluiceTestCase):
+    def setUp(self):
+        super().setUp()
+        self.cert, self.key = make_cert(self.workdir, "mx.sluice.test")
+        self.backend = self.start_backend("a")
+        self.sluice, self.port = self.start_relay(
+            [pool("a", [self.backend.port])], [("a.example", "a")],
+            listen_options={"tls_cert": self.cert, "tls_key": self.key})
+
+    def test_smtplib_delivers_over_starttls_and_the_certificate_verifies(self):
+        with smtplib.SMTP("127.0.0.1", self.port, local_hostname="client.test",
+                          timeout=30) as c:
+            c.ehlo()
+            self.assertTrue(c.has_extn("starttls"))
+            c.starttls(context=client_context(self.cert))
+            c.ehlo()
+            self.assertFalse(c.has_extn("starttls"), "STARTTLS offered again over TLS")
+            self.assertEqual(c.sendmail(SENDER, ["u@a.example"], BODY), {})
+        [msg] = self.backend.wait_messages(1)
+        self.assertTrue(msg["data"].endswith(BODY))
+        self.sluice.wait_log(r"TLS established: TLSv1\.[23] ")
+
+    def test_after_the_handshake_ehlo_is_needed_again(self):
+        c = RawClient(self.port)
+        self.clients.append(c)
+        self.assertReply(c.read_reply(), 220)
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("STARTTLS"), 220, "2.0.0")
+        tls = client_context(self.cert).wrap_socket(c.sock, server_hostname="mx.sluice.test")
+        c.sock = tls
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 503, "5.5.1")
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("STARTTLS"), 503, "5.5.1")
+
+    def test_plaintext_pipelined_after_starttls_is_discarded_not_executed(self):
+        c = RawClient(self.port)
+        self.clients.append(c)
+        self.assertReply(c.read_reply(), 220)
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        c.send(b"STARTTLS\r\nRSET\r\nMAIL FROM:<injected@x.example>\r\n")
+        self.assertReply(c.read_reply(), 220, "2.0.0")
+        self.assertEqual(c.buf, b"", "a reply to the injected commands in plaintext")
+        tls = client_context(self.cert).wrap_socket(c.sock, server_hostname="mx.sluice.test")
+        c.sock = tls
+        # The first reply over TLS answers our EHLO: nothing injected ran.
+        ehlo = c.cmd("EHLO client.test")
+        self.assertReply(ehlo, 250)
+        self.assertIn("sluice.test", ehlo.lines[0].decode())
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("QUIT"), 221)
+
+    def test_a_failed_handshake_closes_that_session_only(self):
+        c = RawClient(self.port)
+        self.clients.append(c)
+        c.read_reply()
+        c.cmd("EHLO client.test")
+        self.assertReply(c.cmd("STARTTLS"), 220)
+        c.send(b"this is not a TLS record\r\n" * 4)
+        self.assertTrue(c.wait_closed(10))
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as s:
+            s.starttls(context=client_context(self.cert))
+            self.assertEqual(s.sendmail(SENDER, ["u@a.example"], BODY), {})
+
+
+
+class NoTlsListenerTest(SluiceTestCase):
+    def test_listener_without_certificate_offers_no_starttls(self):
+        b = self.start_backend("a")
+        _, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")])
+        c = RawClient(port)
+        self.clients.append(c)
+        c.read_reply()
+        ehlo = c.cmd("EHLO client.test")
+        self.assertNotIn("STARTTLS", ehlo.text)
+        self.assertReply(c.cmd("STARTTLS"), 502, "5.5.1")
+
+
+if __name__ == "__main__":
+    unittest.main()
