@@ -48,6 +48,7 @@ static const struct copt listen_opts[] = {
     ONETLIST("proxy_trusted", struct listen_conf, proxy_trusted),
     OSTRING("tls_cert", struct listen_conf, tls_cert, NULL),
     OSTRING("tls_key", struct listen_conf, tls_key, NULL),
+    OBOOL("tls_implicit", struct listen_conf, tls_implicit, false),
     OEND,
 };
 
@@ -66,6 +67,11 @@ static int load_listens(struct copt_loader *ld, const config_setting_t *s, void 
             return copt_fail(ld, e, "'proxy_protocol' needs a non-empty 'proxy_trusted'");
         if (l->tls_key && !l->tls_cert)
             return copt_fail(ld, e, "'tls_key' needs 'tls_cert'");
+        if (l->tls_implicit && !l->tls_cert)
+            return copt_fail(ld, e, "'tls_implicit' needs 'tls_cert'");
+        /* The bytes after the header would be the TLS handshake: not yet. */
+        if (l->tls_implicit && l->proxy_protocol)
+            return copt_fail(ld, e, "'tls_implicit' with 'proxy_protocol' is not supported");
     }
     return 0;
 }

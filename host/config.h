@@ -24,6 +24,7 @@ struct listen_conf {
     struct netlist *proxy_trusted; /* who may send it; others are closed */
     char *tls_cert;              /* PEM certificate chain: STARTTLS is offered; NULL: no TLS */
     char *tls_key;               /* its private key (PEM), default: tls_cert */
+    bool tls_implicit;           /* TLS from the first byte (RFC 8314, port 465), no STARTTLS */
     int line;                    /* where it was configured, for messages */
 };
 

@@ -328,6 +328,23 @@ int io_start_tls_server(struct io *io, void *ssl_ctx)
 
 bool io_tls_active(const struct io *io) { return io->tls; }
 
+static SSL *io_ssl(const struct io *io)
+{
+    return io && io->tls ? bufferevent_openssl_get_ssl(io->bev) : NULL;
+}
+
+const char *io_tls_version(const struct io *io)
+{
+    SSL *ssl = io_ssl(io);
+    return ssl ? SSL_get_version(ssl) : NULL;
+}
+
+const char *io_tls_cipher(const struct io *io)
+{
+    SSL *ssl = io_ssl(io);
+    return ssl ? SSL_get_cipher_name(ssl) : NULL;
+}
+
 void io_tls_describe(const struct io *io, char *out, size_t cap)
 {
     SSL *ssl = io->tls ? bufferevent_openssl_get_ssl(io->bev) : NULL;

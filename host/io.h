@@ -106,6 +106,10 @@ int io_set_read_rate(struct io *io, uint64_t bytes_per_second);
  * out: close the connection then. */
 int io_start_tls_server(struct io *io, void *ssl_ctx);
 bool io_tls_active(const struct io *io);
+/* The protocol ("TLSv1.3") and cipher of the TLS connection, static strings,
+ * or NULL in plain text. */
+const char *io_tls_version(const struct io *io);
+const char *io_tls_cipher(const struct io *io);
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384", or "" without TLS. */
 void io_tls_describe(const struct io *io, char *out, size_t cap);
 

@@ -135,9 +135,9 @@ void sluice_throttle(sluice_session *s, uint64_t bytes_per_second)
 
 bool sluice_backend_held(const sluice_session *s) { return CS(s)->backend != NULL; }
 
-bool sluice_tls_active(const sluice_session *s) { return false; }
-const char *sluice_tls_version(const sluice_session *s) { return NULL; }
-const char *sluice_tls_cipher(const sluice_session *s) { return NULL; }
+bool sluice_tls_active(const sluice_session *s) { return CS(s)->io && io_tls_active(CS(s)->io); }
+const char *sluice_tls_version(const sluice_session *s) { return io_tls_version(CS(s)->io); }
+const char *sluice_tls_cipher(const sluice_session *s) { return io_tls_cipher(CS(s)->io); }
 
 /* ---- the conversation ------------------------------------------------------ */
 

@@ -32,6 +32,7 @@
 #include "session_internal.h"
 #include "smtp_cmd.h"
 #include "spool.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <sluice/session.h>
@@ -306,11 +307,13 @@ void session_log_txn(struct session *s, const char *result)
     timersub(&now, &t->start, &d);
     host_metrics_transaction(atoi(result), t->size,
                              (double)d.tv_sec + (double)d.tv_usec / 1e6);
+    const char *tls = s->io ? io_tls_version(s->io) : NULL;
     log_info(s->sid, "tx client=%s helo=%s from=<%s> rcpt=%s size=%llu backend=%s result=%s "
-             "duration=%ld.%03lds",
+             "duration=%ld.%03lds tls=%s%s%s",
              s->client_ip, helo, from, rcpts[0] ? rcpts : "-", (unsigned long long)t->size,
              s->backend ? backend_peer_name(s->backend) : "-", result, (long)d.tv_sec,
-             (long)(d.tv_usec / 1000));
+             (long)(d.tv_usec / 1000), tls ? tls : "-", tls ? "/" : "",
+             tls ? io_tls_cipher(s->io) : "");
 }
 
 /* ---- command input ------------------------------------------------------ */
@@ -442,8 +445,24 @@ static bool session_admit(struct session *s)
     return false;
 }
 
+/* Implicit TLS (RFC 8314): the handshake comes before anything else; the
+ * greeting waits in the TLS output until it is done. */
+static bool session_start_implicit_tls(struct session *s)
+{
+    char err[300];
+    SSL_CTX *ctx = tls_server_ctx(s->listen, err, sizeof err);
+    if (!ctx || io_start_tls_server(s->io, ctx) < 0) {
+        log_err(s->sid, "implicit TLS: %s", ctx ? io_error_text(s->io) : err);
+        session_close_after(s, R_COUNT); /* nothing can be said in plain text */
+        return false;
+    }
+    return true;
+}
+
 static void session_identified(struct session *s)
 {
+    if (s->listen->tls_implicit && !io_tls_active(s->io) && !session_start_implicit_tls(s))
+        return;
     netaddr_ntop((struct sockaddr *)&s->peer, s->client_ip, sizeof s->client_ip);
     s->client_port = netaddr_port((struct sockaddr *)&s->peer);
     if (!session_admit(s))

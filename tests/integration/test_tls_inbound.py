@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import unittest
 
-from sluice_harness import RawClient, SluiceTestCase, pool
+from sluice_harness import RawClient, SluiceTestCase, pool, sluice_bin
 
 SENDER = "sender@x.example"
 BODY = b"Subject: tls\r\n\r\nover TLS\r\n"
@@ -97,6 +97,63 @@ class StartTlsTest(SluiceTestCase):
             s.starttls(context=client_context(self.cert))
             self.assertEqual(s.sendmail(SENDER, ["u@a.example"], BODY), {})
 
+
+
+class ImplicitTlsTest(SluiceTestCase):
+    def test_smtplib_over_implicit_tls_delivers_and_is_offered_no_starttls(self):
+        cert, key = make_cert(self.workdir, "mx.sluice.test")
+        b = self.start_backend("a")
+        _, port = self.start_relay(
+            [pool("a", [b.port])], [("a.example", "a")],
+            listen_options={"tls_cert": cert, "tls_key": key, "tls_implicit": True})
+        with smtplib.SMTP_SSL("127.0.0.1", port, local_hostname="client.test", timeout=30,
+                              context=client_context(cert)) as c:
+            c.ehlo()
+            self.assertFalse(c.has_extn("starttls"))
+            self.assertEqual(c.sendmail(SENDER, ["u@a.example"], BODY), {})
+        [msg] = b.wait_messages(1)
+        self.assertTrue(msg["data"].endswith(BODY))
+
+    def test_a_plaintext_client_on_an_implicit_tls_listener_gets_no_greeting(self):
+        cert, key = make_cert(self.workdir, "mx.sluice.test")
+        b = self.start_backend("a")
+        _, port = self.start_relay(
+            [pool("a", [b.port])], [("a.example", "a")],
+            listen_options={"tls_cert": cert, "tls_key": key, "tls_implicit": True})
+        c = RawClient(port, timeout=10)
+        self.clients.append(c)
+        c.send(b"EHLO client.test\r\n")
+        self.assertTrue(c.wait_closed(10))
+        self.assertNotIn(b"220", c.buf)
+
+
+class TlsFactsTest(SluiceTestCase):
+    def test_lua_and_the_transaction_log_see_the_tls_protocol_and_cipher(self):
+        cert, key = make_cert(self.workdir, "mx.sluice.test")
+        script = os.path.join(self.workdir, "policy.lua")
+        with open(script, "w") as f:
+            f.write('sluice.on("eom", function(s)\n'
+                    '    local tls = s:tls()\n'
+                    '    s:add_header("X-TLS", tls and (tls.version .. " " .. tls.cipher) or "plain")\n'
+                    'end)\n')
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        with open(os.path.join(conf_dir, "50-policy.conf"), "w") as f:
+            f.write('plugin = "lua";\nscript = "%s";\n' % script)
+        b = self.start_backend("a")
+        plugins = os.path.join(os.path.dirname(os.path.abspath(sluice_bin())), "plugins")
+        s, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")],
+                                   plugin_dir=plugins,
+                                   listen_options={"tls_cert": cert, "tls_key": key})
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30) as c:
+            c.sendmail(SENDER, ["u@a.example"], BODY)
+            c.starttls(context=client_context(cert))
+            c.sendmail(SENDER, ["v@a.example"], BODY)
+        plain, tls = b.wait_messages(2)
+        self.assertIn(b"X-TLS: plain\r\n", plain["data"])
+        self.assertRegex(tls["data"], rb"X-TLS: TLSv1\.[23] \S+\r\n")
+        s.wait_log(r"\btx .*<u@a\.example>.* tls=-$")
+        s.wait_log(r"\btx .*<v@a\.example>.* tls=TLSv1\.[23]/\S+$")
 
 
 class NoTlsListenerTest(SluiceTestCase):
