@@ -22,6 +22,7 @@
 #include "proxy_proto.h"
 #include "smtp_cmd.h"
 #include "spool.h"
+#include "tls.h"
 #include "worker.h"
 
 /* Waiting for QUIT's answer is a courtesy; it must not hold a slot long. */
@@ -34,6 +35,8 @@ enum backend_state {
     B_CONNECTING,
     B_GREETING,
     B_EHLO,
+    B_STARTTLS,      /* STARTTLS sent, its 220 awaited */
+    B_TLS_HANDSHAKE, /* the TLS handshake runs */
     B_XCLIENT,
     B_XCLIENT_EHLO,
     B_READY,
@@ -79,6 +82,7 @@ struct smtp_backend {
     char peer[300];
 
     struct ehlo_caps caps;
+    bool tls_done; /* the connection runs TLS: the EHLO after it is the one that counts */
     backend_cb open_cb;
     void *open_arg;
 
@@ -363,6 +367,65 @@ static void backend_next_server(struct smtp_backend *b, const char *why)
     backend_try_server(b);
 }
 
+/* ---- TLS to the backend -------------------------------------------------- */
+
+static bool backend_tls_wanted(const struct smtp_backend *b)
+{
+    return b->pc->tls && strcmp(b->pc->tls, "off") != 0;
+}
+
+static bool backend_tls_required(const struct smtp_backend *b)
+{
+    return b->pc->tls && strcmp(b->pc->tls, "required") == 0;
+}
+
+/* The backend cannot serve this session as the pool demands: its owner
+ * gets BACKEND_REFUSED (the client 451 4.4.0), the reason goes to the log. */
+static void backend_refuse(struct smtp_backend *b, const char *why)
+{
+    log_warn(b->sid, "backend %s: %s", b->peer, why);
+    b->state = B_DEAD;
+    backend_drop_connection(b);
+    backend_open_done(b, BACKEND_REFUSED, NULL, 0, 0, 0);
+}
+
+static void backend_start_tls(struct smtp_backend *b)
+{
+    /* Anything after the 220 and before the handshake would be read as if
+     * it came over TLS (the response-injection class). */
+    if (io_input_len(b->io) > 0) {
+        backend_refuse(b, "sent plain text after its 220 to STARTTLS");
+        return;
+    }
+    char err[300];
+    const struct server_conf *sc = &b->pc->servers[b->server];
+    const char *name = b->pc->tls_name ? b->pc->tls_name : sc->host;
+    SSL_CTX *ctx = tls_client_ctx(b->pc->tls_ca, err, sizeof err);
+    if (!ctx) {
+        backend_refuse(b, err);
+        return;
+    }
+    /* Opportunistic TLS encrypts without asking who is there (RFC 7435). */
+    if (io_start_tls_client(b->io, ctx, name, backend_tls_required(b)) < 0) {
+        backend_refuse(b, "cannot start TLS");
+        return;
+    }
+    b->state = B_TLS_HANDSHAKE;
+    io_set_timeouts(b->io, 0, b->pc->final_timeout_ms);
+}
+
+/* The handshake is done: EHLO again, over TLS (RFC 3207 4.2). */
+static void backend_tls_ready(struct smtp_backend *b)
+{
+    log_info(b->sid, "backend %s: TLS established: %s %s%s", b->peer, io_tls_version(b->io),
+             io_tls_cipher(b->io), backend_tls_required(b) ? ", certificate verified" : "");
+    b->tls_done = true;
+    memset(&b->caps, 0, sizeof b->caps);
+    b->state = B_EHLO;
+    backend_await(b, b->pc->command_timeout_ms);
+    backend_send_ehlo(b, b->pc->helo_name);
+}
+
 static void backend_handshake_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     bool ok = r->code >= 200 && r->code < 300;
@@ -380,6 +443,19 @@ static void backend_handshake_reply(struct smtp_backend *b, const char *text, co
         if (!ok)
             break;
         reply_ehlo_caps(text, r, &b->caps);
+        if (!b->tls_done && backend_tls_wanted(b)) {
+            if (b->caps.starttls) {
+                b->state = B_STARTTLS;
+                backend_write(b, "STARTTLS\r\n", 10);
+                return;
+            }
+            if (backend_tls_required(b)) {
+                backend_refuse(b, "does not offer STARTTLS and the pool requires TLS");
+                return;
+            }
+            log_info(b->sid, "backend %s: does not offer STARTTLS, going on in plain text",
+                     b->peer);
+        }
         if (b->pc->xclient && b->caps.xclient) {
             b->state = B_XCLIENT;
             backend_send_xclient(b);
@@ -388,6 +464,19 @@ static void backend_handshake_reply(struct smtp_backend *b, const char *text, co
         if (b->pc->xclient)
             log_debug(b->sid, "backend %s: does not offer XCLIENT", b->peer);
         backend_ready(b, text, r);
+        return;
+    case B_STARTTLS:
+        if (!ok && !backend_tls_required(b)) {
+            log_info(b->sid, "backend %s: STARTTLS refused with %d, going on in plain text",
+                     b->peer, r->code);
+            b->tls_done = true; /* not tried again on this connection */
+            b->state = B_EHLO;
+            backend_send_ehlo(b, b->pc->helo_name);
+            return;
+        }
+        if (!ok)
+            break;
+        backend_start_tls(b);
         return;
     case B_XCLIENT:
         if (!ok)
@@ -485,6 +574,8 @@ static enum backend_step backend_awaited(const struct smtp_backend *b)
     case B_EHLO:
     case B_XCLIENT_EHLO:
         return BSTEP_EHLO;
+    case B_STARTTLS:
+        return BSTEP_STARTTLS;
     case B_XCLIENT:
         return BSTEP_XCLIENT;
     case B_CLOSING:
@@ -577,6 +668,8 @@ static void backend_reply_late(struct smtp_backend *b)
 {
     if (b->state == B_GREETING)
         backend_next_server(b, "greeting: no complete reply in time");
+    else if (b->state == B_TLS_HANDSHAKE)
+        backend_refuse(b, "TLS handshake not done in time");
     else if (b->state != B_CLOSING && b->state != B_DEAD)
         backend_fail(b, "no complete reply in time");
 }
@@ -587,6 +680,19 @@ static void backend_io_event(struct io *io, enum io_event ev, void *arg)
     backend_enter(b);
     if (ev == IO_DEADLINE) {
         backend_reply_late(b);
+        backend_leave(b);
+        return;
+    }
+    if (ev == IO_CONNECTED && b->state == B_TLS_HANDSHAKE) {
+        backend_tls_ready(b);
+        backend_leave(b);
+        return;
+    }
+    if (b->state == B_TLS_HANDSHAKE) {
+        char why[300];
+        snprintf(why, sizeof why, "TLS handshake failed: %s",
+                 ev == IO_ERROR ? io_error_text(io) : "closed or timed out");
+        backend_refuse(b, why);
         backend_leave(b);
         return;
     }

@@ -21,6 +21,7 @@ static const struct {
     [BSTEP_BANNER] = {"banner", DONE_OR_ERROR},
     [BSTEP_EHLO] = {"EHLO", DONE_OR_ERROR},
     [BSTEP_XCLIENT] = {"XCLIENT", DONE_OR_ERROR},
+    [BSTEP_STARTTLS] = {"STARTTLS", DONE_OR_ERROR},
     [BSTEP_MAIL] = {"MAIL", DONE_OR_ERROR},
     [BSTEP_RCPT] = {"RCPT", DONE_OR_ERROR},
     [BSTEP_DATA] = {"DATA", CLASS_3 | CLASS_4 | CLASS_5},

@@ -11,6 +11,7 @@ enum backend_step {
     BSTEP_BANNER,      /* the connection itself: the greeting */
     BSTEP_EHLO,        /* EHLO, also the one after XCLIENT */
     BSTEP_XCLIENT,
+    BSTEP_STARTTLS,
     BSTEP_MAIL,
     BSTEP_RCPT,
     BSTEP_DATA,        /* the DATA command: 354 or an error */

@@ -109,6 +109,12 @@ static int load_servers(struct copt_loader *ld, const config_setting_t *s, void 
     return copt_load_list(ld, s, &spec, (void **)&pool->servers, &pool->nservers);
 }
 
+static bool is_tls_mode(const char *v)
+{
+    return strcmp(v, "off") == 0 || strcmp(v, "opportunistic") == 0 ||
+           strcmp(v, "required") == 0;
+}
+
 static const struct copt pool_opts[] = {
     {.name = "name", .kind = OPT_STRING, FIELD(struct pool_conf, name), .required = true},
     {.name = "servers", .kind = OPT_CUSTOM, .custom = load_servers, .required = true},
@@ -121,6 +127,14 @@ static const struct copt pool_opts[] = {
     OBOOL("smtputf8", struct pool_conf, smtputf8, false),
     OBOOL("allow_untrusted_routing", struct pool_conf, allow_untrusted_routing, false),
     OSTRING("helo_name", struct pool_conf, helo_name, NULL),
+    {.name = "tls",
+     .kind = OPT_STRING,
+     FIELD(struct pool_conf, tls),
+     .sdef = "off",
+     .valid = is_tls_mode,
+     .expect = "must be \"off\", \"opportunistic\" or \"required\""},
+    OSTRING("tls_ca", struct pool_conf, tls_ca, NULL),
+    OSTRING("tls_name", struct pool_conf, tls_name, NULL),
     ODURATION("connect_timeout", struct pool_conf, connect_timeout_ms, 1, "30s"),
     ODURATION("command_timeout", struct pool_conf, command_timeout_ms, 1, "5m"),
     ODURATION("final_timeout", struct pool_conf, final_timeout_ms, 1, "5m"),
@@ -650,6 +664,9 @@ static void free_pool(struct pool_conf *p)
     free(p->servers);
     free(p->name);
     free(p->helo_name);
+    free(p->tls);
+    free(p->tls_ca);
+    free(p->tls_name);
 }
 
 static void free_entry(struct chain_entry_conf *e)

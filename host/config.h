@@ -47,6 +47,9 @@ struct pool_conf {
     bool smtputf8;             /* every server of this pool accepts SMTPUTF8, default false */
     bool allow_untrusted_routing; /* %, !, @ local parts from untrusted clients, default false */
     char *helo_name;           /* our EHLO name towards it; default: hostname */
+    char *tls;                 /* "off" (default), "opportunistic", "required" */
+    char *tls_ca;              /* CA file to verify servers with; default: the system's */
+    char *tls_name;            /* the name a server's certificate must carry; default: its host */
     int64_t connect_timeout_ms; /* default 30s */
     int64_t command_timeout_ms; /* banner, EHLO, XCLIENT, MAIL, RCPT, RSET, NOOP, DATA; default 5m */
     int64_t final_timeout_ms;  /* the reply to the end of message, default 5m */

@@ -29,7 +29,9 @@ struct io {
     const struct io_callbacks *cb;
     void *arg;
     bool discarding; /* dropping the rest of an over-long line */
-    bool tls;        /* bev is a TLS filter over the socket's bufferevent */
+    bool tls;        /* bev is a TLS bufferevent */
+    bool verify;     /* the peer's certificate is verified (client side) */
+    char tls_error[160]; /* why the last TLS handshake failed */
     size_t input_limit;
     int error;       /* errno of the last IO_ERROR */
 };
@@ -58,6 +60,22 @@ static void io_set_nodelay(struct io *io)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+/* What OpenSSL says about a failed handshake, kept for io_error_text. */
+static void io_note_tls_error(struct io *io)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(io->bev);
+    long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e = bufferevent_get_openssl_error(io->bev);
+    if (io->verify && vr != X509_V_OK)
+        snprintf(io->tls_error, sizeof io->tls_error, "certificate: %s",
+                 X509_verify_cert_error_string(vr));
+    else if (e)
+        ERR_error_string_n(e, io->tls_error, sizeof io->tls_error);
+    else
+        io->tls_error[0] = '\0';
+    ERR_clear_error(); /* the failed handshake's queue: not ours to keep */
+}
+
 static void io_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct io *io = arg;
@@ -74,7 +92,7 @@ static void io_event_cb(struct bufferevent *bev, short what, void *arg)
     } else {
         io->error = EVUTIL_SOCKET_ERROR();
         if (io->tls)
-            ERR_clear_error(); /* the failed handshake's queue: not ours to keep */
+            io_note_tls_error(io);
         ev = IO_ERROR;
     }
     io->cb->event(io, ev, io->arg);
@@ -266,7 +284,12 @@ int io_set_read_rate(struct io *io, uint64_t bytes_per_second)
     return 0;
 }
 
-const char *io_error_text(const struct io *io) { return evutil_socket_error_to_string(io->error); }
+const char *io_error_text(const struct io *io)
+{
+    if (io->tls && io->tls_error[0])
+        return io->tls_error;
+    return evutil_socket_error_to_string(io->error);
+}
 
 /* ---- TLS ---- */
 
@@ -287,20 +310,17 @@ static int io_flush_plaintext(struct io *io, evutil_socket_t fd)
     return rc;
 }
 
-int io_start_tls_server(struct io *io, void *ssl_ctx)
+/* Moves the connection onto a TLS bufferevent for ssl (taken over). */
+static int io_start_tls(struct io *io, SSL *ssl, enum bufferevent_ssl_state state)
 {
     evutil_socket_t fd = bufferevent_getfd(io->bev);
     if (fd < 0 || io_flush_plaintext(io, fd) < 0) {
         io->error = errno;
+        SSL_free(ssl);
         return -1;
     }
-    SSL *ssl = SSL_new(ssl_ctx);
-    if (!ssl) {
-        io->error = ENOMEM;
-        return -1;
-    }
-    struct bufferevent *tls = bufferevent_openssl_socket_new(
-        bufferevent_get_base(io->bev), fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    struct bufferevent *tls = bufferevent_openssl_socket_new(bufferevent_get_base(io->bev), fd,
+                                                             ssl, state, BEV_OPT_CLOSE_ON_FREE);
     if (!tls) {
         SSL_free(ssl);
         io->error = ENOMEM;
@@ -324,6 +344,34 @@ int io_start_tls_server(struct io *io, void *ssl_ctx)
         bufferevent_set_rate_limit(tls, io->rate);
     bufferevent_enable(tls, EV_READ | EV_WRITE);
     return 0;
+}
+
+int io_start_tls_server(struct io *io, void *ssl_ctx)
+{
+    SSL *ssl = SSL_new(ssl_ctx);
+    if (!ssl) {
+        io->error = ENOMEM;
+        return -1;
+    }
+    return io_start_tls(io, ssl, BUFFEREVENT_SSL_ACCEPTING);
+}
+
+int io_start_tls_client(struct io *io, void *ssl_ctx, const char *name, bool verify)
+{
+    SSL *ssl = SSL_new(ssl_ctx);
+    if (!ssl) {
+        io->error = ENOMEM;
+        return -1;
+    }
+    SSL_set_tlsext_host_name(ssl, name);
+    if (verify) {
+        SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+        SSL_set1_host(ssl, name);
+    } else {
+        SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+    }
+    io->verify = verify;
+    return io_start_tls(io, ssl, BUFFEREVENT_SSL_CONNECTING);
 }
 
 bool io_tls_active(const struct io *io) { return io->tls; }

@@ -105,6 +105,13 @@ int io_set_read_rate(struct io *io, uint64_t bytes_per_second);
  * borrowed. Returns -1 when the plaintext cannot be flushed or memory runs
  * out: close the connection then. */
 int io_start_tls_server(struct io *io, void *ssl_ctx);
+/* Starts TLS as the client (STARTTLS to a backend): name is sent as SNI
+ * and, when verify, the certificate must chain to the context's CAs and
+ * carry name. Unread input is an error the caller checks first (a server
+ * that talks between its 220 and the handshake). IO_CONNECTED when done,
+ * IO_ERROR when it fails (io_error_text then names the verification
+ * failure). */
+int io_start_tls_client(struct io *io, void *ssl_ctx, const char *name, bool verify);
 bool io_tls_active(const struct io *io);
 /* The protocol ("TLSv1.3") and cipher of the TLS connection, static strings,
  * or NULL in plain text. */

@@ -87,3 +87,58 @@ SSL_CTX *tls_server_ctx(const struct listen_conf *l, char *err, size_t errlen)
     pthread_mutex_unlock(&tls_lock);
     return ctx;
 }
+
+/* Client contexts, one per CA file ("" for the system's store). */
+struct tls_client_entry {
+    char *ca;
+    SSL_CTX *ctx;
+    struct tls_client_entry *next;
+};
+
+static struct tls_client_entry *tls_clients;
+
+static SSL_CTX *tls_client_load(const char *ca, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        tls_error(err, errlen, "cannot create a TLS context for", ca[0] ? ca : "backends");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    int ok = ca[0] ? SSL_CTX_load_verify_locations(ctx, ca, NULL)
+                   : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        tls_error(err, errlen, "cannot load the CA file", ca[0] ? ca : "(system)");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+SSL_CTX *tls_client_ctx(const char *ca_file, char *err, size_t errlen)
+{
+    const char *ca = ca_file ? ca_file : "";
+    pthread_mutex_lock(&tls_lock);
+    SSL_CTX *ctx = NULL;
+    for (struct tls_client_entry *t = tls_clients; t; t = t->next)
+        if (strcmp(t->ca, ca) == 0)
+            ctx = t->ctx;
+    if (!ctx) {
+        struct tls_client_entry *t = calloc(1, sizeof *t);
+        char *copy = t ? strdup(ca) : NULL;
+        ctx = copy ? tls_client_load(ca, err, errlen) : NULL;
+        if (!copy)
+            snprintf(err, errlen, "out of memory");
+        if (ctx) {
+            t->ca = copy;
+            t->ctx = ctx;
+            t->next = tls_clients;
+            tls_clients = t;
+        } else {
+            free(copy);
+            free(t);
+        }
+    }
+    pthread_mutex_unlock(&tls_lock);
+    return ctx;
+}

@@ -13,4 +13,8 @@ struct listen_conf;
  * with the reason in err. Shared, never freed by the caller. Thread-safe. */
 SSL_CTX *tls_server_ctx(const struct listen_conf *l, char *err, size_t errlen);
 
+/* A client context for TLS to backends, verifying with ca_file (NULL: the
+ * system's CA store), TLS 1.2 and up; shared per CA file. NULL with err. */
+SSL_CTX *tls_client_ctx(const char *ca_file, char *err, size_t errlen);
+
 #endif

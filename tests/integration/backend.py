@@ -27,6 +27,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
 import sys
 
@@ -107,6 +108,7 @@ class Session:
         self.helo = None
         self.ehlo_names = []
         self.commands = []
+        self.tls = None  # the TLS version once STARTTLS is done
         self.reset()
 
     def reset(self):
@@ -204,10 +206,29 @@ class Session:
             caps.remove("8BITMIME")
         if self.opts.smtputf8:
             caps.append("SMTPUTF8")
+        if self.opts.tls_cert and not self.tls:
+            caps.append("STARTTLS")
         if self.opts.xclient:
             caps.append("XCLIENT " + XCLIENT_ATTRS)
         lines = ["250-" + HOSTNAME] + ["250-" + c for c in caps[:-1]] + ["250 " + caps[-1]]
         await self.send([line.encode() + b"\r\n" for line in lines])
+
+    async def cmd_STARTTLS(self, arg):
+        if not self.opts.tls_cert or self.tls:
+            await self.send([b"502 5.5.1 Error: command not implemented\r\n"])
+            return
+        reply = b"220 2.0.0 Ready to start TLS\r\n"
+        if self.opts.tls_plaintext_after_220:
+            # Response injection: a reply sluice must not take as if over TLS.
+            reply += b"250 2.1.0 injected\r\n"
+        await self.send([reply])
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.opts.tls_cert, self.opts.tls_key)
+        await self.writer.start_tls(ctx)
+        self.tls = self.writer.get_extra_info("ssl_object").version()
+        self.rec.event(ev="tls", conn=self.conn, version=self.tls)
+        self.helo = None
+        self.reset()
 
     async def cmd_HELO(self, arg):
         self.helo = arg
@@ -308,6 +329,7 @@ class Session:
             "rcpt_options": self.rcpt_options,
             "bare_lf": bare_lf,
             "commands": self.commands,
+            "tls": self.tls,
         }
         return self.rec.save_message(envelope, content, raw)
 
@@ -347,6 +369,10 @@ def parse_args(argv):
     p.add_argument("--xclient", action="store_true", help="offer and implement XCLIENT")
     p.add_argument("--no-8bitmime", action="store_true", help="do not offer 8BITMIME")
     p.add_argument("--smtputf8", action="store_true", help="offer SMTPUTF8")
+    p.add_argument("--tls-cert", help="offer STARTTLS with this certificate chain (PEM)")
+    p.add_argument("--tls-key", help="its key (PEM)")
+    p.add_argument("--tls-plaintext-after-220", action="store_true",
+                   help="send a plain-text reply right behind STARTTLS's 220")
     p.add_argument("--proxy", action="store_true", help="require a PROXY header first")
     p.add_argument("--delay-data", type=float, default=0.0,
                    help="seconds to wait before the final reply")
