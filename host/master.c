@@ -195,9 +195,12 @@ static int master_wait_ready(int fd, char *err, size_t errlen)
     if (master_read_line(fd, line, sizeof line, MASTER_START_WAIT_MS) == 0 &&
         strcmp(line, "ok\n") == 0)
         return 0;
-    if (strncmp(line, "error: ", 7) == 0) {
-        line[strcspn(line, "\n")] = '\0';
-        snprintf(err, errlen, "%s", line + 7);
+    if (strncmp(line, "error: ", 7) == 0 && errlen > 0) {
+        /* The worker's message, cut to fit. */
+        size_t n = strcspn(line + 7, "\n");
+        n = n < errlen ? n : errlen - 1;
+        memcpy(err, line + 7, n);
+        err[n] = '\0';
     } else {
         snprintf(err, errlen, "the worker exited or hung before it was ready");
     }

@@ -1,4 +1,5 @@
 /* The SDK's access to an entry's settings (its conf.d file). */
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -150,6 +151,18 @@ int sluice_setting_line(const sluice_entry *e, const char *path)
 {
     config_setting_t *s = setting(e, path);
     return s ? config_setting_source_line(s) : 0;
+}
+
+int sluice_setting_fail(const sluice_entry *e, const char *path, char *err, size_t errlen,
+                        const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(err, errlen, "line %d: %s: %s", sluice_setting_line(e, path), path, msg);
+    return -1;
 }
 
 const char *sluice_setting_name_at(const sluice_entry *e, const char *path, int i)

@@ -30,21 +30,6 @@ static const char *const top_names[] = {
     "clamd",         "clamd_timeout", NULL,
 };
 
-static int fail(const sluice_entry *e, const char *path, char *err, size_t errlen,
-                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int fail(const sluice_entry *e, const char *path, char *err, size_t errlen,
-                const char *fmt, ...)
-{
-    char msg[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    snprintf(err, errlen, "line %d: %s: %s", sluice_setting_line(e, path), path, msg);
-    return -1;
-}
-
 /* One of names[] (NULL-terminated), its index into *out. */
 static int get_choice(const sluice_entry *e, const char *path, const char *const *names, int *out,
                       char *err, size_t errlen)
@@ -63,7 +48,7 @@ static int get_choice(const sluice_entry *e, const char *path, const char *const
     for (int i = 0; names[i]; i++)
         snprintf(list + strlen(list), sizeof list - strlen(list), "%s\"%s\"", i ? ", " : "",
                  names[i]);
-    return fail(e, path, err, errlen, "expected one of %s", list);
+    return sluice_setting_fail(e, path, err, errlen, "expected one of %s", list);
 }
 
 /* A policy among the actions allowed at path (a subset, in enum order). */
@@ -84,7 +69,7 @@ static int get_size(const sluice_entry *e, const char *path, int64_t min, int64_
 {
     int rc = sluice_setting_size(e, path, out);
     if (rc < 0 || (rc == 0 && *out < min))
-        return fail(e, path, err, errlen, "expected a size such as \"25M\" (at least %lld)",
+        return sluice_setting_fail(e, path, err, errlen, "expected a size such as \"25M\" (at least %lld)",
                     (long long)min);
     return 0;
 }
@@ -94,7 +79,7 @@ static int get_duration(const sluice_entry *e, const char *path, int64_t min, in
 {
     int rc = sluice_setting_duration(e, path, ms);
     if (rc < 0 || (rc == 0 && (*ms < min || *ms > max)))
-        return fail(e, path, err, errlen, "expected a duration such as \"8s\" (%lld..%lld ms)",
+        return sluice_setting_fail(e, path, err, errlen, "expected a duration such as \"8s\" (%lld..%lld ms)",
                     (long long)min, (long long)max);
     return 0;
 }
@@ -104,7 +89,7 @@ static int get_int(const sluice_entry *e, const char *path, int64_t min, int64_t
 {
     int rc = sluice_setting_int(e, path, out);
     if (rc < 0 || (rc == 0 && (*out < min || *out > max)))
-        return fail(e, path, err, errlen, "expected an integer %lld..%lld", (long long)min,
+        return sluice_setting_fail(e, path, err, errlen, "expected an integer %lld..%lld", (long long)min,
                     (long long)max);
     return 0;
 }
@@ -114,9 +99,9 @@ static int get_string(const sluice_entry *e, const char *path, const char *def, 
 {
     const char *v = def;
     if (sluice_setting_string(e, path, &v) < 0)
-        return fail(e, path, err, errlen, "expected a string");
+        return sluice_setting_fail(e, path, err, errlen, "expected a string");
     *out = strdup(v);
-    return *out ? 0 : fail(e, path, err, errlen, "out of memory");
+    return *out ? 0 : sluice_setting_fail(e, path, err, errlen, "out of memory");
 }
 
 static int parse_limits(const sluice_entry *e, struct clamav_conf *c, char *err, size_t errlen)
@@ -154,9 +139,9 @@ static int parse_policies(const sluice_entry *e, struct clamav_conf *c, char *er
         get_string(e, "header", DEFAULT_HEADER, &c->header, err, errlen) < 0)
         return -1;
     if (!header_name_ok(c->header))
-        return fail(e, "header", err, errlen, "expected a header field name or \"\"");
+        return sluice_setting_fail(e, "header", err, errlen, "expected a header field name or \"\"");
     if (c->on_virus == CLAMAV_HEADER && !c->header[0])
-        return fail(e, "on_virus", err, errlen, "\"header\" needs a header name in 'header'");
+        return sluice_setting_fail(e, "on_virus", err, errlen, "\"header\" needs a header name in 'header'");
     return 0;
 }
 
@@ -165,11 +150,11 @@ static int parse_clamd(const sluice_entry *e, struct clamav_conf *c, char *err, 
     int n = sluice_setting_count(e, "clamd");
     if (c->mode != CLAMAV_MODE_CLAMD) {
         if (n >= 0)
-            return fail(e, "clamd", err, errlen, "only with mode = \"clamd\"");
+            return sluice_setting_fail(e, "clamd", err, errlen, "only with mode = \"clamd\"");
         return 0;
     }
     if (n <= 0 || n > CLAMAV_MAX_CLAMD)
-        return fail(e, "clamd", err, errlen,
+        return sluice_setting_fail(e, "clamd", err, errlen,
                     "required with mode = \"clamd\": 1 to %d addresses such as "
                     "\"127.0.0.1:3310\" or \"/run/clamav/clamd.ctl\"",
                     CLAMAV_MAX_CLAMD);
@@ -180,7 +165,7 @@ static int parse_clamd(const sluice_entry *e, struct clamav_conf *c, char *err, 
             return -1;
         c->nclamd = (size_t)i + 1;
         if (!clamav_clamd_address_ok(c->clamd[i]))
-            return fail(e, path, err, errlen,
+            return sluice_setting_fail(e, path, err, errlen,
                         "expected \"IP:port\", \"[IPv6]:port\" or a unix socket path");
     }
     return get_duration(e, "clamd_timeout", 1, MAX_SCAN_TIME_LIMIT_MS, &c->clamd_timeout_ms, err,
@@ -200,7 +185,7 @@ static int parse_engine(const sluice_entry *e, struct clamav_conf *c, char *err,
     c->mode = (enum clamav_mode)mode;
     c->reload_stop = reload == 1;
     if (c->mode == CLAMAV_MODE_LIBCLAMAV && c->database[0] != '/')
-        return fail(e, "database", err, errlen, "expected an absolute directory path");
+        return sluice_setting_fail(e, "database", err, errlen, "expected an absolute directory path");
     return 0;
 }
 

@@ -209,14 +209,6 @@ static enum sluice_verdict wait_or_decide(sluice_session *s, struct dnsbl_sess *
     return v;
 }
 
-static bool client_allowlisted(const struct dnsbl_conf *c, const struct sockaddr *sa)
-{
-    for (size_t i = 0; i < c->nallow; i++)
-        if (dnsbl_net_contains(&c->allow[i], sa))
-            return true;
-    return false;
-}
-
 static unsigned family_target(int family)
 {
     return family == 4 ? DNSBL_T_IP4 : DNSBL_T_IP6;
@@ -236,7 +228,7 @@ static enum sluice_verdict dnsbl_connect(sluice_session *s, void *entry_state, v
     const struct sockaddr *sa = sluice_client_addr(s);
     if (sluice_client_trusted(s))
         return SLUICE_CONTINUE;
-    if (client_allowlisted(c, sa)) {
+    if (sluice_netlist_match(c->allow, sa)) {
         ss->allowlisted = true;
         sluice_note_set_int(s, SLUICE_CONNECTION, "dnsbl.allowlisted", 1);
         return allow_verdict(ss, SLUICE_HOOK_CONNECT);

@@ -41,8 +41,7 @@ struct dnsbl_conf {
     size_t nzones;
     double threshold;
     bool defer;
-    struct dnsbl_net *allow;
-    size_t nallow;
+    sluice_netlist *allow; /* clients never looked up */
     int64_t health_interval_ms; /* 0: no health checks */
     int64_t query_timeout_ms;   /* 0: the resolver's own */
     int64_t negative_ttl_ms;

@@ -28,21 +28,6 @@ static const char *const zone_names[] = {
 };
 static const char *const code_names[] = {"ip", "weight", NULL};
 
-static int fail(const sluice_entry *e, const char *path, char *err, size_t errlen,
-                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int fail(const sluice_entry *e, const char *path, char *err, size_t errlen,
-                const char *fmt, ...)
-{
-    char msg[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    snprintf(err, errlen, "line %d: %s: %s", sluice_setting_line(e, path), path, msg);
-    return -1;
-}
-
 /* A number given as 1 or 1.0. */
 static int get_number(const sluice_entry *e, const char *path, double *out)
 {
@@ -61,7 +46,7 @@ static int get_duration(const sluice_entry *e, const char *path, int64_t *ms, ch
 {
     int rc = sluice_setting_duration(e, path, ms);
     if (rc < 0 || (rc == 0 && *ms < 0))
-        return fail(e, path, err, errlen, "expected a duration such as \"30s\" or \"5m\"");
+        return sluice_setting_fail(e, path, err, errlen, "expected a duration such as \"30s\" or \"5m\"");
     return 0;
 }
 
@@ -70,7 +55,7 @@ static int parse_action(const sluice_entry *e, const char *path, struct dnsbl_zo
 {
     const char *v = "reject";
     if (sluice_setting_string(e, path, &v) < 0)
-        return fail(e, path, err, errlen, "expected a string");
+        return sluice_setting_fail(e, path, err, errlen, "expected a string");
     if (strcmp(v, "reject") == 0)
         z->action = DNSBL_REJECT;
     else if (strcmp(v, "score") == 0)
@@ -78,7 +63,7 @@ static int parse_action(const sluice_entry *e, const char *path, struct dnsbl_zo
     else if (strcmp(v, "allow") == 0)
         z->action = DNSBL_ALLOW;
     else
-        return fail(e, path, err, errlen, "expected \"reject\", \"score\" or \"allow\"");
+        return sluice_setting_fail(e, path, err, errlen, "expected \"reject\", \"score\" or \"allow\"");
     return 0;
 }
 
@@ -94,14 +79,14 @@ static int parse_type(const sluice_entry *e, const char *path, struct dnsbl_zone
     };
     const char *v = "ip";
     if (sluice_setting_string(e, path, &v) < 0)
-        return fail(e, path, err, errlen, "expected a string");
+        return sluice_setting_fail(e, path, err, errlen, "expected a string");
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         if (strcmp(v, types[i].name) == 0) {
             z->targets = types[i].targets;
             return 0;
         }
     }
-    return fail(e, path, err, errlen,
+    return sluice_setting_fail(e, path, err, errlen,
                 "expected \"ip\", \"ip4\", \"ip6\", \"helo\", \"sender\" or \"domain\"");
 }
 
@@ -114,12 +99,12 @@ static int parse_code(const sluice_entry *e, const char *base, struct dnsbl_code
     snprintf(path, sizeof path, "%s.ip", base);
     const char *ip;
     if (sluice_setting_string(e, path, &ip) != 0 || !dnsbl_code_parse(ip, c))
-        return fail(e, path, err, errlen, "expected an address such as \"127.0.0.4\" "
+        return sluice_setting_fail(e, path, err, errlen, "expected an address such as \"127.0.0.4\" "
                                           "or a network such as \"127.0.0.0/24\"");
     c->weight = zone_w;
     snprintf(path, sizeof path, "%s.weight", base);
     if (get_number(e, path, &c->weight) < 0)
-        return fail(e, path, err, errlen, "expected a number");
+        return sluice_setting_fail(e, path, err, errlen, "expected a number");
     return 0;
 }
 
@@ -132,12 +117,12 @@ static int parse_codes(const sluice_entry *e, const char *base, struct dnsbl_zon
     if (n < 0)
         return sluice_setting_line(e, path) == 0
                    ? 0
-                   : fail(e, path, err, errlen, "expected a list of { ip = ...; weight = ...; }");
+                   : sluice_setting_fail(e, path, err, errlen, "expected a list of { ip = ...; weight = ...; }");
     if (n > MAX_CODES)
-        return fail(e, path, err, errlen, "at most %d codes", MAX_CODES);
+        return sluice_setting_fail(e, path, err, errlen, "at most %d codes", MAX_CODES);
     z->codes = calloc((size_t)n + 1, sizeof *z->codes);
     if (!z->codes)
-        return fail(e, path, err, errlen, "out of memory");
+        return sluice_setting_fail(e, path, err, errlen, "out of memory");
     for (int i = 0; i < n; i++) {
         snprintf(path, sizeof path, "%s.codes.[%d]", base, i);
         if (parse_code(e, path, &z->codes[i], z->weight, err, errlen) < 0)
@@ -155,9 +140,9 @@ static int parse_zone_name(const sluice_entry *e, const char *base, struct dnsbl
     const char *v;
     if (sluice_setting_string(e, path, &v) != 0 || strlen(v) > ZONE_NAME_MAX ||
         !dnsbl_domain_normalize(v, strlen(v), name, sizeof name))
-        return fail(e, path, err, errlen, "expected a zone name such as \"zen.example.org\"");
+        return sluice_setting_fail(e, path, err, errlen, "expected a zone name such as \"zen.example.org\"");
     z->name = strdup(name);
-    return z->name ? 0 : fail(e, path, err, errlen, "out of memory");
+    return z->name ? 0 : sluice_setting_fail(e, path, err, errlen, "out of memory");
 }
 
 static int parse_zone(const sluice_entry *e, int i, struct dnsbl_zone *z, char *err,
@@ -171,7 +156,7 @@ static int parse_zone(const sluice_entry *e, int i, struct dnsbl_zone *z, char *
     z->weight = DEFAULT_WEIGHT;
     snprintf(path, sizeof path, "%s.weight", base);
     if (get_number(e, path, &z->weight) < 0)
-        return fail(e, path, err, errlen, "expected a number");
+        return sluice_setting_fail(e, path, err, errlen, "expected a number");
     snprintf(path, sizeof path, "%s.action", base);
     if (parse_action(e, path, z, err, errlen) < 0)
         return -1;
@@ -181,7 +166,7 @@ static int parse_zone(const sluice_entry *e, int i, struct dnsbl_zone *z, char *
     bool reason = true;
     snprintf(path, sizeof path, "%s.reason", base);
     if (sluice_setting_bool(e, path, &reason) < 0)
-        return fail(e, path, err, errlen, "expected true or false");
+        return sluice_setting_fail(e, path, err, errlen, "expected true or false");
     z->want_reason = reason && z->action == DNSBL_REJECT;
     atomic_init(&z->disabled, false);
     atomic_init(&z->next_probe_ms, 0);
@@ -192,12 +177,12 @@ static int parse_zones(const sluice_entry *e, struct dnsbl_conf *c, char *err, s
 {
     int n = sluice_setting_count(e, "zones");
     if (n <= 0)
-        return fail(e, "zones", err, errlen, "required: a non-empty list of zone groups");
+        return sluice_setting_fail(e, "zones", err, errlen, "required: a non-empty list of zone groups");
     if (n > MAX_ZONES)
-        return fail(e, "zones", err, errlen, "at most %d zones", MAX_ZONES);
+        return sluice_setting_fail(e, "zones", err, errlen, "at most %d zones", MAX_ZONES);
     c->zones = calloc((size_t)n, sizeof *c->zones);
     if (!c->zones)
-        return fail(e, "zones", err, errlen, "out of memory");
+        return sluice_setting_fail(e, "zones", err, errlen, "out of memory");
     for (int i = 0; i < n; i++) {
         c->nzones = (size_t)i + 1;
         if (parse_zone(e, i, &c->zones[i], err, errlen) < 0)
@@ -210,24 +195,7 @@ static int parse_zones(const sluice_entry *e, struct dnsbl_conf *c, char *err, s
 
 static int parse_allowlist(const sluice_entry *e, struct dnsbl_conf *c, char *err, size_t errlen)
 {
-    int n = sluice_setting_count(e, "allowlist");
-    if (n < 0)
-        return sluice_setting_line(e, "allowlist") == 0
-                   ? 0
-                   : fail(e, "allowlist", err, errlen, "expected an array of networks");
-    c->allow = calloc((size_t)n + 1, sizeof *c->allow);
-    if (!c->allow)
-        return fail(e, "allowlist", err, errlen, "out of memory");
-    for (int i = 0; i < n; i++) {
-        char path[64];
-        const char *v;
-        snprintf(path, sizeof path, "allowlist.[%d]", i);
-        if (sluice_setting_string(e, path, &v) != 0 || !dnsbl_net_parse(v, &c->allow[i]))
-            return fail(e, path, err, errlen, "expected an address or a network such as "
-                                              "\"192.0.2.0/24\"");
-    }
-    c->nallow = (size_t)n;
-    return 0;
+    return sluice_setting_netlist(e, "allowlist", &c->allow, err, errlen);
 }
 
 static int parse_durations(const sluice_entry *e, struct dnsbl_conf *c, char *err, size_t errlen)
@@ -239,19 +207,19 @@ static int parse_durations(const sluice_entry *e, struct dnsbl_conf *c, char *er
         get_duration(e, "max_ttl", &c->max_ttl_ms, err, errlen) < 0)
         return -1;
     if (c->min_ttl_ms > c->max_ttl_ms)
-        return fail(e, "min_ttl", err, errlen, "must not exceed max_ttl");
+        return sluice_setting_fail(e, "min_ttl", err, errlen, "must not exceed max_ttl");
     return 0;
 }
 
 static int parse_top(const sluice_entry *e, struct dnsbl_conf *c, char *err, size_t errlen)
 {
     if (get_number(e, "threshold", &c->threshold) < 0)
-        return fail(e, "threshold", err, errlen, "expected a number");
+        return sluice_setting_fail(e, "threshold", err, errlen, "expected a number");
     if (sluice_setting_bool(e, "defer", &c->defer) < 0)
-        return fail(e, "defer", err, errlen, "expected true or false");
+        return sluice_setting_fail(e, "defer", err, errlen, "expected true or false");
     if (sluice_setting_int(e, "cache_size", &c->cache_size) < 0 || c->cache_size < 0 ||
         c->cache_size > MAX_CACHE_SIZE)
-        return fail(e, "cache_size", err, errlen, "expected an integer 0..%d", MAX_CACHE_SIZE);
+        return sluice_setting_fail(e, "cache_size", err, errlen, "expected an integer 0..%d", MAX_CACHE_SIZE);
     return parse_durations(e, c, err, errlen);
 }
 
@@ -280,7 +248,7 @@ void dnsbl_conf_free(struct dnsbl_conf *c)
         free(c->zones[i].codes);
     }
     free(c->zones);
-    free(c->allow);
+    sluice_netlist_free(c->allow);
     free(c);
 }
 

@@ -135,56 +135,6 @@ double dnsbl_listing_weight(double zone_weight, const struct dnsbl_code *codes, 
     return sum;
 }
 
-bool dnsbl_net_parse(const char *text, struct dnsbl_net *n)
-{
-    char buf[INET6_ADDRSTRLEN + 5];
-    if (strlen(text) >= sizeof buf)
-        return false;
-    strcpy(buf, text);
-    char *slash = strchr(buf, '/');
-    if (slash)
-        *slash = '\0';
-    memset(n, 0, sizeof *n);
-    if (inet_pton(AF_INET, buf, n->addr) == 1)
-        n->family = AF_INET;
-    else if (inet_pton(AF_INET6, buf, n->addr) == 1)
-        n->family = AF_INET6;
-    else
-        return false;
-    unsigned max = n->family == AF_INET ? 32 : 128;
-    n->prefix = max;
-    return !slash || parse_prefix(slash + 1, max, &n->prefix);
-}
-
-static bool prefix_equal(const uint8_t *a, const uint8_t *b, unsigned prefix)
-{
-    unsigned whole = prefix / 8, rest = prefix % 8;
-    if (memcmp(a, b, whole) != 0)
-        return false;
-    if (rest == 0)
-        return true;
-    uint8_t mask = (uint8_t)(0xff << (8 - rest));
-    return (a[whole] & mask) == (b[whole] & mask);
-}
-
-bool dnsbl_net_contains(const struct dnsbl_net *n, const struct sockaddr *sa)
-{
-    const uint8_t *a;
-    int family = sa->sa_family;
-    if (family == AF_INET) {
-        a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
-    } else if (family == AF_INET6) {
-        a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-        if (memcmp(a, v4_mapped_prefix, sizeof v4_mapped_prefix) == 0) {
-            a += 12;
-            family = AF_INET;
-        }
-    } else {
-        return false;
-    }
-    return family == n->family && prefix_equal(a, n->addr, n->prefix);
-}
-
 static bool name_char(int c)
 {
     return isalnum(c) || c == '-' || c == '_';

@@ -19,13 +19,6 @@ struct dnsbl_code {
     double weight;
 };
 
-/* An address or network of the allowlist. */
-struct dnsbl_net {
-    int family; /* AF_INET or AF_INET6 */
-    uint8_t addr[16];
-    unsigned prefix;
-};
-
 enum dnsbl_answer_class {
     DNSBL_ANSWER_LISTED, /* 127.0.0.0/8 outside the error block */
     DNSBL_ANSWER_BAD,    /* outside 127/8 or 127.255.255.0/24: the list refuses us */
@@ -50,9 +43,6 @@ enum dnsbl_answer_class dnsbl_answer_classify(uint32_t addr);
 double dnsbl_listing_weight(double zone_weight, const struct dnsbl_code *codes, size_t ncodes,
                             const uint32_t *answers, size_t nanswers, bool *matched);
 
-/* "192.0.2.0/24", "2001:db8::/32" or a bare address (a host). */
-bool dnsbl_net_parse(const char *text, struct dnsbl_net *n);
-bool dnsbl_net_contains(const struct dnsbl_net *n, const struct sockaddr *sa);
 
 /* A HELO argument or a domain made into a lowercase name fit to prefix a
  * zone (labels of letters, digits, '-' and '_', at least two labels, no

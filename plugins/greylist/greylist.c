@@ -211,14 +211,6 @@ static enum sluice_verdict check_network(sluice_session *s, struct greylist_sess
 
 /* ---- what is never greylisted ------------------------------------------------------ */
 
-static bool net_allowlisted(const struct greylist_conf *c, const struct sockaddr *sa)
-{
-    for (size_t i = 0; i < c->nallow_nets; i++)
-        if (greylist_net_contains(&c->allow_nets[i], sa))
-            return true;
-    return false;
-}
-
 static bool matches_any(char *const *patterns, size_t n, const char *address)
 {
     for (size_t i = 0; i < n; i++)
@@ -266,7 +258,7 @@ static struct greylist_sess *sess_get(sluice_session *s, struct greylist_conf *c
     ss->conf = c;
     sluice_session_set_data(s, ss, free);
     const struct sockaddr *sa = sluice_client_addr(s);
-    ss->skip = sluice_client_trusted(s) || net_allowlisted(c, sa) ||
+    ss->skip = sluice_client_trusted(s) || sluice_netlist_match(c->allow_nets, sa) ||
                !greylist_client_net(sa, c->v4_prefix, c->v6_prefix, ss->net, sizeof ss->net);
     return ss;
 }

@@ -24,8 +24,7 @@ struct greylist_conf {
     bool strip_tags;
     enum greylist_on_error on_store_error;
     char key_prefix[GREYLIST_PREFIX_MAX];
-    struct greylist_net *allow_nets;
-    size_t nallow_nets;
+    sluice_netlist *allow_nets; /* clients never greylisted */
     char **allow_senders, **allow_rcpts, **skip_notes;
     size_t nallow_senders, nallow_rcpts, nskip_notes;
     sluice_counter *seen, *greylisted, *passed, *auto_allowed, *store_failures;

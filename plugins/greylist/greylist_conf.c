@@ -25,27 +25,12 @@ static const char *const top_names[] = {
     "allowlist",  "allow_senders", "allow_recipients", "skip_notes", NULL,
 };
 
-static int fail(const sluice_entry *e, const char *path, char *err, size_t errlen,
-                const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int fail(const sluice_entry *e, const char *path, char *err, size_t errlen,
-                const char *fmt, ...)
-{
-    char msg[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    snprintf(err, errlen, "line %d: %s: %s", sluice_setting_line(e, path), path, msg);
-    return -1;
-}
-
 static int get_duration(const sluice_entry *e, const char *path, int64_t *ms, char *err,
                         size_t errlen)
 {
     int rc = sluice_setting_duration(e, path, ms);
     if (rc < 0 || (rc == 0 && *ms < 0))
-        return fail(e, path, err, errlen, "expected a duration such as \"5m\" or \"36d\"");
+        return sluice_setting_fail(e, path, err, errlen, "expected a duration such as \"5m\" or \"36d\"");
     return 0;
 }
 
@@ -58,11 +43,11 @@ static int parse_times(const sluice_entry *e, struct greylist_conf *c, char *err
         get_duration(e, "refresh_interval", &t->refresh_ms, err, errlen) < 0)
         return -1;
     if (t->retry_window_ms <= t->min_delay_ms)
-        return fail(e, "retry_window", err, errlen, "must be longer than min_delay");
+        return sluice_setting_fail(e, "retry_window", err, errlen, "must be longer than min_delay");
     if (t->lifetime_ms <= 0)
-        return fail(e, "lifetime", err, errlen, "must be longer than 0");
+        return sluice_setting_fail(e, "lifetime", err, errlen, "must be longer than 0");
     if (t->refresh_ms >= t->lifetime_ms)
-        return fail(e, "refresh_interval", err, errlen, "must be shorter than lifetime");
+        return sluice_setting_fail(e, "refresh_interval", err, errlen, "must be shorter than lifetime");
     return 0;
 }
 
@@ -71,7 +56,7 @@ static int get_prefix(const sluice_entry *e, const char *path, unsigned max, uns
 {
     int64_t v = *out;
     if (sluice_setting_int(e, path, &v) < 0 || v < 0 || v > max)
-        return fail(e, path, err, errlen, "expected a prefix length 0..%u", max);
+        return sluice_setting_fail(e, path, err, errlen, "expected a prefix length 0..%u", max);
     *out = (unsigned)v;
     return 0;
 }
@@ -82,7 +67,7 @@ static int parse_on_error(const sluice_entry *e, struct greylist_conf *c, char *
     const char *v = "pass";
     if (sluice_setting_string(e, "on_store_error", &v) < 0 ||
         (strcmp(v, "pass") != 0 && strcmp(v, "tempfail") != 0))
-        return fail(e, "on_store_error", err, errlen, "expected \"pass\" or \"tempfail\"");
+        return sluice_setting_fail(e, "on_store_error", err, errlen, "expected \"pass\" or \"tempfail\"");
     c->on_store_error = strcmp(v, "pass") == 0 ? GREYLIST_FAIL_OPEN : GREYLIST_FAIL_TEMP;
     return 0;
 }
@@ -93,7 +78,7 @@ static int parse_key_prefix(const sluice_entry *e, struct greylist_conf *c, char
     const char *v = DEFAULT_KEY_PREFIX;
     if (sluice_setting_string(e, "key_prefix", &v) < 0 || !*v ||
         strlen(v) >= sizeof c->key_prefix || strpbrk(v, " :\t\r\n"))
-        return fail(e, "key_prefix", err, errlen,
+        return sluice_setting_fail(e, "key_prefix", err, errlen,
                     "expected a short name without spaces or ':' (default \"greylist\")");
     snprintf(c->key_prefix, sizeof c->key_prefix, "%s", v);
     return 0;
@@ -107,37 +92,21 @@ static int parse_scalars(const sluice_entry *e, struct greylist_conf *c, char *e
         return -1;
     if (sluice_setting_int(e, "auto_allowlist", &c->auto_allowlist) < 0 ||
         c->auto_allowlist < 0 || c->auto_allowlist > MAX_AUTO_ALLOWLIST)
-        return fail(e, "auto_allowlist", err, errlen, "expected an integer 0..%d (0: off)",
+        return sluice_setting_fail(e, "auto_allowlist", err, errlen, "expected an integer 0..%d (0: off)",
                     MAX_AUTO_ALLOWLIST);
     if (sluice_setting_bool(e, "strip_sender_tags", &c->strip_tags) < 0)
-        return fail(e, "strip_sender_tags", err, errlen, "expected true or false");
+        return sluice_setting_fail(e, "strip_sender_tags", err, errlen, "expected true or false");
     return parse_on_error(e, c, err, errlen) < 0 ? -1 : parse_key_prefix(e, c, err, errlen);
 }
 
 static int parse_nets(const sluice_entry *e, struct greylist_conf *c, char *err, size_t errlen)
 {
-    int n = sluice_setting_count(e, "allowlist");
-    if (n < 0)
-        return sluice_setting_line(e, "allowlist") == 0
-                   ? 0
-                   : fail(e, "allowlist", err, errlen, "expected an array of networks");
-    if (n > MAX_LIST)
-        return fail(e, "allowlist", err, errlen, "at most %d networks", MAX_LIST);
-    c->allow_nets = calloc((size_t)n + 1, sizeof *c->allow_nets);
-    if (!c->allow_nets)
-        return fail(e, "allowlist", err, errlen, "out of memory");
-    for (int i = 0; i < n; i++) {
-        char path[64];
-        const char *v;
-        snprintf(path, sizeof path, "allowlist.[%d]", i);
-        if (sluice_setting_string(e, path, &v) != 0 || !greylist_net_parse(v, &c->allow_nets[i]))
-            return fail(e, path, err, errlen, "expected an address or a network such as "
-                                              "\"192.0.2.0/24\"");
-    }
-    c->nallow_nets = (size_t)n;
+    if (sluice_setting_netlist(e, "allowlist", &c->allow_nets, err, errlen) < 0)
+        return -1;
+    if (sluice_netlist_count(c->allow_nets) > MAX_LIST)
+        return sluice_setting_fail(e, "allowlist", err, errlen, "at most %d networks", MAX_LIST);
     return 0;
 }
-
 /* An array of strings; each is checked by ok (NULL: any non-empty string). */
 static int parse_strings(const sluice_entry *e, const char *name, char ***out, size_t *count,
                          bool (*ok)(const char *), char *err, size_t errlen)
@@ -146,12 +115,12 @@ static int parse_strings(const sluice_entry *e, const char *name, char ***out, s
     if (n < 0)
         return sluice_setting_line(e, name) == 0
                    ? 0
-                   : fail(e, name, err, errlen, "expected an array of strings");
+                   : sluice_setting_fail(e, name, err, errlen, "expected an array of strings");
     if (n > MAX_LIST)
-        return fail(e, name, err, errlen, "at most %d entries", MAX_LIST);
+        return sluice_setting_fail(e, name, err, errlen, "at most %d entries", MAX_LIST);
     char **list = calloc((size_t)n + 1, sizeof *list);
     if (!list)
-        return fail(e, name, err, errlen, "out of memory");
+        return sluice_setting_fail(e, name, err, errlen, "out of memory");
     *out = list; /* freed whole by greylist_conf_free, even when half filled */
     *count = (size_t)n;
     for (int i = 0; i < n; i++) {
@@ -159,10 +128,10 @@ static int parse_strings(const sluice_entry *e, const char *name, char ***out, s
         const char *v;
         snprintf(path, sizeof path, "%s.[%d]", name, i);
         if (sluice_setting_string(e, path, &v) != 0 || !*v || (ok && !ok(v)))
-            return fail(e, path, err, errlen, "not a valid entry");
+            return sluice_setting_fail(e, path, err, errlen, "not a valid entry");
         list[i] = strdup(v);
         if (!list[i])
-            return fail(e, path, err, errlen, "out of memory");
+            return sluice_setting_fail(e, path, err, errlen, "out of memory");
     }
     return 0;
 }
@@ -230,7 +199,7 @@ void greylist_conf_free(struct greylist_conf *c)
 {
     if (!c)
         return;
-    free(c->allow_nets);
+    sluice_netlist_free(c->allow_nets);
     free_strings(c->allow_senders, c->nallow_senders);
     free_strings(c->allow_rcpts, c->nallow_rcpts);
     free_strings(c->skip_notes, c->nskip_notes);

@@ -40,47 +40,6 @@ static void mask_bytes(uint8_t *a, size_t len, unsigned prefix)
     }
 }
 
-bool greylist_net_parse(const char *text, struct greylist_net *n)
-{
-    char buf[INET6_ADDRSTRLEN + 8];
-    if (strlen(text) >= sizeof buf)
-        return false;
-    strcpy(buf, text);
-    char *slash = strchr(buf, '/');
-    if (slash)
-        *slash = '\0';
-    memset(n, 0, sizeof *n);
-    if (inet_pton(AF_INET, buf, n->addr) == 1)
-        n->family = AF_INET;
-    else if (inet_pton(AF_INET6, buf, n->addr) == 1)
-        n->family = AF_INET6;
-    else
-        return false;
-    unsigned max = n->family == AF_INET ? 32 : 128;
-    n->prefix = max;
-    if (slash) {
-        char *end;
-        if (!isdigit((unsigned char)slash[1]))
-            return false;
-        unsigned long v = strtoul(slash + 1, &end, 10);
-        if (*end != '\0' || v > max)
-            return false;
-        n->prefix = (unsigned)v;
-    }
-    mask_bytes(n->addr, max / 8, n->prefix);
-    return true;
-}
-
-bool greylist_net_contains(const struct greylist_net *n, const struct sockaddr *sa)
-{
-    uint8_t a[16];
-    int family = client_bytes(sa, a);
-    if (family != n->family)
-        return false;
-    mask_bytes(a, family == AF_INET ? 4 : 16, n->prefix);
-    return memcmp(a, n->addr, family == AF_INET ? 4 : 16) == 0;
-}
-
 bool greylist_client_net(const struct sockaddr *sa, unsigned v4_prefix, unsigned v6_prefix,
                          char *out, size_t outlen)
 {

@@ -13,17 +13,6 @@
 #define GREYLIST_ADDR_MAX 512   /* a normalised address, with its NUL */
 #define GREYLIST_RECORD_MAX 64  /* "A <first_ms> <stamp_ms>" */
 
-/* An address or network (allowlists). */
-struct greylist_net {
-    int family; /* AF_INET or AF_INET6 */
-    uint8_t addr[16];
-    unsigned prefix;
-};
-
-/* "192.0.2.0/24", "2001:db8::/32" or a bare address (a host). */
-bool greylist_net_parse(const char *text, struct greylist_net *n);
-/* IPv4-mapped IPv6 clients match IPv4 networks. */
-bool greylist_net_contains(const struct greylist_net *n, const struct sockaddr *sa);
 
 /* The client's network as text, e.g. "192.0.2.0/24" (v4_prefix 32 or
  * v6_prefix 128: the exact address, without a suffix). An IPv4-mapped IPv6

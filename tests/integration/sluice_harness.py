@@ -52,6 +52,25 @@ def worker_user():
             return pwd.getpwnam(WORKER_USER)
 
 
+def make_traversable(path):
+    """Lets the worker's user reach path: the plugins of the build tree and
+    the scripts and data of the source tree, which it reads after dropping
+    privileges as it reads /usr/lib/sluice in production. A checkout under a
+    private directory (mktemp -d is 0700) would hide them, so the tests add
+    the search bit (o+x, not read) to each directory on the way. Root only."""
+    if os.geteuid() != 0:
+        return
+    path = os.path.abspath(path)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & 0o001:
+            os.chmod(path, (mode & 0o7777) | 0o001)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
+
+
 def make_worker_dir(path):
     """A directory only the worker's user may write (its spool, its files)."""
     user = worker_user()
@@ -467,6 +486,8 @@ class SluiceTestCase(unittest.TestCase):
     def setUp(self):
         if not os.environ.get("SLUICE_BIN") and not os.path.exists(sluice_bin()):
             self.skipTest("no sluice binary at %s (set SLUICE_BIN)" % sluice_bin())
+        make_traversable(os.path.join(os.path.dirname(sluice_bin()), "plugins"))
+        make_traversable(HERE)
         self.workdir = tempfile.mkdtemp(prefix="sluice-it-")
         # The worker runs as an unprivileged user: it reads what is here
         # (configuration, scripts) like /etc/sluice, and writes only its own

@@ -117,24 +117,6 @@ static void listing_weight_sums_each_matching_code_once(void **state)
     assert_false(matched);
 }
 
-static void networks_contain_their_addresses_only(void **state)
-{
-    struct dnsbl_net n;
-    assert_true(dnsbl_net_parse("192.0.2.0/24", &n));
-    struct sockaddr_storage in = addr_of("192.0.2.200"), out = addr_of("192.0.3.1");
-    struct sockaddr_storage mapped = addr_of("::ffff:192.0.2.9"), v6 = addr_of("2001:db8::1");
-    assert_true(dnsbl_net_contains(&n, (struct sockaddr *)&in));
-    assert_false(dnsbl_net_contains(&n, (struct sockaddr *)&out));
-    assert_true(dnsbl_net_contains(&n, (struct sockaddr *)&mapped));
-    assert_false(dnsbl_net_contains(&n, (struct sockaddr *)&v6));
-    assert_true(dnsbl_net_parse("2001:db8::/33", &n));
-    assert_true(dnsbl_net_contains(&n, (struct sockaddr *)&v6));
-    assert_true(dnsbl_net_parse("198.51.100.7", &n));
-    assert_int_equal(n.prefix, 32);
-    assert_false(dnsbl_net_parse("192.0.2.0/40", &n));
-    assert_false(dnsbl_net_parse("example.org", &n));
-}
-
 static void domain_names_are_normalized_or_refused(void **state)
 {
     char out[DNSBL_NAME_MAX];
@@ -229,7 +211,6 @@ int main(void)
         cmocka_unit_test(codes_match_exact_and_networks),
         cmocka_unit_test(listing_weight_without_codes_is_the_zone_weight),
         cmocka_unit_test(listing_weight_sums_each_matching_code_once),
-        cmocka_unit_test(networks_contain_their_addresses_only),
         cmocka_unit_test(domain_names_are_normalized_or_refused),
         cmocka_unit_test(sender_domain_is_after_the_last_at),
         cmocka_unit_test(query_names_that_do_not_fit_are_refused),

@@ -48,19 +48,6 @@ static void full_prefix_keys_the_exact_address(void **state)
     assert_string_equal(net_of("192.0.2.77", 16, 64), "192.0.0.0/16");
 }
 
-static void allowlist_networks_match_their_clients(void **state)
-{
-    struct greylist_net n;
-    struct sockaddr_storage in = addr_of("10.1.2.3"), out = addr_of("10.2.0.1");
-    struct sockaddr_storage mapped = addr_of("::ffff:10.1.9.9");
-    assert_true(greylist_net_parse("10.1.0.0/16", &n));
-    assert_true(greylist_net_contains(&n, (struct sockaddr *)&in));
-    assert_true(greylist_net_contains(&n, (struct sockaddr *)&mapped));
-    assert_false(greylist_net_contains(&n, (struct sockaddr *)&out));
-    assert_false(greylist_net_parse("10.1.0.0/33", &n));
-    assert_false(greylist_net_parse("example.org", &n));
-}
-
 static const char *norm(const char *in, bool strip)
 {
     static char out[GREYLIST_ADDR_MAX];
@@ -167,7 +154,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(client_network_is_ipv4_24_and_ipv6_64_by_default),
         cmocka_unit_test(full_prefix_keys_the_exact_address),
-        cmocka_unit_test(allowlist_networks_match_their_clients),
         cmocka_unit_test(sender_case_is_folded),
         cmocka_unit_test(srs_gives_back_the_original_sender),
         cmocka_unit_test(batv_tag_is_stripped),

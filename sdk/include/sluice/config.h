@@ -65,6 +65,11 @@ const char *sluice_config_dir(const sluice_entry *e);
 
 /* The line of a setting in the entry's file (0 when absent), for messages. */
 int sluice_setting_line(const sluice_entry *e, const char *path);
+/* Writes "line N: path: <message>" into err (the host adds the file name)
+ * and returns -1, so a plugin's init() can `return sluice_setting_fail(...)`.
+ * N is the setting's line (0 when absent). Since ABI 1.2. */
+int sluice_setting_fail(const sluice_entry *e, const char *path, char *err, size_t errlen,
+                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Fails (returns -1 and writes "file:line: unknown setting 'x'") when the
  * group at path ("" for the top level) holds a setting not in names (a

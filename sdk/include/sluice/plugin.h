@@ -32,7 +32,8 @@ extern "C" {
 /* 1.1: sluice_entry_timer(), sluice_entry_dns_query() (<sluice/async.h>).
  * 1.2: message readers usable on the thread pool, sluice_message_pread(),
  *      sluice_message_length() (<sluice/session.h>);
- *      sluice_setting_path(), sluice_config_dir() (<sluice/config.h>).
+ *      sluice_setting_path(), sluice_config_dir(), sluice_setting_fail()
+ *      (<sluice/config.h>); network lists (<sluice/net.h>).
  * 1.3: sluice_entry_timeout(), sluice_entry_set_timeout() (<sluice/config.h>). */
 #define SLUICE_ABI_MINOR 3
 

@@ -8,5 +8,6 @@
 #include "store.h"
 #include "config.h"
 #include "log.h"
+#include "net.h"
 
 #endif
