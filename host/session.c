@@ -451,7 +451,9 @@ static bool session_start_implicit_tls(struct session *s)
 {
     char err[300];
     SSL_CTX *ctx = tls_server_ctx(s->listen, err, sizeof err);
-    if (!ctx || io_start_tls_server(s->io, ctx) < 0) {
+    int rc = ctx ? io_start_tls_server(s->io, ctx) : -1;
+    SSL_CTX_free(ctx); /* the SSL holds its own reference; NULL is a no-op */
+    if (rc < 0) {
         log_err(s->sid, "implicit TLS: %s", ctx ? io_error_text(s->io) : err);
         session_close_after(s, R_COUNT); /* nothing can be said in plain text */
         return false;

@@ -287,7 +287,9 @@ static void cmd_starttls_proceed(struct session *s, const struct hook_verdict *v
         return;
     }
     session_reply(s, R_TLS_GO);
-    if (io_start_tls_server(s->io, ctx) < 0) {
+    int rc = io_start_tls_server(s->io, ctx);
+    SSL_CTX_free(ctx); /* the SSL holds its own reference */
+    if (rc < 0) {
         log_err(s->sid, "STARTTLS: cannot start TLS: %s", io_error_text(s->io));
         session_close_after(s, R_COUNT); /* the client already heard 220 */
         return;

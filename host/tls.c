@@ -8,6 +8,7 @@
 #include <openssl/err.h>
 
 #include "config.h"
+#include "log.h"
 
 /* One context per certificate and key file pair, for the worker's life. */
 struct tls_ctx_entry {
@@ -64,6 +65,8 @@ SSL_CTX *tls_server_ctx(const struct listen_conf *l, char *err, size_t errlen)
     for (struct tls_ctx_entry *t = tls_ctxs; t; t = t->next)
         if (strcmp(t->cert, cert) == 0 && strcmp(t->key, key) == 0)
             ctx = t->ctx;
+    if (ctx)
+        SSL_CTX_up_ref(ctx);
     if (!ctx) {
         struct tls_ctx_entry *t = calloc(1, sizeof *t);
         if (t) {
@@ -76,6 +79,7 @@ SSL_CTX *tls_server_ctx(const struct listen_conf *l, char *err, size_t errlen)
             t->ctx = ctx = tls_load(cert, key, err, errlen);
         }
         if (ctx) {
+            SSL_CTX_up_ref(ctx); /* one for the cache, one for the caller */
             t->next = tls_ctxs;
             tls_ctxs = t;
         } else if (t) {
@@ -141,4 +145,36 @@ SSL_CTX *tls_client_ctx(const char *ca_file, char *err, size_t errlen)
     }
     pthread_mutex_unlock(&tls_lock);
     return ctx;
+}
+
+void tls_reload(const struct listen_conf *listens, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct listen_conf *l = &listens[i];
+        if (!l->tls_cert)
+            continue;
+        const char *key = l->tls_key ? l->tls_key : l->tls_cert;
+        char err[300];
+        SSL_CTX *fresh = tls_load(l->tls_cert, key, err, sizeof err);
+        if (!fresh) {
+            log_err(NULL, "reload: TLS of %s:%s keeps its certificate: %s", l->address, l->port,
+                    err);
+            continue;
+        }
+        pthread_mutex_lock(&tls_lock);
+        struct tls_ctx_entry *t = tls_ctxs;
+        while (t && (strcmp(t->cert, l->tls_cert) != 0 || strcmp(t->key, key) != 0))
+            t = t->next;
+        if (t) {
+            SSL_CTX_free(t->ctx); /* sessions holding it keep their reference */
+            t->ctx = fresh;
+            fresh = NULL;
+        }
+        pthread_mutex_unlock(&tls_lock);
+        if (fresh)
+            SSL_CTX_free(fresh); /* never used yet: the first handshake loads it */
+        else
+            log_info(NULL, "reload: TLS of %s:%s: certificate %s read again", l->address,
+                     l->port, l->tls_cert);
+    }
 }

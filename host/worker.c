@@ -29,6 +29,7 @@
 #include "privileges.h"
 #include "restart_only.h"
 #include "session.h"
+#include "tls.h"
 
 /* How often a loop looks for DNS contexts a reload replaced that have no
  * query left. */
@@ -424,6 +425,7 @@ static void worker_reload(struct worker *w, int status_fd)
     generation_install(w, g);
     worker_post_all(w, worker_loop_dns_cb);
     worker_reload_metrics(w, g->cfg->metrics_listen);
+    tls_reload(g->cfg->listens, g->cfg->nlistens);
     log_info(NULL, "reload: configuration generation %u serves new sessions", g->id);
     worker_report_reload(status_fd, true, "");
 }

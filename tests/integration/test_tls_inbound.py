@@ -5,6 +5,7 @@ executed (the CVE-2011-0411 class). Certificates are made with the openssl
 CLI."""
 
 import os
+import signal
 import smtplib
 import socket
 import ssl
@@ -17,9 +18,9 @@ SENDER = "sender@x.example"
 BODY = b"Subject: tls\r\n\r\nover TLS\r\n"
 
 
-def make_cert(workdir, name):
-    cert = os.path.join(workdir, name + ".crt")
-    key = os.path.join(workdir, name + ".key")
+def make_cert(workdir, name, stem=None):
+    cert = os.path.join(workdir, (stem or name) + ".crt")
+    key = os.path.join(workdir, (stem or name) + ".key")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=" + name, "-addext", "subjectAltName=DNS:%s,IP:127.0.0.1" % name,
                     "-keyout", key, "-out", cert],
@@ -97,6 +98,39 @@ class StartTlsTest(SluiceTestCase):
             s.starttls(context=client_context(self.cert))
             self.assertEqual(s.sendmail(SENDER, ["u@a.example"], BODY), {})
 
+
+
+class CertificateReloadTest(SluiceTestCase):
+    def test_sighup_swaps_the_certificate_without_dropping_an_open_tls_session(self):
+        cert, key = make_cert(self.workdir, "mx.sluice.test", "live")
+        b = self.start_backend("a")
+        s, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")],
+                                   listen_options={"tls_cert": cert, "tls_key": key})
+        first = RawClient(port)
+        self.clients.append(first)
+        first.read_reply()
+        first.cmd("EHLO client.test")
+        self.assertReply(first.cmd("STARTTLS"), 220)
+        first.sock = client_context(cert).wrap_socket(first.sock, server_hostname="mx.sluice.test")
+        self.assertReply(first.cmd("EHLO client.test"), 250)
+        first_cert = first.sock.getpeercert(binary_form=True)
+
+        new_cert, new_key = make_cert(self.workdir, "mx.sluice.test", "new")
+        os.replace(new_cert, cert)
+        os.replace(new_key, key)
+        s.proc.send_signal(signal.SIGHUP)
+        s.wait_log(r"reload: TLS of .*read again")
+
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as c:
+            c.starttls(context=client_context(cert))  # trusts only the new one
+            self.assertNotEqual(c.sock.getpeercert(binary_form=True), first_cert)
+            self.assertEqual(c.sendmail(SENDER, ["v@a.example"], BODY), {})
+        # The session opened before the reload goes on with its certificate.
+        self.assertReply(first.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(first.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(first.cmd("DATA"), 354)
+        self.assertReply(first.cmd(BODY + b"."), 250)
+        self.assertEqual(len(b.wait_messages(2)), 2)
 
 
 class ImplicitTlsTest(SluiceTestCase):
