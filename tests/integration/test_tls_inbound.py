@@ -9,6 +9,7 @@ import signal
 import smtplib
 import socket
 import ssl
+import struct
 import subprocess
 import unittest
 
@@ -131,6 +132,32 @@ class CertificateReloadTest(SluiceTestCase):
         self.assertReply(first.cmd("DATA"), 354)
         self.assertReply(first.cmd(BODY + b"."), 250)
         self.assertEqual(len(b.wait_messages(2)), 2)
+
+
+class TlsAfterProxyHeaderTest(SluiceTestCase):
+    def test_starttls_after_a_proxy_v2_header_and_the_backend_sees_the_real_client(self):
+        cert, key = make_cert(self.workdir, "mx.sluice.test")
+        b = self.start_backend("a", "--xclient")
+        _, port = self.start_relay(
+            [pool("a", [b.port])], [("a.example", "a")],
+            listen_options={"tls_cert": cert, "tls_key": key, "proxy_protocol": True,
+                            "proxy_trusted": ["127.0.0.1"]})
+        c = RawClient(port)
+        self.clients.append(c)
+        addrs = socket.inet_aton("192.0.2.7") + socket.inet_aton("127.0.0.1") + \
+            struct.pack("!HH", 4000, 25)
+        c.send(b"\r\n\r\n\x00\r\nQUIT\n\x21\x11" + struct.pack("!H", len(addrs)) + addrs)
+        self.assertReply(c.read_reply(), 220)
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("STARTTLS"), 220)
+        c.sock = client_context(cert).wrap_socket(c.sock, server_hostname="mx.sluice.test")
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        self.assertReply(c.cmd(BODY + b"."), 250)
+        [msg] = b.wait_messages(1)
+        self.assertIn("192.0.2.7", str(msg["xclient"]))
 
 
 class ImplicitTlsTest(SluiceTestCase):
