@@ -63,7 +63,8 @@ def read_text(path):
 class PrivatePostfix:
     """A Postfix instance living entirely in one temporary directory."""
 
-    def __init__(self, base):
+    def __init__(self, base, extra_main_cf=""):
+        self.extra_main_cf = extra_main_cf
         self.dir = os.path.join(base, "postfix")
         self.etc = os.path.join(self.dir, "etc")
         self.mbox = os.path.join(self.dir, "mail", "sink.mbox")
@@ -90,6 +91,8 @@ class PrivatePostfix:
             text = read_text(os.path.join(TEMPLATES, name + ".in"))
             for key, value in subst.items():
                 text = text.replace(key, value)
+            if name == "main.cf":
+                text += self.extra_main_cf
             with open(os.path.join(self.etc, name), "w") as f:
                 f.write(text)
 
@@ -132,7 +135,8 @@ class PrivatePostfix:
 class Sluice:
     """The daemon under test, in the foreground, with a generated config."""
 
-    def __init__(self, base, backend_port):
+    def __init__(self, base, backend_port, pool_extra=""):
+        self.pool_extra = pool_extra
         self.dir = os.path.join(base, "sluice")
         self.conf = os.path.join(self.dir, "sluice.conf")
         self.port = free_port()
@@ -159,13 +163,14 @@ pools = (
         xclient = true;
         helo_name = "{helo}";
         max_connections = 5;
+        {extra}
     }}
 );
 routes = ( {{ match = "{domain}"; pool = "postfix"; }} );
 default_pool = "postfix";
 dns = {{ servers = [ "127.0.0.1:{dns}" ]; timeout = "1s"; }};
 """.format(dir=self.dir, port=self.port, backend=self.backend_port, helo=PROXY_HELO,
-           domain=DOMAIN, dns=free_port(socket.SOCK_DGRAM)))
+           domain=DOMAIN, dns=free_port(socket.SOCK_DGRAM), extra=self.pool_extra))
 
     def _collect_stderr(self):
         for line in self.proc.stderr:
@@ -264,6 +269,53 @@ class PostfixInteropTest(unittest.TestCase):
         self.assertIn("Subject: through sluice", mbox)
         self.assertIn("Hello through the proxy.", mbox)
         self.assert_received_names_client(mbox)
+
+
+@unittest.skipUnless(os.path.exists(POSTFIX), "Postfix is not installed")
+@unittest.skipUnless(os.geteuid() == 0, "starting a Postfix instance needs root")
+class PostfixTlsInteropTest(unittest.TestCase):
+    """sluice to a Postfix with smtpd_tls_security_level = may, TLS required
+    and verified on sluice's side: Postfix's Received: line says TLS."""
+
+    def setUp(self):
+        self.base = tempfile.mkdtemp(prefix="sluice-postfix-tls-")
+        os.chmod(self.base, 0o755)
+        self.addCleanup(shutil.rmtree, self.base, True)
+        name = "backend." + DOMAIN
+        self.cert = os.path.join(self.base, "backend.crt")
+        key = os.path.join(self.base, "backend.key")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=" + name, "-addext", "subjectAltName=DNS:" + name,
+                        "-keyout", key, "-out", self.cert], check=True, timeout=60,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.chmod(key, 0o644)
+        os.chmod(self.cert, 0o644)
+        self.postfix = PrivatePostfix(self.base, (
+            "\nsmtpd_tls_security_level = may\n"
+            "smtpd_tls_cert_file = %s\nsmtpd_tls_key_file = %s\n"
+            "smtpd_tls_received_header = yes\n" % (self.cert, key)))
+        self.addCleanup(self.postfix.stop)
+        self.postfix.start()
+
+    def test_postfix_receives_over_verified_tls_and_its_received_line_says_so(self):
+        binary = os.environ.get("SLUICE_BIN")
+        self.assertTrue(binary and os.access(binary, os.X_OK), "SLUICE_BIN is not set")
+        sluice = Sluice(self.base, self.postfix.port, 'tls = "required"; tls_ca = "%s"; '
+                        'tls_name = "backend.%s";' % (self.cert, DOMAIN))
+        self.addCleanup(sluice.stop)
+        sluice.start(binary)
+        try:
+            refused = send_message(sluice.port, CLIENT_HELO, "over TLS")
+        except smtplib.SMTPException as e:
+            raise AssertionError("%s\nsluice:\n%s\nmaillog:\n%s" % (
+                e, "".join(sluice.log[-30:]), read_text(self.postfix.maillog)))
+        self.assertEqual(refused, {})
+        mbox = self.postfix.wait_for_delivery(DELIVERY_TIMEOUT)
+        self.assertIn("Subject: over TLS", mbox, read_text(self.postfix.maillog))
+        [received] = received_lines(mbox)
+        self.assertRegex(received, r"\(using TLSv1\.[23] with cipher ")
+        self.assertRegex(received, r"from %s \(\S+ \[%s\]\)" % (re.escape(CLIENT_HELO),
+                                                               re.escape(CLIENT_ADDR)))
 
 
 if __name__ == "__main__":
