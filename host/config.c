@@ -36,6 +36,11 @@ static bool is_numeric_ip(const char *s)
 
 /* listen */
 
+static bool is_tls_protocol(const char *v)
+{
+    return strcmp(v, "TLSv1.2") == 0 || strcmp(v, "TLSv1.3") == 0;
+}
+
 static const struct copt listen_opts[] = {
     {.name = "address",
      .kind = OPT_STRING,
@@ -49,6 +54,14 @@ static const struct copt listen_opts[] = {
     OSTRING("tls_cert", struct listen_conf, tls_cert, NULL),
     OSTRING("tls_key", struct listen_conf, tls_key, NULL),
     OBOOL("tls_implicit", struct listen_conf, tls_implicit, false),
+    {.name = "tls_min_protocol",
+     .kind = OPT_STRING,
+     FIELD(struct listen_conf, tls_min_protocol),
+     .sdef = "TLSv1.2",
+     .valid = is_tls_protocol,
+     .expect = "must be \"TLSv1.2\" or \"TLSv1.3\""},
+    OSTRING("tls_ciphers", struct listen_conf, tls_ciphers, NULL),
+    OSTRING("tls_client_ca", struct listen_conf, tls_client_ca, NULL),
     OEND,
 };
 
@@ -691,6 +704,9 @@ void config_free(struct sluice_config *cfg)
         netlist_free(cfg->listens[i].proxy_trusted);
         free(cfg->listens[i].tls_cert);
         free(cfg->listens[i].tls_key);
+        free(cfg->listens[i].tls_min_protocol);
+        free(cfg->listens[i].tls_ciphers);
+        free(cfg->listens[i].tls_client_ca);
     }
     free(cfg->listens);
     for (size_t i = 0; i < cfg->npools; i++)

@@ -25,6 +25,9 @@ struct listen_conf {
     char *tls_cert;              /* PEM certificate chain: STARTTLS is offered; NULL: no TLS */
     char *tls_key;               /* its private key (PEM), default: tls_cert */
     bool tls_implicit;           /* TLS from the first byte (RFC 8314, port 465), no STARTTLS */
+    char *tls_min_protocol;      /* "TLSv1.2" (default) or "TLSv1.3" */
+    char *tls_ciphers;           /* OpenSSL cipher list for TLS 1.2, NULL: OpenSSL's default */
+    char *tls_client_ca;         /* ask clients for a certificate, verify it with these CAs */
     int line;                    /* where it was configured, for messages */
 };
 

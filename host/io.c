@@ -32,6 +32,8 @@ struct io {
     bool tls;        /* bev is a TLS bufferevent */
     bool verify;     /* the peer's certificate is verified (client side) */
     char tls_error[160]; /* why the last TLS handshake failed */
+    char peer_subject[256]; /* the peer certificate's subject, "" without one */
+    bool peer_verified;     /* it chained to the configured CAs */
     size_t input_limit;
     int error;       /* errno of the last IO_ERROR */
 };
@@ -76,6 +78,20 @@ static void io_note_tls_error(struct io *io)
     ERR_clear_error(); /* the failed handshake's queue: not ours to keep */
 }
 
+/* The peer's certificate, once the handshake is done. */
+static void io_note_peer(struct io *io)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(io->bev);
+    X509 *peer = ssl ? SSL_get1_peer_certificate(ssl) : NULL;
+    io->peer_subject[0] = '\0';
+    io->peer_verified = false;
+    if (!peer)
+        return;
+    X509_NAME_oneline(X509_get_subject_name(peer), io->peer_subject, sizeof io->peer_subject);
+    io->peer_verified = SSL_get_verify_result(ssl) == X509_V_OK;
+    X509_free(peer);
+}
+
 static void io_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct io *io = arg;
@@ -84,6 +100,8 @@ static void io_event_cb(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         if (!io->tls)
             io_set_nodelay(io);
+        else
+            io_note_peer(io);
         ev = IO_CONNECTED;
     } else if (what & BEV_EVENT_TIMEOUT) {
         ev = (what & BEV_EVENT_READING) ? IO_READ_TIMEOUT : IO_WRITE_TIMEOUT;
@@ -386,6 +404,19 @@ const char *io_tls_version(const struct io *io)
     SSL *ssl = io_ssl(io);
     return ssl ? SSL_get_version(ssl) : NULL;
 }
+
+const char *io_tls_sni(const struct io *io)
+{
+    SSL *ssl = io_ssl(io);
+    return ssl ? SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name) : NULL;
+}
+
+const char *io_tls_peer_subject(const struct io *io)
+{
+    return io && io->tls && io->peer_subject[0] ? io->peer_subject : NULL;
+}
+
+bool io_tls_peer_verified(const struct io *io) { return io && io->tls && io->peer_verified; }
 
 const char *io_tls_cipher(const struct io *io)
 {

@@ -117,6 +117,11 @@ bool io_tls_active(const struct io *io);
  * or NULL in plain text. */
 const char *io_tls_version(const struct io *io);
 const char *io_tls_cipher(const struct io *io);
+/* The server name the client asked for (SNI), the subject of the peer's
+ * certificate ("/CN=..."), NULL when none; whether it verified. */
+const char *io_tls_sni(const struct io *io);
+const char *io_tls_peer_subject(const struct io *io);
+bool io_tls_peer_verified(const struct io *io);
 /* "TLSv1.3 TLS_AES_256_GCM_SHA384", or "" without TLS. */
 void io_tls_describe(const struct io *io, char *out, size_t cap);
 

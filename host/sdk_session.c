@@ -138,6 +138,12 @@ bool sluice_backend_held(const sluice_session *s) { return CS(s)->backend != NUL
 bool sluice_tls_active(const sluice_session *s) { return CS(s)->io && io_tls_active(CS(s)->io); }
 const char *sluice_tls_version(const sluice_session *s) { return io_tls_version(CS(s)->io); }
 const char *sluice_tls_cipher(const sluice_session *s) { return io_tls_cipher(CS(s)->io); }
+const char *sluice_tls_sni(const sluice_session *s) { return io_tls_sni(CS(s)->io); }
+const char *sluice_tls_client_subject(const sluice_session *s)
+{
+    return io_tls_peer_subject(CS(s)->io);
+}
+bool sluice_tls_client_verified(const sluice_session *s) { return io_tls_peer_verified(CS(s)->io); }
 
 /* ---- the conversation ------------------------------------------------------ */
 

@@ -30,17 +30,51 @@ static void tls_error(char *err, size_t errlen, const char *what, const char *pa
     snprintf(err, errlen, "%s %s: %s", what, path, ossl[0] ? ossl : "failed");
 }
 
-static SSL_CTX *tls_load(const char *cert, const char *key, char *err, size_t errlen)
+/* A client certificate is asked for, never required: a client without one
+ * (most MTAs) still gets TLS; whether it verified is a fact for plugins. */
+static int tls_accept_any_client(int preverify_ok, X509_STORE_CTX *x)
+{
+    (void)preverify_ok;
+    (void)x;
+    return 1;
+}
+
+static int tls_apply_listener(SSL_CTX *ctx, const struct listen_conf *l, char *err,
+                              size_t errlen)
+{
+    bool v13 = l->tls_min_protocol && strcmp(l->tls_min_protocol, "TLSv1.3") == 0;
+    SSL_CTX_set_min_proto_version(ctx, v13 ? TLS1_3_VERSION : TLS1_2_VERSION);
+    if (l->tls_ciphers && SSL_CTX_set_cipher_list(ctx, l->tls_ciphers) != 1) {
+        tls_error(err, errlen, "tls_ciphers matches no cipher:", l->tls_ciphers);
+        return -1;
+    }
+    if (l->tls_client_ca) {
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(l->tls_client_ca);
+        if (SSL_CTX_load_verify_locations(ctx, l->tls_client_ca, NULL) != 1 || !names) {
+            if (names)
+                sk_X509_NAME_pop_free(names, X509_NAME_free);
+            tls_error(err, errlen, "cannot load tls_client_ca", l->tls_client_ca);
+            return -1;
+        }
+        SSL_CTX_set_client_CA_list(ctx, names);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, tls_accept_any_client);
+    }
+    return 0;
+}
+
+static SSL_CTX *tls_load(const struct listen_conf *l, const char *cert, const char *key,
+                         char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
         tls_error(err, errlen, "cannot create a TLS context for", cert);
         return NULL;
     }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     /* Renegotiation is a client-driven CPU cost with no use in SMTP. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
-    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+    if (tls_apply_listener(ctx, l, err, errlen) < 0) {
+        /* err says why */
+    } else if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         tls_error(err, errlen, "cannot load the certificate", cert);
     } else if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
         tls_error(err, errlen, "cannot load the key", key);
@@ -76,7 +110,7 @@ SSL_CTX *tls_server_ctx(const struct listen_conf *l, char *err, size_t errlen)
         if (!t || !t->cert || !t->key) {
             snprintf(err, errlen, "out of memory");
         } else {
-            t->ctx = ctx = tls_load(cert, key, err, errlen);
+            t->ctx = ctx = tls_load(l, cert, key, err, errlen);
         }
         if (ctx) {
             SSL_CTX_up_ref(ctx); /* one for the cache, one for the caller */
@@ -155,7 +189,7 @@ void tls_reload(const struct listen_conf *listens, size_t n)
             continue;
         const char *key = l->tls_key ? l->tls_key : l->tls_cert;
         char err[300];
-        SSL_CTX *fresh = tls_load(l->tls_cert, key, err, sizeof err);
+        SSL_CTX *fresh = tls_load(l, l->tls_cert, key, err, sizeof err);
         if (!fresh) {
             log_err(NULL, "reload: TLS of %s:%s keeps its certificate: %s", l->address, l->port,
                     err);

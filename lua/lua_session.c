@@ -112,11 +112,17 @@ static int s_tls(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 5);
     push_or_nil(L, sluice_tls_version(s));
     lua_setfield(L, -2, "version");
     push_or_nil(L, sluice_tls_cipher(s));
     lua_setfield(L, -2, "cipher");
+    push_or_nil(L, sluice_tls_sni(s));
+    lua_setfield(L, -2, "sni");
+    push_or_nil(L, sluice_tls_client_subject(s));
+    lua_setfield(L, -2, "client_subject");
+    lua_pushboolean(L, sluice_tls_client_verified(s));
+    lua_setfield(L, -2, "client_verified");
     return 1;
 }
 

@@ -217,6 +217,72 @@ class TlsFactsTest(SluiceTestCase):
         s.wait_log(r"\btx .*<v@a\.example>.* tls=TLSv1\.[23]/\S+$")
 
 
+class TlsListenerOptionsTest(SluiceTestCase):
+    def start_with_policy(self, **listen):
+        self.cert, key = make_cert(self.workdir, "mx.sluice.test")
+        script = os.path.join(self.workdir, "policy.lua")
+        with open(script, "w") as f:
+            f.write('sluice.on("eom", function(s)\n'
+                    '    local t = s:tls()\n'
+                    '    s:add_header("X-SNI", tostring(t.sni))\n'
+                    '    s:add_header("X-Client", tostring(t.client_subject) .. " " ..\n'
+                    '                 tostring(t.client_verified))\n'
+                    'end)\n')
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        with open(os.path.join(conf_dir, "50-policy.conf"), "w") as f:
+            f.write('plugin = "lua";\nscript = "%s";\n' % script)
+        self.backend = self.start_backend("a")
+        plugins = os.path.join(os.path.dirname(os.path.abspath(sluice_bin())), "plugins")
+        listen.update({"tls_cert": self.cert, "tls_key": key})
+        _, self.port = self.start_relay([pool("a", [self.backend.port])], [("a.example", "a")],
+                                        plugin_dir=plugins, listen_options=listen)
+
+    def deliver_with(self, ctx, server_hostname):
+        c = RawClient(self.port)
+        self.clients.append(c)
+        c.read_reply()
+        c.cmd("EHLO client.test")
+        self.assertReply(c.cmd("STARTTLS"), 220)
+        c.sock = ctx.wrap_socket(c.sock, server_hostname=server_hostname)
+        c.cmd("EHLO client.test")
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        self.assertReply(c.cmd(BODY + b"."), 250)
+        c.cmd("QUIT")
+
+    def test_client_certificate_subject_and_verification_and_sni_reach_lua(self):
+        ca_cert, ca_key = make_cert(self.workdir, "trusted.client.test")
+        other_cert, other_key = make_cert(self.workdir, "unknown.client.test")
+        self.start_with_policy(tls_client_ca=ca_cert)
+        trusted = client_context(self.cert)
+        trusted.load_cert_chain(ca_cert, ca_key)
+        self.deliver_with(trusted, "mx.sluice.test")
+        unknown = client_context(self.cert)
+        unknown.load_cert_chain(other_cert, other_key)
+        self.deliver_with(unknown, "mx.sluice.test")
+        self.deliver_with(client_context(self.cert), "mx.sluice.test")
+        first, second, third = self.backend.wait_messages(3)
+        self.assertIn(b"X-SNI: mx.sluice.test\r\n", first["data"])
+        self.assertIn(b"X-Client: /CN=trusted.client.test true\r\n", first["data"])
+        self.assertIn(b"X-Client: /CN=unknown.client.test false\r\n", second["data"])
+        self.assertIn(b"X-Client: nil false\r\n", third["data"])
+
+    def test_tls_min_protocol_tls13_refuses_a_tls12_client(self):
+        self.start_with_policy(tls_min_protocol="TLSv1.3")
+        old = client_context(self.cert)
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        c = RawClient(self.port)
+        self.clients.append(c)
+        c.read_reply()
+        c.cmd("EHLO client.test")
+        self.assertReply(c.cmd("STARTTLS"), 220)
+        with self.assertRaises(ssl.SSLError):
+            old.wrap_socket(c.sock, server_hostname="mx.sluice.test")
+        self.deliver_with(client_context(self.cert), "mx.sluice.test")
+
+
 class NoTlsListenerTest(SluiceTestCase):
     def test_listener_without_certificate_offers_no_starttls(self):
         b = self.start_backend("a")

@@ -34,7 +34,9 @@ extern "C" {
  *      sluice_message_length() (<sluice/session.h>);
  *      sluice_setting_path(), sluice_config_dir(), sluice_setting_fail()
  *      (<sluice/config.h>); network lists (<sluice/net.h>).
- * 1.3: sluice_entry_timeout(), sluice_entry_set_timeout() (<sluice/config.h>). */
+ * 1.3: sluice_entry_timeout(), sluice_entry_set_timeout() (<sluice/config.h>);
+ *      sluice_tls_sni(), sluice_tls_client_subject(), sluice_tls_client_verified()
+ *      (<sluice/session.h>), and the TLS facts set (STARTTLS and implicit TLS). */
 #define SLUICE_ABI_MINOR 3
 
 /* Opaque handles. */

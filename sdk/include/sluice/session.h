@@ -53,10 +53,19 @@ void sluice_throttle(sluice_session *s, uint64_t bytes_per_second);
  * outlast the transaction). A plugin that delays must not hold one. Any hook. */
 bool sluice_backend_held(const sluice_session *s);
 
-/* TLS facts of the client connection: false / NULL while it is in plain text. */
+/* TLS facts of the client connection: false / NULL while it is in plain
+ * text. Any hook; the strings live as long as the session. */
 bool sluice_tls_active(const sluice_session *s);
-const char *sluice_tls_version(const sluice_session *s);
-const char *sluice_tls_cipher(const sluice_session *s);
+const char *sluice_tls_version(const sluice_session *s); /* "TLSv1.3" */
+const char *sluice_tls_cipher(const sluice_session *s);  /* "TLS_AES_256_GCM_SHA384" */
+/* (SDK 1.3) The server name the client asked for (SNI), or NULL. */
+const char *sluice_tls_sni(const sluice_session *s);
+/* (SDK 1.3) The subject of the client's certificate ("/CN=client.example"),
+ * NULL when it sent none (a listener asks for one with tls_client_ca). */
+const char *sluice_tls_client_subject(const sluice_session *s);
+/* (SDK 1.3) True when that certificate chained to the listener's
+ * tls_client_ca. */
+bool sluice_tls_client_verified(const sluice_session *s);
 
 /* ---- the conversation ------------------------------------------------------ */
 
