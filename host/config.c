@@ -36,6 +36,21 @@ static bool is_numeric_ip(const char *s)
 
 /* listen */
 
+static const struct copt tls_sni_opts[] = {
+    {.name = "name", .kind = OPT_STRING, FIELD(struct tls_sni_conf, name), .required = true},
+    {.name = "cert", .kind = OPT_STRING, FIELD(struct tls_sni_conf, cert), .required = true},
+    OSTRING("key", struct tls_sni_conf, key, NULL),
+    OEND,
+};
+
+static int load_tls_sni(struct copt_loader *ld, const config_setting_t *s, void *obj)
+{
+    struct listen_conf *l = obj;
+    static const struct copt_list spec = {sizeof(struct tls_sni_conf), tls_sni_opts, NULL,
+                                          "a group { name = ...; cert = ...; }"};
+    return copt_load_list(ld, s, &spec, (void **)&l->tls_sni, &l->ntls_sni);
+}
+
 static bool is_tls_protocol(const char *v)
 {
     return strcmp(v, "TLSv1.2") == 0 || strcmp(v, "TLSv1.3") == 0;
@@ -62,6 +77,7 @@ static const struct copt listen_opts[] = {
      .expect = "must be \"TLSv1.2\" or \"TLSv1.3\""},
     OSTRING("tls_ciphers", struct listen_conf, tls_ciphers, NULL),
     OSTRING("tls_client_ca", struct listen_conf, tls_client_ca, NULL),
+    OCUSTOM("tls_sni", load_tls_sni),
     OEND,
 };
 
@@ -80,6 +96,8 @@ static int load_listens(struct copt_loader *ld, const config_setting_t *s, void 
             return copt_fail(ld, e, "'proxy_protocol' needs a non-empty 'proxy_trusted'");
         if (l->tls_key && !l->tls_cert)
             return copt_fail(ld, e, "'tls_key' needs 'tls_cert'");
+        if (l->ntls_sni > 0 && !l->tls_cert)
+            return copt_fail(ld, e, "'tls_sni' needs 'tls_cert' (the certificate without SNI)");
         if (l->tls_implicit && !l->tls_cert)
             return copt_fail(ld, e, "'tls_implicit' needs 'tls_cert'");
         /* The bytes after the header would be the TLS handshake: not yet. */
@@ -707,6 +725,12 @@ void config_free(struct sluice_config *cfg)
         free(cfg->listens[i].tls_min_protocol);
         free(cfg->listens[i].tls_ciphers);
         free(cfg->listens[i].tls_client_ca);
+        for (size_t k = 0; k < cfg->listens[i].ntls_sni; k++) {
+            free(cfg->listens[i].tls_sni[k].name);
+            free(cfg->listens[i].tls_sni[k].cert);
+            free(cfg->listens[i].tls_sni[k].key);
+        }
+        free(cfg->listens[i].tls_sni);
     }
     free(cfg->listens);
     for (size_t i = 0; i < cfg->npools; i++)

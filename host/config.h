@@ -17,6 +17,14 @@ enum bare_newline_mode {
     BARE_NEWLINE_NORMALIZE, /* bare CR / LF become CRLF, as body text */
 };
 
+/* Another certificate of a listener, chosen when the client asks for name
+ * (SNI). */
+struct tls_sni_conf {
+    char *name; /* "mx2.example.org" */
+    char *cert;
+    char *key;  /* default: cert */
+};
+
 struct listen_conf {
     char *address;               /* numeric IP, e.g. "127.0.0.1" or "::1" */
     char *port;                  /* e.g. "2525" */
@@ -28,6 +36,8 @@ struct listen_conf {
     char *tls_min_protocol;      /* "TLSv1.2" (default) or "TLSv1.3" */
     char *tls_ciphers;           /* OpenSSL cipher list for TLS 1.2, NULL: OpenSSL's default */
     char *tls_client_ca;         /* ask clients for a certificate, verify it with these CAs */
+    struct tls_sni_conf *tls_sni; /* more certificates, by the name the client asks for */
+    size_t ntls_sni;
     int line;                    /* where it was configured, for messages */
 };
 

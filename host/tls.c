@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/err.h>
 
@@ -62,8 +63,104 @@ static int tls_apply_listener(SSL_CTX *ctx, const struct listen_conf *l, char *e
     return 0;
 }
 
+static SSL_CTX *tls_load_one(const struct listen_conf *l, const char *cert, const char *key,
+                             char *err, size_t errlen);
+
+/* A listener's certificates by name (SNI), hung on its main context and
+ * freed with it: a handshake holds the main context, so the table outlives
+ * every handshake that may look in it. */
+struct tls_sni_table {
+    size_t n;
+    char **names;
+    SSL_CTX **ctxs;
+};
+
+static int tls_sni_index = -1;
+static pthread_once_t tls_sni_once = PTHREAD_ONCE_INIT;
+
+static void tls_sni_table_free(struct tls_sni_table *t)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < t->n; i++) {
+        free(t->names[i]);
+        SSL_CTX_free(t->ctxs[i]);
+    }
+    free(t->names);
+    free(t->ctxs);
+    free(t);
+}
+
+static void tls_sni_ex_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                            void *argp)
+{
+    (void)parent;
+    (void)ad;
+    (void)idx;
+    (void)argl;
+    (void)argp;
+    tls_sni_table_free(ptr);
+}
+
+static void tls_sni_init_index(void)
+{
+    tls_sni_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, tls_sni_ex_free);
+}
+
+/* The client named a server: its own certificate when there is one. An
+ * unknown name keeps the listener's main certificate. */
+static int tls_sni_select(SSL *ssl, int *alert, void *arg)
+{
+    (void)alert;
+    (void)arg;
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    struct tls_sni_table *t = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), tls_sni_index);
+    for (size_t i = 0; name && t && i < t->n; i++)
+        if (strcasecmp(t->names[i], name) == 0) {
+            SSL_set_SSL_CTX(ssl, t->ctxs[i]);
+            break;
+        }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int tls_load_sni(SSL_CTX *ctx, const struct listen_conf *l, char *err, size_t errlen)
+{
+    pthread_once(&tls_sni_once, tls_sni_init_index);
+    struct tls_sni_table *t = calloc(1, sizeof *t);
+    if (!t || tls_sni_index < 0 || !(t->names = calloc(l->ntls_sni, sizeof *t->names)) ||
+        !(t->ctxs = calloc(l->ntls_sni, sizeof *t->ctxs))) {
+        tls_sni_table_free(t);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < l->ntls_sni; i++) {
+        const struct tls_sni_conf *c = &l->tls_sni[i];
+        t->names[i] = strdup(c->name);
+        t->ctxs[i] = tls_load_one(l, c->cert, c->key ? c->key : c->cert, err, errlen);
+        t->n = i + 1;
+        if (!t->names[i] || !t->ctxs[i]) {
+            tls_sni_table_free(t);
+            return -1;
+        }
+    }
+    SSL_CTX_set_ex_data(ctx, tls_sni_index, t);
+    SSL_CTX_set_tlsext_servername_callback(ctx, tls_sni_select);
+    return 0;
+}
+
 static SSL_CTX *tls_load(const struct listen_conf *l, const char *cert, const char *key,
                          char *err, size_t errlen)
+{
+    SSL_CTX *ctx = tls_load_one(l, cert, key, err, errlen);
+    if (ctx && l->ntls_sni > 0 && tls_load_sni(ctx, l, err, errlen) < 0) {
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static SSL_CTX *tls_load_one(const struct listen_conf *l, const char *cert, const char *key,
+                             char *err, size_t errlen)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {

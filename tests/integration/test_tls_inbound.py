@@ -283,6 +283,46 @@ class TlsListenerOptionsTest(SluiceTestCase):
         self.deliver_with(client_context(self.cert), "mx.sluice.test")
 
 
+class SniTest(SluiceTestCase):
+    def test_sni_picks_the_certificate_of_the_name_the_client_asks_for(self):
+        main_cert, main_key = make_cert(self.workdir, "mx.sluice.test")
+        other_cert, other_key = make_cert(self.workdir, "mx2.other.test")
+        b = self.start_backend("a")
+        _, port = self.start_relay(
+            [pool("a", [b.port])], [("a.example", "a")],
+            listen_options={"tls_cert": main_cert, "tls_key": main_key,
+                            "tls_sni": ({"name": "mx2.other.test", "cert": other_cert,
+                                         "key": other_key},)})
+
+        def served(cafile, name):
+            c = RawClient(port)
+            self.clients.append(c)
+            c.read_reply()
+            c.cmd("EHLO client.test")
+            self.assertReply(c.cmd("STARTTLS"), 220)
+            ctx = client_context(cafile)
+            c.sock = ctx.wrap_socket(c.sock, server_hostname=name)
+            self.assertReply(c.cmd("EHLO client.test"), 250)
+            subject = dict(x[0] for x in c.sock.getpeercert()["subject"])
+            self.assertReply(c.cmd("QUIT"), 221)
+            return subject["commonName"]
+
+        self.assertEqual(served(other_cert, "mx2.other.test"), "mx2.other.test")
+        self.assertEqual(served(main_cert, "mx.sluice.test"), "mx.sluice.test")
+        # Case does not matter in a name; an unknown one gets the main certificate.
+        self.assertEqual(served(other_cert, "MX2.Other.Test"), "mx2.other.test")
+        ctx = client_context(main_cert)
+        ctx.check_hostname = False
+        c = RawClient(port)
+        self.clients.append(c)
+        c.read_reply()
+        c.cmd("EHLO client.test")
+        c.cmd("STARTTLS")
+        c.sock = ctx.wrap_socket(c.sock, server_hostname="unknown.test")
+        self.assertEqual(dict(x[0] for x in c.sock.getpeercert()["subject"])["commonName"],
+                         "mx.sluice.test")
+
+
 class NoTlsListenerTest(SluiceTestCase):
     def test_listener_without_certificate_offers_no_starttls(self):
         b = self.start_backend("a")
