@@ -5,6 +5,7 @@ executed (the CVE-2011-0411 class). Certificates are made with the openssl
 CLI."""
 
 import os
+import shutil
 import signal
 import smtplib
 import socket
@@ -57,6 +58,18 @@ class StartTlsTest(SluiceTestCase):
         [msg] = self.backend.wait_messages(1)
         self.assertTrue(msg["data"].endswith(BODY))
         self.sluice.wait_log(r"TLS established: TLSv1\.[23] ")
+
+    @unittest.skipUnless(shutil.which("swaks"), "swaks is not installed")
+    def test_swaks_tls_delivers(self):
+        done = subprocess.run(
+            ["swaks", "--server", "127.0.0.1", "--port", str(self.port), "--tls",
+             "--from", SENDER, "--to", "u@a.example", "--helo", "client.test",
+             "--body", "sent by swaks over TLS", "--timeout", "20"],
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn("TLS started", done.stdout)
+        [msg] = self.backend.wait_messages(1)
+        self.assertIn(b"sent by swaks over TLS", msg["data"])
 
     def test_after_the_handshake_ehlo_is_needed_again(self):
         c = RawClient(self.port)
