@@ -1,0 +1,813 @@
+#!/usr/bin/python3
+"""The relay benchmark: smtp-source -> proxy -> smtp-sink on loopback.
+
+Rows: (a) direct to smtp-sink, (b) sluice without plugins, (c) sluice with
+the chain in bench/conf/chain, (d) nginx's mail proxy (the reference).
+Cells: 1 KiB and 100 KiB messages, 20 and 100 sessions, a connection reused
+for all of a session's messages or a new one per message. Each cell runs
+every row in turn, REPS times; the median is reported. Then system calls
+per message (strace -c) and the scale test (10,000 sessions held in the
+tarpit while a good stream runs). Writes bench/results/full-bench.{md,json}
+and the chart full-bench.png. See bench/README.md.
+"""
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CONF = os.path.join(HERE, "conf")
+DOMAIN = "bench.test"
+SENDER = "sender@client.bench"
+RECIPIENT = "sink@" + DOMAIN
+HELO = "client.bench"
+READY_TIMEOUT = 20.0         # seconds for a daemon to open its port
+SOURCE_TIMEOUT = 600.0       # seconds for one smtp-source run
+PROBE_INTERVAL = 0.005       # seconds between two probe transactions
+PROBE_IO_TIMEOUT = 10.0      # seconds for one probe reply
+POOL_CAP = 250               # sluice's max_connections: every session + probe
+ROWS = {
+    "a": "direct (smtp-sink)",
+    "b": "sluice, no plugins",
+    "c": "sluice, full chain",
+    "d": "nginx mail proxy",
+}
+FULL = {"reps": 3, "msgs_small": 5000, "msgs_large": 1000, "strace_msgs": 2000,
+        "held": 10000, "scale_msgs": 5000}
+QUICK = {"reps": 1, "msgs_small": 2000, "msgs_large": 400, "strace_msgs": 500,
+         "held": 2000, "scale_msgs": 1000}
+
+
+def log(*args):
+    print(time.strftime("%H:%M:%S"), *args, file=sys.stderr, flush=True)
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render(template_path, out_path, values):
+    with open(template_path) as f:
+        text = f.read()
+    for key, value in values.items():
+        text = text.replace("@%s@" % key, str(value))
+    leftover = [w for w in text.split() if len(w) > 2 and w[0] == "@" and w.endswith("@")]
+    if leftover:
+        raise SystemExit("full-bench: %s: unfilled %s" % (template_path, leftover))
+    with open(out_path, "w") as f:
+        f.write(text)
+    return out_path
+
+
+def cpu_list(spec):
+    """"0", "1-3", "0,2" -> a set of CPU numbers."""
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+# --- /proc: the proxy's processes, their CPU time and memory ---------------
+
+def process_tree(pid):
+    """pid and its descendants (sluice: master and worker; nginx: master
+    and workers)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, task)) as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pids):
+    """User + system time of the processes (all their threads, including
+    threads that ended), from /proc/PID/stat."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])   # utime, stime
+        except OSError:
+            pass
+    return total / ticks
+
+
+def status_kb(pids, field):
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/status" % pid) as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def reset_peak_rss(pids):
+    """Writing 5 to clear_refs resets VmHWM (Linux >= 4.0; needs root or
+    the owner), so each measurement has its own peak."""
+    for pid in pids:
+        try:
+            with open("/proc/%d/clear_refs" % pid, "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+# --- the daemons ------------------------------------------------------------
+
+class Daemons:
+    """Starts processes and stops them all at the end."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+
+    def start(self, name, argv, cpus=None, port=None, nofile=None):
+        logf = open(os.path.join(self.work, name + ".log"), "w")
+
+        def setup():
+            os.setsid()
+            if nofile:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            if cpus is not None:
+                os.sched_setaffinity(0, cpus)
+        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT,
+                                preexec_fn=setup)
+        proc.bench_name = name
+        self.procs.append(proc)
+        if port is not None:
+            self.wait_port(proc, port)
+        return proc
+
+    def wait_port(self, proc, port):
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        with open(os.path.join(self.work, proc.bench_name + ".log")) as f:
+            tail = f.read()[-3000:]
+        raise SystemExit("full-bench: %s did not open port %d:\n%s" % (proc.bench_name, port, tail))
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+class Setup:
+    """Ports, binaries and the running peers of one bench run."""
+
+    def __init__(self, args, work):
+        self.args = args
+        self.work = work
+        self.daemons = Daemons(work)
+        self.load_cpus = cpu_list(args.load_cpus)
+        self.proxy_cpus = cpu_list(args.proxy_cpus)
+        self.threads = len(self.proxy_cpus)
+        self.ports = {}
+        self.pids = {}      # row -> the proxy's main pid
+
+    def start_dns(self):
+        """rbldnsd serves bl.bench; dnsmasq answers the loopback names
+        (client.bench <-> 127.0.0.1) and forwards bl.bench to it."""
+        zone_dir = os.path.join(self.work, "rbldnsd")
+        os.makedirs(zone_dir)
+        with open(os.path.join(CONF, "bl.bench.zone")) as f, \
+                open(os.path.join(zone_dir, "bl.bench"), "w") as out:
+            out.write(f.read())
+        os.chmod(zone_dir, 0o755)
+        rbl_port = free_port(socket.SOCK_DGRAM)
+        self.daemons.start("rbldnsd", [
+            "rbldnsd", "-n", "-u", "nobody", "-b", "127.0.0.1/%d" % rbl_port,
+            "-w", zone_dir, "bl.bench:ip4set:bl.bench"], cpus=self.load_cpus)
+        hosts = os.path.join(self.work, "hosts")
+        with open(hosts, "w") as f:
+            f.write("127.0.0.1 %s\n" % HELO)
+        os.chmod(self.work, 0o755)
+        os.chmod(hosts, 0o644)
+        self.dns_port = free_port(socket.SOCK_DGRAM)
+        self.daemons.start("dnsmasq", [
+            "dnsmasq", "-k", "--conf-file=/dev/null", "--pid-file=",
+            "--port=%d" % self.dns_port, "--listen-address=127.0.0.1",
+            "--bind-interfaces", "--no-resolv", "--no-hosts",
+            "--addn-hosts=" + hosts, "--local=/127.in-addr.arpa/",
+            "--local=/bench/", "--server=/bl.bench/127.0.0.1#%d" % rbl_port,
+            "--cache-size=10000", "--dns-forward-max=10000"], cpus=self.load_cpus)
+        self.wait_dns()
+
+    def wait_dns(self):
+        """dnsmasq answers 1.0.0.127.in-addr.arpa PTR once it is up."""
+        query = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+                 b"\x011\x010\x010\x03127\x07in-addr\x04arpa\x00\x00\x0c\x00\x01")
+        deadline = time.monotonic() + READY_TIMEOUT
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            while time.monotonic() < deadline:
+                s.sendto(query, ("127.0.0.1", self.dns_port))
+                try:
+                    answer = s.recv(512)
+                    if answer[:2] == b"\x12\x34" and answer[6:8] != b"\x00\x00":
+                        return
+                except OSError:
+                    pass
+                time.sleep(0.1)
+        raise SystemExit("full-bench: dnsmasq does not answer the loopback PTR")
+
+    def start_sink(self):
+        self.ports["a"] = free_port()
+        user = ["-u", "nobody"] if os.getuid() == 0 else []
+        self.daemons.start("smtp-sink", [
+            "smtp-sink"] + user + ["-C", "-m", "2000",
+                                   "127.0.0.1:%d" % self.ports["a"], "1024"],
+            cpus=self.load_cpus, port=self.ports["a"])
+
+    def sluice_config(self, name, chain_dir, port, max_sessions=1000):
+        conf_dir = os.path.join(self.work, name + ".d")
+        os.makedirs(conf_dir)
+        values = {
+            "THREADS": self.threads, "CONF_DIR": conf_dir, "PORT": port,
+            "PLUGIN_DIR": os.path.join(os.path.dirname(self.args.sluice_bin), "plugins"),
+            "SINK_PORT": self.ports["a"], "DNS_PORT": self.dns_port,
+            "POOL_CAP": POOL_CAP, "MAX_SESSIONS": max_sessions, "WORK": self.work,
+            "STORE": os.path.join(self.work, name + "-store"),
+            "CLAMAV_DB": os.path.join(REPO, "tests", "data", "clamav"),
+            "LUA_DIR": os.path.join(REPO, "lua"),
+        }
+        if chain_dir:
+            for entry in sorted(os.listdir(chain_dir)):
+                out = entry[:-3] if entry.endswith(".in") else entry
+                render(os.path.join(chain_dir, entry), os.path.join(conf_dir, out), values)
+        return render(os.path.join(CONF, "sluice.conf.in"),
+                      os.path.join(self.work, name + ".conf"), values)
+
+    def start_sluice(self, row, name, chain_dir, max_sessions=1000, nofile=None):
+        port = free_port()
+        conf = self.sluice_config(name, chain_dir, port, max_sessions)
+        proc = self.daemons.start(name, [self.args.sluice_bin, "-c", conf],
+                                  cpus=self.proxy_cpus, port=port, nofile=nofile)
+        self.ports[row], self.pids[row] = port, proc.pid
+
+    def start_nginx(self):
+        port, auth_port = free_port(), free_port()
+        conf = render(os.path.join(CONF, "nginx.conf.in"),
+                      os.path.join(self.work, "nginx.conf"),
+                      {"THREADS": self.threads, "WORK": self.work, "PORT": port,
+                       "AUTH_PORT": auth_port, "SINK_PORT": self.ports["a"],
+                       "DNS_PORT": self.dns_port})
+        proc = self.daemons.start("nginx", ["nginx", "-p", self.work, "-e",
+                                            os.path.join(self.work, "nginx-error.log"),
+                                            "-c", conf],
+                                  cpus=self.proxy_cpus, port=port)
+        self.ports["d"], self.pids["d"] = port, proc.pid
+
+
+# --- clients ----------------------------------------------------------------
+
+class Probe(threading.Thread):
+    """One more client session beside smtp-source, timing each transaction
+    (smtp-source reports no latencies): from MAIL to the reply to the final
+    dot on a reused connection, from connect to that reply with a new
+    connection per message. Bounded by the stop flag and PROBE_IO_TIMEOUT."""
+
+    def __init__(self, port, size, reuse):
+        super().__init__(daemon=True)
+        self.port, self.reuse = port, reuse
+        body = ("X" * 78 + "\r\n") * max(1, size // 80)
+        self.message = ("From: <%s>\r\nTo: <%s>\r\nSubject: probe\r\n\r\n%s.\r\n"
+                        % (SENDER, RECIPIENT, body)).encode()
+        self.samples, self.errors = [], []
+        self.stop = threading.Event()
+
+    def reply(self, f):
+        while True:
+            line = f.readline()
+            if not line:
+                raise OSError("connection closed")
+            if line[3:4] != b"-":
+                if line[:1] not in (b"2", b"3"):
+                    raise OSError("reply %r" % line.strip())
+                return
+
+    def session(self):
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=PROBE_IO_TIMEOUT)
+        f = sock.makefile("rb")
+        self.reply(f)
+        sock.sendall(b"EHLO " + HELO.encode() + b"\r\n")
+        self.reply(f)
+        return sock, f
+
+    def transaction(self, sock, f):
+        for cmd in (b"MAIL FROM:<%s>\r\n" % SENDER.encode(),
+                    b"RCPT TO:<%s>\r\n" % RECIPIENT.encode(), b"DATA\r\n"):
+            sock.sendall(cmd)
+            self.reply(f)
+        sock.sendall(self.message)
+        self.reply(f)
+
+    def run(self):
+        sock = f = None
+        while not self.stop.wait(PROBE_INTERVAL):
+            try:
+                start = time.monotonic()
+                if sock is None:
+                    sock, f = self.session()
+                    if self.reuse:
+                        start = time.monotonic()
+                self.transaction(sock, f)
+                self.samples.append(time.monotonic() - start)
+                if not self.reuse:
+                    sock.sendall(b"QUIT\r\n")
+                    sock.close()
+                    sock = None
+            except OSError as e:
+                self.errors.append(str(e))
+                if sock:
+                    sock.close()
+                sock = None
+                if len(self.errors) > 100:
+                    return
+        if sock:
+            sock.close()
+
+
+def smtp_source(setup, port, sessions, messages, size, reuse):
+    """One smtp-source run on the load CPUs; returns seconds."""
+    argv = ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+            "-M", HELO, "-f", SENDER, "-t", RECIPIENT]
+    if reuse:
+        argv.append("-d")
+    argv.append("127.0.0.1:%d" % port)
+    start = time.monotonic()
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=SOURCE_TIMEOUT,
+                         preexec_fn=lambda: os.sched_setaffinity(0, setup.load_cpus))
+    elapsed = time.monotonic() - start
+    if res.returncode != 0 or res.stdout.strip() or res.stderr.strip():
+        raise SystemExit("full-bench: smtp-source against port %d failed (%d): %s %s"
+                         % (port, res.returncode, res.stdout[-2000:], res.stderr[-2000:]))
+    return elapsed
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def measure(setup, row, cell, messages):
+    """One run of smtp-source through a row, with the probe beside it and
+    the proxy's CPU time and peak RSS around it."""
+    pids = process_tree(setup.pids[row]) if row in setup.pids else []
+    reset_peak_rss(pids)
+    cpu0 = cpu_seconds(pids)
+    probe = Probe(setup.ports[row], cell["size"], cell["reuse"])
+    probe.start()
+    elapsed = smtp_source(setup, setup.ports[row], cell["sessions"], messages,
+                          cell["size"], cell["reuse"])
+    probe.stop.set()
+    probe.join(PROBE_IO_TIMEOUT * 2)
+    cpu1 = cpu_seconds(pids)
+    if probe.errors:
+        log("probe errors on row", row, probe.errors[:3])
+    done = messages + len(probe.samples)
+    result = {"msgs_per_s": messages / elapsed, "seconds": elapsed,
+              "probe_transactions": len(probe.samples), "probe_errors": len(probe.errors)}
+    if probe.samples:
+        result["p50_ms"] = percentile(probe.samples, 50) * 1000
+        result["p99_ms"] = percentile(probe.samples, 99) * 1000
+    if pids:
+        result["cpu_us_per_msg"] = (cpu1 - cpu0) / done * 1e6
+        result["peak_rss_kb"] = status_kb(pids, "VmHWM")
+    return result
+
+
+def median_of(runs):
+    keys = set().union(*(r.keys() for r in runs))
+    return {k: statistics.median(r[k] for r in runs if k in r) for k in sorted(keys)}
+
+
+def cells():
+    for size, sessions in ((1024, 20), (1024, 100), (102400, 20), (102400, 100)):
+        for reuse in (True, False):
+            name = "%s c%d %s" % ("1 KiB" if size == 1024 else "100 KiB", sessions,
+                                  "reuse" if reuse else "new")
+            yield {"name": name, "size": size, "sessions": sessions, "reuse": reuse}
+
+
+def run_matrix(setup, plan, rows):
+    results = []
+    for cell in cells():
+        messages = plan["msgs_small"] if cell["size"] < 10000 else plan["msgs_large"]
+        runs = {row: [] for row in rows}
+        for rep in range(plan["reps"]):
+            for row in rows:
+                runs[row].append(measure(setup, row, cell, messages))
+                log("%-22s %s rep %d: %.0f msg/s" % (cell["name"], row, rep + 1,
+                                                    runs[row][-1]["msgs_per_s"]))
+        entry = dict(cell, messages=messages, rows={r: median_of(runs[r]) for r in rows},
+                     runs=runs)
+        direct = entry["rows"].get("a", {}).get("msgs_per_s")
+        for row in rows:
+            if direct:
+                entry["rows"][row]["ratio"] = entry["rows"][row]["msgs_per_s"] / direct
+        results.append(entry)
+    return results
+
+
+# --- system calls per message -----------------------------------------------
+
+def strace_count(setup, row, messages, reuse):
+    pids = []
+    for pid in process_tree(setup.pids[row]):
+        pids += ["-p", str(pid)]
+    out = os.path.join(setup.work, "strace-%s-%d.txt" % (row, reuse))
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-o", out] + pids,
+                              stderr=subprocess.DEVNULL,
+                              preexec_fn=lambda: os.sched_setaffinity(0, setup.load_cpus))
+    time.sleep(1.0)      # strace attaches to every thread
+    smtp_source(setup, setup.ports[row], 20, messages, 1024, reuse)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=30)
+    calls, top = 0, {}
+    with open(out) as f:
+        for line in f:
+            cols = line.split()
+            if len(cols) < 5 or not cols[0][0].isdigit():
+                continue      # the header and the dashed lines
+            if cols[-1] == "total":
+                calls = int(cols[3])
+            else:
+                top[cols[-1]] = int(cols[3])
+    per = {k: v / messages for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:8]}
+    return {"per_msg": calls / messages, "top": per}
+
+
+def run_strace(setup, plan, rows):
+    result = {}
+    for reuse in (True, False):
+        for row in rows:
+            if row == "a":
+                continue
+            key = "%s %s" % (row, "reuse" if reuse else "new")
+            result[key] = strace_count(setup, row, plan["strace_msgs"], reuse)
+            log("syscalls %s: %.1f per message" % (key, result[key]["per_msg"]))
+    return result
+
+
+# --- the scale test ----------------------------------------------------------
+
+HOLDER = r"""
+import resource, select, socket, sys, time
+count, port, addrs = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 100, count + 100))
+socks, failed = [], 0
+deadline = time.monotonic() + 120
+for i in range(count):
+    if time.monotonic() > deadline:
+        break
+    s = socket.socket()
+    s.bind((addrs[i % len(addrs)], 0))
+    try:
+        s.connect(("127.0.0.1", port))
+        s.setblocking(False)
+        socks.append(s)
+    except OSError:
+        failed += 1
+        s.close()
+    if i % 200 == 199:
+        time.sleep(0.2)   # at most 1,000 connections a second
+print("connected %d, failed %d" % (len(socks), failed), flush=True)
+# Each line on stdin asks how many of the sessions are still held: no
+# byte (no greeting) and not closed. EOF ends the holder.
+for line in sys.stdin:
+    answered, first, examples = 0, {}, []
+    for s in socks:
+        try:
+            data = s.recv(64, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b"(reset)"
+        answered += 1
+        key = data[:40].decode("ascii", "replace").strip() or "(closed)"
+        first[key] = first.get(key, 0) + 1
+        if len(examples) < 3:
+            examples.append("%s:%d" % s.getsockname())
+    print("held %d, answered %d %s %s" % (len(socks) - answered, answered, first,
+                                           " ".join(examples)), flush=True)
+"""
+
+
+def holder_check(holder):
+    holder.stdin.write("check\n")
+    holder.stdin.flush()
+    return holder.stdout.readline().strip()
+
+
+def run_scale(setup, plan):
+    held = plan["held"]
+    nofile = 2 * held + 4096
+    setup.start_sluice("s", "sluice-scale", os.path.join(CONF, "scale"),
+                       max_sessions=held + 1000, nofile=nofile)
+    pids = process_tree(setup.pids["s"])
+    cell = {"size": 1024, "sessions": 20, "reuse": False}
+    without = [measure(setup, "s", cell, plan["scale_msgs"]) for _ in range(plan["reps"])]
+    rss_before = status_kb(process_tree(setup.pids["s"]), "VmRSS")
+    addrs = ",".join("127.0.1.%d" % i for i in range(1, 11))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(held), str(setup.ports["s"]),
+                               addrs], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True,
+                              preexec_fn=lambda: os.sched_setaffinity(0, setup.load_cpus))
+    connected = holder.stdout.readline().strip()
+    log("scale: holder", connected)
+    time.sleep(5)          # the last connections' lookups and tarpit start
+    held_before = holder_check(holder)
+    pids = process_tree(setup.pids["s"])
+    rss_held = status_kb(pids, "VmRSS")
+    with_held = [measure(setup, "s", cell, plan["scale_msgs"]) for _ in range(plan["reps"])]
+    rss_after = status_kb(pids, "VmRSS")
+    held_after = holder_check(holder)
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    log("scale:", held_before, "->", held_after)
+    base, loaded = median_of(without), median_of(with_held)
+    return {
+        "held_requested": held, "holder": connected,
+        "held_before_stream": held_before, "held_after_stream": held_after,
+        "rlimit_nofile": nofile, "max_sessions": held + 1000,
+        "rss_kb_idle": rss_before, "rss_kb_held": rss_held, "rss_kb_held_after_stream": rss_after,
+        "good_msgs_per_s_without": base["msgs_per_s"], "good_msgs_per_s_with": loaded["msgs_per_s"],
+        "good_ratio": loaded["msgs_per_s"] / base["msgs_per_s"],
+        "good_p99_ms_without": base.get("p99_ms"), "good_p99_ms_with": loaded.get("p99_ms"),
+        "runs_without": without, "runs_with": with_held,
+    }
+
+
+# --- the results ---------------------------------------------------------------
+
+def fmt(v, spec):
+    return format(v, spec) if v is not None else "–"
+
+
+def markdown(meta, matrix, syscalls, scale):
+    out = ["# Relay benchmark results", "",
+           "`%s` on %s, %s. Proxies on CPU %s, everything else (smtp-source, "
+           "smtp-sink, the probe, dnsmasq, rbldnsd) on CPU %s; sluice `threads = %d`, "
+           "nginx `worker_processes %d`. %d repetition(s) per cell, median. "
+           "Load average before: %s." % (meta["command"], meta["host"], meta["date"],
+                                         meta["proxy_cpus"], meta["load_cpus"],
+                                         meta["threads"], meta["threads"], meta["reps"],
+                                         meta["loadavg_before"]), ""]
+    rows = meta["rows"]
+    header = "| row | " + " | ".join(c["name"] for c in matrix) + " |"
+    sep = "|---|" + "---|" * len(matrix)
+    tables = [
+        ("Messages per second, and the ratio to (a)",
+         lambda r: "%s · %s" % (fmt(r.get("msgs_per_s"), ".0f"), fmt(r.get("ratio"), ".2f"))),
+        ("Proxy CPU per message, µs (user + system, every process of the proxy)",
+         lambda r: fmt(r.get("cpu_us_per_msg"), ".0f")),
+        ("Transaction latency p50 / p99, ms (the probe session)",
+         lambda r: "%s / %s" % (fmt(r.get("p50_ms"), ".2f"), fmt(r.get("p99_ms"), ".2f"))),
+        ("Peak RSS of the proxy, MB (sum over its processes)",
+         lambda r: fmt(r["peak_rss_kb"] / 1024 if "peak_rss_kb" in r else None, ".1f")),
+    ]
+    for title, cellf in (tables if matrix else []):
+        out += ["## " + title, "", header, sep]
+        for row in rows:
+            out.append("| (%s) %s | " % (row, ROWS[row])
+                       + " | ".join(cellf(c["rows"][row]) for c in matrix) + " |")
+        out.append("")
+    if matrix:
+        counts = ", ".join("%s %d" % (c["name"], c["messages"]) for c in matrix)
+        out += ["Messages per run: %s." % counts, ""]
+    if syscalls:
+        out += ["## System calls per message", "",
+                "`strace -c -f` on every process of the proxy, %d messages of 1 KiB, "
+                "20 sessions (strace slows the proxy: only the counts mean something)."
+                % meta["strace_msgs"], "",
+                "| row | per message | most frequent (per message) |", "|---|---|---|"]
+        for key, v in syscalls.items():
+            top = ", ".join("%s %.1f" % kv for kv in v["top"].items())
+            out.append("| (%s) %s, %s | %.1f | %s |" % (key[0], ROWS[key[0]], key[2:],
+                                                       v["per_msg"], top))
+        out.append("")
+    if scale:
+        out += ["## Scale: sessions held in the tarpit", "",
+                "sluice with `bench/conf/scale` (a DNSBL score for 127.0.1.0/24, "
+                "the tarpit holding scored clients' greeting 10 minutes), "
+                "`connections.max_sessions = %d`, per-address limits off, "
+                "RLIMIT_NOFILE %d. The held sessions come from 127.0.1.1–10; the "
+                "good stream (smtp-source, 20 sessions, 1 KiB, a new connection per "
+                "message, %d messages) from 127.0.0.1." % (
+                    scale["max_sessions"], scale["rlimit_nofile"], meta["scale_msgs"]), "",
+                "| | value |", "|---|---|",
+                "| held sessions (requested %d) | %s; before the stream: %s; after it: %s |" % (
+                    scale["held_requested"], scale["holder"], scale["held_before_stream"],
+                    scale["held_after_stream"]),
+                "| RSS idle → held | %.1f MB → %.1f MB (%.1f MB after the stream) |" % (
+                    scale["rss_kb_idle"] / 1024, scale["rss_kb_held"] / 1024,
+                    scale["rss_kb_held_after_stream"] / 1024),
+                "| good stream without / with the held sessions | %.0f / %.0f msg/s (%.2f) |" % (
+                    scale["good_msgs_per_s_without"], scale["good_msgs_per_s_with"],
+                    scale["good_ratio"]),
+                "| good stream p99, without / with | %s / %s ms |" % (
+                    fmt(scale["good_p99_ms_without"], ".2f"),
+                    fmt(scale["good_p99_ms_with"], ".2f")), ""]
+    return "\n".join(out) + "\n"
+
+
+GNUPLOT = r"""
+set terminal pngcairo size 1200,800 font ",10"
+set output '%(png)s'
+set multiplot layout 2,1 title "%(title)s"
+set style data histogram
+set style histogram cluster gap 1
+set style fill solid 0.8 border -1
+set key outside right top
+set grid ytics
+set xtics scale 0 font ",9"
+set ylabel "messages/s ÷ direct"
+set yrange [0:*]
+plot for [i=2:%(ncols)d] '%(dat)s' index 0 using i:xtic(1) title columnhead
+set ylabel "proxy CPU µs per message"
+plot for [i=2:%(ncols)d] '%(dat)s' index 1 using i:xtic(1) title columnhead
+unset multiplot
+"""
+
+
+def chart(meta, matrix, png, work):
+    proxied = [r for r in meta["rows"] if r != "a"]
+    dat = os.path.join(work, "chart.dat")
+    with open(dat, "w") as f:
+        for key in ("ratio", "cpu_us_per_msg"):
+            f.write("cell " + " ".join('"(%s) %s"' % (r, ROWS[r]) for r in proxied) + "\n")
+            for c in matrix:
+                f.write('"%s" ' % c["name"] + " ".join(
+                    "%.4f" % c["rows"][r].get(key, 0) for r in proxied) + "\n")
+            f.write("\n\n")
+    script = GNUPLOT % {"png": png, "dat": dat, "ncols": len(proxied) + 1,
+                        "title": "smtp-source -> proxy -> smtp-sink, %s" % meta["date"]}
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+
+
+# --- main ------------------------------------------------------------------------
+
+def build_sluice():
+    """A Release build in build-bench/. SLUICE_WERROR is off: gcc's -O2
+    format-truncation warnings in host/ would stop it (the -Werror builds
+    are the tests' job)."""
+    build = os.path.join(REPO, "build-bench")
+    subprocess.run(["cmake", "-S", REPO, "-B", build, "-DCMAKE_BUILD_TYPE=Release",
+                    "-DSLUICE_TESTS=OFF", "-DSLUICE_WERROR=OFF"],
+                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", build, "-j%d" % os.cpu_count()],
+                   check=True, stdout=subprocess.DEVNULL)
+    return os.path.join(build, "sluice")
+
+
+def check_tools():
+    os.environ["PATH"] += ":/usr/sbin"
+    missing = [t for t in ("smtp-source", "smtp-sink", "nginx", "dnsmasq", "rbldnsd",
+                           "strace", "gnuplot")
+               if subprocess.run(["sh", "-c", "command -v " + t],
+                                 stdout=subprocess.DEVNULL).returncode]
+    if not os.path.exists("/usr/lib/nginx/modules/ngx_mail_module.so"):
+        missing.append("libnginx-mod-mail")
+    if missing:
+        raise SystemExit("full-bench: missing %s; see bench/README.md (apt-get install "
+                         "postfix nginx libnginx-mod-mail dnsmasq-base rbldnsd strace "
+                         "gnuplot-nox)" % ", ".join(missing))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="one repetition, fewer messages, 2,000 held sessions")
+    p.add_argument("--rows", default="abcd", help="rows to run (default abcd)")
+    p.add_argument("--parts", default="matrix,strace,scale",
+                   help="what to run, of matrix,strace,scale (default all three)")
+    p.add_argument("--load-cpus", default="0", help="CPUs of the load side (default 0)")
+    p.add_argument("--proxy-cpus", default="1", help="CPUs of the proxy (default 1)")
+    p.add_argument("--out", default=os.path.join(HERE, "results"),
+                   help="where full-bench.{md,json,png} go")
+    p.add_argument("--sluice-bin", default=os.environ.get("SLUICE_BIN"),
+                   help="a sluice binary (default: build build-bench/ in Release)")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    check_tools()
+    if os.getuid() != 0:
+        raise SystemExit("full-bench: run as root (smtp-sink drops to nobody, "
+                         "clear_refs and the 10,000 descriptors need it)")
+    args.sluice_bin = os.path.abspath(args.sluice_bin or build_sluice())
+    plan = QUICK if args.quick else FULL
+    rows = [r for r in "abcd" if r in args.rows]
+    work = tempfile.mkdtemp(prefix="sluice-fullbench-")
+    setup = Setup(args, work)
+    os.sched_setaffinity(0, setup.load_cpus)
+    meta = {"command": " ".join(["bench/full-bench.py"] + sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "host": "%s, %d CPUs" % (os.uname().nodename, os.cpu_count()),
+            "load_cpus": args.load_cpus, "proxy_cpus": args.proxy_cpus,
+            "threads": setup.threads, "reps": plan["reps"], "rows": rows,
+            "strace_msgs": plan["strace_msgs"], "scale_msgs": plan["scale_msgs"],
+            "loadavg_before": open("/proc/loadavg").read().split()[0],
+            "sluice": subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
+                                     capture_output=True, text=True).stdout.strip(),
+            "nginx": subprocess.run(["nginx", "-v"], capture_output=True,
+                                    text=True).stderr.strip()}
+    try:
+        setup.start_dns()
+        setup.start_sink()
+        if "b" in rows:
+            setup.start_sluice("b", "sluice-plain", None)
+        if "c" in rows:
+            setup.start_sluice("c", "sluice-chain", os.path.join(CONF, "chain"))
+            seed_greylist(setup.ports["c"])
+        if "d" in rows:
+            setup.start_nginx()
+        parts = args.parts.split(",")
+        matrix = run_matrix(setup, plan, rows) if "matrix" in parts else []
+        syscalls = run_strace(setup, plan, rows) if "strace" in parts else None
+        scale = run_scale(setup, plan) if "scale" in parts else None
+        meta["loadavg_after"] = open("/proc/loadavg").read().split()[0]
+    finally:
+        setup.daemons.stop_all()
+    os.makedirs(args.out, exist_ok=True)
+    base = os.path.join(args.out, "full-bench")
+    with open(base + ".json", "w") as f:
+        json.dump({"meta": meta, "cells": matrix, "syscalls": syscalls, "scale": scale},
+                  f, indent=1)
+    text = markdown(meta, matrix, syscalls, scale)
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    if matrix:
+        chart(meta, matrix, base + ".png", work)
+    print(text)
+
+
+def seed_greylist(port):
+    """The greylist's first pass: the bench's triplet is seen (451), then
+    retried after min_delay (1 s in bench/conf/chain) and passed."""
+    for attempt in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            f = sock.makefile("rb")
+            lines = []
+            for cmd in (None, b"EHLO " + HELO.encode(), b"MAIL FROM:<%s>" % SENDER.encode(),
+                        b"RCPT TO:<%s>" % RECIPIENT.encode(), b"QUIT"):
+                if cmd:
+                    sock.sendall(cmd + b"\r\n")
+                line = f.readline()
+                while line[3:4] == b"-":
+                    line = f.readline()
+                lines.append(line)
+            rcpt = lines[3]
+        if rcpt.startswith(b"250"):
+            return
+        if attempt == 0 and rcpt.startswith(b"451"):
+            time.sleep(1.5)
+            continue
+        raise SystemExit("full-bench: greylist seeding: RCPT got %r" % rcpt)
+    raise SystemExit("full-bench: greylist seeding: the retry was not passed")
+
+
+if __name__ == "__main__":
+    main()
