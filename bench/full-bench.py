@@ -407,7 +407,8 @@ def measure(setup, row, cell, messages):
         log("probe errors on row", row, probe.errors[:3])
     done = messages + len(probe.samples)
     result = {"msgs_per_s": messages / elapsed, "seconds": elapsed,
-              "probe_transactions": len(probe.samples), "probe_errors": len(probe.errors)}
+              "probe_transactions": len(probe.samples), "probe_errors": len(probe.errors),
+              "loadavg": float(open("/proc/loadavg").read().split()[0])}
     if probe.samples:
         result["p50_ms"] = percentile(probe.samples, 50) * 1000
         result["p99_ms"] = percentile(probe.samples, 99) * 1000
