@@ -38,7 +38,7 @@ SOURCE_TIMEOUT = 600.0       # seconds for one smtp-source run
 PROBE_INTERVAL = 0.005       # seconds between two probe transactions
 PROBE_IO_TIMEOUT = 10.0      # seconds for one probe reply
 POOL_CAP = 250               # sluice's max_connections: every session + probe
-FULL = {"reps": 3, "msgs_small": 5000, "msgs_large": 1000, "strace_msgs": 2000,
+FULL = {"reps": 3, "msgs_small": 10000, "msgs_large": 2000, "strace_msgs": 2000,
         "held": 10000, "scale_msgs": 5000}
 QUICK = {"reps": 1, "msgs_small": 2000, "msgs_large": 400, "strace_msgs": 500,
          "held": 2000, "scale_msgs": 1000}
@@ -531,6 +531,25 @@ for line in sys.stdin:
 """
 
 
+def nofile_for(held):
+    """sluice counts two descriptors per session (the client's and a
+    spool file's) and warns when RLIMIT_NOFILE is lower; held sessions use
+    one. Root may raise the hard limit only with CAP_SYS_RESOURCE, which a
+    container may not give: then the hard limit it is, and sluice's warning
+    is expected."""
+    wanted = 2 * held + 4096
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, max(hard, wanted)))
+        hard = max(hard, wanted)
+    except (ValueError, OSError):
+        pass
+    if hard < held + 1000:
+        raise SystemExit("full-bench: RLIMIT_NOFILE hard limit %d is too low for %d held "
+                         "sessions" % (hard, held))
+    return min(wanted, hard)
+
+
 def holder_check(holder):
     holder.stdin.write("check\n")
     holder.stdin.flush()
@@ -539,7 +558,7 @@ def holder_check(holder):
 
 def run_scale(setup, plan):
     held = plan["held"]
-    nofile = 2 * held + 4096
+    nofile = nofile_for(held)
     setup.start_sluice("s", "sluice-scale", os.path.join(CONF, "scale"),
                        max_sessions=held + 1000, nofile=nofile)
     pids = process_tree(setup.pids["s"])
@@ -655,23 +674,34 @@ def main():
         if "d" in rows:
             setup.start_nginx()
         parts = args.parts.split(",")
-        matrix = run_matrix(setup, plan, rows) if "matrix" in parts else []
-        syscalls = run_strace(setup, plan, rows) if "strace" in parts else None
-        scale = run_scale(setup, plan) if "scale" in parts else None
+        results = {"meta": meta, "cells": [], "syscalls": None, "scale": None}
+        # Each part's results are written as soon as it ends: a later
+        # part that fails does not lose them.
+        if "matrix" in parts:
+            results["cells"] = run_matrix(setup, plan, rows)
+            save(args.out, results, work)
+        if "strace" in parts:
+            results["syscalls"] = run_strace(setup, plan, rows)
+            save(args.out, results, work)
+        if "scale" in parts:
+            results["scale"] = run_scale(setup, plan)
         meta["loadavg_after"] = open("/proc/loadavg").read().split()[0]
+        print(save(args.out, results, work))
     finally:
         setup.daemons.stop_all()
-    os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, "full-bench")
+
+
+def save(out, results, work):
+    os.makedirs(out, exist_ok=True)
+    base = os.path.join(out, "full-bench")
     with open(base + ".json", "w") as f:
-        json.dump({"meta": meta, "cells": matrix, "syscalls": syscalls, "scale": scale},
-                  f, indent=1)
-    text = markdown(meta, matrix, syscalls, scale)
+        json.dump(results, f, indent=1)
+    text = markdown(results["meta"], results["cells"], results["syscalls"], results["scale"])
     with open(base + ".md", "w") as f:
         f.write(text)
-    if matrix:
-        chart(meta, matrix, base + ".png", work)
-    print(text)
+    if results["cells"]:
+        chart(results["meta"], results["cells"], base + ".png", work)
+    return text
 
 
 def seed_greylist(port):
