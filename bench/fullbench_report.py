@@ -87,15 +87,16 @@ def markdown(meta, matrix, syscalls, scale):
 
 
 GNUPLOT = r"""
-set terminal pngcairo size 1200,800 font ",10"
+set terminal pngcairo size 1100,850 font ",10"
 set output '%(png)s'
 set multiplot layout 2,1 title "%(title)s"
 set style data histogram
 set style histogram cluster gap 1
 set style fill solid 0.8 border -1
-set key outside right top
+set key inside left top
 set grid ytics
-set xtics scale 0 font ",9"
+set xtics scale 0 font ",9" rotate by -20 left
+set bmargin 4
 set ylabel "messages/s ÷ direct"
 set yrange [0:*]
 plot for [i=2:%(ncols)d] '%(dat)s' index 0 using i:xtic(1) title columnhead
