@@ -433,7 +433,9 @@ def run_matrix(setup, plan, rows):
         messages = plan["msgs_small"] if cell["size"] < 10000 else plan["msgs_large"]
         runs = {row: [] for row in rows}
         for rep in range(plan["reps"]):
-            for row in rows:
+            # The order turns each repetition, so that no row always runs
+            # right after another (loopback's TIME_WAIT sockets pile up).
+            for row in rows[rep % len(rows):] + rows[:rep % len(rows)]:
                 runs[row].append(measure(setup, row, cell, messages))
                 log("%-22s %s rep %d: %.0f msg/s" % (cell["name"], row, rep + 1,
                                                     runs[row][-1]["msgs_per_s"]))
@@ -582,6 +584,9 @@ def run_scale(setup, plan):
     holder.stdin.close()
     holder.wait(timeout=60)
     log("scale:", held_before, "->", held_after)
+    # Once more without, after the held sessions are gone: the baseline is
+    # the runs before and after, so a drift does not pass for their effect.
+    without += [measure(setup, "s", cell, plan["scale_msgs"]) for _ in range(plan["reps"])]
     base, loaded = median_of(without), median_of(with_held)
     return {
         "held_requested": held, "holder": connected,

@@ -68,8 +68,11 @@ def markdown(meta, matrix, syscalls, scale):
                 "`connections.max_sessions = %d`, per-address limits off, "
                 "RLIMIT_NOFILE %d. The held sessions come from 127.0.1.1–10; the "
                 "good stream (smtp-source, 20 sessions, 1 KiB, a new connection per "
-                "message, %d messages) from 127.0.0.1." % (
-                    scale["max_sessions"], scale["rlimit_nofile"], meta["scale_msgs"]), "",
+                "message, %d messages) from 127.0.0.1, %d times before the sessions are "
+                "held, %d times while they are, and %d times after they are closed; "
+                "\"without\" is the median of the runs before and after." % (
+                    scale["max_sessions"], scale["rlimit_nofile"], meta["scale_msgs"],
+                    meta["reps"], meta["reps"], meta["reps"]), "",
                 "| | value |", "|---|---|",
                 "| held sessions (requested %d) | %s; before the stream: %s; after it: %s |" % (
                     scale["held_requested"], scale["holder"], scale["held_before_stream"],
