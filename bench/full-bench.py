@@ -37,6 +37,7 @@ READY_TIMEOUT = 20.0         # seconds for a daemon to open its port
 SOURCE_TIMEOUT = 600.0       # seconds for one smtp-source run
 PROBE_INTERVAL = 0.005       # seconds between two probe transactions
 PROBE_IO_TIMEOUT = 10.0      # seconds for one probe reply
+DNS_START_TRIES = 5          # dnsmasq starts, each on another port
 POOL_CAP = 250               # sluice's max_connections: every session + probe
 FULL = {"reps": 3, "msgs_small": 10000, "msgs_large": 2000, "strace_msgs": 2000,
         "held": 10000, "scale_msgs": 5000}
@@ -219,33 +220,41 @@ class Setup:
             f.write("127.0.0.1 %s\n" % HELO)
         os.chmod(self.work, 0o755)
         os.chmod(hosts, 0o644)
+        for attempt in range(DNS_START_TRIES):
+            if self.start_dnsmasq(hosts, rbl_port, attempt):
+                return
+        raise SystemExit("full-bench: dnsmasq does not answer the loopback PTR")
+
+    def start_dnsmasq(self, hosts, rbl_port, attempt):
+        """dnsmasq listens on UDP and TCP: a port free for UDP may be some
+        connection's on TCP, so a start that fails is tried on another."""
         self.dns_port = free_port(socket.SOCK_DGRAM)
-        self.daemons.start("dnsmasq", [
+        proc = self.daemons.start("dnsmasq-%d" % attempt, [
             "dnsmasq", "-k", "--conf-file=/dev/null", "--pid-file=",
             "--port=%d" % self.dns_port, "--listen-address=127.0.0.1",
             "--bind-interfaces", "--no-resolv", "--no-hosts",
             "--addn-hosts=" + hosts, "--local=/127.in-addr.arpa/",
             "--local=/bench/", "--server=/bl.bench/127.0.0.1#%d" % rbl_port,
             "--cache-size=10000", "--dns-forward-max=10000"], cpus=self.load_cpus)
-        self.wait_dns()
+        return self.wait_dns(proc)
 
-    def wait_dns(self):
+    def wait_dns(self, proc):
         """dnsmasq answers 1.0.0.127.in-addr.arpa PTR once it is up."""
         query = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
                  b"\x011\x010\x010\x03127\x07in-addr\x04arpa\x00\x00\x0c\x00\x01")
         deadline = time.monotonic() + READY_TIMEOUT
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.2)
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and proc.poll() is None:
                 s.sendto(query, ("127.0.0.1", self.dns_port))
                 try:
                     answer = s.recv(512)
                     if answer[:2] == b"\x12\x34" and answer[6:8] != b"\x00\x00":
-                        return
+                        return True
                 except OSError:
                     pass
                 time.sleep(0.1)
-        raise SystemExit("full-bench: dnsmasq does not answer the loopback PTR")
+        return False
 
     def start_sink(self):
         self.ports["a"] = free_port()
