@@ -43,6 +43,9 @@ if [ -z "${SLUICE_BIN:-}" ]; then
 fi
 
 work=$(mktemp -d /tmp/sluice-bench.XXXXXX)
+# sluice started as root runs its worker as the sluice user, which reads
+# the configuration here and owns the store below.
+chmod 755 "$work"
 pids=()
 cleanup() {
     local pid

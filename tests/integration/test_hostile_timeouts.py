@@ -20,6 +20,10 @@ from test_hostile import EvilBackend, NO_LIMITS, limits
 SENDER = "sender@x.example"
 BODY = b"Subject: timeouts\r\n\r\nbody\r\n"
 SLACK = 2.0          # a timeout fires within this much after its deadline
+# sluice starts a deadline when it sends what the client waits for; the
+# client's clock starts when that arrives and its thread runs, which on a
+# loaded machine can be a little later: the lower bounds allow this much.
+EARLY = 0.25
 WATCH_LIMIT = 20.0   # no watched connection is followed longer than this
 PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -97,7 +101,7 @@ def one_byte_chunks(data):
 class TimeoutTestCase(SluiceTestCase):
     def assertClosedWithin(self, w, seconds, what):
         self.assertIsNotNone(w.closed_at, "%s: still open after %.0f s" % (what, WATCH_LIMIT))
-        self.assertGreaterEqual(w.open_for, seconds - 0.05, what)
+        self.assertGreaterEqual(w.open_for, seconds - EARLY, what)
         self.assertLess(w.open_for, seconds + SLACK, what)
 
     def deliver(self, port):
@@ -228,7 +232,7 @@ class CommandLineTimeoutTest(TimeoutTestCase):
                 closed = time.monotonic() - t0
                 break
         self.assertIsNotNone(closed, "a dribbled message outlived data_total")
-        self.assertGreaterEqual(closed, 3.0 - 0.05)
+        self.assertGreaterEqual(closed, 3.0 - EARLY)
         self.assertLess(closed, 3.0 + SLACK)
         self.assertIn(b"421 4.4.2 ", c.buf)
         self.assertEqual(b.message_count(), 0)
@@ -264,7 +268,7 @@ class BackendReplyTimeoutTest(TimeoutTestCase):
         self.assertReply(c.cmd("MAIL FROM:<s@x.example>"), 250)
         reply, took = self.timed(lambda: c.cmd("RCPT TO:<r@evil.example>"))
         self.assertReply(reply, 451, "4.4.2")
-        self.assertGreaterEqual(took, 3.0 - 0.05)
+        self.assertGreaterEqual(took, 3.0 - EARLY)
         self.assertLess(took, 3.0 + SLACK)
         self.sluice.wait_log(r"no complete reply in time")
         # The slot came back: the pool's next (well-behaved) connection works.
@@ -279,7 +283,7 @@ class BackendReplyTimeoutTest(TimeoutTestCase):
         self.assertReply(c.cmd("MAIL FROM:<s@x.example>"), 250)
         reply, took = self.timed(lambda: c.cmd("RCPT TO:<r@evil.example>"))
         self.assertEqual(reply.code // 100, 4, reply)
-        self.assertGreaterEqual(took, 3.0 - 0.05)
+        self.assertGreaterEqual(took, 3.0 - EARLY)
         self.assertLess(took, 3.0 + SLACK)
         self.sluice.wait_log(r"greeting: no complete reply in time")
 
@@ -292,7 +296,7 @@ class BackendReplyTimeoutTest(TimeoutTestCase):
         c.send(BODY)
         reply, took = self.timed(lambda: c.cmd("."))
         self.assertReply(reply, 451, "4.4.2")
-        self.assertGreaterEqual(took, 3.0 - 0.05)
+        self.assertGreaterEqual(took, 3.0 - EARLY)
         self.assertLess(took, 3.0 + SLACK)
         self.assertReply(c.cmd("QUIT"), 221)
 
@@ -341,7 +345,7 @@ class PoolShareTest(TimeoutTestCase):
         holder = self.in_data(port)
         c, reply, took = self.rcpt_after_mail(port)
         self.assertReply(reply, 451, "4.4.5")
-        self.assertGreaterEqual(took, 2.0 - 0.05)
+        self.assertGreaterEqual(took, 2.0 - EARLY)
         self.assertLess(took, 2.0 + SLACK)
         self.sluice.wait_log(r"no free connection within 2000 ms \(this client address holds 1, "
                              r"its share is 1\)")
@@ -357,7 +361,7 @@ class PoolShareTest(TimeoutTestCase):
         holders = [self.in_data(port), self.in_data(port)]
         c, reply, took = self.rcpt_after_mail(port)
         self.assertReply(reply, 451, "4.4.5")
-        self.assertGreaterEqual(took, 2.0 - 0.05)
+        self.assertGreaterEqual(took, 2.0 - EARLY)
         self.assertLess(took, 2.0 + SLACK)
         other = self.in_data(port, "127.0.0.2")
         for h in holders + [other]:
