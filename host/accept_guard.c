@@ -24,6 +24,7 @@
 #include "host_metrics.h"
 #include "log.h"
 #include "reply.h"
+#include "mstime.h"
 
 /* Long enough that a failing listener costs nothing, short enough that a
  * client queued in the backlog hardly notices once descriptors free up. */
@@ -43,13 +44,6 @@ struct accept_guard {
     unsigned long total_failures, total_shed; /* in this episode */
     uint64_t last_log_ms;
 };
-
-static uint64_t guard_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static int guard_open_reserve(void)
 {
@@ -146,7 +140,7 @@ static void guard_log(struct accept_guard *g, uint64_t now)
 
 void accept_guard_failed(struct accept_guard *g, struct evconnlistener *l, int err)
 {
-    uint64_t now = guard_now_ms();
+    uint64_t now = (uint64_t)mstime_now();
     g->last_err = err;
     if (!g->failing) {
         g->failing = true;

@@ -12,6 +12,7 @@
 #include "config.h"
 #include "log.h"
 #include "netaddr.h"
+#include "mstime.h"
 
 #define LIMITS_INITIAL_BUCKETS 256
 /* Idle entries are swept at most this often (and at least once per
@@ -62,13 +63,6 @@ static const char *const limits_verdict_names[LIMITS_VERDICT_COUNT] = {
 const char *limits_verdict_name(enum limits_verdict v)
 {
     return (unsigned)v < LIMITS_VERDICT_COUNT ? limits_verdict_names[v] : "?";
-}
-
-static uint64_t limits_clock_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* ---- keys ---------------------------------------------------------------- */
@@ -417,7 +411,7 @@ enum limits_verdict limits_admit_at(struct limits *l, const struct sockaddr *cli
 enum limits_verdict limits_admit(struct limits *l, const struct sockaddr *client, char *why,
                                  size_t whylen)
 {
-    return limits_admit_at(l, client, why, whylen, limits_clock_ms());
+    return limits_admit_at(l, client, why, whylen, (uint64_t)mstime_now());
 }
 
 static void limits_count_out(struct limits *l, struct limits_table *t, const struct limits_key *k,
@@ -456,7 +450,7 @@ void limits_release_at(struct limits *l, const struct sockaddr *client, uint64_t
 
 void limits_release(struct limits *l, const struct sockaddr *client)
 {
-    limits_release_at(l, client, limits_clock_ms());
+    limits_release_at(l, client, (uint64_t)mstime_now());
 }
 
 /* ---- lifetime and introspection -------------------------------------------- */

@@ -21,6 +21,7 @@
 #include "privileges.h"
 #include "restart_only.h"
 #include "worker.h"
+#include "mstime.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define MASTER_ASAN 1
@@ -64,13 +65,6 @@ struct master {
     bool stopping;
     int64_t kill_at_ms;
 };
-
-static int64_t master_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* The signals the master handles, all by sigwait. */
 static void master_signals(sigset_t *set)
@@ -165,9 +159,9 @@ static void master_notify_systemd(const char *state)
 static int master_read_line(int fd, char *buf, size_t len, int timeout_ms)
 {
     size_t got = 0;
-    int64_t deadline = master_now_ms() + timeout_ms;
+    int64_t deadline = mstime_now() + timeout_ms;
     while (got + 1 < len) {
-        int64_t left = deadline - master_now_ms();
+        int64_t left = deadline - mstime_now();
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int r = left > 0 ? poll(&p, 1, (int)left) : 0;
         if (r < 0 && errno == EINTR)
@@ -241,7 +235,7 @@ static int master_spawn(struct master *m, char *err, size_t errlen)
     close(pipefd[1]);
     m->worker = pid;
     m->status_fd = pipefd[0];
-    m->started_ms = master_now_ms();
+    m->started_ms = mstime_now();
     return master_wait_ready(m->status_fd, err, errlen);
 }
 
@@ -292,7 +286,7 @@ static void master_forget_worker(struct master *m)
 
 static void master_worker_died(struct master *m, int status)
 {
-    int64_t lived = master_now_ms() - m->started_ms;
+    int64_t lived = mstime_now() - m->started_ms;
     char why[128];
     master_describe_status(status, why, sizeof why);
     master_forget_worker(m);
@@ -302,7 +296,7 @@ static void master_worker_died(struct master *m, int status)
     }
     m->deaths = lived < MASTER_STABLE_MS ? m->deaths + 1 : 1;
     int64_t delay = master_backoff_ms(m->deaths);
-    m->restart_at_ms = master_now_ms() + delay;
+    m->restart_at_ms = mstime_now() + delay;
     log_err(NULL,
             "master: the worker exited (%s) after %lld.%01lld s; restarting it in %lld ms (%d "
             "death%s in a row)",
@@ -414,7 +408,7 @@ static void master_stop_signal(struct master *m, int sig)
     master_close_listeners(m);
     if (m->worker > 0)
         kill(m->worker, SIGTERM);
-    m->kill_at_ms = master_now_ms() + m->cfg->shutdown_timeout_ms + MASTER_STOP_SLACK_MS;
+    m->kill_at_ms = mstime_now() + m->cfg->shutdown_timeout_ms + MASTER_STOP_SLACK_MS;
 }
 
 /* How long sigtimedwait may sleep: until the next restart or the forced
@@ -430,7 +424,7 @@ static int64_t master_next_timer(const struct master *m)
 
 static void master_timer(struct master *m)
 {
-    int64_t now = master_now_ms();
+    int64_t now = mstime_now();
     if (m->stopping && m->worker > 0 && now >= m->kill_at_ms) {
         log_err(NULL, "master: the worker did not stop in time: killing it");
         kill(m->worker, SIGKILL);
@@ -444,7 +438,7 @@ static int master_wait_signal(sigset_t *set, int64_t at_ms)
 {
     if (at_ms < 0)
         return sigwaitinfo(set, NULL);
-    int64_t left = at_ms - master_now_ms();
+    int64_t left = at_ms - mstime_now();
     if (left < 0)
         left = 0;
     struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (long)(left % 1000) * 1000000L};

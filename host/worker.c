@@ -30,6 +30,7 @@
 #include "restart_only.h"
 #include "session.h"
 #include "tls.h"
+#include "mstime.h"
 
 /* How often a loop looks for DNS contexts a reload replaced that have no
  * query left. */
@@ -430,13 +431,6 @@ static void worker_reload(struct worker *w, int status_fd)
     worker_report_reload(status_fd, true, "");
 }
 
-static int64_t worker_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void worker_stop_signals(sigset_t *set)
 {
     sigemptyset(set);
@@ -468,7 +462,7 @@ static bool worker_wait_sessions(struct worker *w, int64_t deadline_ms)
 {
     sigset_t set;
     worker_stop_signals(&set);
-    while (atomic_load(&w->sessions) > 0 && worker_now_ms() < deadline_ms) {
+    while (atomic_load(&w->sessions) > 0 && mstime_now() < deadline_ms) {
         struct timespec tick = {.tv_nsec = WORKER_DRAIN_TICK_MS * 1000000L};
         int sig = sigtimedwait(&set, NULL, &tick);
         if (sig == SIGTERM || sig == SIGINT) {
@@ -490,7 +484,7 @@ static void worker_drain(struct worker *w)
     int64_t timeout = w->gen->cfg->shutdown_timeout_ms;
     log_info(NULL, "worker: stopping: %d sessions may finish within %lld ms",
              atomic_load(&w->sessions), (long long)timeout);
-    bool patient = worker_wait_sessions(w, worker_now_ms() + timeout);
+    bool patient = worker_wait_sessions(w, mstime_now() + timeout);
     int left = atomic_load(&w->sessions);
     if (left == 0) {
         log_info(NULL, "worker: every session finished");
@@ -499,7 +493,7 @@ static void worker_drain(struct worker *w)
     log_info(NULL, "worker: %s: closing %d sessions with 421 4.3.2",
              patient ? "shutdown deadline passed" : "stopping at once", left);
     worker_post_all(w, worker_loop_shutdown_cb);
-    worker_wait_sessions(w, worker_now_ms() + WORKER_CLOSE_WAIT_MS);
+    worker_wait_sessions(w, mstime_now() + WORKER_CLOSE_WAIT_MS);
 }
 
 /* Before any plugin, script or store file is opened. */
