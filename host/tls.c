@@ -11,8 +11,11 @@
 #include "config.h"
 #include "log.h"
 
-/* One context per certificate and key file pair, for the worker's life. */
+/* One context per listener (its own protocols, ciphers, client CA and SNI
+ * table, even when another listener has the same certificate), for the
+ * worker's life; a reload swaps the context inside its entry. */
 struct tls_ctx_entry {
+    char *listener; /* "address port" */
     char *cert, *key;
     SSL_CTX *ctx;
     struct tls_ctx_entry *next;
@@ -184,6 +187,24 @@ static SSL_CTX *tls_load_one(const struct listen_conf *l, const char *cert, cons
     return NULL;
 }
 
+#define TLS_LISTENER_NAME_MAX 320
+
+static void tls_listener_name(const struct listen_conf *l, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s %s", l->address ? l->address : "", l->port ? l->port : "");
+}
+
+/* Under tls_lock. */
+static struct tls_ctx_entry *tls_entry_find(const char *listener, const char *cert,
+                                            const char *key)
+{
+    for (struct tls_ctx_entry *t = tls_ctxs; t; t = t->next)
+        if (strcmp(t->listener, listener) == 0 && strcmp(t->cert, cert) == 0 &&
+            strcmp(t->key, key) == 0)
+            return t;
+    return NULL;
+}
+
 SSL_CTX *tls_server_ctx(const struct listen_conf *l, char *err, size_t errlen)
 {
     const char *cert = l->tls_cert, *key = l->tls_key ? l->tls_key : l->tls_cert;
@@ -191,20 +212,23 @@ SSL_CTX *tls_server_ctx(const struct listen_conf *l, char *err, size_t errlen)
         snprintf(err, errlen, "no tls_cert on this listener");
         return NULL;
     }
+    char listener[TLS_LISTENER_NAME_MAX];
+    tls_listener_name(l, listener, sizeof listener);
     pthread_mutex_lock(&tls_lock);
     SSL_CTX *ctx = NULL;
-    for (struct tls_ctx_entry *t = tls_ctxs; t; t = t->next)
-        if (strcmp(t->cert, cert) == 0 && strcmp(t->key, key) == 0)
-            ctx = t->ctx;
-    if (ctx)
+    struct tls_ctx_entry *found = tls_entry_find(listener, cert, key);
+    if (found) {
+        ctx = found->ctx;
         SSL_CTX_up_ref(ctx);
+    }
     if (!ctx) {
         struct tls_ctx_entry *t = calloc(1, sizeof *t);
         if (t) {
+            t->listener = strdup(listener);
             t->cert = strdup(cert);
             t->key = strdup(key);
         }
-        if (!t || !t->cert || !t->key) {
+        if (!t || !t->listener || !t->cert || !t->key) {
             snprintf(err, errlen, "out of memory");
         } else {
             t->ctx = ctx = tls_load(l, cert, key, err, errlen);
@@ -214,6 +238,7 @@ SSL_CTX *tls_server_ctx(const struct listen_conf *l, char *err, size_t errlen)
             t->next = tls_ctxs;
             tls_ctxs = t;
         } else if (t) {
+            free(t->listener);
             free(t->cert);
             free(t->key);
             free(t);
@@ -292,10 +317,10 @@ void tls_reload(const struct listen_conf *listens, size_t n)
                     err);
             continue;
         }
+        char listener[TLS_LISTENER_NAME_MAX];
+        tls_listener_name(l, listener, sizeof listener);
         pthread_mutex_lock(&tls_lock);
-        struct tls_ctx_entry *t = tls_ctxs;
-        while (t && (strcmp(t->cert, l->tls_cert) != 0 || strcmp(t->key, key) != 0))
-            t = t->next;
+        struct tls_ctx_entry *t = tls_entry_find(listener, l->tls_cert, key);
         if (t) {
             SSL_CTX_free(t->ctx); /* sessions holding it keep their reference */
             t->ctx = fresh;

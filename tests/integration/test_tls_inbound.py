@@ -14,7 +14,7 @@ import struct
 import subprocess
 import unittest
 
-from sluice_harness import RawClient, SluiceTestCase, pool, sluice_bin
+from sluice_harness import RawClient, SluiceTestCase, base_config, free_port, pool, sluice_bin
 
 SENDER = "sender@x.example"
 BODY = b"Subject: tls\r\n\r\nover TLS\r\n"
@@ -295,6 +295,32 @@ class TlsListenerOptionsTest(SluiceTestCase):
             old.wrap_socket(c.sock, server_hostname="mx.sluice.test")
         self.deliver_with(client_context(self.cert), "mx.sluice.test")
 
+
+    def test_two_listeners_with_one_certificate_keep_their_own_protocols(self):
+        # The context is the listener's: the same certificate on another
+        # listener does not lend it this one's minimum protocol.
+        cert, key = make_cert(self.workdir, "mx.sluice.test")
+        backend = self.start_backend("a")
+        strict, relaxed = free_port(), free_port()
+        listen = ({"address": "127.0.0.1", "port": strict, "tls_cert": cert, "tls_key": key,
+                   "tls_min_protocol": "TLSv1.3"},
+                  {"address": "127.0.0.1", "port": relaxed, "tls_cert": cert, "tls_key": key})
+        self.start_sluice(base_config(self.workdir, strict, [pool("a", [backend.port])],
+                                      [("a.example", "a")], listen=listen))
+        for port, accepted in ((strict, False), (relaxed, True), (strict, False)):
+            old = client_context(cert)
+            old.maximum_version = ssl.TLSVersion.TLSv1_2
+            c = RawClient(port)
+            self.clients.append(c)
+            c.read_reply()
+            c.cmd("EHLO client.test")
+            self.assertReply(c.cmd("STARTTLS"), 220)
+            if accepted:
+                c.sock = old.wrap_socket(c.sock, server_hostname="mx.sluice.test")
+                self.assertReply(c.cmd("EHLO client.test"), 250)
+            else:
+                with self.assertRaises(ssl.SSLError):
+                    old.wrap_socket(c.sock, server_hostname="mx.sluice.test")
 
 class SniTest(SluiceTestCase):
     def test_sni_picks_the_certificate_of_the_name_the_client_asks_for(self):
