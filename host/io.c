@@ -25,6 +25,8 @@
 struct io {
     struct bufferevent *bev;
     struct event *deadline;
+    struct event *closing; /* delivers IO_CLOSED from the loop */
+    bool close_requested;
     struct ev_token_bucket_cfg *rate;
     const struct io_callbacks *cb;
     void *arg;
@@ -42,6 +44,8 @@ static void io_read_cb(struct bufferevent *bev, void *arg)
 {
     struct io *io = arg;
     (void)bev;
+    if (io->close_requested)
+        return;
     if (io->cb->input)
         io->cb->input(io, io->arg);
 }
@@ -50,6 +54,11 @@ static void io_write_cb(struct bufferevent *bev, void *arg)
 {
     struct io *io = arg;
     (void)bev;
+    if (io->close_requested) {
+        if (io_output_len(io) == 0)
+            event_active(io->closing, 0, 0);
+        return;
+    }
     if (io->cb->drained)
         io->cb->drained(io, io->arg);
 }
@@ -96,6 +105,11 @@ static void io_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct io *io = arg;
     (void)bev;
+    if (io->close_requested) {
+        /* Flushed, timed out or broken: either way the close is due. */
+        event_active(io->closing, 0, 0);
+        return;
+    }
     enum io_event ev;
     if (what & BEV_EVENT_CONNECTED) {
         if (!io->tls)
@@ -124,6 +138,14 @@ static void io_deadline_cb(evutil_socket_t fd, short what, void *arg)
     io->cb->event(io, IO_DEADLINE, io->arg);
 }
 
+static void io_closing_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct io *io = arg;
+    (void)fd;
+    (void)what;
+    io->cb->event(io, IO_CLOSED, io->arg);
+}
+
 struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb, void *arg)
 {
     struct io *io = calloc(1, sizeof *io);
@@ -132,14 +154,17 @@ struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb
     io->cb = cb;
     io->arg = arg;
     io->deadline = event_new(base, -1, 0, io_deadline_cb, io);
+    io->closing = event_new(base, -1, 0, io_closing_cb, io);
     io->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!io->deadline || !io->bev) {
+    if (!io->deadline || !io->closing || !io->bev) {
         if (io->bev)
             bufferevent_setfd(io->bev, -1); /* fd stays the caller's */
         if (io->bev)
             bufferevent_free(io->bev);
         if (io->deadline)
             event_free(io->deadline);
+        if (io->closing)
+            event_free(io->closing);
         free(io);
         return NULL;
     }
@@ -165,9 +190,22 @@ void io_free(struct io *io)
         return;
     bufferevent_free(io->bev);
     event_free(io->deadline);
+    event_free(io->closing);
     if (io->rate)
         ev_token_bucket_cfg_free(io->rate);
     free(io);
+}
+
+void io_close_when_flushed(struct io *io, int64_t flush_ms)
+{
+    if (io->close_requested)
+        return;
+    io->close_requested = true;
+    io_clear_deadline(io);
+    io_pause(io);
+    io_set_timeouts(io, 0, flush_ms);
+    if (io_output_len(io) == 0)
+        event_active(io->closing, 0, 0);
 }
 
 /* ---- input ---- */

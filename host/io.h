@@ -30,6 +30,7 @@ enum io_event {
     IO_READ_TIMEOUT,  /* nothing arrived for the read timeout */
     IO_WRITE_TIMEOUT, /* the peer did not take our output for the write timeout */
     IO_DEADLINE,      /* the deadline set by io_set_deadline passed */
+    IO_CLOSED,        /* after io_close_when_flushed: now free the connection */
 };
 
 struct io_callbacks {
@@ -85,6 +86,15 @@ void io_set_timeouts(struct io *io, int64_t read_ms, int64_t write_ms);
  * byte at a time is cut as surely as a silent one. */
 void io_set_deadline(struct io *io, int64_t ms);
 void io_clear_deadline(struct io *io);
+
+/* ---- closing ---- */
+
+/* Ends the connection once what is queued has been written, or after
+ * flush_ms: reading stops now, the deadline is cleared, and no callback but
+ * IO_CLOSED follows. IO_CLOSED arrives from the event loop, never from
+ * inside the caller's stack, so the owner may free everything there
+ * (io_free included) whatever handler asked for the close. Idempotent. */
+void io_close_when_flushed(struct io *io, int64_t flush_ms);
 
 /* ---- flow ---- */
 

@@ -71,17 +71,11 @@ void session_close_after(struct session *s, enum reply_id id)
         session_reply(s, id);
     s->phase = PH_CLOSING;
     s->busy = true;
-    if (s->io) {
-        io_clear_deadline(s->io);
-        io_pause(s->io);
-        io_set_timeouts(s->io, 0, SESSION_CLOSE_FLUSH_MS);
-        s->armed_wait = WAIT_UNSET;
-        /* Never freed from inside a handler: the finish event does it. */
-        if (io_output_len(s->io) == 0)
-            event_active(s->finish_ev, 0, 0);
-    } else {
-        event_active(s->finish_ev, 0, 0);
-    }
+    s->armed_wait = WAIT_UNSET;
+    /* Never freed from inside a handler: IO_CLOSED comes from the loop. No
+     * io means the session is finishing already. */
+    if (s->io)
+        io_close_when_flushed(s->io, SESSION_CLOSE_FLUSH_MS);
 }
 
 /* A client error: counted, and too many of them end the session. */
@@ -532,17 +526,17 @@ static void session_input(struct io *io, void *arg)
 static void session_drained(struct io *io, void *arg)
 {
     struct session *s = arg;
-    if (s->phase == PH_CLOSING) {
-        if (io_output_len(io) == 0)
-            session_finish(s);
-        return;
-    }
+    (void)io;
     session_process(s); /* output drained below the high-water mark */
 }
 
 static void session_io_event(struct io *io, enum io_event ev, void *arg)
 {
     struct session *s = arg;
+    if (ev == IO_CLOSED) {
+        session_finish(s);
+        return;
+    }
     if (ev == IO_DEADLINE) {
         session_deadline_passed(s);
         return;
@@ -595,8 +589,6 @@ static void session_free(struct session *s)
     io_free(s->io);
     if (s->data_timer)
         event_free(s->data_timer);
-    if (s->finish_ev)
-        event_free(s->finish_ev);
     if (s->spool)
         spool_free(s->spool);
     if (s->data_out)
@@ -656,11 +648,6 @@ void session_close_all(struct loop *loop)
         session_free(LIST_FIRST(&loop->sessions_of_loop));
 }
 
-static void session_finish_cb(evutil_socket_t fd, short what, void *arg)
-{
-    session_finish(arg);
-}
-
 static void session_make_id(struct session *s)
 {
     uint32_t r = arc4random();
@@ -710,8 +697,7 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     s->io = io_new(loop->base, fd, &session_io_callbacks, s);
     s->spool = spool_new((size_t)cfg->spool_memory, cfg->spool_dir);
     s->data_out = evbuffer_new();
-    s->finish_ev = event_new(loop->base, -1, 0, session_finish_cb, s);
-    if (!s->line || !s->io || !s->spool || !s->data_out || !s->finish_ev) {
+    if (!s->line || !s->io || !s->spool || !s->data_out) {
         log_err(s->sid, "out of memory at accept");
         session_refuse_fd(fd);
         if (!s->io)

@@ -84,7 +84,6 @@ struct session {
     LIST_ENTRY(session) loop_link; /* the loop's sessions_of_loop */
 
     struct io *io; /* the client connection; NULL once it is closed */
-    struct event *finish_ev;
     struct sockaddr_storage peer;  /* the real client (after PROXY) */
     struct sockaddr_storage local; /* where it connected to */
     char client_ip[INET6_ADDRSTRLEN];
