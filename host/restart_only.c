@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -105,11 +106,25 @@ size_t restart_only_changed(const char *running, const char *next, const char **
     return n;
 }
 
+/* The state file's directory (/run/sluice), made by the master when no
+ * systemd RuntimeDirectory did: one level only, never a whole path. */
+static void make_state_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL || slash == path)
+        return;
+    char dir[4096];
+    if (snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path) >= (int)sizeof dir)
+        return;
+    (void)mkdir(dir, 0755);
+}
+
 int restart_only_write_state(const char *path, const char *text)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.new", path) >= (int)sizeof tmp)
         return -1;
+    make_state_dir(path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return -1;
