@@ -291,6 +291,9 @@ static bool reply_iter_next(struct reply_iter *it, const char **text, size_t *te
     return true;
 }
 
+/* Code, separator, "C.0.0 " and CRLF around the text stay within a line. */
+#define REPLY_RELAY_TEXT_MAX (REPLY_MAX_LINE - 3 - 1 - 6 - 2)
+
 static size_t reply_relay_line(char *out, const char *code3, char sep, const char *text,
                                size_t text_len, int code)
 {
@@ -321,6 +324,10 @@ size_t reply_format_relay(const char *buf, const struct smtp_reply *r, char *out
 
     while (reply_iter_next(&it, &text, &text_len, &has_sep)) {
         const char *line_start = has_sep ? text - 4 : text - 3;
+        /* The enhanced code added must not push a line over what a parser
+         * takes (ours included): the longest text loses its tail instead. */
+        if (text_len > REPLY_RELAY_TEXT_MAX)
+            text_len = REPLY_RELAY_TEXT_MAX;
         /* Worst case per line: separator, "C.0.0 " and a CR are added. */
         if (outlen - n < text_len + 4 + 8)
             return 0;

@@ -297,6 +297,27 @@ static void test_relay_of_code_only_lines_fits_documented_bound(void **state)
     assert_int_equal(reply_format_relay(in, &r, out, 5), 0);
 }
 
+/* Found by fuzz_reply: a backend line just under the line limit, without
+ * an enhanced code, went over it once "5.0.0 " was added, so no parser
+ * (ours included) would take the relayed reply. */
+static void test_relay_of_a_longest_line_stays_within_the_line_limit(void **state)
+{
+    (void)state;
+    static char in[REPLY_MAX_LINE + 8], out[REPLY_MAX_LINE * 2];
+    memcpy(in, "550 ", 4);
+    memset(in + 4, 'x', REPLY_MAX_LINE - 4 - 2);
+    memcpy(in + REPLY_MAX_LINE - 2, "\r\n", 3);
+    struct smtp_reply r, again;
+    assert_int_equal(reply_parse(in, strlen(in), &r), 1);
+    size_t n = reply_format_relay(in, &r, out, sizeof out);
+    assert_true(n > 0 && n <= REPLY_MAX_LINE);
+    assert_memory_equal(out, "550 5.0.0 xxx", 13);
+    assert_memory_equal(out + n - 2, "\r\n", 2);
+    assert_int_equal(reply_parse(out, n, &again), 1);
+    assert_int_equal(again.code, 550);
+    assert_int_equal(again.len, n);
+}
+
 static void test_ehlo_caps_are_read_case_insensitively(void **state)
 {
     (void)state;
@@ -372,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_relay_keeps_a_reply_with_esc_verbatim),
         cmocka_unit_test(test_relay_adds_class_esc_to_lines_lacking_it),
         cmocka_unit_test(test_relay_treats_wrong_class_esc_as_missing),
+        cmocka_unit_test(test_relay_of_a_longest_line_stays_within_the_line_limit),
         cmocka_unit_test(test_relay_of_code_only_lines_fits_documented_bound),
         cmocka_unit_test(test_ehlo_caps_are_read_case_insensitively),
         cmocka_unit_test(test_ehlo_greeting_line_is_not_a_keyword),
