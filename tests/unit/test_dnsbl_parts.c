@@ -11,21 +11,10 @@
 
 #include <cmocka.h>
 
+#include "test_addr.h"
+
 #include "dnsbl_cache.h"
 #include "dnsbl_parts.h"
-
-static struct sockaddr_storage addr_of(const char *text)
-{
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof ss);
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, text, &v4->sin_addr) == 1)
-        v4->sin_family = AF_INET;
-    else if (inet_pton(AF_INET6, text, &v6->sin6_addr) == 1)
-        v6->sin6_family = AF_INET6;
-    return ss;
-}
 
 static uint32_t ip(const char *text)
 {
