@@ -22,10 +22,13 @@ enum {
 struct decode_ctx {
     struct data_decoder *d;
     const char *in;
-    struct evbuffer *out;
+    data_sink_fn sink;
+    void *sink_arg;
     uint64_t limit;
     size_t run_start;
     ssize_t pend_at;
+    size_t cr_next; /* the next CR of the input (its length: none), once cr_known */
+    bool cr_known;
 };
 
 void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode)
@@ -69,7 +72,7 @@ static void emit(struct decode_ctx *c, const char *p, size_t n)
         n = (size_t)room;
         d->over_limit = true;
     }
-    if (n > 0 && evbuffer_add(c->out, p, n) == 0)
+    if (n > 0 && c->sink(c->sink_arg, p, n) == 0)
         d->out_bytes += n;
 }
 
@@ -105,26 +108,52 @@ static void bare_newline(struct decode_ctx *c)
     c->d->line_after_crlf = false;
 }
 
-/* Inside a line: skip to the next CR or LF with memchr. Returns the new index. */
-static size_t decode_mid(struct decode_ctx *c, size_t i, size_t len)
+/* The next CR at or after i. Searched once over the rest of the input and
+ * kept, so lines ended by bare LFs do not rescan a long tail for a CR. */
+static size_t next_cr(struct decode_ctx *c, size_t i, size_t len)
 {
-    const char *p = c->in + i;
-    const char *lf = memchr(p, '\n', len - i);
-    size_t span = lf ? (size_t)(lf - p) : len - i;
-    const char *cr = memchr(p, '\r', span);
-    if (cr != NULL) {
-        c->d->state = DS_CR;
-        c->pend_at = cr - c->in;
-        return (size_t)(cr - c->in) + 1;
+    if (!c->cr_known || c->cr_next < i) {
+        const char *cr = memchr(c->in + i, '\r', len - i);
+        c->cr_next = cr ? (size_t)(cr - c->in) : len;
+        c->cr_known = true;
     }
-    if (lf == NULL)
-        return len;
-    size_t at = (size_t)(lf - c->in);
+    return c->cr_next;
+}
+
+/* A bare LF at `at`: written as CRLF, and the next line is plain body text. */
+static size_t decode_bare_lf(struct decode_ctx *c, size_t at)
+{
     flush_run(c, at);
     emit(c, "\r\n", 2);
     c->run_start = at + 1;
     bare_newline(c);
     return at + 1;
+}
+
+/* Inside a line, the common case at memchr speed: from one CR to the next,
+ * a CRLF followed by anything but '.' starts a line that needs no change,
+ * so the run of verbatim bytes just grows, line after line, with no state
+ * change. Everything else (a bare LF or CR, a dot at a line start, a CR or
+ * CRLF at the end of the input) goes to the state machine. Returns the new
+ * index. */
+static size_t decode_mid(struct decode_ctx *c, size_t i, size_t len)
+{
+    const char *in = c->in;
+    for (;;) {
+        size_t cr = next_cr(c, i, len);
+        const char *lf = memchr(in + i, '\n', cr - i);
+        if (lf != NULL)
+            return decode_bare_lf(c, (size_t)(lf - in));
+        if (cr == len)
+            return len;
+        if (cr + 2 >= len || in[cr + 1] != '\n' || in[cr + 2] == '.') {
+            c->d->state = DS_CR;
+            c->pend_at = (ssize_t)cr;
+            return cr + 1;
+        }
+        c->d->line_after_crlf = true;
+        i = cr + 2;
+    }
 }
 
 static size_t decode_cr(struct decode_ctx *c, size_t i)
@@ -216,10 +245,10 @@ static bool state_is_pending(int state)
     return state == DS_CR || state == DS_DOT || state == DS_DOT_CR;
 }
 
-size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct evbuffer *out,
-                   uint64_t out_limit)
+size_t data_decode_to(struct data_decoder *d, const char *in, size_t len, data_sink_fn sink,
+                      void *sink_arg, uint64_t out_limit)
 {
-    struct decode_ctx c = {d, in, out, out_limit, 0, -1};
+    struct decode_ctx c = {d, in, sink, sink_arg, out_limit, 0, -1, 0, false};
     size_t i = 0;
 
     while (i < len && !d->done)
@@ -235,6 +264,17 @@ size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct ev
     else
         flush_run(&c, len);
     return len;
+}
+
+static int evbuffer_sink(void *arg, const char *p, size_t n)
+{
+    return evbuffer_add(arg, p, n);
+}
+
+size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct evbuffer *out,
+                   uint64_t out_limit)
+{
+    return data_decode_to(d, in, len, evbuffer_sink, out, out_limit);
 }
 
 static void add_span(struct evbuffer *out, const char *p, size_t n)

@@ -55,6 +55,18 @@ void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode);
 size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct evbuffer *out,
                    uint64_t out_limit);
 
+/* Where data_decode_to puts the wire form: returns 0, or -1 when the bytes
+ * could not be kept (they are then not counted in out_bytes). */
+typedef int (*data_sink_fn)(void *arg, const char *p, size_t n);
+
+/* data_decode with the output going to sink instead of an evbuffer: the
+ * session writes straight into the spool, so the input is copied once. A
+ * compliant client's input goes to sink in whole runs (about one call per
+ * input chunk); only lines that change (a bare CR or LF, a lone leading dot)
+ * and a chunk that ends inside a CRLF or "\r\n." split them. */
+size_t data_decode_to(struct data_decoder *d, const char *in, size_t len, data_sink_fn sink,
+                      void *sink_arg, uint64_t out_limit);
+
 /* The message size as RFC 1870 counts it: the content written so far, CRLFs
  * included, without stuffing dots or the terminator. */
 uint64_t data_decoder_size(const struct data_decoder *d);

@@ -591,8 +591,6 @@ static void session_free(struct session *s)
         event_free(s->data_timer);
     if (s->spool)
         spool_free(s->spool);
-    if (s->data_out)
-        evbuffer_free(s->data_out);
     session_txn_clear(s);
     session_plugins_free(s);
     if (s->limits_admitted)
@@ -696,8 +694,7 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     s->line = malloc((size_t)cfg->max_line_length + 1);
     s->io = io_new(loop->base, fd, &session_io_callbacks, s);
     s->spool = spool_new((size_t)cfg->spool_memory, cfg->spool_dir);
-    s->data_out = evbuffer_new();
-    if (!s->line || !s->io || !s->spool || !s->data_out) {
+    if (!s->line || !s->io || !s->spool) {
         log_err(s->sid, "out of memory at accept");
         session_refuse_fd(fd);
         if (!s->io)

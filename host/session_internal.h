@@ -117,7 +117,6 @@ struct session {
     struct backend *backend;
 
     struct spool *spool;
-    struct evbuffer *data_out;
     struct data_decoder decoder;
     struct event *data_timer;
     bool spool_failed;

@@ -337,7 +337,6 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
         return;
     }
     session_reply(s, R_DATA_GO);
-    evbuffer_drain(s->data_out, evbuffer_get_length(s->data_out));
     data_decoder_init(&s->decoder, s->cfg->bare_newline);
     if (!s->data_timer)
         s->data_timer = event_new(s->loop->base, -1, 0, relay_data_timeout, s);
@@ -463,6 +462,25 @@ static void relay_end_of_data(struct session *s)
     hooks_run(s, HOOK_EOM, relay_eom_done);
 }
 
+static void relay_spool_failed(struct session *s)
+{
+    if (!s->spool_failed)
+        log_err(s->sid, "spool write failed: %s", strerror(errno));
+    s->spool_failed = true;
+}
+
+/* The decoder's output goes straight into the spool: the input is copied
+ * once, in whole runs. A failed write spoils the message (451 at its end);
+ * the rest is still read up to the terminator. */
+static int relay_spool_sink(void *arg, const char *p, size_t n)
+{
+    struct session *s = arg;
+    if (spool_write(s->spool, p, n) == 0)
+        return 0;
+    relay_spool_failed(s);
+    return -1;
+}
+
 /* Feeds buffered client bytes through the decoder into the spool. Returns
  * true when the end of data was reached (the session is then busy with the
  * message), false when more input is needed. */
@@ -473,16 +491,15 @@ bool session_data_input(struct session *s)
     const char *chunk;
     size_t chunk_len;
     while (!done && io_input_chunk(s->io, &chunk, &chunk_len)) {
-        size_t used = data_decode(&s->decoder, chunk, chunk_len, s->data_out, limit);
+        size_t used =
+            data_decode_to(&s->decoder, chunk, chunk_len, relay_spool_sink, s, limit);
         io_input_drain(s->io, used);
         done = s->decoder.done;
     }
-    if (evbuffer_get_length(s->data_out) > 0 && spool_append(s->spool, s->data_out) < 0) {
-        if (!s->spool_failed)
-            log_err(s->sid, "spool write failed: %s", strerror(errno));
-        s->spool_failed = true;
-        evbuffer_drain(s->data_out, evbuffer_get_length(s->data_out));
-    }
+    /* What this input added reaches the file now, as each read did before
+     * the write-behind: memory per session stays bounded by one read. */
+    if (spool_flush(s->spool) != 0)
+        relay_spool_failed(s);
     if (!done)
         return false;
     session_busy(s);

@@ -23,10 +23,16 @@
 
 #define SPOOL_DEFAULT_DIR "/var/tmp"
 #define SPOOL_WRITE_IOVECS 64
+/* Once in the file, bytes written in small pieces (the runs between lines
+ * the decoder changed) gather in memory up to this much before one pwritev;
+ * spool_flush writes the rest. */
+#define SPOOL_WRITE_BEHIND (64 * 1024)
 
 struct spool {
     size_t mem_threshold;
     char *dir;
+    /* The message while in memory; once in the file, the bytes written to
+     * the spool but not yet to the file (spool_flush). */
     struct evbuffer *mem;
     int fd;          /* the temporary file, kept open across messages; -1 before the first */
     bool in_file;    /* this message lives in fd, not in mem */
@@ -174,6 +180,43 @@ static int spool_fail(struct spool *s, struct evbuffer *src)
     return -1;
 }
 
+int spool_flush(struct spool *s)
+{
+    size_t pending = evbuffer_get_length(s->mem);
+
+    if (s->write_errno != 0) {
+        errno = s->write_errno;
+        return -1;
+    }
+    if (!s->in_file || pending == 0)
+        return 0;
+    if (write_buffer_at(s->fd, s->mem, s->size - pending) != 0)
+        return spool_fail(s, s->mem);
+    return 0;
+}
+
+/* Before bytes that would cross the threshold: the message moves to the file. */
+static int spool_make_room(struct spool *s, size_t len)
+{
+    if (s->in_file || s->size + len <= s->mem_threshold)
+        return 0;
+    return move_to_file(s);
+}
+
+int spool_write(struct spool *s, const char *p, size_t len)
+{
+    if (s->write_errno != 0) {
+        errno = s->write_errno;
+        return -1;
+    }
+    if (spool_make_room(s, len) != 0 || evbuffer_add(s->mem, p, len) != 0)
+        return spool_fail(s, s->mem);
+    s->size += len;
+    if (s->in_file && evbuffer_get_length(s->mem) >= SPOOL_WRITE_BEHIND)
+        return spool_flush(s);
+    return 0;
+}
+
 int spool_append(struct spool *s, struct evbuffer *src)
 {
     size_t len = evbuffer_get_length(src);
@@ -182,18 +225,12 @@ int spool_append(struct spool *s, struct evbuffer *src)
         errno = s->write_errno;
         return spool_fail(s, src);
     }
-    if (!s->in_file && s->size + len <= s->mem_threshold) {
-        if (evbuffer_add_buffer(s->mem, src) != 0)
-            return spool_fail(s, src);
-        s->size += len;
-        return 0;
+    if (spool_make_room(s, len) != 0 || evbuffer_add_buffer(s->mem, src) != 0) {
+        spool_fail(s, s->mem);
+        return spool_fail(s, src);
     }
-    if (!s->in_file && move_to_file(s) != 0)
-        return spool_fail(s, src);
-    if (write_buffer_at(s->fd, src, s->size) != 0)
-        return spool_fail(s, src);
     s->size += len;
-    return 0;
+    return spool_flush(s);
 }
 
 /* Memory content is added by reference where libevent allows it, else
@@ -249,7 +286,7 @@ static int add_file_to(struct spool *s, uint64_t off, struct evbuffer *out)
 
 int spool_add_to(struct spool *s, struct evbuffer *out)
 {
-    if (s->write_errno != 0)
+    if (spool_flush(s) != 0)
         return -1;
     if (s->size == 0)
         return 0;
@@ -258,7 +295,7 @@ int spool_add_to(struct spool *s, struct evbuffer *out)
 
 int spool_add_range_to(struct spool *s, uint64_t off, struct evbuffer *out)
 {
-    if (s->write_errno != 0 || off > s->size)
+    if (spool_flush(s) != 0 || off > s->size)
         return -1;
     if (off == s->size)
         return 0;
@@ -289,6 +326,8 @@ ssize_t spool_read(struct spool *s, uint64_t off, void *buf, size_t len)
 
     if (off >= s->size || len == 0)
         return 0;
+    if (spool_flush(s) != 0)
+        return -1;
     if (len > s->size - off)
         len = (size_t)(s->size - off);
     if (s->in_file)

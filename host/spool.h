@@ -27,6 +27,16 @@ void spool_reset(struct spool *s);
 /* Moves all of src into the spool (src is drained). Returns 0, or -1 with
  * errno on a write failure (the caller answers 451 4.3.0). */
 int spool_append(struct spool *s, struct evbuffer *src);
+/* Copies len bytes into the spool: the one copy of the message on its way
+ * from the client's input to the backend. Once the message is in the file,
+ * small writes gather in memory (a bounded write-behind) and go out in one
+ * pwritev; spool_flush writes what is left. Returns 0, or -1 with errno as
+ * spool_append (the message is spoiled until spool_reset). */
+int spool_write(struct spool *s, const char *p, size_t len);
+/* Writes the gathered bytes to the file, so a failure is known before the
+ * message is answered. Returns 0 or -1 with errno. Readers (spool_read,
+ * spool_add_to) flush first, so they always see the whole message. */
+int spool_flush(struct spool *s);
 uint64_t spool_size(const struct spool *s);
 /* True once the current message has moved to the temporary file (for tests
  * and logs). */

@@ -623,6 +623,136 @@ static void test_decode_then_unstuff_gives_content(void **state)
     decoded_free(&r);
 }
 
+/* The scanner skips whole lines between CRs; every sequence that leaves that
+ * fast path (end of data, bare CR or LF, NUL, a dot at a line start, CRLF
+ * at a chunk's end) is cut at every pair of points, so each byte of it can
+ * end one chunk and start the next: the result is the model's every time,
+ * in both modes, with and without a limit just under the size. */
+static void test_every_sequence_split_at_every_pair_of_points_matches_the_model(void **state)
+{
+    (void)state;
+#define SEQ(lit) {(lit), sizeof(lit) - 1}
+    static const struct {
+        const char *p;
+        size_t len;
+    } seqs[] = {
+        SEQ("\r\n.\r\n"), SEQ("..x\r\n"),   SEQ(".x\r\n"),    SEQ("..\r\n"),
+        SEQ("...\r\n"),    SEQ("a\rb\r\n"),   SEQ("a\nb\r\n"),  SEQ("a\0b\r\n"),
+        SEQ("\r\n\r\n"),   SEQ("a\r\r\n"),    SEQ("\n.\r\n"),   SEQ("\r.\r\n"),
+        SEQ("\n..\n"),     SEQ(".\r.\r\n"),   SEQ("x\r\n.\n"),  SEQ("\0\r\n.\r\n"),
+        SEQ("\r\n\0.\r\n"), SEQ(".\r\r\n"),    SEQ("\n\n\r\r"), SEQ("..\r\n.\r"),
+    };
+#undef SEQ
+    for (size_t k = 0; k < sizeof seqs / sizeof seqs[0]; k++) {
+        char in[64];
+        size_t len = 0;
+        memcpy(in, "ab\r\n", 4);
+        len = 4;
+        memcpy(in + len, seqs[k].p, seqs[k].len);
+        len += seqs[k].len;
+        memcpy(in + len, "cd\r\n.\r\nQUIT\r\n", 14);
+        len += 14;
+        for (int m = BARE_NEWLINE_REJECT; m <= BARE_NEWLINE_NORMALIZE; m++) {
+            enum bare_newline_mode mode = (enum bare_newline_mode)m;
+            char model_out[128];
+            struct model want;
+            size_t used = model_decode(in, len, model_out, &want);
+            struct decoded whole = decode_all(in, len, mode);
+            assert_int_equal(whole.consumed, used);
+            assert_int_equal(whole.out_len, want.out_len);
+            assert_memory_equal(whole.out, model_out, want.out_len);
+            assert_int_equal(whole.done, want.done);
+            assert_int_equal(whole.bare, want.bare);
+            assert_int_equal(whole.nul, want.nul);
+            assert_int_equal(whole.size, want.size);
+            for (size_t a = 1; a < len; a++) {
+                for (size_t b = 0; a + b < len; b++) {
+                    size_t chunks[3] = {a, b ? b : len, 0};
+                    struct decoded r = decode_chunks(in, len, mode, chunks, 3, NO_LIMIT);
+                    assert_same(&whole, &r);
+                    decoded_free(&r);
+                    if (whole.size == 0 || b > 8)
+                        continue;
+                    struct decoded lim = decode_chunks(in, len, mode, chunks, 3, whole.size - 1);
+                    assert_true(lim.over);
+                    assert_int_equal(lim.consumed, whole.consumed);
+                    assert_int_equal(lim.nul, whole.nul);
+                    assert_int_equal(lim.bare, whole.bare);
+                    decoded_free(&lim);
+                }
+            }
+            decoded_free(&whole);
+        }
+    }
+}
+
+struct sink_count {
+    size_t calls, bytes;
+    bool fail;
+};
+
+static int count_sink(void *arg, const char *p, size_t n)
+{
+    struct sink_count *c = arg;
+    (void)p;
+    if (c->fail)
+        return -1;
+    c->calls++;
+    c->bytes += n;
+    return 0;
+}
+
+/* The point of the fast path: a compliant message, dot-stuffed lines
+ * included, reaches the sink as one run per input chunk (chunks that end
+ * after a CRLF), never line by line. */
+static void test_compliant_chunks_reach_the_sink_in_one_run_each(void **state)
+{
+    (void)state;
+    enum { LINE = 64, LINES = 1600, CHUNK = 4096 };
+    size_t len = LINE * LINES;
+    char *in = malloc(len + 5);
+    for (size_t i = 0; i < LINES; i++) {
+        char *l = in + i * LINE;
+        memset(l, 'a' + (char)(i % 26), LINE - 2);
+        if (i % 5 == 0)
+            memcpy(l, "..", 2); /* a stuffed dot: kept as it is */
+        memcpy(l + LINE - 2, "\r\n", 2);
+    }
+    memcpy(in + len, ".\r\n", 3);
+    struct data_decoder d;
+    struct sink_count c = {0};
+    data_decoder_init(&d, BARE_NEWLINE_REJECT);
+    size_t pos = 0, chunks = 0;
+    while (pos < len + 3 && !d.done) {
+        size_t n = len + 3 - pos < CHUNK ? len + 3 - pos : CHUNK;
+        pos += data_decode_to(&d, in + pos, n, count_sink, &c, NO_LIMIT);
+        chunks++;
+    }
+    assert_true(d.done);
+    assert_int_equal(pos, len + 3);
+    assert_int_equal(c.bytes, len);
+    assert_int_equal(c.calls, len / CHUNK);
+    assert_int_equal(data_decoder_size(&d), len - LINES / 5);
+    assert_false(d.saw_bare_newline);
+    free(in);
+}
+
+/* A sink that cannot keep the bytes: nothing is counted as written, and the
+ * rest is still read up to the terminator (the session answers 451 then). */
+static void test_a_failing_sink_counts_nothing_and_the_terminator_is_still_found(void **state)
+{
+    (void)state;
+    const char in[] = "abc\r\n..d\r\ne\nf\r\n.\r\nQUIT\r\n";
+    struct data_decoder d;
+    struct sink_count c = {.fail = true};
+    data_decoder_init(&d, BARE_NEWLINE_NORMALIZE);
+    size_t used = data_decode_to(&d, in, sizeof in - 1, count_sink, &c, NO_LIMIT);
+    assert_true(d.done);
+    assert_int_equal(used, sizeof in - 1 - 6);
+    assert_int_equal(d.out_bytes, 0);
+    assert_int_equal(c.calls, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -654,6 +784,9 @@ int main(void)
         cmocka_unit_test(test_stuff_then_unstuff_round_trips_in_any_split),
         cmocka_unit_test(test_empty_input_with_null_pointer_writes_nothing),
         cmocka_unit_test(test_decode_then_unstuff_gives_content),
+        cmocka_unit_test(test_every_sequence_split_at_every_pair_of_points_matches_the_model),
+        cmocka_unit_test(test_compliant_chunks_reach_the_sink_in_one_run_each),
+        cmocka_unit_test(test_a_failing_sink_counts_nothing_and_the_terminator_is_still_found),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

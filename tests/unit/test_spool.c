@@ -291,6 +291,70 @@ static void empty_spool_adds_nothing(void **state)
     spool_free(s);
 }
 
+/* The decoder writes runs of any size, down to the two bytes of a
+ * normalised line end: in memory, across the threshold and on in the file
+ * (past the write-behind more than once), the spool holds exactly the bytes
+ * written, and reading or sending sees all of them before any flush. */
+static void small_writes_across_the_threshold_and_the_write_behind_read_back_identical(
+    void **state)
+{
+    (void)state;
+    size_t len = 200 * 1024 + 3;
+    unsigned char *data = pattern_new(len);
+    static const size_t sizes[] = {1, 2, 333, 4096, 2, 7, 65536, 1};
+
+    for (int flush_each = 0; flush_each < 2; flush_each++) {
+        struct spool *s = spool_new(THRESHOLD, tmp_dir());
+        size_t off = 0;
+
+        assert_non_null(s);
+        for (size_t i = 0; off < len && i < 100000; i++) {
+            size_t n = sizes[i % (sizeof sizes / sizeof sizes[0])];
+
+            if (n > len - off)
+                n = len - off;
+            assert_int_equal(spool_write(s, (const char *)data + off, n), 0);
+            off += n;
+            assert_int_equal(spool_size(s), off);
+            if (flush_each)
+                assert_int_equal(spool_flush(s), 0);
+        }
+        assert_true(spool_in_file(s));
+        assert_reads_exactly(s, data, len);
+        assert_sends_exactly(s, data, len);
+        spool_reset(s);
+        assert_int_equal(spool_write(s, (const char *)data, 10), 0);
+        assert_false(spool_in_file(s));
+        assert_reads_exactly(s, data, 10);
+        spool_free(s);
+    }
+    free(data);
+}
+
+/* A file that cannot be created spoils the message at the write that
+ * crosses the threshold, and every later write and flush fails too, until
+ * the next message. */
+static void a_failed_write_fails_every_later_write_until_reset(void **state)
+{
+    (void)state;
+    struct spool *s = spool_new(THRESHOLD, "/nonexistent/sluice-spool-test");
+    unsigned char *data = pattern_new(THRESHOLD + 1);
+
+    assert_non_null(s);
+    assert_int_equal(spool_write(s, (const char *)data, THRESHOLD), 0);
+    errno = 0;
+    assert_int_equal(spool_write(s, (const char *)data, 1), -1);
+    assert_int_not_equal(errno, 0);
+    assert_int_equal(spool_write(s, (const char *)data, 1), -1);
+    assert_int_equal(spool_flush(s), -1);
+    spool_reset(s);
+    assert_int_equal(spool_write(s, (const char *)data, 5), 0);
+    assert_int_equal(spool_flush(s), 0);
+    assert_reads_exactly(s, data, 5);
+    spool_free(s);
+    free(data);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -303,6 +367,8 @@ int main(void)
         cmocka_unit_test(reset_empties_and_the_next_small_message_is_in_memory),
         cmocka_unit_test(reset_after_sending_leaves_the_queued_copy_intact),
         cmocka_unit_test(empty_spool_adds_nothing),
+        cmocka_unit_test(small_writes_across_the_threshold_and_the_write_behind_read_back_identical),
+        cmocka_unit_test(a_failed_write_fails_every_later_write_until_reset),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
