@@ -17,6 +17,8 @@
 /* Caps that keep a hostile message's header from costing unbounded memory:
  * fields beyond them stay in the message but are not visible to plugins. */
 #define HEADER_MAX_BYTES (1024 * 1024)
+/* The first read of the header; most headers fit, bigger ones double it. */
+#define HEADER_FIRST_READ 4096
 #define HEADER_MAX_FIELDS 1000
 #define HEADER_MAX_ADDS 100
 #define READER_CHUNK 65536
@@ -115,6 +117,39 @@ static bool msg_new_field(struct message_info *m, const char *line, size_t len, 
     return true;
 }
 
+/* The header is read from the spool in growing pieces, so a large message
+ * with a small header costs a small read, not a copy of the message. */
+struct header_buf {
+    struct spool *spool;
+    char *p;
+    size_t got; /* bytes of the spool in p */
+    size_t cap;
+    size_t want; /* at most this much: the spool or HEADER_MAX_BYTES */
+};
+
+/* More of the spool into hb (twice as much room each time); false at the
+ * end of what is wanted, on a read error or out of memory (*oom). */
+static bool header_buf_more(struct header_buf *hb, bool *oom)
+{
+    if (hb->got >= hb->want)
+        return false;
+    size_t cap = hb->cap ? hb->cap * 2 : HEADER_FIRST_READ;
+    if (cap > hb->want)
+        cap = hb->want;
+    char *p = realloc(hb->p, cap);
+    if (!p) {
+        *oom = true;
+        return false;
+    }
+    hb->p = p;
+    hb->cap = cap;
+    ssize_t n = spool_read(hb->spool, hb->got, p + hb->got, cap - hb->got);
+    if (n <= 0)
+        return false;
+    hb->got += (size_t)n;
+    return true;
+}
+
 bool message_info_parse(struct session *s)
 {
     message_info_free(s->msg);
@@ -123,16 +158,17 @@ bool message_info_parse(struct session *s)
     if (!m)
         return false;
     uint64_t size = spool_size(s->spool);
-    size_t want = size < HEADER_MAX_BYTES ? (size_t)size : HEADER_MAX_BYTES;
-    char *buf = malloc(want ? want : 1);
-    ssize_t got = buf ? spool_read(s->spool, 0, buf, want) : -1;
+    struct header_buf hb = {s->spool, NULL, 0, 0,
+                            size < HEADER_MAX_BYTES ? (size_t)size : HEADER_MAX_BYTES};
     size_t pos = 0;
-    while (got > 0 && pos < (size_t)got) {
-        size_t clen;
-        size_t total = msg_line(buf + pos, (size_t)got - pos, &clen);
-        const char *line = buf + pos;
+    for (;;) {
+        size_t clen = 0;
+        size_t total = pos < hb.got ? msg_line(hb.p + pos, hb.got - pos, &clen) : 0;
+        if (total == 0 && header_buf_more(&hb, &m->oom))
+            continue;
         if (total == 0 || clen == 0)
             break; /* beyond the cap, or the blank line that ends the header */
+        const char *line = hb.p + pos;
         if (line[0] == '.') { /* un-stuff */
             line++;
             clen--;
@@ -150,8 +186,8 @@ bool message_info_parse(struct session *s)
         pos += total;
     }
     m->header_end = pos;
-    free(buf);
-    return buf && !m->oom;
+    free(hb.p);
+    return !m->oom;
 }
 
 /* ---- reading ------------------------------------------------------------- */

@@ -184,6 +184,47 @@ static void a_closed_reader_leaves_the_spool_to_the_session(void **state)
     message_free(&m);
 }
 
+/* A header bigger than the parser's first reads (fields across every read
+ * boundary, a folded one, a dot-stuffed one) over a large body: every field
+ * is found, the header ends at the blank line, in memory and in the file. */
+static void header_larger_than_one_read_is_parsed_whole_and_ends_at_the_blank_line(void **state)
+{
+    (void)state;
+    enum { FIELDS = 700, BODY_LINES = 20000 };
+    size_t cap = FIELDS * 64 + BODY_LINES * 16 + 64;
+    struct message m = {.stuffed = malloc(cap)};
+    assert_non_null(m.stuffed);
+    for (size_t i = 0; i < FIELDS; i++) {
+        int n = i == 3 ? snprintf(m.stuffed + m.stuffed_len, 64, "X-Fold: a\r\n\tb\r\n")
+                : i == 4 ? snprintf(m.stuffed + m.stuffed_len, 64, "..Dot: d\r\n")
+                         : snprintf(m.stuffed + m.stuffed_len, 64, "X-H%zu: value %zu %.*s\r\n",
+                                    i, i, (int)(i % 29), "abcdefghijklmnopqrstuvwxyz01");
+        m.stuffed_len += (size_t)n;
+    }
+    memcpy(m.stuffed + m.stuffed_len, "\r\n", 2);
+    m.stuffed_len += 2;
+    for (size_t i = 0; i < BODY_LINES; i++)
+        m.stuffed_len += (size_t)snprintf(m.stuffed + m.stuffed_len, 16, "Body: %zu\r\n", i);
+    for (int file = 0; file < 2; file++) {
+        struct session *s = session_with(&m, file ? MEM_THRESHOLD : m.stuffed_len);
+        assert_true(message_info_parse(s));
+        assert_int_equal(sluice_header_count((sluice_session *)s), FIELDS);
+        size_t len;
+        const char *v = sluice_header_get((sluice_session *)s, "X-Fold", 0, &len);
+        assert_non_null(v);
+        assert_int_equal(len, strlen(" a\r\n\tb"));
+        assert_memory_equal(v, " a\r\n\tb", len);
+        assert_non_null(sluice_header_get((sluice_session *)s, ".Dot", 0, NULL));
+        v = sluice_header_get((sluice_session *)s, "X-H699", 0, &len);
+        assert_non_null(v);
+        assert_memory_equal(v, " value 699 ", strlen(" value 699 "));
+        assert_null(sluice_header_get((sluice_session *)s, "Body", 0, NULL));
+        message_info_free(s->msg);
+        session_drop(s);
+    }
+    free(m.stuffed);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -191,6 +232,7 @@ int main(void)
         cmocka_unit_test(pread_moves_the_stream_position),
         cmocka_unit_test(reader_outlives_the_sessions_spool_and_reads_on_another_thread),
         cmocka_unit_test(a_closed_reader_leaves_the_spool_to_the_session),
+        cmocka_unit_test(header_larger_than_one_read_is_parsed_whole_and_ends_at_the_blank_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
