@@ -1,5 +1,7 @@
-/* DATA decoding: split invariance, canonical output, no smuggled end of data,
- * stuff/unstuff round trip. The first byte picks the split points. */
+/* DATA decoding: split invariance, the same output as a plain line-by-line
+ * model (so the scanner's fast path cannot drift from the rules), canonical
+ * output, no smuggled end of data, stuff/unstuff round trip. The first byte
+ * picks the split points, the limit and the bare-newline mode. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -17,11 +19,13 @@ struct result {
     bool done, bare, nul, over;
 };
 
+static enum bare_newline_mode mode;
+
 static struct result decode(const char *in, size_t len, size_t step, uint64_t limit)
 {
     struct data_decoder d;
     struct result r = {evbuffer_new(), 0, 0, false, false, false, false};
-    data_decoder_init(&d, BARE_NEWLINE_NORMALIZE);
+    data_decoder_init(&d, mode);
     while (r.consumed < len && !d.done) {
         size_t n = len - r.consumed < step ? len - r.consumed : step;
         size_t used = data_decode(&d, in + r.consumed, n, r.out, limit);
@@ -73,11 +77,72 @@ static void check_round_trip(const char *wire, size_t n)
     evbuffer_free(again);
 }
 
+/* The rules of data_codec.h applied a whole line at a time. Returns the
+ * bytes consumed; out gets the wire form (at most 2 * len bytes). */
+static size_t model(const char *in, size_t len, char *out, size_t *out_len, bool *done,
+                    bool *bare)
+{
+    size_t i = 0, o = 0, line_start = 0;
+    bool after_crlf = true;
+    *done = *bare = false;
+    while (i < len) {
+        if (in[i] != '\r' && in[i] != '\n') {
+            i++;
+            continue;
+        }
+        bool crlf = in[i] == '\r' && i + 1 < len && in[i + 1] == '\n';
+        if (in[i] == '\r' && i + 1 >= len)
+            break; /* undecided: the data is unfinished */
+        const char *raw = in + line_start;
+        size_t raw_len = i - line_start;
+        if (after_crlf && crlf && raw_len == 1 && raw[0] == '.') {
+            *done = true;
+            *out_len = o;
+            return i + 2;
+        }
+        if (after_crlf && raw_len > 0 && raw[0] == '.') {
+            raw++;
+            raw_len--;
+        }
+        if (raw_len > 0 && raw[0] == '.')
+            out[o++] = '.';
+        memcpy(out + o, raw, raw_len);
+        o += raw_len;
+        out[o++] = '\r';
+        out[o++] = '\n';
+        *bare |= !crlf;
+        after_crlf = crlf;
+        i += crlf ? 2 : 1;
+        line_start = i;
+    }
+    *out_len = o;
+    return len;
+}
+
+static void check_model(const char *in, size_t len, const struct result *whole)
+{
+    char *want = malloc(2 * len + 2);
+    size_t want_len;
+    bool done, bare;
+    size_t used = model(in, len, want, &want_len, &done, &bare);
+    size_t n = evbuffer_get_length(whole->out);
+    if (done != whole->done || bare != whole->bare || (done && used != whole->consumed))
+        abort();
+    /* unfinished data: the model writes complete lines only, the decoder
+     * also the start of the last one */
+    if (done ? n != want_len : n < want_len)
+        abort();
+    if (want_len > 0 && memcmp(evbuffer_pullup(whole->out, -1), want, want_len) != 0)
+        abort();
+    free(want);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
     size_t step = 1 + data[0] % 16;
+    mode = data[0] & 0x10 ? BARE_NEWLINE_REJECT : BARE_NEWLINE_NORMALIZE;
     const char *in = (const char *)data + 1;
     size_t len = size - 1;
 
@@ -95,6 +160,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (n > 0 && memcmp(o, evbuffer_pullup(split.out, -1), n) != 0)
         abort();
     check_canonical(o, n, whole.done);
+    check_model(in, len, &whole);
     /* the decoder output of a finished message is a complete wire form */
     if (whole.done)
         check_round_trip((const char *)o, n);
