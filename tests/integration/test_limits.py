@@ -82,6 +82,32 @@ class LimitsTest(SluiceTestCase):
         self.assertFalse(msg["bare_lf"], msg["raw"])
         self.assertIn(b"\r\n..\r\n", msg["raw"])
 
+    def test_message_past_spool_memory_in_small_pieces_with_bare_lf_arrives_normalised_whole(self):
+        """The decoder writes into the spool run by run: a message that moves
+        to the spool file early, sent in pieces that cut its line ends and
+        stuffing dots, with a bare LF on every third line (each one a short
+        run), arrives whole and normalised."""
+        b, port = self.relay(data={"bare_newline": "normalize", "spool_memory": "4K",
+                                   "spool_dir": make_worker_dir(
+                                       os.path.join(self.workdir, "spool"))})
+        wire, want = [b"Subject: pieces\r\n\r\n"], [b"Subject: pieces\r\n\r\n"]
+        for i in range(3000):
+            wire.append(b"bare %d\nplain %d\r\n..dot %d\r\n" % (i, i, i))
+            want.append(b"bare %d\r\nplain %d\r\n.dot %d\r\n" % (i, i, i))
+        wire = b"".join(wire) + b".\r\n"
+        c = self.start_data(port)
+        sizes = (1, 2, 3, 5, 700, 4096, 13)
+        pos, k = 0, 0
+        while pos < len(wire) and k < 100000:
+            n = sizes[k % len(sizes)]
+            c.send(wire[pos:pos + n])
+            pos, k = pos + n, k + 1
+        self.assertReply(c.read_reply(), 250)
+        self.assertReply(c.cmd("QUIT"), 221)
+        [msg] = b.wait_messages(1)
+        self.assertEqual(msg["data"], b"".join(want))
+        self.assertFalse(msg["bare_lf"], "a bare LF reached the backend")
+
     def test_idle_client_gets_421_4_4_2_and_is_closed(self):
         _, port = self.relay(timeouts={"command": "2s", "data_block": "3m"})
         c = self.connect(port)
