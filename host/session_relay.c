@@ -496,8 +496,9 @@ bool session_data_input(struct session *s)
         io_input_drain(s->io, used);
         done = s->decoder.done;
     }
-    /* What this input added reaches the file now, as each read did before
-     * the write-behind: memory per session stays bounded by one read. */
+    /* Once the message is in the file, what this input added is written
+     * now: a session holds at most one read's worth beyond spool_memory, and
+     * a failed write is known before the end of data is answered. */
     if (spool_flush(s->spool) != 0)
         relay_spool_failed(s);
     if (!done)
