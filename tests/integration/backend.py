@@ -296,6 +296,8 @@ class Session:
         else:
             name = self.save_message(content, raw, bare_lf)
             await self.send([b"250 2.0.0 Ok: queued as " + name.encode() + b"\r\n"])
+            if self.opts.close_after_message:
+                return "quit"
         self.reset()
         return None
 
@@ -335,6 +337,9 @@ class Session:
 
     async def cmd_RSET(self, arg):
         self.reset()
+        if self.opts.rset_reply:
+            await self.send(reply_lines(self.opts.rset_reply))
+            return "quit" if self.opts.rset_reply.startswith("421") else None
         await self.send([b"250 2.0.0 Ok\r\n"])
 
     async def cmd_NOOP(self, arg):
@@ -376,6 +381,9 @@ def parse_args(argv):
     p.add_argument("--proxy", action="store_true", help="require a PROXY header first")
     p.add_argument("--delay-data", type=float, default=0.0,
                    help="seconds to wait before the final reply")
+    p.add_argument("--rset-reply", help="answer RSET with this (a 421 closes the connection)")
+    p.add_argument("--close-after-message", action="store_true",
+                   help="close the connection right after accepting a message")
     p.add_argument("--die-on-data", action="store_true",
                    help="close the connection when the body arrived, before replying")
     p.add_argument("--exit-on-data", action="store_true",
