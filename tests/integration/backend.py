@@ -298,6 +298,8 @@ class Session:
             await self.send([b"250 2.0.0 Ok: queued as " + name.encode() + b"\r\n"])
             if self.opts.close_after_message:
                 return "quit"
+            if self.opts.idle_421_after:
+                asyncio.get_running_loop().create_task(self.idle_421())
         self.reset()
         return None
 
@@ -334,6 +336,14 @@ class Session:
             "tls": self.tls,
         }
         return self.rec.save_message(envelope, content, raw)
+
+    async def idle_421(self):
+        """Postfix's way out of an idle session: 421, then close."""
+        await asyncio.sleep(self.opts.idle_421_after)
+        self.rec.event(ev="idle_421", conn=self.conn)
+        self.writer.write(b"421 4.4.2 " + HOSTNAME.encode() + b" Error: timeout exceeded\r\n")
+        await self.writer.drain()
+        self.writer.close()
 
     async def cmd_RSET(self, arg):
         self.reset()
@@ -382,6 +392,8 @@ def parse_args(argv):
     p.add_argument("--delay-data", type=float, default=0.0,
                    help="seconds to wait before the final reply")
     p.add_argument("--rset-reply", help="answer RSET with this (a 421 closes the connection)")
+    p.add_argument("--idle-421-after", type=float, default=0.0,
+                   help="seconds after accepting a message: send 421 and close")
     p.add_argument("--close-after-message", action="store_true",
                    help="close the connection right after accepting a message")
     p.add_argument("--die-on-data", action="store_true",

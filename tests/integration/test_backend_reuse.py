@@ -91,6 +91,17 @@ class BackendReuseTest(SluiceTestCase):
         b.wait_messages(2)
         self.assertEqual(b.connection_count(), 2)
 
+    def test_unsolicited_421_on_an_idle_connection_closes_it_and_the_next_client_delivers(self):
+        b = self.start_backend("a", "--idle-421-after", "0.2")
+        s, port = self.relay(pool("a", [b.port], idle_timeout="1m"))
+        self.send(port, 1)
+        b.wait_event("idle_421")
+        s.wait_log(r"idle connection closed after an unsolicited reply: \"421 4\.4\.2")
+        self.send(port, 2)
+        m1, m2 = b.wait_messages(2)
+        self.assertEqual((m1["conn"], m2["conn"]), (1, 2))
+        self.assertEqual(self.quits(b), [])
+
     def test_kept_connection_answering_421_to_rset_is_replaced_unseen(self):
         b = self.start_backend("a", "--xclient", "--rset-reply", "421 4.3.2 going away")
         s, port = self.relay(pool("a", [b.port]))
