@@ -257,6 +257,7 @@ static void backend_fail(struct smtp_backend *b, const char *why)
     }
     if (b->state == B_IDLE) {
         log_info(b->sid, "backend %s: idle connection: %s", b->peer, why);
+        backend_unpark(b);
         b->state = B_DEAD;
         backend_free(b);
         return;
@@ -694,12 +695,17 @@ static void backend_violation(struct smtp_backend *b, const char *what, const ch
 
 static void backend_handle_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
-    if (b->state == B_IDLE) {
+    if (b->state == B_IDLE || (b->state == B_WAIT_SLOT && b->reusing)) {
         /* Nobody asked: typically 421 before the server drops an idle session. */
-        char excerpt[160];
+        char excerpt[160], why[200];
         backend_reply_excerpt(text, r->len, excerpt, sizeof excerpt);
-        log_info(b->sid, "backend %s: idle connection closed after an unsolicited reply: \"%s\"",
-                 b->peer, excerpt);
+        snprintf(why, sizeof why, "unsolicited reply: \"%s\"", excerpt);
+        if (b->state == B_WAIT_SLOT) {
+            backend_reuse_failed(b, why);
+            return;
+        }
+        log_info(b->sid, "backend %s: idle connection closed after an %s", b->peer, why);
+        backend_unpark(b);
         b->state = B_DEAD;
         backend_free(b);
         return;
@@ -904,6 +910,9 @@ static void backend_slot_cb(void *arg, bool granted)
 static void backend_start_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct smtp_backend *b = arg;
+    /* A kept connection that failed meanwhile is already being replaced. */
+    if (b->state != B_WAIT_SLOT)
+        return;
     backend_enter(b);
     if (b->reusing) {
         backend_reuse_begin(b);
