@@ -1,6 +1,7 @@
 /* Backend pools at run time: shared by every loop thread of the worker.
- * Connection slots (the cap is for the whole instance), a FIFO of sessions
- * waiting for a slot, weighted round-robin over servers, and servers marked
+ * Connection slots (the cap is for the whole instance, kept idle connections
+ * included), a FIFO of sessions waiting for a slot, the idle connections a
+ * waiting session may close, weighted round-robin over servers, and servers marked
  * down after a failed connect. Thread-safe. */
 #ifndef SLUICE_POOL_H
 #define SLUICE_POOL_H
