@@ -163,6 +163,21 @@ class BackendReuseTest(SluiceTestCase):
         b.wait_messages(1)
         self.assertEqual(b.connection_count(), 2)
 
+    def test_tls_stays_up_on_a_kept_connection_without_a_new_starttls(self):
+        from test_tls_inbound import make_cert
+        cert, key = make_cert(self.workdir, "backend.sluice.test")
+        b = self.start_backend("a", "--xclient", "--tls-cert", cert, "--tls-key", key)
+        _, port = self.relay(pool("a", [b.port], tls="required", tls_ca=cert,
+                                  tls_name="backend.sluice.test"))
+        self.send(port, 1, helo="first.test")
+        self.send(port, 2, helo="second.test")
+        m1, m2 = b.wait_messages(2)
+        self.assertEqual(b.connection_count(), 1)
+        self.assertRegex(m2["tls"] or "", r"^TLSv1\.[23]$")
+        verbs = [c.split(" ")[0].upper() for c in m2["commands"]]
+        self.assertEqual(verbs.count("STARTTLS"), 1)
+        self.assertEqual(b.events("xclient")[-1]["attrs"]["HELO"], "second.test")
+
     def test_proxy_pool_opens_one_connection_per_session(self):
         b = self.start_backend("a", "--proxy")
         _, port = self.relay(pool("a", [b.port], proxy_protocol=True, xclient=False))
