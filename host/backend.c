@@ -3,6 +3,7 @@
 
 #include <sys/queue.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -39,7 +40,10 @@ enum backend_state {
     B_TLS_HANDSHAKE, /* the TLS handshake runs */
     B_XCLIENT,
     B_XCLIENT_EHLO,
+    B_REUSE_RSET,    /* a kept connection: RSET before XCLIENT */
+    B_REUSE_EHLO,    /* a kept connection: the EHLO that starts the new session */
     B_READY,
+    B_IDLE,          /* kept for the next session of the pool (loop->backend_idle) */
     B_CLOSING,
     B_DEAD,
 };
@@ -95,12 +99,25 @@ struct smtp_backend {
 
     int in_handler;
     bool free_when_idle;
+
+    /* Kept across client sessions (backend_park). */
+    LIST_ENTRY(smtp_backend) idle_link; /* loop->backend_idle while B_IDLE */
+    struct pool_idle idle;              /* the pool's view: evictable */
+    struct event *idle_timer;
+    bool parked;        /* in loop->backend_idle */
+    bool reusing;       /* a kept connection's new-session handshake runs */
+    bool dirty;         /* a MAIL was sent and its transaction not ended */
+    bool xclient_sent;  /* pipelined behind the reuse's RSET */
+    int transactions;   /* MAIL commands on this connection */
 };
 
 #define SMTP(base) ((struct smtp_backend *)(base))
 #define CSMTP(base) ((const struct smtp_backend *)(base))
 
 static void backend_try_server(struct smtp_backend *b);
+static void backend_reuse_begin(struct smtp_backend *b);
+static const char *backend_client_name(const struct backend_client *c);
+static void backend_reuse_failed(struct smtp_backend *b, const char *why);
 static enum backend_step backend_awaited(const struct smtp_backend *b);
 static void backend_input(struct io *io, void *arg);
 static void backend_io_event(struct io *io, enum io_event ev, void *arg);
@@ -125,12 +142,28 @@ static void pending_free(struct pending *p)
     free(p);
 }
 
+static void backend_unpark(struct smtp_backend *b)
+{
+    if (!b->parked)
+        return;
+    b->parked = false;
+    LIST_REMOVE(b, idle_link);
+    pool_idle_remove(b->pool, &b->idle);
+    if (b->idle_timer)
+        event_del(b->idle_timer);
+}
+
 static void backend_free(struct smtp_backend *b)
 {
     if (b->in_handler > 0) {
         b->free_when_idle = true;
         return;
     }
+    backend_unpark(b);
+    if (b->idle.ev)
+        event_free(b->idle.ev);
+    if (b->idle_timer)
+        event_free(b->idle_timer);
     if (b->waiter)
         pool_cancel(b->waiter);
     if (b->dnsq)
@@ -152,6 +185,7 @@ static void backend_free(struct smtp_backend *b)
     free(b->client_helo);
     free(b->client_name);
     LIST_REMOVE(b, loop_link);
+    atomic_fetch_sub(&b->loop->worker->backends, 1);
     struct generation *gen = b->gen;
     free(b);
     if (gen)
@@ -168,6 +202,13 @@ void backend_abort_all(struct loop *loop)
 }
 
 static void backend_enter(struct smtp_backend *b) { b->in_handler++; }
+
+static void backend_quit_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_backend *b = arg;
+    b->state = B_DEAD;
+    backend_free(b);
+}
 
 /* Returns false when the backend was freed meanwhile and must not be touched. */
 static bool backend_leave(struct smtp_backend *b)
@@ -210,6 +251,17 @@ static void backend_fail(struct smtp_backend *b, const char *why)
 {
     if (b->state == B_DEAD)
         return;
+    if (b->reusing && b->state < B_READY) {
+        backend_reuse_failed(b, why);
+        return;
+    }
+    if (b->state == B_IDLE) {
+        log_info(b->sid, "backend %s: idle connection: %s", b->peer, why);
+        backend_unpark(b);
+        b->state = B_DEAD;
+        backend_free(b);
+        return;
+    }
     bool was_open = b->state >= B_READY;
     if (b->state != B_CLOSING)
         log_warn(b->sid, "backend %s: %s", b->peer, why);
@@ -326,8 +378,11 @@ static void backend_send_xclient(struct smtp_backend *b)
         len += backend_xclient_attr(line + len, sizeof line - len, "PORT", port);
     if (b->caps.xclient_name)
         len += backend_xclient_attr(line + len, sizeof line - len, "NAME", b->client_name);
-    if (b->caps.xclient_helo && b->client_helo[0])
-        len += backend_xclient_attr(line + len, sizeof line - len, "HELO", b->client_helo);
+    /* Always, [UNAVAILABLE] when unknown: on a kept connection the last
+     * client's HELO would otherwise stay with the backend. */
+    if (b->caps.xclient_helo)
+        len += backend_xclient_attr(line + len, sizeof line - len, "HELO",
+                                    b->client_helo[0] ? b->client_helo : "[UNAVAILABLE]");
     if (b->caps.xclient_proto)
         len += backend_xclient_attr(line + len, sizeof line - len, "PROTO",
                                     b->client_esmtp ? "ESMTP" : "SMTP");
@@ -342,10 +397,13 @@ static void backend_send_xclient(struct smtp_backend *b)
 static void backend_ready(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     b->state = B_READY;
-    pool_server_ok(b->pool, b->server);
-    host_metrics_backend_connect(b->pc->name, true);
+    if (!b->reusing) {
+        pool_server_ok(b->pool, b->server);
+        host_metrics_backend_connect(b->pc->name, true);
+    }
     backend_await_none(b);
-    log_debug(b->sid, "backend %s: ready", b->peer);
+    log_debug(b->sid, "backend %s: ready%s", b->peer, b->reusing ? " (kept connection)" : "");
+    b->reusing = false;
     backend_open_done(b, BACKEND_REPLY, text, r->len, r->code, r->nlines);
 }
 
@@ -491,11 +549,33 @@ static void backend_handshake_reply(struct smtp_backend *b, const char *text, co
         reply_ehlo_caps(text, r, &b->caps);
         backend_ready(b, text, r);
         return;
+    case B_REUSE_RSET:
+        if (!ok)
+            break;
+        b->dirty = false;
+        b->state = B_XCLIENT;
+        if (!b->xclient_sent)
+            backend_send_xclient(b);
+        return;
+    case B_REUSE_EHLO:
+        if (!ok)
+            break;
+        memset(&b->caps, 0, sizeof b->caps);
+        reply_ehlo_caps(text, r, &b->caps);
+        backend_ready(b, text, r);
+        return;
     default:
         return;
     }
     char excerpt[160];
     backend_reply_excerpt(text, r->len, excerpt, sizeof excerpt);
+    if (b->reusing) {
+        char why[300];
+        snprintf(why, sizeof why, "%s refused: \"%s\"", backend_step_name(backend_awaited(b)),
+                 excerpt);
+        backend_reuse_failed(b, why);
+        return;
+    }
     log_warn(b->sid, "backend %s: %s refused: \"%s\"", b->peer,
              backend_step_name(backend_awaited(b)), excerpt);
     b->state = B_DEAD;
@@ -552,6 +632,9 @@ static void backend_command_reply(struct smtp_backend *b, const char *text, cons
     backend_cb cb = p->cb;
     void *arg = p->arg;
     enum pending_kind kind = p->kind;
+    /* A transaction ends with the end of data's 2xx or an RSET's. */
+    if (r->code / 100 == 2 && (p->step == BSTEP_END_OF_DATA || p->step == BSTEP_RSET))
+        b->dirty = false;
     pending_free(p);
     if (r->code == 421) {
         /* 421 means the server is closing; nothing more will work here. */
@@ -580,6 +663,10 @@ static enum backend_step backend_awaited(const struct smtp_backend *b)
         return BSTEP_XCLIENT;
     case B_CLOSING:
         return BSTEP_QUIT;
+    case B_REUSE_RSET:
+        return BSTEP_RSET;
+    case B_REUSE_EHLO:
+        return BSTEP_EHLO;
     case B_READY:
         return TAILQ_EMPTY(&b->awaited) ? BSTEP_COUNT : TAILQ_FIRST(&b->awaited)->step;
     default:
@@ -608,6 +695,21 @@ static void backend_violation(struct smtp_backend *b, const char *what, const ch
 
 static void backend_handle_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
+    if (b->state == B_IDLE || (b->state == B_WAIT_SLOT && b->reusing)) {
+        /* Nobody asked: typically 421 before the server drops an idle session. */
+        char excerpt[160], why[200];
+        backend_reply_excerpt(text, r->len, excerpt, sizeof excerpt);
+        snprintf(why, sizeof why, "unsolicited reply: \"%s\"", excerpt);
+        if (b->state == B_WAIT_SLOT) {
+            backend_reuse_failed(b, why);
+            return;
+        }
+        log_info(b->sid, "backend %s: idle connection closed after an %s", b->peer, why);
+        backend_unpark(b);
+        b->state = B_DEAD;
+        backend_free(b);
+        return;
+    }
     enum backend_step step = backend_awaited(b);
     if (step != BSTEP_COUNT && !backend_reply_expected(step, r->code)) {
         backend_violation(b, "reply of an unexpected class", text, r->len);
@@ -808,10 +910,17 @@ static void backend_slot_cb(void *arg, bool granted)
 static void backend_start_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct smtp_backend *b = arg;
+    /* A kept connection that failed meanwhile is already being replaced. */
+    if (b->state != B_WAIT_SLOT)
+        return;
     backend_enter(b);
-    b->tried = 0;
-    b->server = pool_first_server(b->pool);
-    backend_try_server(b);
+    if (b->reusing) {
+        backend_reuse_begin(b);
+    } else {
+        b->tried = 0;
+        b->server = pool_first_server(b->pool);
+        backend_try_server(b);
+    }
     backend_leave(b);
 }
 
@@ -831,10 +940,194 @@ static const char *backend_client_name(const struct backend_client *c)
     return c->name_status == DNS_TEMPFAIL ? "[TEMPUNAVAIL]" : "[UNAVAILABLE]";
 }
 
+/* ---- kept connections ---------------------------------------------------- */
+
+/* A kept connection starts the new client's session: RSET when its last
+ * transaction is open (XCLIENT is refused inside one), then XCLIENT with
+ * every attribute anew, or for a backend without XCLIENT the EHLO a new
+ * connection gets (EHLO resets the transaction too, RFC 5321 4.1.4). */
+static void backend_reuse_begin(struct smtp_backend *b)
+{
+    backend_await(b, b->pc->command_timeout_ms);
+    if (b->pc->xclient && b->caps.xclient) {
+        b->state = b->dirty ? B_REUSE_RSET : B_XCLIENT;
+        if (b->dirty)
+            backend_write(b, "RSET\r\n", 6);
+        /* RSET may open a PIPELINING group (RFC 2920 3.1): XCLIENT goes in
+         * the same write, its reply read after RSET's. */
+        b->xclient_sent = !b->dirty || b->caps.pipelining;
+        if (b->xclient_sent)
+            backend_send_xclient(b);
+        return;
+    }
+    b->state = B_REUSE_EHLO;
+    b->dirty = false;
+    backend_send_ehlo(b, b->pc->helo_name);
+}
+
+/* The server closed or refused the kept connection: the session gets a
+ * new one (same slot) as if none had been kept; the client sees nothing. */
+static void backend_reuse_failed(struct smtp_backend *b, const char *why)
+{
+    log_info(b->sid, "backend %s: kept connection unusable (%s), opening a new one", b->peer, why);
+    backend_drop_connection(b);
+    b->reusing = false;
+    b->dirty = false;
+    b->transactions = 0;
+    b->tls_done = false;
+    memset(&b->caps, 0, sizeof b->caps);
+    b->tried = 0;
+    b->server = pool_first_server(b->pool);
+    backend_try_server(b);
+}
+
+/* QUIT and let go: the slot is released when the server answers or after
+ * a short wait. */
+static void backend_quit(struct smtp_backend *b)
+{
+    b->state = B_CLOSING;
+    backend_write(b, "QUIT\r\n", 6);
+    if (!b->quit_timer)
+        b->quit_timer = event_new(b->loop->base, -1, 0, backend_quit_timeout, b);
+    if (!b->quit_timer) {
+        backend_free(b);
+        return;
+    }
+    struct timeval tv = ms_to_tv(BACKEND_QUIT_WAIT_MS);
+    io_set_timeouts(b->io, BACKEND_QUIT_WAIT_MS, BACKEND_QUIT_WAIT_MS);
+    backend_await_none(b);
+    event_add(b->quit_timer, &tv);
+}
+
+static void backend_idle_end(struct smtp_backend *b, const char *why)
+{
+    log_debug(b->sid, "backend %s: idle connection closed: %s", b->peer, why);
+    backend_unpark(b);
+    backend_quit(b);
+}
+
+static void backend_idle_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    backend_idle_end(arg, "idle_timeout");
+}
+
+/* The pool was full and a session waits: this one's slot goes to it. */
+static void backend_evict_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_backend *b = arg;
+    if (b->state == B_IDLE)
+        backend_idle_end(b, "a session waits for a slot");
+}
+
+static bool backend_gen_current(const struct smtp_backend *b)
+{
+    struct generation *g = generation_current(b->loop->worker);
+    bool current = g == b->gen;
+    generation_unref(g);
+    return current;
+}
+
+static int backend_idle_of_pool(const struct loop *loop, const struct pool *pool)
+{
+    int n = 0;
+    const struct smtp_backend *i;
+    LIST_FOREACH(i, &loop->backend_idle, idle_link)
+        n += i->pool == pool;
+    return n;
+}
+
+/* Whether the connection may serve a later session: between transactions
+ * (nothing awaited, nothing unread), within the pool's bounds, of the
+ * generation new sessions get (a reloaded pool never gets an old one), and
+ * never for PROXY pools (the header names one client connection). */
+static bool backend_may_keep(const struct smtp_backend *b)
+{
+    const struct pool_conf *pc = b->pc;
+    if (b->state != B_READY || !b->io || !TAILQ_EMPTY(&b->awaited) || pc->idle_max <= 0 ||
+        pc->proxy_protocol || io_input_len(b->io) > 0)
+        return false;
+    if (pc->max_transactions > 0 && b->transactions >= pc->max_transactions)
+        return false;
+    if (atomic_load(&b->loop->worker->stopping) || !backend_gen_current(b))
+        return false;
+    return backend_idle_of_pool(b->loop, b->pool) < pc->idle_max;
+}
+
+static bool backend_park(struct smtp_backend *b)
+{
+    if (!b->idle.ev)
+        b->idle.ev = event_new(b->loop->base, -1, 0, backend_evict_cb, b);
+    if (!b->idle_timer)
+        b->idle_timer = evtimer_new(b->loop->base, backend_idle_timeout_cb, b);
+    if (!b->idle.ev || !b->idle_timer || !pool_idle_add(b->pool, &b->idle))
+        return false;
+    struct timeval tv = ms_to_tv(b->pc->idle_timeout_ms);
+    b->state = B_IDLE;
+    b->keepalive = false;
+    backend_await_none(b);
+    event_add(b->idle_timer, &tv);
+    LIST_INSERT_HEAD(&b->loop->backend_idle, b, idle_link);
+    b->parked = true;
+    log_debug(b->sid, "backend %s: kept for the next session (%d transactions)", b->peer,
+              b->transactions);
+    return true;
+}
+
+void backend_close_idle(struct loop *loop)
+{
+    while (!LIST_EMPTY(&loop->backend_idle))
+        backend_idle_end(LIST_FIRST(&loop->backend_idle), "reload or shutdown");
+}
+
+/* The newest kept connection of the pool that this client may take. */
+static struct smtp_backend *backend_idle_take(struct loop *loop, struct pool *pool,
+                                              const struct sockaddr *client)
+{
+    struct smtp_backend *b;
+    LIST_FOREACH(b, &loop->backend_idle, idle_link) {
+        if (b->pool == pool &&
+            pool_idle_take(pool, &b->idle, (const struct sockaddr *)&b->client_addr, client))
+            return b;
+    }
+    return NULL;
+}
+
+/* helo and name (allocated) are taken over. */
+static struct backend *backend_reuse(struct smtp_backend *b, const struct backend_client *client,
+                                     char *helo, char *name, backend_cb cb, void *arg)
+{
+    backend_unpark(b);
+    snprintf(b->sid, sizeof b->sid, "%s", client->sid);
+    b->client_addr = client->addr;
+    b->client_local = client->local;
+    free(b->client_helo);
+    free(b->client_name);
+    b->client_helo = helo;
+    b->client_name = name;
+    b->client_esmtp = client->esmtp;
+    b->open_cb = cb;
+    b->open_arg = arg;
+    b->reusing = true;
+    b->state = B_WAIT_SLOT;
+    event_active(b->start_ev, 0, 0);
+    return &b->base;
+}
+
 static struct backend *smtp_open(struct loop *loop, struct generation *gen, struct pool *pool,
                                   int pool_index, const struct backend_client *client,
                                   backend_cb cb, void *arg)
 {
+    if (pool_conf(pool)->idle_max > 0 && !LIST_EMPTY(&loop->backend_idle)) {
+        char *helo = strdup(client->helo ? client->helo : "");
+        char *name = strdup(backend_client_name(client));
+        struct smtp_backend *kept =
+            helo && name ? backend_idle_take(loop, pool, (const struct sockaddr *)&client->addr)
+                         : NULL;
+        if (kept)
+            return backend_reuse(kept, client, helo, name, cb, arg);
+        free(helo);
+        free(name);
+    }
     struct smtp_backend *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
@@ -844,6 +1137,7 @@ static struct backend *smtp_open(struct loop *loop, struct generation *gen, stru
     b->gen = gen;
     generation_ref(gen);
     LIST_INSERT_HEAD(&loop->backend_list, b, loop_link);
+    atomic_fetch_add(&loop->worker->backends, 1);
     b->pool = pool;
     b->pc = pool_conf(pool);
     b->pool_index = pool_index;
@@ -894,6 +1188,10 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
         backend_deliver(cb, arg, BACKEND_INTERNAL, 0, NULL, 0, 0);
         return;
     }
+    if (step == BSTEP_MAIL) {
+        b->dirty = true;
+        b->transactions++;
+    }
     if (b->noop_timer)
         event_del(b->noop_timer);
     backend_write(b, line, len);
@@ -937,16 +1235,10 @@ static void smtp_keepalive(struct backend *base, bool on)
     backend_noop_arm(b);
 }
 
-static void backend_quit_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    struct smtp_backend *b = arg;
-    b->state = B_DEAD;
-    backend_free(b);
-}
-
 static void smtp_close(struct backend *base)
 {
     struct smtp_backend *b = SMTP(base);
+    bool keep = backend_may_keep(b);
     while (!TAILQ_EMPTY(&b->awaited)) {
         struct pending *p = TAILQ_FIRST(&b->awaited);
         TAILQ_REMOVE(&b->awaited, p, link);
@@ -960,17 +1252,9 @@ static void smtp_close(struct backend *base)
         backend_free(b);
         return;
     }
-    b->state = B_CLOSING;
-    backend_write(b, "QUIT\r\n", 6);
-    b->quit_timer = event_new(b->loop->base, -1, 0, backend_quit_timeout, b);
-    if (!b->quit_timer) {
-        backend_free(b);
+    if (keep && backend_park(b))
         return;
-    }
-    struct timeval tv = ms_to_tv(BACKEND_QUIT_WAIT_MS);
-    io_set_timeouts(b->io, BACKEND_QUIT_WAIT_MS, BACKEND_QUIT_WAIT_MS);
-    backend_await_none(b);
-    event_add(b->quit_timer, &tv);
+    backend_quit(b);
 }
 
 static bool smtp_usable(const struct backend *b) { return CSMTP(b)->state == B_READY; }

@@ -1,5 +1,6 @@
 /* The client side: one SMTP connection from sluice to a backend server of a
- * pool, owned by one session on one loop thread. Commands are queued and
+ * pool, owned by one session at a time on one loop thread (kept idle between
+ * sessions, see backend_close). Commands are queued and
  * their replies delivered in order (RFC 2920 pipelining is safe because every
  * command is answered exactly once, in order). */
 #ifndef SLUICE_BACKEND_H
@@ -79,9 +80,13 @@ struct backend {
 extern const struct backend_ops backend_smtp_ops;  /* backend.c */
 extern const struct backend_ops backend_check_ops; /* backend_check.c */
 
-/* Takes a slot of the pool (waiting for one if needed), connects (trying the
- * pool's servers in turn), and runs the handshake: PROXY header, banner,
- * EHLO, XCLIENT + new banner + EHLO. Holds a reference on gen (where pool
+/* Takes a connection of the pool kept idle on this loop thread and starts
+ * the new client's session on it (RSET if needed, XCLIENT + new banner +
+ * EHLO, or EHLO), or else takes a slot of the pool (waiting for one if
+ * needed), connects (trying the pool's servers in turn), and runs the
+ * handshake: PROXY header, banner, EHLO, XCLIENT + new banner + EHLO. A
+ * kept connection that fails its new start is replaced by a new one
+ * unseen. Holds a reference on gen (where pool
  * lives) until the connection is gone. cb gets BACKEND_REPLY with the final
  * EHLO reply (2xx) when ready, else the failing status: a refused handshake
  * is BACKEND_REFUSED (never the server's reply, which is about the server,
@@ -108,9 +113,16 @@ void backend_send_message(struct backend *b, struct spool *spool, struct evbuffe
 /* Keep the idle connection alive with NOOP while the client uploads. */
 void backend_keepalive(struct backend *b, bool on);
 
-/* Sends QUIT and lets go: no callback runs after this; the connection and
- * its pool slot are released when the server answers or after a short wait. */
+/* Lets go: no callback runs after this. A connection between transactions
+ * is kept (with its slot) for the next session of the pool on this loop
+ * thread, within the pool's idle_connections, idle_timeout and
+ * max_transactions; otherwise it gets QUIT, and the connection and its slot
+ * are released when the server answers or after a short wait. */
 void backend_close(struct backend *b);
+
+/* Reload and shutdown: QUIT to every connection of the loop kept idle for
+ * a later session. */
+void backend_close_idle(struct loop *loop);
 
 /* Shutdown: frees every SMTP backend connection of the loop at once. */
 void backend_abort_all(struct loop *loop);

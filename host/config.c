@@ -171,6 +171,9 @@ static const struct copt pool_opts[] = {
     ODURATION("final_timeout", struct pool_conf, final_timeout_ms, 1, "5m"),
     ODURATION("noop_interval", struct pool_conf, noop_interval_ms, 1, "60s"),
     ODURATION("down_time", struct pool_conf, down_ms, 0, "30s"),
+    OINT("idle_connections", struct pool_conf, idle_max, 0, 100000, 100),
+    ODURATION("idle_timeout", struct pool_conf, idle_timeout_ms, 1, "5s"),
+    OINT("max_transactions", struct pool_conf, max_transactions, 0, 1000000000, 100),
     OEND,
 };
 

@@ -68,6 +68,9 @@ struct pool_conf {
     int64_t final_timeout_ms;  /* the reply to the end of message, default 5m */
     int64_t noop_interval_ms;  /* keep-alive while the client uploads, default 60s */
     int64_t down_ms;           /* a server that failed a connect is skipped this long, default 30s */
+    int idle_max;              /* idle connections kept per loop thread, default 100; 0: no reuse */
+    int64_t idle_timeout_ms;   /* how long one is kept idle, default 5s */
+    int max_transactions;      /* transactions per connection, default 100; 0: no limit */
     int line;
 };
 

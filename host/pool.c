@@ -57,6 +57,8 @@ struct pool {
     int in_use;
     int nwaiting;
     struct waiter_queue waiters;
+    TAILQ_HEAD(, pool_idle) idle; /* oldest first */
+    int nidle;
     struct holder *holders; /* max_connections entries, nholders in use */
     int nholders;
     struct server_state *servers;
@@ -97,6 +99,7 @@ struct pool *pool_new(const struct pool_conf *conf)
     for (int i = 0; i < p->nservers; i++)
         p->servers[i].weight = conf->servers[i].weight > 0 ? conf->servers[i].weight : 1;
     TAILQ_INIT(&p->waiters);
+    TAILQ_INIT(&p->idle);
     pthread_mutex_init(&p->lock, NULL);
     return p;
 }
@@ -278,6 +281,21 @@ static struct timeval wait_timeout(const struct pool_conf *conf)
     return tv;
 }
 
+/* The pool is full and a session is about to wait: the oldest idle
+ * connection goes (its owner sends QUIT and releases the slot), so kept
+ * connections never make a session wait. */
+static void evict_idle_locked(struct pool *p)
+{
+    struct pool_idle *e = TAILQ_FIRST(&p->idle);
+    if (e == NULL || p->in_use < p->conf->max_connections)
+        return;
+    TAILQ_REMOVE(&p->idle, e, link);
+    p->nidle--;
+    e->listed = false;
+    e->evicted = true;
+    event_active(e->ev, EV_READ, 0);
+}
+
 int pool_acquire(struct pool *p, struct event_base *base, const struct sockaddr *client,
                  pool_slot_cb cb, void *arg, struct pool_waiter **waiter)
 {
@@ -306,6 +324,7 @@ int pool_acquire(struct pool *p, struct event_base *base, const struct sockaddr 
     }
     TAILQ_INSERT_TAIL(&p->waiters, w, link);
     p->nwaiting++;
+    evict_idle_locked(p);
     pthread_mutex_unlock(&p->lock);
     *waiter = w;
     return 0;
@@ -336,6 +355,60 @@ void pool_release(struct pool *p, const struct sockaddr *client)
 
     pthread_mutex_lock(&p->lock);
     give_back_locked(p, &k);
+    pthread_mutex_unlock(&p->lock);
+}
+
+bool pool_idle_add(struct pool *p, struct pool_idle *e)
+{
+    bool kept;
+
+    pthread_mutex_lock(&p->lock);
+    kept = p->nwaiting == 0;
+    if (kept) {
+        TAILQ_INSERT_TAIL(&p->idle, e, link);
+        p->nidle++;
+        e->listed = true;
+        e->evicted = false;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return kept;
+}
+
+static void idle_unlist_locked(struct pool *p, struct pool_idle *e)
+{
+    if (!e->listed)
+        return;
+    TAILQ_REMOVE(&p->idle, e, link);
+    p->nidle--;
+    e->listed = false;
+}
+
+bool pool_idle_take(struct pool *p, struct pool_idle *e, const struct sockaddr *from,
+                    const struct sockaddr *to)
+{
+    struct client_key kf = client_key_of(from), kt = client_key_of(to);
+    bool same = kf.len == kt.len && memcmp(kf.addr, kt.addr, kf.len) == 0;
+    bool ok;
+
+    pthread_mutex_lock(&p->lock);
+    ok = e->listed && (same || client_may_take_locked(p, &kt));
+    if (ok) {
+        idle_unlist_locked(p, e);
+        if (!same) {
+            holder_give_locked(p, &kf);
+            holder_take_locked(p, &kt);
+            /* A waiter of the previous holder's address may fit its share now. */
+            grant_waiters_locked(p);
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return ok;
+}
+
+void pool_idle_remove(struct pool *p, struct pool_idle *e)
+{
+    pthread_mutex_lock(&p->lock);
+    idle_unlist_locked(p, e);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -470,6 +543,17 @@ int pool_held_by(const struct pool *p, const struct sockaddr *client)
 
     pthread_mutex_lock(&mp->lock);
     n = held_by_locked(mp, &k);
+    pthread_mutex_unlock(&mp->lock);
+    return n;
+}
+
+int pool_idle_count(const struct pool *p)
+{
+    struct pool *mp = (struct pool *)p;
+    int n;
+
+    pthread_mutex_lock(&mp->lock);
+    n = mp->nidle;
     pthread_mutex_unlock(&mp->lock);
     return n;
 }

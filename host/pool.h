@@ -1,13 +1,16 @@
 /* Backend pools at run time: shared by every loop thread of the worker.
- * Connection slots (the cap is for the whole instance), a FIFO of sessions
- * waiting for a slot, weighted round-robin over servers, and servers marked
+ * Connection slots (the cap is for the whole instance, kept idle connections
+ * included), a FIFO of sessions waiting for a slot, the idle connections a
+ * waiting session may close, weighted round-robin over servers, and servers marked
  * down after a failed connect. Thread-safe. */
 #ifndef SLUICE_POOL_H
 #define SLUICE_POOL_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/queue.h>
 
+struct event;
 struct event_base;
 struct sockaddr;
 struct pool_conf;
@@ -39,6 +42,31 @@ void pool_cancel(struct pool_waiter *w);
  * to pool_acquire); the oldest waiter that may take it (on any thread) gets it. */
 void pool_release(struct pool *p, const struct sockaddr *client);
 
+/* A backend connection kept idle after its session (backend.c) keeps its
+ * slot: the cap counts it. The pool lists them, oldest first, so that a
+ * session finding the pool full closes one instead of waiting for it: ev
+ * (on the connection's own loop thread) is activated, under the pool's
+ * lock, with evicted set; the owner then sends QUIT and releases the slot. */
+struct pool_idle {
+    struct event *ev;
+    bool listed;  /* in the pool's list: reusable, evictable */
+    bool evicted; /* taken off by pool_acquire: ev is active or has run */
+    TAILQ_ENTRY(pool_idle) link;
+};
+
+/* Lists an idle connection (its slot stays held). False when a session
+ * waits for a slot: the connection must go instead (its slot to the
+ * waiter), not be kept. */
+bool pool_idle_add(struct pool *p, struct pool_idle *e);
+/* Takes it back for reuse by the client at address to: false when it was
+ * evicted meanwhile, or when to's share is used up (the per-client count
+ * moves from from, the previous holder, to to). */
+bool pool_idle_take(struct pool *p, struct pool_idle *e, const struct sockaddr *from,
+                    const struct sockaddr *to);
+/* Unlists it when it goes away (its slot is released with pool_release).
+ * After this returns no thread activates e->ev any more. */
+void pool_idle_remove(struct pool *p, struct pool_idle *e);
+
 /* Server choice for one connection attempt sequence: start with
  * pool_first_server(), after a failure call pool_server_failed() and then
  * pool_next_server() with the count of servers tried so far. Returns a server
@@ -52,6 +80,7 @@ void pool_server_ok(struct pool *p, int idx);
 /* For tests and metrics. */
 int pool_in_use(const struct pool *p);
 int pool_waiting(const struct pool *p);
+int pool_idle_count(const struct pool *p);
 int pool_held_by(const struct pool *p, const struct sockaddr *client);
 
 #endif

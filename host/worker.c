@@ -38,6 +38,8 @@
 /* After the shutdown deadline, sessions answered 421 4.3.2 get this long
  * to flush it before they are cut. */
 #define WORKER_CLOSE_WAIT_MS 2000
+/* How long a stop waits for the backends' answers to QUIT. */
+#define WORKER_BACKEND_QUIT_WAIT_MS 1000
 /* How often the drain looks at the session count. */
 #define WORKER_DRAIN_TICK_MS 100
 
@@ -124,6 +126,7 @@ static void worker_loop_stop_cb(evutil_socket_t fd, short what, void *arg)
 static void worker_loop_unlisten_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct loop *loop = arg;
+    backend_close_idle(loop);
     accept_guard_free(loop->accept_guard);
     loop->accept_guard = NULL;
     for (size_t i = 0; i < loop->nlisteners; i++) {
@@ -305,6 +308,13 @@ static void worker_post_all(struct worker *w, event_callback_fn fn)
         event_base_once(w->loops[i].base, -1, EV_TIMEOUT, fn, &w->loops[i], NULL);
 }
 
+/* Kept backend connections belong to the old generation's pools: new
+ * sessions must not get them (a pool may have changed). */
+static void worker_loop_backend_idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+    backend_close_idle(arg);
+}
+
 /* ---- dns and metrics at a reload ------------------------------------------- */
 
 static void worker_dns_sweep_cb(evutil_socket_t fd, short what, void *arg)
@@ -425,6 +435,7 @@ static void worker_reload(struct worker *w, int status_fd)
     limits_reconfigure(w->limits, &g->cfg->connections);
     generation_install(w, g);
     worker_post_all(w, worker_loop_dns_cb);
+    worker_post_all(w, worker_loop_backend_idle_cb);
     worker_reload_metrics(w, g->cfg->metrics_listen);
     tls_reload(g->cfg->listens, g->cfg->nlistens);
     log_info(NULL, "reload: configuration generation %u serves new sessions", g->id);
@@ -458,11 +469,11 @@ static void worker_wait_for_stop(struct worker *w, int status_fd)
 
 /* Waits until no session is left or deadline_ms passes; false when a
  * second SIGTERM/SIGINT asks to stop at once. */
-static bool worker_wait_sessions(struct worker *w, int64_t deadline_ms)
+static bool worker_wait_zero(atomic_int *count, int64_t deadline_ms)
 {
     sigset_t set;
     worker_stop_signals(&set);
-    while (atomic_load(&w->sessions) > 0 && mstime_now() < deadline_ms) {
+    while (atomic_load(count) > 0 && mstime_now() < deadline_ms) {
         struct timespec tick = {.tv_nsec = WORKER_DRAIN_TICK_MS * 1000000L};
         int sig = sigtimedwait(&set, NULL, &tick);
         if (sig == SIGTERM || sig == SIGINT) {
@@ -473,6 +484,18 @@ static bool worker_wait_sessions(struct worker *w, int64_t deadline_ms)
             log_warn(NULL, "worker: reload ignored: stopping");
     }
     return true;
+}
+
+static bool worker_wait_sessions(struct worker *w, int64_t deadline_ms)
+{
+    return worker_wait_zero(&w->sessions, deadline_ms);
+}
+
+/* The QUITs to kept (and just released) backend connections get their
+ * answer, briefly: the backend should not log a lost connection. */
+static void worker_wait_backends(struct worker *w)
+{
+    worker_wait_zero(&w->backends, mstime_now() + WORKER_BACKEND_QUIT_WAIT_MS);
 }
 
 /* SIGTERM: no new sessions; those in flight finish within the deadline,
@@ -488,6 +511,7 @@ static void worker_drain(struct worker *w)
     int left = atomic_load(&w->sessions);
     if (left == 0) {
         log_info(NULL, "worker: every session finished");
+        worker_wait_backends(w);
         return;
     }
     log_info(NULL, "worker: %s: closing %d sessions with 421 4.3.2",

@@ -43,6 +43,7 @@ struct loop {
     unsigned sessions;
     LIST_HEAD(, session) sessions_of_loop;   /* every session of this loop */
     LIST_HEAD(, smtp_backend) backend_list;  /* every SMTP backend connection, closing ones too */
+    LIST_HEAD(, smtp_backend) backend_idle;  /* kept for the next session, newest first */
 };
 
 /* The loop whose thread is running, NULL on any other thread: the SDK's
@@ -62,6 +63,7 @@ struct worker {
     struct loop *loops;
     int nloops;
     atomic_int sessions; /* open sessions, all threads */
+    atomic_int backends; /* SMTP backend connections (backend.c), all threads */
     atomic_bool stopping;
     /* Where transactions go: backend_smtp_ops, or sluice-check's
      * backend_check_ops (recipients and messages go nowhere). */

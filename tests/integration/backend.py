@@ -296,6 +296,10 @@ class Session:
         else:
             name = self.save_message(content, raw, bare_lf)
             await self.send([b"250 2.0.0 Ok: queued as " + name.encode() + b"\r\n"])
+            if self.opts.close_after_message:
+                return "quit"
+            if self.opts.idle_421_after:
+                asyncio.get_running_loop().create_task(self.idle_421())
         self.reset()
         return None
 
@@ -333,8 +337,19 @@ class Session:
         }
         return self.rec.save_message(envelope, content, raw)
 
+    async def idle_421(self):
+        """Postfix's way out of an idle session: 421, then close."""
+        await asyncio.sleep(self.opts.idle_421_after)
+        self.rec.event(ev="idle_421", conn=self.conn)
+        self.writer.write(b"421 4.4.2 " + HOSTNAME.encode() + b" Error: timeout exceeded\r\n")
+        await self.writer.drain()
+        self.writer.close()
+
     async def cmd_RSET(self, arg):
         self.reset()
+        if self.opts.rset_reply:
+            await self.send(reply_lines(self.opts.rset_reply))
+            return "quit" if self.opts.rset_reply.startswith("421") else None
         await self.send([b"250 2.0.0 Ok\r\n"])
 
     async def cmd_NOOP(self, arg):
@@ -376,6 +391,11 @@ def parse_args(argv):
     p.add_argument("--proxy", action="store_true", help="require a PROXY header first")
     p.add_argument("--delay-data", type=float, default=0.0,
                    help="seconds to wait before the final reply")
+    p.add_argument("--rset-reply", help="answer RSET with this (a 421 closes the connection)")
+    p.add_argument("--idle-421-after", type=float, default=0.0,
+                   help="seconds after accepting a message: send 421 and close")
+    p.add_argument("--close-after-message", action="store_true",
+                   help="close the connection right after accepting a message")
     p.add_argument("--die-on-data", action="store_true",
                    help="close the connection when the body arrived, before replying")
     p.add_argument("--exit-on-data", action="store_true",

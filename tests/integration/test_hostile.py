@@ -732,7 +732,11 @@ class HostileBackendTest(HostileTestCase):
                 self.assertEqual(rcpt2.code, 250, rcpt2)
                 self.assertIsNotNone(final2)
                 self.assertEqual(final2.code, 250, final2)
-                self.assertTrue(any(a["conn"] >= 2 for a in self.evil[mode].events("accepted")))
+                # A connection that misbehaved is never kept for the next
+                # session; one that served well (garbage EHLO capabilities
+                # are ignored) may be.
+                if final_class != 2:
+                    self.assertTrue(any(a["conn"] >= 2 for a in accepted))
         self.assert_survived(self.port)
 
 

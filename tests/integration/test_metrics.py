@@ -43,8 +43,9 @@ class MetricsTest(SluiceTestCase):
         (smtp port, metrics port, backend)."""
         b = self.start_backend("a")
         mport = free_port()
-        _, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")],
-                                   metrics_listen="127.0.0.1:%d" % mport)
+        # No kept backend connections: each session's connect is counted.
+        _, port = self.start_relay([pool("a", [b.port], idle_connections=0)],
+                                   [("a.example", "a")], metrics_listen="127.0.0.1:%d" % mport)
         return port, mport, b
 
     def send(self, port, rcpts):

@@ -270,6 +270,35 @@ class PostfixInteropTest(unittest.TestCase):
         self.assertIn("Hello through the proxy.", mbox)
         self.assert_received_names_client(mbox)
 
+    def test_kept_connection_gives_postfix_the_second_clients_identity_not_the_firsts(self):
+        # One loop thread: the second client's session gets the connection
+        # the first one left, with a new XCLIENT.
+        binary = os.environ.get("SLUICE_BIN")
+        self.assertTrue(binary and os.access(binary, os.X_OK), "SLUICE_BIN is not set")
+        sluice = Sluice(self.base, self.postfix.port)
+        self.addCleanup(sluice.stop)
+        sluice.start(binary)
+
+        self.assertEqual(send_message(sluice.port, "first.test", "one", "127.0.0.2"), {})
+        self.assertEqual(send_message(sluice.port, "second.test", "two", "127.0.0.3"), {})
+
+        deadline = time.monotonic() + DELIVERY_TIMEOUT
+        while time.monotonic() < deadline and read_text(self.postfix.mbox).count("\nFrom ") < 1:
+            time.sleep(0.2)
+        mbox = read_text(self.postfix.mbox)
+        messages = re.split(r"\n(?=From )", mbox.strip())
+        self.assertEqual(len(messages), 2, "maillog:\n%s" % read_text(self.postfix.maillog))
+        by_subject = {}
+        for m in messages:
+            subject = re.search(r"^Subject: (\S+)", m, re.M).group(1)
+            by_subject[subject] = received_lines(m + "\n\n")[0]
+        self.assertRegex(by_subject["one"], r"from first\.test \(\S+ \[127\.0\.0\.2\]\)")
+        self.assertRegex(by_subject["two"], r"from second\.test \(\S+ \[127\.0\.0\.3\]\)")
+        self.assertNotIn("first.test", by_subject["two"])
+        self.assertNotIn("127.0.0.2", by_subject["two"])
+        self.assertTrue([l for l in sluice.log if "ready (kept connection)" in l],
+                        "the second session did not reuse the connection:\n" + "".join(sluice.log))
+
 
 @unittest.skipUnless(os.path.exists(POSTFIX), "Postfix is not installed")
 @unittest.skipUnless(os.geteuid() == 0, "starting a Postfix instance needs root")

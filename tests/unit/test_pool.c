@@ -620,6 +620,105 @@ static void client_over_its_share_gets_no_slot_after_the_wait(void **state)
     test_pool_free(tp);
 }
 
+/* ---- kept idle connections ---------------------------------------------- */
+
+struct eviction {
+    struct pool *pool;
+    struct pool_idle *idle;
+    int calls;
+};
+
+/* What backend.c does when its kept connection is evicted: QUIT, then the
+ * slot goes back. */
+static void evicted_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct eviction *ev = arg;
+
+    assert_true(ev->idle->evicted);
+    assert_false(ev->idle->listed);
+    ev->calls++;
+    pool_release(ev->pool, NULL);
+}
+
+static void full_pool_evicts_the_oldest_idle_connection_for_a_waiting_session(void **state)
+{
+    struct test_pool *tp = test_pool_new(2, 10000, one_server, 1);
+    struct event_base *base = event_base_new();
+    struct recorder rec = {.pool = tp->pool, .release_on_grant = true};
+    struct recorded_request waiting = {&rec, 0};
+    struct pool_idle old = {0}, young = {0};
+    struct eviction ev_old = {tp->pool, &old, 0}, ev_young = {tp->pool, &young, 0};
+    struct pool_waiter *w;
+
+    old.ev = event_new(base, -1, 0, evicted_cb, &ev_old);
+    young.ev = event_new(base, -1, 0, evicted_cb, &ev_young);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w), 1);
+    assert_true(pool_idle_add(tp->pool, &old));
+    assert_true(pool_idle_add(tp->pool, &young));
+    assert_int_equal(pool_idle_count(tp->pool), 2);
+    /* Full: the newcomer waits, and the oldest kept connection goes for it. */
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &waiting, &w), 0);
+    assert_int_equal(pool_idle_count(tp->pool), 1);
+    run_once(base, &rec, 1);
+    assert_int_equal(ev_old.calls, 1);
+    assert_int_equal(ev_young.calls, 0);
+    assert_true(rec.granted[0]);
+    /* An evicted connection cannot be taken for reuse any more. */
+    assert_false(pool_idle_take(tp->pool, &old, NULL, NULL));
+    assert_true(pool_idle_take(tp->pool, &young, NULL, NULL));
+    pool_release(tp->pool, NULL);
+    event_free(old.ev);
+    event_free(young.ev);
+    event_base_free(base);
+    test_pool_free(tp);
+}
+
+static void no_connection_is_kept_while_a_session_waits(void **state)
+{
+    struct test_pool *tp = test_pool_new(1, 10000, one_server, 1);
+    struct event_base *base = event_base_new();
+    struct recorder rec = {.pool = tp->pool, .release_on_grant = true};
+    struct recorded_request waiting = {&rec, 0};
+    struct pool_idle idle = {0};
+    struct pool_waiter *w;
+
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &waiting, &w), 0);
+    assert_false(pool_idle_add(tp->pool, &idle));
+    assert_int_equal(pool_idle_count(tp->pool), 0);
+    pool_release(tp->pool, NULL);
+    run_once(base, &rec, 1);
+    assert_true(rec.granted[0]);
+    event_base_free(base);
+    test_pool_free(tp);
+}
+
+static void reuse_moves_the_per_client_count_to_the_new_client_within_its_share(void **state)
+{
+    struct test_pool *tp = test_pool_new(4, 10000, one_server, 1);
+    struct event_base *base = event_base_new();
+    struct sockaddr_storage a = client_addr("192.0.2.1"), b = client_addr("192.0.2.2");
+    struct pool_idle idle = {0};
+    struct pool_waiter *w;
+
+    tp->conf.max_per_client = 1;
+    assert_int_equal(pool_acquire(tp->pool, base, SA(a), record_slot, NULL, &w), 1);
+    assert_true(pool_idle_add(tp->pool, &idle));
+    assert_int_equal(pool_held_by(tp->pool, SA(a)), 1);
+    /* b already holds its one connection: it cannot take a kept one too. */
+    assert_int_equal(pool_acquire(tp->pool, base, SA(b), record_slot, NULL, &w), 1);
+    assert_false(pool_idle_take(tp->pool, &idle, SA(a), SA(b)));
+    pool_release(tp->pool, SA(b));
+    assert_true(pool_idle_take(tp->pool, &idle, SA(a), SA(b)));
+    assert_int_equal(pool_held_by(tp->pool, SA(a)), 0);
+    assert_int_equal(pool_held_by(tp->pool, SA(b)), 1);
+    assert_int_equal(pool_in_use(tp->pool), 1);
+    pool_release(tp->pool, SA(b));
+    event_base_free(base);
+    test_pool_free(tp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -639,6 +738,9 @@ int main(void)
         cmocka_unit_test(client_over_its_share_waits_while_other_clients_take_free_slots),
         cmocka_unit_test(waiter_over_its_share_does_not_hold_up_the_queue_behind_it),
         cmocka_unit_test(client_over_its_share_gets_no_slot_after_the_wait),
+        cmocka_unit_test(full_pool_evicts_the_oldest_idle_connection_for_a_waiting_session),
+        cmocka_unit_test(no_connection_is_kept_while_a_session_waits),
+        cmocka_unit_test(reuse_moves_the_per_client_count_to_the_new_client_within_its_share),
     };
 
     evthread_use_pthreads();
