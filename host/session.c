@@ -310,11 +310,42 @@ void session_log_txn(struct session *s, const char *result)
              tls ? io_tls_cipher(s->io) : "");
 }
 
+/* ---- message buffers ---------------------------------------------------- */
+
+bool session_data_buffers(struct session *s)
+{
+    if (!s->spool)
+        s->spool = spool_new((size_t)s->cfg->spool_memory, s->cfg->spool_dir);
+    if (!s->data_out)
+        s->data_out = evbuffer_new();
+    if (s->spool && s->data_out)
+        return true;
+    log_err(s->sid, "out of memory for the message spool");
+    return false;
+}
+
 /* ---- command input ------------------------------------------------------ */
+
+/* The command line buffer comes with the first command, not at accept: a
+ * session held before its greeting (tarpit, DNS) never reads one. Out of
+ * memory: the session cannot read commands, so it says so and closes. */
+static bool session_line_buffer(struct session *s)
+{
+    if (s->line)
+        return true;
+    s->line = malloc((size_t)s->cfg->max_line_length + 1);
+    if (s->line)
+        return true;
+    log_err(s->sid, "out of memory for the command line buffer");
+    session_close_after(s, R_INTERNAL_CLOSE);
+    return false;
+}
 
 static bool session_read_line(struct session *s)
 {
     size_t len;
+    if (!session_line_buffer(s))
+        return false;
     switch (io_read_line(s->io, s->line, (size_t)s->cfg->max_line_length, &len)) {
     case IO_LINE_MORE:
         return false;
@@ -693,15 +724,13 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     atomic_fetch_add(&loop->worker->sessions, 1);
     host_metrics_session_opened();
 
-    s->line = malloc((size_t)cfg->max_line_length + 1);
+    /* The line buffer, spool and data_out come when first needed
+     * (session_line_buffer, session_data_buffers): a held session has none. */
     s->io = io_new(loop->base, fd, &session_io_callbacks, s);
-    s->spool = spool_new((size_t)cfg->spool_memory, cfg->spool_dir);
-    s->data_out = evbuffer_new();
-    if (!s->line || !s->io || !s->spool || !s->data_out) {
+    if (!s->io) {
         log_err(s->sid, "out of memory at accept");
         session_refuse_fd(fd);
-        if (!s->io)
-            evutil_closesocket(fd);
+        evutil_closesocket(fd);
         session_free(s);
         return;
     }

@@ -104,7 +104,8 @@ struct session {
     enum smtp_state state;
     const struct cmd_row *cmd_row; /* the command whose hook runs (session_cmd.c) */
     int errors;
-    char *line;    /* the current command line, cfg->max_line_length bytes */
+    char *line;    /* the current command line, cfg->max_line_length bytes; NULL
+                    * until the first command (session_line_buffer) */
 
     char *helo;
     bool esmtp;
@@ -116,8 +117,8 @@ struct session {
 
     struct backend *backend;
 
-    struct spool *spool;
-    struct evbuffer *data_out;
+    struct spool *spool;        /* NULL until the first DATA (session_data_buffers) */
+    struct evbuffer *data_out;  /* likewise */
     struct data_decoder decoder;
     struct event *data_timer;
     bool spool_failed;
@@ -151,8 +152,8 @@ struct session {
     const char *reply_refused;
     enum hook_point deferred_when;
     bool deferred_cleared; /* an accept at connect/helo/mail */
-    struct note *notes;
-    size_t nnotes;
+    struct note *notes; /* grown on demand (sdk_session.c) */
+    size_t nnotes, notes_cap;
     void **entry_data;
     void (**entry_data_free)(void *);
     LIST_HEAD(, sdk_op) ops; /* the plugins' operations in flight (sdk_async.c) */
@@ -175,6 +176,9 @@ void session_txn_reset(struct session *s);
 bool session_txn_reserve_rcpt(struct session *s);
 void session_txn_add_rcpt(struct session *s, int code);
 void session_log_txn(struct session *s, const char *result);
+/* The spool and data_out, made at the first DATA (a session that never sends
+ * a message has neither). False: out of memory (answer 451 4.3.0). */
+bool session_data_buffers(struct session *s);
 
 /* session_cmd.c */
 void session_command(struct session *s, const char *line, size_t len);
