@@ -1,9 +1,10 @@
 /* dnsbl: DNS blocklists and allowlists for the client address, its HELO
  * name and its sender's domain, weighted against a threshold (postscreen's
  * model). Lookups start at connect and run while the session goes on; a
- * hook waits only when it needs the verdict: connect when rejecting there
- * (defer = false), and the first RCPT otherwise, which gets the deferred
- * rejection so the client's log shows the recipient. */
+ * hook waits only when it needs the answers: when rejecting there
+ * (defer = false), when score zones look its subject up (the entries after
+ * this one read the score), and the first RCPT otherwise, which gets the
+ * deferred rejection so the client's log shows the recipient. */
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,19 +103,27 @@ static enum sluice_verdict allow_verdict(struct dnsbl_sess *ss, enum sluice_hook
     return SLUICE_ACCEPT;
 }
 
+/* The targets whose answers the hook must have before it goes on: reject
+ * zones' when refusing there (defer = false), and score zones' always, since
+ * the entries after this one (the tarpit) read the score at that hook. */
+static unsigned wait_targets(const struct dnsbl_conf *c)
+{
+    return (c->defer ? 0 : c->reject_targets) | c->score_targets;
+}
+
 static bool needs_wait(const struct dnsbl_sess *ss, enum sluice_hook hook)
 {
-    const struct dnsbl_conf *c = ss->conf;
+    unsigned t = wait_targets(ss->conf);
     bool connect = dnsbl_phase_done(ss, DNSBL_PH_CONNECT);
     bool helo = dnsbl_phase_done(ss, DNSBL_PH_HELO);
     bool sender = dnsbl_phase_done(ss, DNSBL_PH_SENDER);
     switch (hook) {
     case SLUICE_HOOK_CONNECT:
-        return !c->defer && (c->reject_targets & DNSBL_T_IP) && !connect;
+        return (t & DNSBL_T_IP) && !connect;
     case SLUICE_HOOK_HELO:
-        return !c->defer && (c->reject_targets & DNSBL_T_HELO) && !(connect && helo);
+        return (t & DNSBL_T_HELO) && !(connect && helo);
     case SLUICE_HOOK_MAIL:
-        return !c->defer && (c->reject_targets & DNSBL_T_SENDER) && !(connect && helo && sender);
+        return (t & DNSBL_T_SENDER) && !(connect && helo && sender);
     default:
         return !(connect && helo && sender);
     }
@@ -175,7 +184,7 @@ static void publish(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase_i
     }
     if (r->score_sum != 0)
         sluice_score_add(s, r->score_sum);
-    if (!r->listed[0])
+    if (!r->listed)
         return;
     sluice_note_set_string(s, scope, listed_key[ph], r->listed);
     double total = 0;
