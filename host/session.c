@@ -633,6 +633,7 @@ static void session_free(struct session *s)
     free(s->helo);
     free(s->rdns_name);
     free(s->line);
+    free(s->cur_rcpt_params);
     LIST_REMOVE(s, loop_link);
     loop->sessions--;
     atomic_fetch_sub(&loop->worker->sessions, 1);

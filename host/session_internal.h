@@ -112,7 +112,9 @@ struct session {
 
     struct txn txn;
     char *cur_rcpt_addr; /* the RCPT being processed */
-    struct rcpt_params cur_rcpt_params;
+    /* The RCPT's parameters (ORCPT is up to 500 bytes): made at the first
+     * RCPT, kept for the next ones. */
+    struct rcpt_params *cur_rcpt_params;
     int cur_rcpt_pool;
 
     struct backend *backend;

@@ -128,7 +128,7 @@ static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
 static void relay_send_rcpt(struct session *s)
 {
     char line[LINE_MAX_OUT];
-    const struct rcpt_params *rp = &s->cur_rcpt_params;
+    const struct rcpt_params *rp = s->cur_rcpt_params;
     bool dsn = backend_caps(s->backend)->dsn;
     int n = snprintf(line, sizeof line, "RCPT TO:<%s>", s->cur_rcpt_addr);
     if (dsn && rp->notify) {
