@@ -24,6 +24,8 @@ static void sess_free(void *p)
 {
     struct dnsbl_sess *ss = p;
     dnsbl_batches_free(ss);
+    free(ss->helo);
+    free(ss->sender_domain);
     free(ss);
 }
 
@@ -44,6 +46,8 @@ static void reply_text(const struct dnsbl_sess *ss, enum dnsbl_phase_id ph, char
     const char *subject = ph == DNSBL_PH_CONNECT ? ss->client
                           : ph == DNSBL_PH_HELO  ? ss->helo
                                                  : ss->sender_domain;
+    if (!subject)
+        subject = "?";
     const struct dnsbl_result *r = &ss->result[ph];
     dnsbl_reply_text(out, outlen, what[ph], subject, r->culprit ? r->culprit->name : "?",
                      r->reason);
@@ -284,6 +288,16 @@ static bool has_targets(const struct dnsbl_conf *c, unsigned t)
     return false;
 }
 
+/* The name a phase looks up, kept for its reply text; allocated only for a
+ * session that gets that far. False: out of memory, not looked up (fail
+ * open, as a failed query is). */
+static bool keep_name(char **slot, const char *name)
+{
+    free(*slot);
+    *slot = strdup(name);
+    return *slot != NULL;
+}
+
 static enum sluice_verdict dnsbl_helo(sluice_session *s, void *entry_state, void *thread_state)
 {
     struct dnsbl_sess *ss = active_sess(s);
@@ -291,8 +305,10 @@ static enum sluice_verdict dnsbl_helo(sluice_session *s, void *entry_state, void
         return SLUICE_CONTINUE;
     const char *helo = sluice_helo(s);
     dnsbl_phase_reset(ss, DNSBL_PH_HELO);
+    char name[DNSBL_NAME_MAX];
     if (!ss->allowlisted && helo && has_targets(ss->conf, DNSBL_T_HELO) &&
-        dnsbl_domain_normalize(helo, strlen(helo), ss->helo, sizeof ss->helo))
+        dnsbl_domain_normalize(helo, strlen(helo), name, sizeof name) &&
+        keep_name(&ss->helo, name))
         dnsbl_phase_start(s, ss, DNSBL_PH_HELO, DNSBL_T_HELO, ss->helo);
     return wait_or_decide(s, ss, SLUICE_HOOK_HELO);
 }
@@ -305,8 +321,10 @@ static enum sluice_verdict dnsbl_mail(sluice_session *s, void *entry_state, void
     size_t len;
     const char *sender = sluice_sender(s, &len);
     dnsbl_phase_reset(ss, DNSBL_PH_SENDER); /* the last transaction's listings */
+    char name[DNSBL_NAME_MAX];
     if (!ss->allowlisted && sender && has_targets(ss->conf, DNSBL_T_SENDER) &&
-        dnsbl_sender_domain(sender, len, ss->sender_domain, sizeof ss->sender_domain))
+        dnsbl_sender_domain(sender, len, name, sizeof name) &&
+        keep_name(&ss->sender_domain, name))
         dnsbl_phase_start(s, ss, DNSBL_PH_SENDER, DNSBL_T_SENDER, ss->sender_domain);
     return wait_or_decide(s, ss, SLUICE_HOOK_MAIL);
 }

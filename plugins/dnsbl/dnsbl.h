@@ -135,8 +135,8 @@ struct dnsbl_sess {
     bool session_accept_given;
     bool mark_set;
     char client[64];
-    char helo[DNSBL_NAME_MAX];
-    char sender_domain[DNSBL_NAME_MAX];
+    char *helo;          /* the normalized HELO name looked up, or NULL */
+    char *sender_domain; /* the sender's domain looked up, or NULL */
 };
 
 int64_t dnsbl_now_ms(void);
