@@ -561,6 +561,11 @@ static void session_drained(struct io *io, void *arg)
     session_process(s); /* output drained below the high-water mark */
 }
 
+static bool session_before_greeting(const struct session *s, struct io *io)
+{
+    return (s->phase == PH_RDNS || s->phase == PH_CONNECT_HOOK) && io_input_len(io) == 0;
+}
+
 static void session_io_event(struct io *io, enum io_event ev, void *arg)
 {
     struct session *s = arg;
@@ -588,9 +593,11 @@ static void session_io_event(struct io *io, enum io_event ev, void *arg)
         return;
     }
     /* A client may pipeline up to QUIT and shut its side (shutdown(SHUT_WR)):
-     * its commands are still carried out and answered. */
+     * its commands are still carried out and answered. One gone before its
+     * greeting with nothing sent has nothing to be answered: its session
+     * (and its connection slot) ends now, not when a tarpit's delay does. */
     if (ev == IO_EOF && s->phase != PH_CLOSING && s->phase != PH_PROXY &&
-        (s->busy || io_input_len(io) > 0)) {
+        !session_before_greeting(s, io) && (s->busy || io_input_len(io) > 0)) {
         s->client_eof = true;
         session_process(s);
         return;

@@ -119,6 +119,21 @@ class TarpitTest(SluiceTestCase):
         self.assertReply(c.read_reply(), 421, "4.7.0")
         self.assertTrue(c.wait_closed(5))
 
+    def test_a_client_gone_during_the_greeting_delay_frees_its_slot_at_once(self):
+        """A client that closes while the tarpit holds its greeting is not
+        kept until the delay ends: its session ends, and the one connection
+        its address may have is free for the next."""
+        s, port = self.relay(delay="30s", hooks=["connect"], sluice_conf={
+            "connections": {"per_address": 1, "per_network": 0, "rate": 0}})
+        first = self.connect(port)
+        time.sleep(0.5)  # accepted, the reverse lookup failed, the delay runs
+        first.close()
+        s.wait_log(r"client disconnected", timeout=5)
+        second = self.connect(port, timeout=1.5)
+        with self.assertRaises(TimeoutError):  # held by the tarpit, not refused
+            second.read_reply()
+        self.assertFalse(s.grep(r"refused"), s.log_tail())
+
     def test_early_talker_scored_is_delayed_by_its_score(self):
         s, port = self.relay(banner_delay="1s", early_talker="score",
                              early_talker_score=real(5.0), delay_per_score="300ms",
