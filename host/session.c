@@ -659,6 +659,10 @@ static void session_finish(struct session *s)
         return;
     s->finishing = true;
     s->phase = PH_CLOSING;
+    /* A client gone during its reverse lookup: the connect hook must not
+     * start once the disconnect hook runs. */
+    dns_cancel(s->rdns_query);
+    s->rdns_query = NULL;
     io_free(s->io);
     s->io = NULL;
     if (s->backend) {
