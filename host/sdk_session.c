@@ -19,6 +19,7 @@
 
 /* Per-session caps: a plugin cannot make a session grow without bound. */
 #define NOTES_MAX 64
+#define NOTES_FIRST 2 /* slots at the first note; doubled up to NOTES_MAX */
 #define NOTE_KEY_MAX 64
 #define NOTE_STRING_MAX 1024
 #define SCORE_NOTE "score"
@@ -65,6 +66,7 @@ void session_plugins_free(struct session *s)
     session_notes_clear(s, -1);
     free(s->notes);
     s->notes = NULL;
+    s->notes_cap = 0;
     message_info_free(s->msg);
     s->msg = NULL;
 }
@@ -210,6 +212,24 @@ static struct note *note_find(const struct session *s, enum sluice_scope scope, 
     return NULL;
 }
 
+/* Room for one more note. The array grows as notes are set (most sessions
+ * hold one or two, a held tarpit session the score alone): 64 slots up front
+ * were 6 KB per session. */
+static bool notes_reserve(struct session *s)
+{
+    if (s->nnotes < s->notes_cap)
+        return true;
+    size_t cap = s->notes_cap ? s->notes_cap * 2 : NOTES_FIRST;
+    if (cap > NOTES_MAX)
+        cap = NOTES_MAX;
+    struct note *n = realloc(s->notes, cap * sizeof *n);
+    if (!n)
+        return false;
+    s->notes = n;
+    s->notes_cap = cap;
+    return true;
+}
+
 static struct note *note_slot(struct session *s, enum sluice_scope scope, const char *key)
 {
     if (!key || strlen(key) >= NOTE_KEY_MAX ||
@@ -221,13 +241,8 @@ static struct note *note_slot(struct session *s, enum sluice_scope scope, const 
         n->str = NULL;
         return n;
     }
-    if (s->nnotes >= NOTES_MAX)
+    if (s->nnotes >= NOTES_MAX || !notes_reserve(s))
         return NULL;
-    if (!s->notes) {
-        s->notes = calloc(NOTES_MAX, sizeof *s->notes);
-        if (!s->notes)
-            return NULL;
-    }
     n = &s->notes[s->nnotes++];
     memset(n, 0, sizeof *n);
     snprintf(n->key, sizeof n->key, "%s", key);

@@ -310,11 +310,40 @@ void session_log_txn(struct session *s, const char *result)
              tls ? io_tls_cipher(s->io) : "");
 }
 
+/* ---- message buffers ---------------------------------------------------- */
+
+bool session_data_buffers(struct session *s)
+{
+    if (!s->spool)
+        s->spool = spool_new((size_t)s->cfg->spool_memory, s->cfg->spool_dir);
+    if (s->spool)
+        return true;
+    log_err(s->sid, "out of memory for the message spool");
+    return false;
+}
+
 /* ---- command input ------------------------------------------------------ */
+
+/* The command line buffer comes with the first command, not at accept: a
+ * session held before its greeting (tarpit, DNS) never reads one. Out of
+ * memory: the session cannot read commands, so it says so and closes. */
+static bool session_line_buffer(struct session *s)
+{
+    if (s->line)
+        return true;
+    s->line = malloc((size_t)s->cfg->max_line_length + 1);
+    if (s->line)
+        return true;
+    log_err(s->sid, "out of memory for the command line buffer");
+    session_close_after(s, R_INTERNAL_CLOSE);
+    return false;
+}
 
 static bool session_read_line(struct session *s)
 {
     size_t len;
+    if (!session_line_buffer(s))
+        return false;
     switch (io_read_line(s->io, s->line, (size_t)s->cfg->max_line_length, &len)) {
     case IO_LINE_MORE:
         return false;
@@ -530,6 +559,11 @@ static void session_drained(struct io *io, void *arg)
     session_process(s); /* output drained below the high-water mark */
 }
 
+static bool session_before_greeting(const struct session *s, struct io *io)
+{
+    return (s->phase == PH_RDNS || s->phase == PH_CONNECT_HOOK) && io_input_len(io) == 0;
+}
+
 static void session_io_event(struct io *io, enum io_event ev, void *arg)
 {
     struct session *s = arg;
@@ -557,9 +591,11 @@ static void session_io_event(struct io *io, enum io_event ev, void *arg)
         return;
     }
     /* A client may pipeline up to QUIT and shut its side (shutdown(SHUT_WR)):
-     * its commands are still carried out and answered. */
+     * its commands are still carried out and answered. One gone before its
+     * greeting with nothing sent has nothing to be answered: its session
+     * (and its connection slot) ends now, not when a tarpit's delay does. */
     if (ev == IO_EOF && s->phase != PH_CLOSING && s->phase != PH_PROXY &&
-        (s->busy || io_input_len(io) > 0)) {
+        !session_before_greeting(s, io) && (s->busy || io_input_len(io) > 0)) {
         s->client_eof = true;
         session_process(s);
         return;
@@ -600,6 +636,7 @@ static void session_free(struct session *s)
     free(s->helo);
     free(s->rdns_name);
     free(s->line);
+    free(s->cur_rcpt_params);
     LIST_REMOVE(s, loop_link);
     loop->sessions--;
     atomic_fetch_sub(&loop->worker->sessions, 1);
@@ -618,6 +655,10 @@ static void session_finish(struct session *s)
         return;
     s->finishing = true;
     s->phase = PH_CLOSING;
+    /* A client gone during its reverse lookup: the connect hook must not
+     * start once the disconnect hook runs. */
+    dns_cancel(s->rdns_query);
+    s->rdns_query = NULL;
     io_free(s->io);
     s->io = NULL;
     if (s->backend) {
@@ -691,14 +732,13 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     atomic_fetch_add(&loop->worker->sessions, 1);
     host_metrics_session_opened();
 
-    s->line = malloc((size_t)cfg->max_line_length + 1);
+    /* The line buffer and the spool come when first needed
+     * (session_line_buffer, session_data_buffers): a held session has none. */
     s->io = io_new(loop->base, fd, &session_io_callbacks, s);
-    s->spool = spool_new((size_t)cfg->spool_memory, cfg->spool_dir);
-    if (!s->line || !s->io || !s->spool) {
+    if (!s->io) {
         log_err(s->sid, "out of memory at accept");
         session_refuse_fd(fd);
-        if (!s->io)
-            evutil_closesocket(fd);
+        evutil_closesocket(fd);
         session_free(s);
         return;
     }

@@ -188,7 +188,12 @@ static bool cmd_rcpt_check(struct session *s, const struct smtp_cmd *c)
         session_error(s, cmd_path_error(ps));
         return false;
     }
-    enum smtp_param_status pst = smtp_rcpt_params(&path, &s->cur_rcpt_params);
+    if (!s->cur_rcpt_params && !(s->cur_rcpt_params = malloc(sizeof *s->cur_rcpt_params))) {
+        log_err(s->sid, "out of memory for the recipient's parameters");
+        session_reply(s, R_INTERNAL);
+        return false;
+    }
+    enum smtp_param_status pst = smtp_rcpt_params(&path, s->cur_rcpt_params);
     if (pst != SMTP_PARAM_OK) {
         session_error(s, cmd_param_error(pst));
         return false;

@@ -104,19 +104,22 @@ struct session {
     enum smtp_state state;
     const struct cmd_row *cmd_row; /* the command whose hook runs (session_cmd.c) */
     int errors;
-    char *line;    /* the current command line, cfg->max_line_length bytes */
+    char *line;    /* the current command line, cfg->max_line_length bytes; NULL
+                    * until the first command (session_line_buffer) */
 
     char *helo;
     bool esmtp;
 
     struct txn txn;
     char *cur_rcpt_addr; /* the RCPT being processed */
-    struct rcpt_params cur_rcpt_params;
+    /* The RCPT's parameters (ORCPT is up to 500 bytes): made at the first
+     * RCPT, kept for the next ones. */
+    struct rcpt_params *cur_rcpt_params;
     int cur_rcpt_pool;
 
     struct backend *backend;
 
-    struct spool *spool;
+    struct spool *spool;        /* NULL until the first DATA (session_data_buffers) */
     struct data_decoder decoder;
     struct event *data_timer;
     bool spool_failed;
@@ -150,8 +153,8 @@ struct session {
     const char *reply_refused;
     enum hook_point deferred_when;
     bool deferred_cleared; /* an accept at connect/helo/mail */
-    struct note *notes;
-    size_t nnotes;
+    struct note *notes; /* grown on demand (sdk_session.c) */
+    size_t nnotes, notes_cap;
     void **entry_data;
     void (**entry_data_free)(void *);
     LIST_HEAD(, sdk_op) ops; /* the plugins' operations in flight (sdk_async.c) */
@@ -174,6 +177,9 @@ void session_txn_reset(struct session *s);
 bool session_txn_reserve_rcpt(struct session *s);
 void session_txn_add_rcpt(struct session *s, int code);
 void session_log_txn(struct session *s, const char *result);
+/* The spool, made at the first DATA (a session that never sends a message
+ * has none). False: out of memory (answer 451 4.3.0). */
+bool session_data_buffers(struct session *s);
 
 /* session_cmd.c */
 void session_command(struct session *s, const char *line, size_t len);

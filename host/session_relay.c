@@ -128,7 +128,7 @@ static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
 static void relay_send_rcpt(struct session *s)
 {
     char line[LINE_MAX_OUT];
-    const struct rcpt_params *rp = &s->cur_rcpt_params;
+    const struct rcpt_params *rp = s->cur_rcpt_params;
     bool dsn = backend_caps(s->backend)->dsn;
     int n = snprintf(line, sizeof line, "RCPT TO:<%s>", s->cur_rcpt_addr);
     if (dsn && rp->notify) {
@@ -296,11 +296,13 @@ static void relay_data_timeout(evutil_socket_t fd, short what, void *arg)
     session_close_after(s, R_DATA_TIMEOUT);
 }
 
-/* Empties the spool for a new message. A spool a plugin's reader still holds
- * (a scan that outlived its transaction) is left to it: the message goes
- * into a new one. */
+/* Makes the spool at the first DATA, empties it for a later one. A spool a
+ * plugin's reader still holds (a scan that outlived its transaction) is left
+ * to it: the message goes into a new one. */
 static bool relay_spool_reset(struct session *s)
 {
+    if (!session_data_buffers(s))
+        return false;
     if (!spool_shared(s->spool)) {
         spool_reset(s->spool);
         return true;

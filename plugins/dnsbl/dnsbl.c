@@ -1,9 +1,10 @@
 /* dnsbl: DNS blocklists and allowlists for the client address, its HELO
  * name and its sender's domain, weighted against a threshold (postscreen's
  * model). Lookups start at connect and run while the session goes on; a
- * hook waits only when it needs the verdict: connect when rejecting there
- * (defer = false), and the first RCPT otherwise, which gets the deferred
- * rejection so the client's log shows the recipient. */
+ * hook waits only when it needs the answers: when rejecting there
+ * (defer = false), when score zones look its subject up (the entries after
+ * this one read the score), and the first RCPT otherwise, which gets the
+ * deferred rejection so the client's log shows the recipient. */
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,8 @@ static void sess_free(void *p)
 {
     struct dnsbl_sess *ss = p;
     dnsbl_batches_free(ss);
+    free(ss->helo);
+    free(ss->sender_domain);
     free(ss);
 }
 
@@ -43,6 +46,8 @@ static void reply_text(const struct dnsbl_sess *ss, enum dnsbl_phase_id ph, char
     const char *subject = ph == DNSBL_PH_CONNECT ? ss->client
                           : ph == DNSBL_PH_HELO  ? ss->helo
                                                  : ss->sender_domain;
+    if (!subject)
+        subject = "?";
     const struct dnsbl_result *r = &ss->result[ph];
     dnsbl_reply_text(out, outlen, what[ph], subject, r->culprit ? r->culprit->name : "?",
                      r->reason);
@@ -102,19 +107,27 @@ static enum sluice_verdict allow_verdict(struct dnsbl_sess *ss, enum sluice_hook
     return SLUICE_ACCEPT;
 }
 
+/* The targets whose answers the hook must have before it goes on: reject
+ * zones' when refusing there (defer = false), and score zones' always, since
+ * the entries after this one (the tarpit) read the score at that hook. */
+static unsigned wait_targets(const struct dnsbl_conf *c)
+{
+    return (c->defer ? 0 : c->reject_targets) | c->score_targets;
+}
+
 static bool needs_wait(const struct dnsbl_sess *ss, enum sluice_hook hook)
 {
-    const struct dnsbl_conf *c = ss->conf;
+    unsigned t = wait_targets(ss->conf);
     bool connect = dnsbl_phase_done(ss, DNSBL_PH_CONNECT);
     bool helo = dnsbl_phase_done(ss, DNSBL_PH_HELO);
     bool sender = dnsbl_phase_done(ss, DNSBL_PH_SENDER);
     switch (hook) {
     case SLUICE_HOOK_CONNECT:
-        return !c->defer && (c->reject_targets & DNSBL_T_IP) && !connect;
+        return (t & DNSBL_T_IP) && !connect;
     case SLUICE_HOOK_HELO:
-        return !c->defer && (c->reject_targets & DNSBL_T_HELO) && !(connect && helo);
+        return (t & DNSBL_T_HELO) && !(connect && helo);
     case SLUICE_HOOK_MAIL:
-        return !c->defer && (c->reject_targets & DNSBL_T_SENDER) && !(connect && helo && sender);
+        return (t & DNSBL_T_SENDER) && !(connect && helo && sender);
     default:
         return !(connect && helo && sender);
     }
@@ -175,7 +188,7 @@ static void publish(sluice_session *s, struct dnsbl_sess *ss, enum dnsbl_phase_i
     }
     if (r->score_sum != 0)
         sluice_score_add(s, r->score_sum);
-    if (!r->listed[0])
+    if (!r->listed)
         return;
     sluice_note_set_string(s, scope, listed_key[ph], r->listed);
     double total = 0;
@@ -275,6 +288,16 @@ static bool has_targets(const struct dnsbl_conf *c, unsigned t)
     return false;
 }
 
+/* The name a phase looks up, kept for its reply text; allocated only for a
+ * session that gets that far. False: out of memory, not looked up (fail
+ * open, as a failed query is). */
+static bool keep_name(char **slot, const char *name)
+{
+    free(*slot);
+    *slot = strdup(name);
+    return *slot != NULL;
+}
+
 static enum sluice_verdict dnsbl_helo(sluice_session *s, void *entry_state, void *thread_state)
 {
     struct dnsbl_sess *ss = active_sess(s);
@@ -282,8 +305,10 @@ static enum sluice_verdict dnsbl_helo(sluice_session *s, void *entry_state, void
         return SLUICE_CONTINUE;
     const char *helo = sluice_helo(s);
     dnsbl_phase_reset(ss, DNSBL_PH_HELO);
+    char name[DNSBL_NAME_MAX];
     if (!ss->allowlisted && helo && has_targets(ss->conf, DNSBL_T_HELO) &&
-        dnsbl_domain_normalize(helo, strlen(helo), ss->helo, sizeof ss->helo))
+        dnsbl_domain_normalize(helo, strlen(helo), name, sizeof name) &&
+        keep_name(&ss->helo, name))
         dnsbl_phase_start(s, ss, DNSBL_PH_HELO, DNSBL_T_HELO, ss->helo);
     return wait_or_decide(s, ss, SLUICE_HOOK_HELO);
 }
@@ -296,8 +321,10 @@ static enum sluice_verdict dnsbl_mail(sluice_session *s, void *entry_state, void
     size_t len;
     const char *sender = sluice_sender(s, &len);
     dnsbl_phase_reset(ss, DNSBL_PH_SENDER); /* the last transaction's listings */
+    char name[DNSBL_NAME_MAX];
     if (!ss->allowlisted && sender && has_targets(ss->conf, DNSBL_T_SENDER) &&
-        dnsbl_sender_domain(sender, len, ss->sender_domain, sizeof ss->sender_domain))
+        dnsbl_sender_domain(sender, len, name, sizeof name) &&
+        keep_name(&ss->sender_domain, name))
         dnsbl_phase_start(s, ss, DNSBL_PH_SENDER, DNSBL_T_SENDER, ss->sender_domain);
     return wait_or_decide(s, ss, SLUICE_HOOK_MAIL);
 }

@@ -23,6 +23,9 @@ enum dnsbl_action { DNSBL_REJECT, DNSBL_SCORE, DNSBL_ALLOW };
 #define DNSBL_T_IP (DNSBL_T_IP4 | DNSBL_T_IP6)
 #define DNSBL_T_DOMAIN (DNSBL_T_HELO | DNSBL_T_SENDER)
 
+/* The longest list of zone names a phase publishes (note, log line). */
+#define DNSBL_LISTED_MAX 512
+
 struct dnsbl_zone {
     char *name;
     double weight;
@@ -49,6 +52,7 @@ struct dnsbl_conf {
     int64_t max_ttl_ms;
     int64_t cache_size;
     unsigned reject_targets; /* targets of zones in reject mode */
+    unsigned score_targets;  /* targets of zones in score mode */
     atomic_bool health_thread_taken; /* a loop thread runs the health checks */
     sluice_counter *queries, *listings, *timeouts, *cache_hits, *rejects, *disables;
 };
@@ -113,8 +117,10 @@ struct dnsbl_result {
     double score_sum;
     bool allow;
     const struct dnsbl_zone *culprit; /* first listed reject-mode zone */
-    char reason[DNSBL_REASON_MAX + 1];
-    char listed[512]; /* zone names, comma-separated */
+    /* Allocated when there is something to say (most clients are listed
+     * nowhere): fixed arrays here were 2 KB of every session. */
+    char *reason; /* the culprit's TXT reason, or NULL */
+    char *listed; /* zone names, comma-separated (DNSBL_LISTED_MAX), or NULL */
 };
 
 struct dnsbl_sess {
@@ -129,8 +135,8 @@ struct dnsbl_sess {
     bool session_accept_given;
     bool mark_set;
     char client[64];
-    char helo[DNSBL_NAME_MAX];
-    char sender_domain[DNSBL_NAME_MAX];
+    char *helo;          /* the normalized HELO name looked up, or NULL */
+    char *sender_domain; /* the sender's domain looked up, or NULL */
 };
 
 int64_t dnsbl_now_ms(void);
@@ -147,6 +153,7 @@ void dnsbl_phase_reset(struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
  * they would have found is not counted. */
 void dnsbl_phase_abandon(struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
 bool dnsbl_phase_done(const struct dnsbl_sess *ss, enum dnsbl_phase_id ph);
+/* Frees the session's batches and results (the session ends). */
 void dnsbl_batches_free(struct dnsbl_sess *ss);
 
 /* Called (by dnsbl_lookup.c) when a phase's answers are all in and evaluated. */

@@ -189,6 +189,8 @@ static int parse_zones(const sluice_entry *e, struct dnsbl_conf *c, char *err, s
             return -1;
         if (c->zones[i].action == DNSBL_REJECT)
             c->reject_targets |= c->zones[i].targets;
+        else if (c->zones[i].action == DNSBL_SCORE)
+            c->score_targets |= c->zones[i].targets;
     }
     return 0;
 }

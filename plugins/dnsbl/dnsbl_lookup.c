@@ -24,11 +24,19 @@ static void batch_free_list(struct dnsbl_batch *b)
     }
 }
 
+static void result_clear(struct dnsbl_result *r)
+{
+    free(r->reason);
+    free(r->listed);
+    memset(r, 0, sizeof *r);
+}
+
 void dnsbl_batches_free(struct dnsbl_sess *ss)
 {
     for (int i = 0; i < DNSBL_PH_COUNT; i++) {
         free(ss->batch[i]);
         ss->batch[i] = NULL;
+        result_clear(&ss->result[i]);
     }
     batch_free_list(ss->retired);
     ss->retired = NULL;
@@ -71,10 +79,19 @@ bool dnsbl_phase_done(const struct dnsbl_sess *ss, enum dnsbl_phase_id ph)
 
 /* ---- evaluation ------------------------------------------------------------ */
 
-static void append_name(char *list, size_t cap, const char *name)
+/* A name that does not fit, or finds no memory, is left out of the list
+ * (the note and the log line); its weight counts all the same. */
+static void append_name(char **list, const char *name)
 {
-    size_t len = strlen(list);
-    snprintf(list + len, cap - len, "%s%s", len ? "," : "", name);
+    size_t len = *list ? strlen(*list) : 0;
+    size_t add = strlen(name) + (len ? 1 : 0);
+    if (len + add >= DNSBL_LISTED_MAX)
+        return;
+    char *grown = realloc(*list, len + add + 1);
+    if (!grown)
+        return;
+    snprintf(grown + len, add + 1, "%s%s", len ? "," : "", name);
+    *list = grown;
 }
 
 static void listing_evaluate(struct dnsbl_sess *ss, const struct dnsbl_lookup *l,
@@ -89,7 +106,7 @@ static void listing_evaluate(struct dnsbl_sess *ss, const struct dnsbl_lookup *l
     if (!matched)
         return;
     sluice_counter_add(ss->conf->listings, 1);
-    append_name(r->listed, sizeof r->listed, z->name);
+    append_name(&r->listed, z->name);
     if (z->action == DNSBL_ALLOW) {
         r->allow = true;
     } else if (z->action == DNSBL_SCORE) {
@@ -98,7 +115,7 @@ static void listing_evaluate(struct dnsbl_sess *ss, const struct dnsbl_lookup *l
         r->reject_sum += w;
         if (!r->culprit && w > 0) {
             r->culprit = z;
-            snprintf(r->reason, sizeof r->reason, "%s", l->answer.reason);
+            r->reason = l->answer.reason[0] ? strdup(l->answer.reason) : NULL;
         }
     }
 }
@@ -107,7 +124,7 @@ static void batch_evaluate(struct dnsbl_batch *b)
 {
     struct dnsbl_sess *ss = b->sess;
     struct dnsbl_result *r = &ss->result[b->phase];
-    memset(r, 0, sizeof *r);
+    result_clear(r);
     for (size_t i = 0; i < b->n; i++)
         listing_evaluate(ss, &b->lk[i], r);
     r->done = true;
@@ -118,7 +135,13 @@ static void batch_settle(sluice_session *s, struct dnsbl_batch *b)
     if (--b->outstanding > 0 || b->retired)
         return;
     batch_evaluate(b);
-    dnsbl_phase_finished(s, b->sess, b->phase);
+    /* The result is all the session keeps: a phase without a batch is done
+     * (dnsbl_phase_done), and nothing refers to the batch any more. */
+    struct dnsbl_sess *ss = b->sess;
+    enum dnsbl_phase_id ph = b->phase;
+    ss->batch[ph] = NULL;
+    free(b);
+    dnsbl_phase_finished(s, ss, ph);
 }
 
 /* ---- answers ---------------------------------------------------------------- */
@@ -254,7 +277,7 @@ void dnsbl_phase_reset(struct dnsbl_sess *ss, enum dnsbl_phase_id ph)
 {
     batch_retire(ss, ss->batch[ph]);
     ss->batch[ph] = NULL;
-    memset(&ss->result[ph], 0, sizeof ss->result[ph]);
+    result_clear(&ss->result[ph]);
 }
 
 void dnsbl_phase_abandon(struct dnsbl_sess *ss, enum dnsbl_phase_id ph)

@@ -267,6 +267,27 @@ class DnsblTest(SluiceTestCase):
         lines = self.sluice.wait_log(r"20-dnsbl: client score=5 reject=0 listed=score\.test")
         self.assertTrue(lines)
 
+    def test_a_scored_client_is_held_by_the_tarpit_from_its_first_lookup(self):
+        """The score zone's answer is in before the tarpit's connect hook
+        decides: the first session (nothing cached) is held like the next."""
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        with open(os.path.join(conf_dir, "30-tarpit.conf"), "w") as f:
+            f.write('plugin = "tarpit";\n' + render_config(
+                {"hooks": ["connect"], "delay_per_score": "400ms", "max_delay": "2s",
+                 "timeout": "60s"}))
+        port = self.relay([zone("score.test", 5.0, action="score")])
+        for _ in range(2):  # the lookup, then the cached answer
+            c = self.session_from(port, SCORED)
+            started = time.monotonic()
+            self.assertReply(c.read_reply(), 220)
+            self.assertGreaterEqual(time.monotonic() - started, 1.95)
+            c.close()
+        c = self.session_from(port, CLEAN)
+        started = time.monotonic()
+        self.assertReply(c.read_reply(), 220)
+        self.assertLess(time.monotonic() - started, 0.9)
+
     # --- domains ------------------------------------------------------------
 
     def test_listed_sender_domain_refuses_that_transaction_only(self):

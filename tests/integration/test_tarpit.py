@@ -3,6 +3,7 @@ early-talker test, score-based delays, the read throttle. Timing checks only
 assert wide bounds: at least the configured delay, less than delay + 2 s."""
 
 import os
+import socket
 import time
 import unittest
 
@@ -118,6 +119,38 @@ class TarpitTest(SluiceTestCase):
         c.send(b"EHLO early.test\r\n")
         self.assertReply(c.read_reply(), 421, "4.7.0")
         self.assertTrue(c.wait_closed(5))
+
+    def test_a_client_gone_during_the_greeting_delay_frees_its_slot_at_once(self):
+        """A client that closes while the tarpit holds its greeting is not
+        kept until the delay ends: its session ends, and the one connection
+        its address may have is free for the next."""
+        s, port = self.relay(delay="30s", hooks=["connect"], sluice_conf={
+            "connections": {"per_address": 1, "per_network": 0, "rate": 0}})
+        first = self.connect(port)
+        time.sleep(0.5)  # accepted, the reverse lookup failed, the delay runs
+        first.close()
+        s.wait_log(r"client disconnected", timeout=5)
+        second = self.connect(port, timeout=1.5)
+        with self.assertRaises(TimeoutError):  # held by the tarpit, not refused
+            second.read_reply()
+        self.assertFalse(s.grep(r"refused"), s.log_tail())
+
+    def test_a_client_gone_during_the_reverse_lookup_is_closed_before_the_connect_hook(self):
+        """The resolver never answers: a client that closes while its
+        reverse lookup runs is let go at once, and the connect hook never
+        runs for it (no "connect from" line once the lookup's time is up)."""
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        self.addCleanup(silent.close)
+        s, port = self.relay(delay="30s", hooks=["connect"], sluice_conf={
+            "dns": {"servers": ["127.0.0.1:%d" % silent.getsockname()[1]], "timeout": "3s"},
+            "timeouts": {"command": "5m", "reverse_lookup": "2s", "shutdown": "2s"}})
+        c = self.connect(port)
+        time.sleep(0.3)
+        c.close()
+        s.wait_log(r"client disconnected", timeout=1.5)  # before the lookup's 2 s
+        time.sleep(2.5)
+        self.assertFalse(s.grep(r"connect from"), s.log_tail())
 
     def test_early_talker_scored_is_delayed_by_its_score(self):
         s, port = self.relay(banner_delay="1s", early_talker="score",
