@@ -267,11 +267,16 @@ class Setup:
     def sluice_config(self, name, chain_dir, port, max_sessions=1000):
         conf_dir = os.path.join(self.work, name + ".d")
         os.makedirs(conf_dir)
+        # The worker (an unprivileged user) writes the spool: a directory
+        # anyone may write, sticky as /tmp is, since the work dir is root's.
+        spool = os.path.join(self.work, name + "-spool")
+        os.makedirs(spool)
+        os.chmod(spool, 0o1777)
         values = {
             "THREADS": self.threads, "CONF_DIR": conf_dir, "PORT": port,
             "PLUGIN_DIR": os.path.join(os.path.dirname(self.args.sluice_bin), "plugins"),
             "SINK_PORT": self.ports["a"], "DNS_PORT": self.dns_port,
-            "POOL_CAP": POOL_CAP, "MAX_SESSIONS": max_sessions, "WORK": self.work,
+            "POOL_CAP": POOL_CAP, "MAX_SESSIONS": max_sessions, "SPOOL": spool,
             "STORE": os.path.join(self.work, name + "-store"),
             "CLAMAV_DB": os.path.join(REPO, "tests", "data", "clamav"),
             "LUA_DIR": os.path.join(REPO, "lua"),
