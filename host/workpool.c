@@ -177,3 +177,35 @@ int workpool_submit(struct workpool *wp, struct event_base *base, void (*work)(v
     pthread_mutex_unlock(&wp->mu);
     return 0;
 }
+
+struct wp_here {
+    void (*done)(void *);
+    void *arg;
+};
+
+static void workpool_here_done_cb(evutil_socket_t fd, short what, void *p)
+{
+    (void)fd;
+    (void)what;
+    struct wp_here here = *(struct wp_here *)p;
+    free(p);
+    here.done(here.arg);
+}
+
+int workpool_run_here(struct event_base *base, void (*work)(void *), void (*done)(void *),
+                      void *arg)
+{
+    struct wp_here *here = malloc(sizeof *here);
+    if (!here)
+        return -1;
+    here->done = done;
+    here->arg = arg;
+    /* Scheduled before the work runs, so a failure leaves nothing done. A
+     * timeout-only once-event with no delay is activated at once, in order. */
+    if (event_base_once(base, -1, EV_TIMEOUT, workpool_here_done_cb, here, NULL) < 0) {
+        free(here);
+        return -1;
+    }
+    work(arg);
+    return 0;
+}
