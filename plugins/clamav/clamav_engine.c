@@ -81,13 +81,12 @@ static bool about_work_files(const char *msg)
            strstr(msg, "remove") == NULL;
 }
 
-/* Errors and warnings still go to stderr, as libclamav's own default does. */
+/* Every message still goes to stderr, as with libclamav's own callback. */
 static void engine_message(enum cl_msg severity, const char *fullmsg, const char *msg,
                            void *context)
 {
     (void)context;
-    if (severity >= CL_MSG_WARN)
-        fputs(fullmsg, stderr);
+    fputs(fullmsg, stderr);
     struct scan_notes *n = scan_notes;
     if (!n || severity != CL_MSG_ERROR || n->work_files_failed || !about_work_files(msg))
         return;
