@@ -267,7 +267,8 @@ class Setup:
     def sluice_config(self, name, chain_dir, port, max_sessions=1000):
         conf_dir = os.path.join(self.work, name + ".d")
         os.makedirs(conf_dir)
-        # The worker (user sluice) writes the spool: sluice checks at start.
+        # The worker (an unprivileged user) writes the spool: a directory
+        # anyone may write, sticky as /tmp is, since the work dir is root's.
         spool = os.path.join(self.work, name + "-spool")
         os.makedirs(spool)
         os.chmod(spool, 0o1777)

@@ -40,6 +40,7 @@ struct store_thread {
     struct event_base *base;
     struct event *purge_timer;     /* LMDB, on the purger thread only */
     struct store_redis_conn *redis; /* Redis */
+    int lmdb_writes_in_flight; /* LMDB: a read waits behind them on the pool */
 };
 
 /* Wall clock in ms: expiry times outlive the process. */

@@ -1,5 +1,12 @@
-/* The LMDB backend: one environment per worker, one unnamed database. Every
- * LMDB call runs on the thread pool; results come back on the loop thread.
+/* The LMDB backend: one environment per worker, one unnamed database.
+ * Writes run on the thread pool (a commit waits for the disk); results come
+ * back on the loop thread. A read runs on the loop thread itself: LMDB reads
+ * take no lock and copy from the map, microseconds when its pages are in
+ * memory (a store kept small by its purge stays there), less than the
+ * handoff to a pool thread and back; its result still comes on the loop's
+ * next turn, as a pool job's would. While a write of the same loop thread
+ * is in flight, its reads go to the pool as before, so that a read never
+ * overtakes that thread's own write (a set then a get sees the set).
  * A record is an 8-byte expiry (absolute ms since the epoch, 0 = none, host
  * byte order: LMDB files are not portable anyway) followed by the value.
  * Counters are stored as decimal text, as Redis does, so a get after an
@@ -31,6 +38,7 @@ enum lmdb_op { LOP_GET, LOP_SET, LOP_DEL, LOP_INCR, LOP_PURGE };
 
 struct lmdb_job {
     struct store *st;
+    struct store_thread *t; /* whose loop submitted it */
     enum lmdb_op op;
     void *key;
     size_t klen;
@@ -202,7 +210,7 @@ static enum store_status lmdb_status(struct store *st, const char *what, int rc)
     return STORE_ERROR;
 }
 
-/* ---- work, on a pool thread --------------------------------------------------- */
+/* ---- work: writes on a pool thread, reads on the loop thread ----------------- */
 
 static int lmdb_read(struct lmdb_job *job)
 {
@@ -365,6 +373,8 @@ static void lmdb_work(void *p)
 static void lmdb_done(void *p)
 {
     struct lmdb_job *job = p;
+    if (job->op != LOP_GET)
+        job->t->lmdb_writes_in_flight--;
     switch (job->op) {
     case LOP_GET:
         job->cb.get(job->arg, job->status, job->status == STORE_OK ? job->val : NULL,
@@ -390,6 +400,7 @@ static struct lmdb_job *lmdb_job_new(struct store_thread *t, enum lmdb_op op, co
     if (!job)
         return NULL;
     job->st = t->st;
+    job->t = t;
     job->op = op;
     job->key = job->data;
     job->klen = klen;
@@ -410,6 +421,8 @@ static int lmdb_submit(struct store_thread *t, struct lmdb_job *job)
         free(job);
         return -1;
     }
+    if (job->op != LOP_GET)
+        t->lmdb_writes_in_flight++;
     return 0;
 }
 
@@ -421,7 +434,13 @@ int store_lmdb_get(struct store_thread *t, const void *key, size_t klen, store_g
         return -1;
     job->cb.get = cb;
     job->arg = arg;
-    return lmdb_submit(t, job);
+    if (t->lmdb_writes_in_flight > 0)
+        return lmdb_submit(t, job);
+    if (workpool_run_here(t->base, lmdb_work, lmdb_done, job) < 0) {
+        free(job);
+        return -1;
+    }
+    return 0;
 }
 
 int store_lmdb_set(struct store_thread *t, const void *key, size_t klen, const void *val,

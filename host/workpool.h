@@ -21,4 +21,14 @@ void workpool_free(struct workpool *wp);
 int workpool_submit(struct workpool *wp, struct event_base *base, void (*work)(void *),
                     void (*done)(void *), void *arg);
 
+/* For work that never waits on another thread or the network and is done
+ * in microseconds (an LMDB read): work(arg) runs now, on the calling loop
+ * thread, and done(arg) from base's loop on its next turn, never before
+ * this returns, so the caller sees the order a pool job gives, without the
+ * handoff to a pool thread and back (a mutex, a wake-up each way, two
+ * context switches on a busy CPU). Returns 0, or -1 on allocation failure
+ * (nothing runs). If the loop is stopped first, done never runs. */
+int workpool_run_here(struct event_base *base, void (*work)(void *), void (*done)(void *),
+                      void *arg);
+
 #endif

@@ -25,7 +25,13 @@ sluice.on("helo", function(s)
         return sluice.reject(550, "5.7.1", "Bare IP address as HELO name; use a name or [literal]")
     end
 
-    local name, status = sluice.fcrdns(s:ip())
+    -- The host confirmed the client's first PTR name at connect: when that
+    -- passed, nothing more to ask. Otherwise try every PTR name, as a
+    -- client may have several and only one confirm.
+    local name, status = s:hostname(), nil
+    if not name then
+        name, status = sluice.fcrdns(s:ip())
+    end
     if name then
         s:set_note("helo.fcrdns", name)
         return

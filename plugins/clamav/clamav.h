@@ -36,6 +36,7 @@ struct clamav_conf {
     sluice_entry *entry; /* loop threads and init/fini only: gone after fini */
     enum clamav_mode mode;
     char *database;
+    char *temp_dir; /* libclamav's work files; "" for its default ($TMPDIR, /tmp) */
     struct clamav_limits limits;
     int64_t max_message_size; /* max_scan_size: larger messages are not scanned */
     enum clamav_action on_virus, on_error, on_oversize, on_limit;

@@ -1,8 +1,10 @@
 /* Reading and checking a clamav entry's settings (its conf.d file). */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "clamav.h"
 
@@ -27,7 +29,7 @@ static const char *const top_names[] = {
     "mode",          "database",      "max_scan_size", "max_file_size",  "max_scanned",
     "max_recursion", "max_files",     "max_scan_time", "on_virus",       "on_error",
     "on_oversize",   "on_limit",      "header",        "reload",         "check_interval",
-    "clamd",         "clamd_timeout", NULL,
+    "clamd",         "clamd_timeout", "temp_dir",     NULL,
 };
 
 /* One of names[] (NULL-terminated), its index into *out. */
@@ -172,6 +174,27 @@ static int parse_clamd(const sluice_entry *e, struct clamav_conf *c, char *err, 
                         errlen);
 }
 
+/* libclamav writes every scan's work (a directory per scan, one file per
+ * MIME part) under temp_dir: on a disk file system the directories' create
+ * and remove cost more than the scan of a small message, on tmpfs little.
+ * Checked here so that a directory the worker cannot use fails the start,
+ * not every scan. */
+static int parse_temp_dir(const sluice_entry *e, struct clamav_conf *c, char *err, size_t errlen)
+{
+    if (get_string(e, "temp_dir", "", &c->temp_dir, err, errlen) < 0)
+        return -1;
+    if (!c->temp_dir[0])
+        return 0;
+    if (c->mode != CLAMAV_MODE_LIBCLAMAV)
+        return sluice_setting_fail(e, "temp_dir", err, errlen, "only with mode = \"libclamav\"");
+    if (c->temp_dir[0] != '/')
+        return sluice_setting_fail(e, "temp_dir", err, errlen, "expected an absolute directory path");
+    if (access(c->temp_dir, W_OK | X_OK) != 0)
+        return sluice_setting_fail(e, "temp_dir", err, errlen, "cannot write %s: %s", c->temp_dir,
+                                   strerror(errno));
+    return 0;
+}
+
 static int parse_engine(const sluice_entry *e, struct clamav_conf *c, char *err, size_t errlen)
 {
     static const char *const modes[] = {"libclamav", "clamd", NULL};
@@ -186,7 +209,7 @@ static int parse_engine(const sluice_entry *e, struct clamav_conf *c, char *err,
     c->reload_stop = reload == 1;
     if (c->mode == CLAMAV_MODE_LIBCLAMAV && c->database[0] != '/')
         return sluice_setting_fail(e, "database", err, errlen, "expected an absolute directory path");
-    return 0;
+    return parse_temp_dir(e, c, err, errlen);
 }
 
 static int make_metrics(sluice_entry *e, struct clamav_conf *c, char *err, size_t errlen)
@@ -219,6 +242,7 @@ void clamav_conf_ref(struct clamav_conf *c)
 static void conf_free(struct clamav_conf *c)
 {
     free(c->database);
+    free(c->temp_dir);
     free(c->header);
     for (size_t i = 0; i < c->nclamd; i++)
         free(c->clamd[i]);

@@ -30,6 +30,7 @@ struct clamav_engine {
 struct clamav_db {
     char *key; /* directory and settings: who may share it */
     char *dir;
+    char *temp_dir; /* "" for libclamav's default */
     struct clamav_limits limits;
     bool reload_stop;
     int64_t check_interval_ms;
@@ -57,9 +58,46 @@ static atomic_int threads_alive;
 #define EXIT_WAIT_MS 10000
 #define EXIT_POLL_MS 10
 
+/* libclamav (1.4) reports a scan that could not create its work directory
+ * or files (temp_dir unwritable or full) only as a log message, and then
+ * calls the message clean although it scanned nothing. Its messages come on
+ * the scanning thread, so a thread-local catches those of the scan running
+ * there, which then counts as failed. */
+#define SCAN_NOTE_MAX 256
+
+struct scan_notes {
+    bool work_files_failed;
+    char msg[SCAN_NOTE_MAX];
+};
+
+static _Thread_local struct scan_notes *scan_notes;
+
+/* "Can't create temporary directory ...", "... failed to generate temporary
+ * file", "Can't create tmp sub-directory ...": a part left unscanned. Not
+ * "Can't remove temporary directory": that one comes after the scan. */
+static bool about_work_files(const char *msg)
+{
+    return (strstr(msg, "temp") != NULL || strstr(msg, "tmp") != NULL) &&
+           strstr(msg, "remove") == NULL;
+}
+
+/* Every message still goes to stderr, as with libclamav's own callback. */
+static void engine_message(enum cl_msg severity, const char *fullmsg, const char *msg,
+                           void *context)
+{
+    (void)context;
+    fputs(fullmsg, stderr);
+    struct scan_notes *n = scan_notes;
+    if (!n || severity != CL_MSG_ERROR || n->work_files_failed || !about_work_files(msg))
+        return;
+    n->work_files_failed = true;
+    snprintf(n->msg, sizeof n->msg, "%.*s", (int)strcspn(msg, "\r\n"), msg);
+}
+
 static void cl_init_once(void)
 {
     cl_init_rc = cl_init(CL_INIT_DEFAULT);
+    cl_set_clcb_msg(engine_message);
 }
 
 /* Logs with the newest attached entry's name; counts into its metrics. */
@@ -97,8 +135,9 @@ static sluice_counter *count_reload_failure(struct clamav_conf *c)
 
 /* ---- engines ---------------------------------------------------------------------- */
 
-static int engine_limits(struct cl_engine *cl, const struct clamav_limits *l)
+static int engine_settings(struct cl_engine *cl, const struct clamav_db *db)
 {
+    const struct clamav_limits *l = &db->limits;
     cl_error_t rc = cl_engine_set_num(cl, CL_ENGINE_MAX_FILESIZE, l->max_file_size);
     if (rc == CL_SUCCESS)
         rc = cl_engine_set_num(cl, CL_ENGINE_MAX_SCANSIZE, l->max_scan_size);
@@ -108,6 +147,8 @@ static int engine_limits(struct cl_engine *cl, const struct clamav_limits *l)
         rc = cl_engine_set_num(cl, CL_ENGINE_MAX_FILES, l->max_files);
     if (rc == CL_SUCCESS)
         rc = cl_engine_set_num(cl, CL_ENGINE_MAX_SCANTIME, l->max_scan_time);
+    if (rc == CL_SUCCESS && db->temp_dir[0])
+        rc = cl_engine_set_str(cl, CL_ENGINE_TMPDIR, db->temp_dir);
     return rc == CL_SUCCESS ? 0 : -1;
 }
 
@@ -140,8 +181,8 @@ static struct clamav_engine *engine_load(struct clamav_db *db, char *err, size_t
         return NULL;
     }
     cl_error_t rc = CL_SUCCESS;
-    if (engine_limits(cl, &db->limits) < 0)
-        snprintf(err, errlen, "cannot set the engine's limits");
+    if (engine_settings(cl, db) < 0)
+        snprintf(err, errlen, "cannot set the engine's limits and temp_dir");
     else if ((rc = cl_load(db->dir, cl, &e->sigs, CL_DB_STDOPT)) != CL_SUCCESS)
         snprintf(err, errlen, "cannot load the database %s: %s", db->dir, cl_strerror(rc));
     else if (e->sigs == 0)
@@ -308,6 +349,7 @@ static void db_free(struct clamav_db *db)
     free(db->entries);
     free(db->key);
     free(db->dir);
+    free(db->temp_dir);
     free(db);
 }
 
@@ -348,8 +390,9 @@ __attribute__((destructor)) static void clamav_wait_threads(void)
 static char *db_key(const struct clamav_conf *c)
 {
     const struct clamav_limits *l = &c->limits;
-    char buf[4352];
-    int n = snprintf(buf, sizeof buf, "%s|%lld|%lld|%lld|%lld|%lld|%d|%lld", c->database,
+    char buf[2 * 4096 + 256]; /* two paths and the numbers */
+    int n = snprintf(buf, sizeof buf, "%s|%s|%lld|%lld|%lld|%lld|%lld|%d|%lld", c->database,
+                     c->temp_dir,
                      (long long)l->max_file_size, (long long)l->max_recursion,
                      (long long)l->max_files, (long long)l->max_scan_time,
                      (long long)l->max_scan_size, c->reload_stop,
@@ -404,13 +447,14 @@ static struct clamav_db *db_new(struct clamav_conf *c, char *key)
     }
     db->key = key;
     db->dir = strdup(c->database);
+    db->temp_dir = strdup(c->temp_dir);
     db->limits = c->limits;
     db->reload_stop = c->reload_stop;
     db->check_interval_ms = c->check_interval_ms;
     pthread_mutex_init(&db->lock, NULL);
     pthread_mutex_init(&db->load_lock, NULL);
     pthread_cond_init(&db->cond, NULL);
-    if (!db->dir) {
+    if (!db->dir || !db->temp_dir) {
         db_free(db);
         return NULL;
     }
@@ -539,11 +583,18 @@ enum clamav_result clamav_engine_scan(struct clamav_engine *e, sluice_message_re
                                    .heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX};
     const char *vir = NULL;
     unsigned long scanned = 0;
+    struct scan_notes notes = {0};
+    scan_notes = &notes;
     cl_error_t rc = cl_scanmap_callback(map, NULL, &vir, &scanned, e->cl, &opts, NULL);
+    scan_notes = NULL;
     cl_fmap_close(map);
     switch (rc) {
     case CL_CLEAN:
-        return CLAMAV_CLEAN;
+        if (!notes.work_files_failed)
+            return CLAMAV_CLEAN;
+        snprintf(detail, dlen, "libclamav could not write its work files (temp_dir): %s",
+                 notes.msg);
+        return CLAMAV_ERROR;
     case CL_VIRUS:
         snprintf(virname, vlen, "%s", vir ? vir : "unknown");
         return clamav_classify(virname);

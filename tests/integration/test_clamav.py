@@ -271,6 +271,25 @@ class ClamavScanTest(ClamavBase):
         self.assertEqual(self.backend.message_count(), 0)
         self.sluice.wait_log(r"scan failed: max_scan_time reached")
 
+    def test_scans_work_in_temp_dir_and_one_the_worker_cannot_write_gets_451(self):
+        # libclamav writes each scan's work under temp_dir: EICAR in a base64
+        # part is still found there, nothing is left behind, and when the
+        # directory turns unwritable the scans fail (on_error), proving they
+        # used it.
+        tmp = os.path.join(self.workdir, "clamav-tmp")
+        os.makedirs(tmp)
+        os.chmod(tmp, 0o1777)
+        port = self.relay(temp_dir=tmp)
+        self.assertVirus(self.send(port, attachment_message(EICAR, "eicar.com")))
+        self.assertReply(self.send(port, plain_message(b"clean\r\n")), 250)
+        self.assertEqual(self.backend.message_count(), 1)
+        self.assertEqual(os.listdir(tmp), [])
+        os.chmod(tmp, 0o755)
+        reply = self.send(port, plain_message(b"clean again\r\n"))
+        self.assertReply(reply, 451, "4.3.0", "Virus scan failed")
+        self.assertEqual(self.backend.message_count(), 1)
+        self.sluice.wait_log(r"scan failed: libclamav could not write its work files")
+
     def test_twenty_scans_at_once_leave_another_sessions_noop_prompt(self):
         # Each message carries a 2 MiB zip to inflate and scan; meanwhile a
         # session on the same (2) loop threads times its NOOPs.
@@ -415,6 +434,10 @@ class ClamavConfigTest(ClamavBase):
                                ({"clamd": ["127.0.0.1:3310"]}, "clamd"),
                                ({"mode": "clamd", "clamd": ["localhost"]}, "clamd"),
                                ({"on_virus": "header", "header": ""}, "on_virus"),
+                               ({"temp_dir": "relative/tmp"}, "temp_dir"),
+                               ({"temp_dir": "/nonexistent/sluice-tmp"}, "temp_dir"),
+                               ({"mode": "clamd", "clamd": ["127.0.0.1:3310"],
+                                 "temp_dir": "/tmp"}, "temp_dir"),
                                ({"max_scan_sise": "1M"}, "max_scan_sise")):
             rc, out = self.check(**settings)
             self.assertNotEqual(rc, 0, out)

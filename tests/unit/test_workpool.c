@@ -87,6 +87,23 @@ static void job_runs_on_pool_and_completes_on_submitting_loop_thread(void **stat
     event_base_free(p.base);
 }
 
+/* ---- work run here: on the loop thread, done on the next turn ---- */
+
+static void work_here_runs_at_once_and_done_comes_from_the_loop_afterwards(void **state)
+{
+    struct event *guard;
+    struct probe p = {.base = bounded_base(&guard)};
+    assert_int_equal(workpool_run_here(p.base, probe_work, probe_done, &p), 0);
+    assert_int_equal(p.work_runs, 1);
+    assert_true(pthread_equal(p.work_thread, pthread_self()));
+    assert_int_equal(p.done_runs, 0); /* never from inside the call */
+    event_base_dispatch(p.base);
+    assert_int_equal(p.done_runs, 1);
+    assert_true(pthread_equal(p.done_thread, pthread_self()));
+    event_free(guard);
+    event_base_free(p.base);
+}
+
 /* ---- two bases, many jobs ---- */
 
 struct loop_side {
@@ -256,6 +273,7 @@ int main(void)
         cmocka_unit_test(many_jobs_from_two_bases_each_complete_once_on_their_own_loop),
         cmocka_unit_test(free_lets_running_work_finish_and_drops_queued_jobs_without_done),
         cmocka_unit_test(pool_with_zero_threads_still_runs_work),
+        cmocka_unit_test(work_here_runs_at_once_and_done_comes_from_the_loop_afterwards),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
