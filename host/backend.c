@@ -513,10 +513,28 @@ static void backend_noop_arm(struct smtp_backend *b)
     }
 }
 
+/* The rewritten header, chunk by chunk: no libevent buffer crosses io's
+ * interface. */
+static int backend_write_prefix(struct smtp_backend *b, struct evbuffer *prefix)
+{
+    struct evbuffer_iovec v[8];
+    while (evbuffer_get_length(prefix) > 0) {
+        int n = evbuffer_peek(prefix, -1, NULL, v, 8);
+        size_t taken = 0;
+        for (int i = 0; i < n && i < 8; i++) {
+            if (io_write(b->io, v[i].iov_base, v[i].iov_len) < 0)
+                return -1;
+            taken += v[i].iov_len;
+        }
+        evbuffer_drain(prefix, taken);
+    }
+    return 0;
+}
+
 static void backend_start_body(struct smtp_backend *b, struct pending *p)
 {
     size_t queued = io_output_len(b->io);
-    if ((p->prefix && io_write_buffer(b->io, p->prefix) < 0) ||
+    if ((p->prefix && backend_write_prefix(b, p->prefix) < 0) ||
         io_write_spool(b->io, p->spool, p->offset) < 0 || io_write(b->io, ".\r\n", 3) < 0) {
         backend_fail(b, "cannot read the spooled message");
         return;
