@@ -477,6 +477,10 @@ bool session_data_input(struct session *s)
         io_input_drain(s->io, used);
         done = s->decoder.done;
     }
+    if (s->decoder.out_failed && !s->spool_failed) {
+        log_err(s->sid, "out of memory decoding the message");
+        s->spool_failed = true; /* answered 451 4.3.0 at its end, as a failed spool */
+    }
     if (evbuffer_get_length(s->data_out) > 0 && spool_append(s->spool, s->data_out) < 0) {
         if (!s->spool_failed)
             log_err(s->sid, "spool write failed: %s", strerror(errno));
