@@ -38,6 +38,11 @@
 #define IO_LATER_ERROR 0x1
 #define IO_LATER_CLOSED 0x2
 #define IO_LATER_DRAINED 0x4
+#define IO_LATER_READ 0x8 /* reading may resume: memory for it may be back */
+/* A read that found no memory for its buffer waits this long and tries
+ * again: the bytes wait in the kernel, the timeouts of what is awaited
+ * still run, and nothing is lost to a passing shortage. */
+#define IO_NOMEM_RETRY_MS 50
 
 /* What only a TLS connection needs: allocated at the upgrade. TLS runs on a
  * libevent OpenSSL bufferevent on the same socket. */
@@ -82,6 +87,7 @@ struct io {
     bool discarding;           /* dropping the rest of an over-long line */
     bool freed;                /* io_free from inside a callback: free at its end */
     bool broken;               /* a write failed: output is dropped from now on */
+    bool read_nomem;           /* the last read had no buffer: waiting to retry */
 };
 
 /* Writes made while a callback of an io runs on this thread (to it or to
@@ -172,6 +178,10 @@ static void io_later_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     unsigned todo = io->later_what;
     io->later_what = 0;
+    if (todo & IO_LATER_READ) {
+        io->read_nomem = false;
+        io_update_read(io, false);
+    }
     if (todo & IO_LATER_CLOSED) {
         io_deliver_event(io, IO_CLOSED);
         return;
@@ -212,7 +222,7 @@ static size_t io_read_room(const struct io *io)
 static bool io_should_read(const struct io *io)
 {
     return io->fd >= 0 && !io->tls && !io->connecting && io->want_read && !io->read_stopped &&
-           !io->close_requested && io_read_room(io) > 0;
+           !io->close_requested && !io->read_nomem && io_read_room(io) > 0;
 }
 
 /* Registers or removes the read event as the state wants; retime when the
@@ -302,6 +312,17 @@ static void io_release_input(struct io *io)
     }
 }
 
+/* No memory for the read buffer: the input stays in the kernel a while. */
+static void io_read_later(struct io *io)
+{
+    io->read_nomem = true;
+    event_del(&io->rev);
+    io->rev_added = false;
+    io->later_what |= IO_LATER_READ;
+    struct timeval tv = ms_to_timeval(IO_NOMEM_RETRY_MS);
+    event_add(&io->later, &tv);
+}
+
 static void io_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct io *io = arg;
@@ -320,6 +341,10 @@ static void io_read_cb(evutil_socket_t fd, short what, void *arg)
     ssize_t n = io_read_some(io, room);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         io_release_input(io);
+        return;
+    }
+    if (n < 0 && errno == ENOMEM) {
+        io_read_later(io);
         return;
     }
     if (n <= 0) {
@@ -548,6 +573,20 @@ static void io_tls_event_cb(struct bufferevent *bev, short what, void *arg)
     io_deliver_event(io, ev);
 }
 
+/* ---- libevent's allocations ------------------------------------------- */
+
+/* Through sluice's own malloc: the test build that fails sluice's
+ * allocations one at a time (sluice-failalloc) then fails the buffers'
+ * too. */
+static void *io_ev_malloc(size_t n) { return malloc(n); }
+static void *io_ev_realloc(void *p, size_t n) { return realloc(p, n); }
+static void io_ev_free(void *p) { free(p); }
+
+void io_use_own_allocator(void)
+{
+    event_set_mem_functions(io_ev_malloc, io_ev_realloc, io_ev_free);
+}
+
 /* ---- life ---------------------------------------------------------------- */
 
 static void io_deadline_cb(evutil_socket_t fd, short what, void *arg)
@@ -748,13 +787,36 @@ void io_input_drain(struct io *io, size_t n)
 
 /* ---- output ---- */
 
+/* The output could not take a write (out of memory): the peer would see
+ * the conversation out of step, so the connection ends as broken, reported
+ * from the loop; what was queued is dropped, so a close needs no flush. */
+static int io_write_failed(struct io *io)
+{
+    io->error = ENOMEM;
+    io->broken = true;
+    io->read_stopped = true;
+    evbuffer_drain(io_out(io), evbuffer_get_length(io_out(io)));
+    if (io->tls) {
+        bufferevent_disable(io->tls->bev, EV_READ | EV_WRITE);
+        io->tls->error[0] = '\0';
+    } else {
+        io_unlist(io);
+        io_update_read(io, false);
+        io_disarm_write(io);
+    }
+    io_report_later(io, io->close_requested ? IO_LATER_CLOSED : IO_LATER_ERROR);
+    return -1;
+}
+
 int io_write(struct io *io, const void *buf, size_t len)
 {
-    if (io->tls)
-        return bufferevent_write(io->tls->bev, buf, len);
-    if (evbuffer_add(io->out, buf, len) < 0)
-        return -1;
-    io_output_queued(io);
+    if (io->broken)
+        return 0; /* IO_ERROR is on its way; the bytes have nowhere to go */
+    int rc = io->tls ? bufferevent_write(io->tls->bev, buf, len) : evbuffer_add(io->out, buf, len);
+    if (rc < 0)
+        return io_write_failed(io);
+    if (!io->tls)
+        io_output_queued(io);
     return 0;
 }
 
@@ -765,8 +827,16 @@ int io_write_reply(struct io *io, enum reply_id id)
 
 int io_write_spool(struct io *io, struct spool *spool, uint64_t offset)
 {
-    if (spool_add_range_to(spool, offset, io_out(io)) < 0)
-        return -1;
+    if (io->broken)
+        return 0;
+    size_t before = evbuffer_get_length(io_out(io));
+    uint64_t want = spool_size(spool) - offset;
+    /* Counted, not trusted: libevent 2.1's evbuffer_add_buffer_reference
+     * says 0 when a chain allocation failed half way, and a message cut
+     * short would be accepted by the server as it is. */
+    if (spool_add_range_to(spool, offset, io_out(io)) < 0 ||
+        evbuffer_get_length(io_out(io)) - before != want)
+        return io_write_failed(io);
     if (!io->tls)
         io_output_queued(io);
     return 0;

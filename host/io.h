@@ -54,6 +54,10 @@ struct io_callbacks {
 /* A connection on fd (taken over: closed by io_free), or, with fd -1, one
  * to connect with io_connect. TCP_NODELAY is set on the socket. NULL when
  * out of memory (fd is then still the caller's). */
+/* libevent allocates through sluice's malloc/realloc/free from here on:
+ * once, first thing in main, before any libevent object exists. */
+void io_use_own_allocator(void);
+
 struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb, void *arg);
 int io_connect(struct io *io, const struct sockaddr *sa, socklen_t len);
 void io_free(struct io *io);
@@ -80,9 +84,12 @@ void io_input_drain(struct io *io, size_t n);
 
 /* ---- output ---- */
 
-/* Queues len bytes: -1 when the output cannot take them (out of memory;
- * nothing was queued then). A broken connection is reported as IO_ERROR
- * from the loop, never from inside io_write. */
+/* Queues len bytes (sent at once, or when the running io callback
+ * returns). -1 when the output cannot take them (out of memory): the
+ * connection is then broken, its queued output dropped, and IO_ERROR (or
+ * IO_CLOSED after io_close_when_flushed) follows from the loop. A
+ * connection that broke otherwise takes writes and drops them until its
+ * IO_ERROR arrives; no callback ever comes from inside io_write. */
 int io_write(struct io *io, const void *buf, size_t len);
 int io_write_reply(struct io *io, enum reply_id id);
 /* The spooled message from offset, by reference where the spool allows. */
