@@ -14,6 +14,7 @@ and the chart full-bench.png. See bench/README.md.
 import argparse
 import json
 import os
+import pwd
 import resource
 import signal
 import socket
@@ -267,8 +268,13 @@ class Setup:
     def sluice_config(self, name, chain_dir, port, max_sessions=1000):
         conf_dir = os.path.join(self.work, name + ".d")
         os.makedirs(conf_dir)
+        # The worker (user sluice) writes spool files: a directory of its own.
+        spool = os.path.join(self.work, name + "-spool")
+        os.makedirs(spool)
+        sluice_user = pwd.getpwnam("sluice")
+        os.chown(spool, sluice_user.pw_uid, sluice_user.pw_gid)
         values = {
-            "THREADS": self.threads, "CONF_DIR": conf_dir, "PORT": port,
+            "THREADS": self.threads, "CONF_DIR": conf_dir, "PORT": port, "SPOOL": spool,
             "PLUGIN_DIR": os.path.join(os.path.dirname(self.args.sluice_bin), "plugins"),
             "SINK_PORT": self.ports["a"], "DNS_PORT": self.dns_port,
             "POOL_CAP": POOL_CAP, "MAX_SESSIONS": max_sessions, "WORK": self.work,
