@@ -329,6 +329,9 @@ static void io_read_cb(evutil_socket_t fd, short what, void *arg)
     struct io *io = arg;
     (void)fd;
     if (what & EV_TIMEOUT) {
+        /* Reading stops until io_resume, as a bufferevent's did. */
+        io->want_read = false;
+        io_update_read(io, false);
         io_deliver_event(io, IO_READ_TIMEOUT);
         return;
     }
