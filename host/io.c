@@ -25,10 +25,13 @@
 #define IO_RATE_TICKS_PER_SECOND 10
 /* Writes tried to flush the plaintext before a TLS handshake. */
 #define IO_PLAINTEXT_FLUSH_TRIES 8
-/* The most one read takes: one read per wakeup (level-triggered), so a
- * busy peer is served in turns with the others; a whole command batch or a
- * good slice of a message fits. */
-#define IO_READ_MAX (16 * 1024)
+/* One read per wakeup (level-triggered), so a busy peer is served in turns
+ * with the others. Its size follows the peer: a read that fills what was
+ * reserved doubles the next one up to IO_READ_MAX (a message streaming in),
+ * one that takes less than a quarter halves it down to IO_READ_MIN (the
+ * commands of a conversation, which then cost a small chain, not 64 KiB). */
+#define IO_READ_MIN (2 * 1024)
+#define IO_READ_MAX (64 * 1024)
 /* Output a flush at the end of a callback sent in full, this large, may
  * have stopped its writer (the session's output high-water mark is above
  * it): tell it, as if the write event had drained it. */
@@ -74,6 +77,7 @@ struct io {
     struct io *next_flush;     /* on this thread's list of corked output */
     int64_t read_ms, write_ms;
     size_t input_limit;
+    size_t read_size; /* the next read's reservation (IO_READ_MIN..IO_READ_MAX) */
     size_t rate_per_tick, rate_tokens;
     int error; /* errno of the last IO_ERROR */
     unsigned later_what;
@@ -207,12 +211,12 @@ static void io_close_now(struct io *io) { io_report_later(io, IO_LATER_CLOSED); 
 
 static size_t io_read_room(const struct io *io)
 {
-    size_t room = IO_READ_MAX;
+    size_t room = io->read_size;
     if (io->input_limit) {
         size_t have = evbuffer_get_length(io->in);
-        room = have >= io->input_limit ? 0 : io->input_limit - have;
-        if (room > IO_READ_MAX)
-            room = IO_READ_MAX;
+        size_t left = have >= io->input_limit ? 0 : io->input_limit - have;
+        if (room > left)
+            room = left;
     }
     if (io->rate_per_tick && room > io->rate_tokens)
         room = io->rate_tokens;
@@ -313,6 +317,14 @@ static void io_release_input(struct io *io)
     }
 }
 
+static void io_adapt_read_size(struct io *io, size_t asked, size_t got)
+{
+    if (got == asked && io->read_size == asked && io->read_size < IO_READ_MAX)
+        io->read_size *= 2;
+    else if (got < io->read_size / 4 && io->read_size > IO_READ_MIN)
+        io->read_size /= 2;
+}
+
 /* No memory for the read buffer: the input stays in the kernel a while. */
 static void io_read_later(struct io *io)
 {
@@ -364,6 +376,7 @@ static void io_read_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     io_rate_spent(io, (size_t)n);
+    io_adapt_read_size(io, room, (size_t)n);
     io_enter(io);
     if (io->cb->input)
         io->cb->input(io, io->arg);
@@ -622,6 +635,7 @@ struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb
     io->cb = cb;
     io->arg = arg;
     io->want_read = true;
+    io->read_size = IO_READ_MIN;
     io->in = evbuffer_new();
     io->out = evbuffer_new();
     if (!io->in || !io->out) {
