@@ -101,7 +101,6 @@ static _Thread_local unsigned io_cork_depth;
 static _Thread_local struct io *io_flush_list;
 
 static void io_flush(struct io *io);
-static void io_connected(struct io *io);
 static void io_update_read(struct io *io, bool retime);
 
 static struct evbuffer *io_in(const struct io *io)
@@ -347,10 +346,6 @@ static void io_read_cb(evutil_socket_t fd, short what, void *arg)
         io_deliver_event(io, IO_READ_TIMEOUT);
         return;
     }
-    if (io->connecting) {
-        io_connected(io); /* a failed connect is readable too */
-        return;
-    }
     size_t room = io_read_room(io);
     if (!io_should_read(io) || room == 0) {
         /* A lazy pause meets input: now stop reading for real. */
@@ -467,7 +462,6 @@ static void io_connected(struct io *io)
         io->error = err;
         io->read_stopped = true;
         io->broken = true;
-        io_update_read(io, false); /* the read event registered at connect goes */
         if (io->close_requested)
             io_close_now(io);
         else
@@ -477,7 +471,7 @@ static void io_connected(struct io *io)
     int one = 1;
     setsockopt(io->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     io_flush(io); /* a PROXY header queued before the connect */
-    io_update_read(io, true); /* registered at connect: now its timeout */
+    io_update_read(io, false);
     io_deliver_event(io, IO_CONNECTED);
 }
 
@@ -677,11 +671,7 @@ int io_connect(struct io *io, const struct sockaddr *sa, socklen_t len)
         io_report_later(io, IO_LATER_ERROR);
         return 0;
     }
-    /* Writable means connected (or failed: SO_ERROR says). The read event
-     * is registered with it, in the same epoll_ctl: connected, only the
-     * write event goes. */
-    event_add(&io->rev, NULL);
-    io->rev_added = true;
+    /* Writable means connected (or failed: SO_ERROR says). */
     io_arm_write(io);
     return 0;
 }
