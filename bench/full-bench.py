@@ -14,6 +14,7 @@ and the chart full-bench.png. See bench/README.md.
 import argparse
 import json
 import os
+import pwd
 import resource
 import signal
 import socket

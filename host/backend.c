@@ -109,6 +109,7 @@ struct smtp_backend {
     bool dirty;         /* a MAIL was sent and its transaction not ended */
     bool xclient_sent;  /* pipelined behind the reuse's RSET */
     int transactions;   /* MAIL commands on this connection */
+    bool out_of_memory; /* a write failed for memory: the loss is ours (451 4.3.0) */
 };
 
 #define SMTP(base) ((struct smtp_backend *)(base))
@@ -246,6 +247,12 @@ static void backend_open_done(struct smtp_backend *b, enum backend_status st, co
     backend_deliver(cb, b->open_arg, st, code, text, len, nlines);
 }
 
+/* How a lost connection is told: our memory (451 4.3.0) or the server. */
+static enum backend_status backend_lost_status(const struct smtp_backend *b)
+{
+    return b->out_of_memory ? BACKEND_INTERNAL : BACKEND_LOST;
+}
+
 /* The connection is unusable: every queued command learns it. */
 static void backend_fail(struct smtp_backend *b, const char *why)
 {
@@ -269,8 +276,9 @@ static void backend_fail(struct smtp_backend *b, const char *why)
     backend_drop_connection(b);
     if (b->noop_timer)
         event_del(b->noop_timer);
+    enum backend_status st = backend_lost_status(b);
     if (!was_open && b->open_cb) {
-        backend_open_done(b, BACKEND_LOST, NULL, 0, 0, 0);
+        backend_open_done(b, st, NULL, 0, 0, 0);
         return;
     }
     while (!TAILQ_EMPTY(&b->awaited) && b->state == B_DEAD) {
@@ -279,7 +287,7 @@ static void backend_fail(struct smtp_backend *b, const char *why)
         backend_cb cb = p->cb;
         void *arg = p->arg;
         pending_free(p);
-        backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
+        backend_deliver(cb, arg, st, 0, NULL, 0, 0);
     }
 }
 
@@ -302,7 +310,13 @@ static void backend_await_none(struct smtp_backend *b)
 
 static void backend_write(struct smtp_backend *b, const char *line, size_t len)
 {
-    io_write(b->io, line, len);
+    if (io_write(b->io, line, len) < 0) {
+        /* The connection fails from the loop (io reports IO_ERROR), not in
+         * this caller's stack: backend_fail's callbacks may free us. */
+        log_err(b->sid, "backend %s: out of memory in the output buffer", b->peer);
+        b->out_of_memory = true;
+        return;
+    }
     b->bytes_out += len;
     if (!TAILQ_EMPTY(&b->awaited))
         TAILQ_LAST(&b->awaited, pending_queue)->sent_at = b->bytes_out;
@@ -593,15 +607,37 @@ static void backend_noop_arm(struct smtp_backend *b)
     }
 }
 
+/* The rewritten header, chunk by chunk: no libevent buffer crosses io's
+ * interface. */
+static int backend_write_prefix(struct smtp_backend *b, struct evbuffer *prefix)
+{
+    struct evbuffer_iovec v[8];
+    while (evbuffer_get_length(prefix) > 0) {
+        int n = evbuffer_peek(prefix, -1, NULL, v, 8);
+        size_t taken = 0;
+        for (int i = 0; i < n && i < 8; i++) {
+            if (io_write(b->io, v[i].iov_base, v[i].iov_len) < 0)
+                return -1;
+            taken += v[i].iov_len;
+        }
+        evbuffer_drain(prefix, taken);
+    }
+    return 0;
+}
+
 static void backend_start_body(struct smtp_backend *b, struct pending *p)
 {
-    size_t queued = io_output_len(b->io);
-    if ((p->prefix && io_write_buffer(b->io, p->prefix) < 0) ||
+    /* Counted before: io may send it at once, so the output's growth
+     * would not tell. */
+    uint64_t body = (p->prefix ? evbuffer_get_length(p->prefix) : 0) +
+                    (spool_size(p->spool) - p->offset) + 3;
+    if ((p->prefix && backend_write_prefix(b, p->prefix) < 0) ||
         io_write_spool(b->io, p->spool, p->offset) < 0 || io_write(b->io, ".\r\n", 3) < 0) {
-        backend_fail(b, "cannot read the spooled message");
+        b->out_of_memory = true; /* ours, not the server's: 451 4.3.0 */
+        backend_fail(b, "cannot queue the spooled message");
         return;
     }
-    b->bytes_out += io_output_len(b->io) - queued;
+    b->bytes_out += body;
     p->sent_at = b->bytes_out;
     p->kind = P_FINAL;
     p->step = BSTEP_END_OF_DATA;
@@ -785,6 +821,12 @@ static void backend_io_event(struct io *io, enum io_event ev, void *arg)
         backend_leave(b);
         return;
     }
+    if (ev == IO_ERROR && b->out_of_memory && b->state != B_CLOSING) {
+        /* Our failure, whatever the state: not the server's (no next server). */
+        backend_fail(b, "out of memory in the output buffer");
+        backend_leave(b);
+        return;
+    }
     if (ev == IO_CONNECTED && b->state == B_TLS_HANDSHAKE) {
         backend_tls_ready(b);
         backend_leave(b);
@@ -855,7 +897,7 @@ static void backend_connect_addr(struct smtp_backend *b, const struct sockaddr_s
         unsigned char hdr[PROXY_MAX_HEADER];
         size_t n = proxy_v2_build(hdr, sizeof hdr, (const struct sockaddr *)&b->client_addr,
                                   (const struct sockaddr *)&b->client_local);
-        io_write(b->io, hdr, n);
+        backend_write(b, (const char *)hdr, n);
     }
     if (io_connect(b->io, sa, salen) < 0)
         backend_connect_failed(b, errno);
@@ -1180,7 +1222,7 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
 {
     struct smtp_backend *b = SMTP(base);
     if (b->state != B_READY) {
-        backend_deliver(cb, arg, BACKEND_LOST, 0, NULL, 0, 0);
+        backend_deliver(cb, arg, backend_lost_status(b), 0, NULL, 0, 0);
         return;
     }
     if (backend_queue(b, P_USER, step, cb, arg) < 0) {
@@ -1201,7 +1243,7 @@ static void smtp_send_message(struct backend *base, struct spool *spool, struct 
                               uint64_t offset, backend_cb cb, void *arg)
 {
     struct smtp_backend *b = SMTP(base);
-    enum backend_status st = BACKEND_LOST;
+    enum backend_status st = backend_lost_status(b);
     if (b->state == B_READY) {
         if (backend_queue(b, P_DATA, BSTEP_DATA, cb, arg) == 0)
             st = BACKEND_REPLY;

@@ -73,8 +73,12 @@ static void emit(struct decode_ctx *c, const char *p, size_t n)
         n = (size_t)room;
         d->over_limit = true;
     }
-    if (n > 0 && c->sink(c->sink_arg, p, n) == 0)
+    if (n == 0)
+        return;
+    if (c->sink(c->sink_arg, p, n) == 0)
         d->out_bytes += n;
+    else
+        d->out_failed = true; /* the owner must not send what is left */
 }
 
 static void flush_run(struct decode_ctx *c, size_t upto)

@@ -40,6 +40,7 @@ struct data_decoder {
     uint64_t out_bytes;    /* bytes written to out so far (wire form) */
     uint64_t stuff_dots;   /* of those, dots that only stuff a line (not content) */
     bool over_limit;       /* the content passed out_limit: the message is too big */
+    bool out_failed;       /* out could not take bytes (memory): the message is incomplete */
 };
 
 void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode);

@@ -6,11 +6,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -21,101 +25,557 @@
 #define IO_RATE_TICKS_PER_SECOND 10
 /* Writes tried to flush the plaintext before a TLS handshake. */
 #define IO_PLAINTEXT_FLUSH_TRIES 8
+/* One read per wakeup (level-triggered), so a busy peer is served in turns
+ * with the others. Its size follows the peer: a read that fills what was
+ * reserved doubles the next one up to IO_READ_MAX (a message streaming in),
+ * one that takes less than a quarter halves it down to IO_READ_MIN (the
+ * commands of a conversation, which then cost a small chain, not 64 KiB). */
+#define IO_READ_MIN (2 * 1024)
+#define IO_READ_MAX (64 * 1024)
+/* Output a flush at the end of a callback sent in full, this large, may
+ * have stopped its writer (the session's output high-water mark is above
+ * it): tell it, as if the write event had drained it. */
+#define IO_DRAIN_NOTIFY_BYTES (64 * 1024)
 
-struct io {
+/* Deferred reports, delivered from the loop (never inside a caller's stack). */
+#define IO_LATER_ERROR 0x1
+#define IO_LATER_CLOSED 0x2
+#define IO_LATER_DRAINED 0x4
+#define IO_LATER_READ 0x8 /* reading may resume: memory for it may be back */
+/* A read that found no memory for its buffer waits this long and tries
+ * again: the bytes wait in the kernel, the timeouts of what is awaited
+ * still run, and nothing is lost to a passing shortage. */
+#define IO_NOMEM_RETRY_MS 50
+
+/* What only a TLS connection needs: allocated at the upgrade. TLS runs on a
+ * libevent OpenSSL bufferevent on the same socket. */
+struct io_tls {
     struct bufferevent *bev;
-    struct event *deadline;
-    struct event *closing; /* delivers IO_CLOSED from the loop */
-    bool close_requested;
     struct ev_token_bucket_cfg *rate;
-    const struct io_callbacks *cb;
-    void *arg;
-    bool discarding; /* dropping the rest of an over-long line */
-    bool tls;        /* bev is a TLS bufferevent */
-    bool verify;     /* the peer's certificate is verified (client side) */
-    char tls_error[160]; /* why the last TLS handshake failed */
-    char peer_subject[256]; /* the peer certificate's subject, "" without one */
+    bool verify;            /* the peer's certificate is verified (client side) */
     bool peer_verified;     /* it chained to the configured CAs */
-    size_t input_limit;
-    int error;       /* errno of the last IO_ERROR */
+    char error[160];        /* why the last TLS handshake failed */
+    char peer_subject[256]; /* the peer certificate's subject, "" without one */
 };
 
-static void io_read_cb(struct bufferevent *bev, void *arg)
+/* A plaintext connection runs on the socket itself: the read event is
+ * registered once (persistent), reads go into reserved buffer space,
+ * output is written at once (or once per callback, see io_cork), and the
+ * write event is armed only while the kernel does not take everything. */
+struct io {
+    struct event_base *base;
+    int fd;
+    struct evbuffer *in, *out; /* plaintext only; NULL under TLS */
+    struct event rev;          /* EV_READ|EV_PERSIST, read timeout */
+    struct event wev;          /* EV_WRITE|EV_PERSIST, write timeout; connect */
+    struct event deadline;
+    struct event later;        /* deferred reports (IO_LATER_*) */
+    struct event *rate_timer;  /* refills the read throttle; only when throttled */
+    struct io_tls *tls;
+    const struct io_callbacks *cb;
+    void *arg;
+    struct io *next_flush;     /* on this thread's list of corked output */
+    int64_t read_ms, write_ms;
+    size_t input_limit;
+    size_t read_size; /* the next read's reservation (IO_READ_MIN..IO_READ_MAX) */
+    size_t rate_per_tick, rate_tokens;
+    int error; /* errno of the last IO_ERROR */
+    unsigned later_what;
+    unsigned depth;            /* callbacks of this io on the stack */
+    bool want_read;            /* not paused by the owner */
+    bool read_stopped;         /* EOF or a read error: reading is over */
+    bool rev_added, wev_added;
+    bool connecting;
+    bool corked;               /* on the flush list */
+    bool close_requested;
+    bool discarding;           /* dropping the rest of an over-long line */
+    bool freed;                /* io_free from inside a callback: free at its end */
+    bool broken;               /* a write failed: output is dropped from now on */
+    bool read_nomem;           /* the last read had no buffer: waiting to retry */
+};
+
+/* Writes made while a callback of an io runs on this thread (to it or to
+ * any other io of the thread: a client command relayed to its backend)
+ * collect here and leave once, when the outermost callback returns. */
+static _Thread_local unsigned io_cork_depth;
+static _Thread_local struct io *io_flush_list;
+
+static void io_flush(struct io *io);
+static void io_update_read(struct io *io, bool retime);
+
+static struct evbuffer *io_in(const struct io *io)
+{
+    return io->tls ? bufferevent_get_input(io->tls->bev) : io->in;
+}
+
+static struct evbuffer *io_out(const struct io *io)
+{
+    return io->tls ? bufferevent_get_output(io->tls->bev) : io->out;
+}
+
+/* ---- delivering callbacks ---------------------------------------------- */
+
+static void io_unlist(struct io *io)
+{
+    if (!io->corked)
+        return;
+    for (struct io **pp = &io_flush_list; *pp; pp = &(*pp)->next_flush)
+        if (*pp == io) {
+            *pp = io->next_flush;
+            break;
+        }
+    io->corked = false;
+    io->next_flush = NULL;
+}
+
+static void io_destroy(struct io *io);
+
+static void io_enter(struct io *io)
+{
+    io->depth++;
+    io_cork_depth++;
+}
+
+/* Ends a delivery: false when the owner freed the io meanwhile (it is gone
+ * now). The outermost delivery on the thread flushes what was corked. */
+static bool io_leave(struct io *io)
+{
+    bool alive = true;
+    if (--io->depth == 0 && io->freed) {
+        io_destroy(io);
+        alive = false;
+    }
+    if (--io_cork_depth == 0) {
+        while (io_flush_list) {
+            struct io *f = io_flush_list;
+            io_unlist(f);
+            size_t queued = evbuffer_get_length(io_out(f));
+            io_flush(f);
+            if (queued >= IO_DRAIN_NOTIFY_BYTES && evbuffer_get_length(io_out(f)) == 0 &&
+                !f->close_requested) {
+                f->later_what |= IO_LATER_DRAINED;
+                event_active(&f->later, 0, 0);
+            }
+        }
+    }
+    return alive;
+}
+
+static void io_deliver_event(struct io *io, enum io_event ev)
+{
+    io_enter(io);
+    io->cb->event(io, ev, io->arg);
+    io_leave(io);
+}
+
+/* Reports ev from the loop: for what a caller's own call discovered. */
+static void io_report_later(struct io *io, unsigned what)
+{
+    io->later_what |= what;
+    event_active(&io->later, 0, 0);
+}
+
+static void io_later_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct io *io = arg;
+    (void)fd;
+    (void)what;
+    unsigned todo = io->later_what;
+    io->later_what = 0;
+    if (todo & IO_LATER_READ) {
+        io->read_nomem = false;
+        io_update_read(io, false);
+    }
+    if (todo & IO_LATER_CLOSED) {
+        io_deliver_event(io, IO_CLOSED);
+        return;
+    }
+    if (io->close_requested)
+        return;
+    if (todo & IO_LATER_ERROR) {
+        io_deliver_event(io, IO_ERROR);
+        return;
+    }
+    if ((todo & IO_LATER_DRAINED) && io->cb->drained) {
+        io_enter(io);
+        io->cb->drained(io, io->arg);
+        io_leave(io);
+    }
+}
+
+/* The close is due: flushed, timed out or broken. */
+static void io_close_now(struct io *io) { io_report_later(io, IO_LATER_CLOSED); }
+
+/* ---- plaintext: reading ------------------------------------------------ */
+
+static size_t io_read_room(const struct io *io)
+{
+    size_t room = io->read_size;
+    if (io->input_limit) {
+        size_t have = evbuffer_get_length(io->in);
+        size_t left = have >= io->input_limit ? 0 : io->input_limit - have;
+        if (room > left)
+            room = left;
+    }
+    if (io->rate_per_tick && room > io->rate_tokens)
+        room = io->rate_tokens;
+    return room;
+}
+
+/* Whether the read event should be registered. */
+static bool io_should_read(const struct io *io)
+{
+    return io->fd >= 0 && !io->tls && !io->connecting && io->want_read && !io->read_stopped &&
+           !io->close_requested && !io->read_nomem && io_read_room(io) > 0;
+}
+
+/* Registers or removes the read event as the state wants; retime when the
+ * read timeout changed. Pausing is lazy: the registered event stays (no
+ * epoll_ctl) until it fires while the read must wait, so a pause that ends
+ * before the peer speaks costs nothing. */
+static void io_update_read(struct io *io, bool retime)
+{
+    if (io->tls || io->fd < 0)
+        return;
+    if (io_should_read(io)) {
+        if (io->rev_added && !retime)
+            return;
+        struct timeval tv = ms_to_timeval(io->read_ms);
+        /* An added event re-added changes only its timer: no system call. */
+        event_add(&io->rev, io->read_ms > 0 ? &tv : NULL);
+        io->rev_added = true;
+    } else if (io->rev_added && (io->read_stopped || io->close_requested || io->read_ms > 0)) {
+        /* Over, or its timeout must not run while reading waits. */
+        event_del(&io->rev);
+        io->rev_added = false;
+    }
+}
+
+static void io_rate_refill(evutil_socket_t fd, short what, void *arg)
+{
+    struct io *io = arg;
+    (void)fd;
+    (void)what;
+    io->rate_tokens = io->rate_per_tick;
+    io_update_read(io, false);
+}
+
+static void io_rate_spent(struct io *io, size_t n)
+{
+    if (!io->rate_per_tick)
+        return;
+    io->rate_tokens -= n < io->rate_tokens ? n : io->rate_tokens;
+    /* The bucket refills a tick after spending began, like libevent's. */
+    if (!evtimer_pending(io->rate_timer, NULL)) {
+        struct timeval tick = ms_to_timeval(1000 / IO_RATE_TICKS_PER_SECOND);
+        evtimer_add(io->rate_timer, &tick);
+    }
+}
+
+/* Reads once into reserved input space: no FIONREAD, no copy. */
+static ssize_t io_read_some(struct io *io, size_t room)
+{
+    struct evbuffer_iovec v[2];
+    int nv = evbuffer_reserve_space(io->in, (ev_ssize_t)room, v, 2);
+    if (nv < 1) {
+        errno = ENOMEM;
+        return -1;
+    }
+    size_t left = room;
+    for (int i = 0; i < nv; i++) {
+        if (v[i].iov_len > left)
+            v[i].iov_len = left;
+        left -= v[i].iov_len;
+    }
+    ssize_t n;
+    do
+        n = readv(io->fd, (struct iovec *)v, nv);
+    while (n < 0 && errno == EINTR);
+    int saved = errno;
+    size_t got = n > 0 ? (size_t)n : 0;
+    for (int i = 0; i < nv; i++) {
+        size_t take = v[i].iov_len < got ? v[i].iov_len : got;
+        v[i].iov_len = take;
+        got -= take;
+    }
+    evbuffer_commit_space(io->in, v, nv);
+    errno = saved;
+    return n;
+}
+
+/* An empty input holds no memory: the chain reserved for a read that
+ * brought nothing goes (an idle connection keeps no buffer). */
+static void io_release_input(struct io *io)
+{
+    if (evbuffer_get_length(io->in) > 0)
+        return;
+    struct evbuffer *fresh = evbuffer_new();
+    if (fresh) {
+        evbuffer_free(io->in);
+        io->in = fresh;
+    }
+}
+
+static void io_adapt_read_size(struct io *io, size_t asked, size_t got)
+{
+    if (got == asked && io->read_size == asked && io->read_size < IO_READ_MAX)
+        io->read_size *= 2;
+    else if (got < io->read_size / 4 && io->read_size > IO_READ_MIN)
+        io->read_size /= 2;
+}
+
+/* No memory for the read buffer: the input stays in the kernel a while. */
+static void io_read_later(struct io *io)
+{
+    io->read_nomem = true;
+    event_del(&io->rev);
+    io->rev_added = false;
+    io->later_what |= IO_LATER_READ;
+    struct timeval tv = ms_to_timeval(IO_NOMEM_RETRY_MS);
+    event_add(&io->later, &tv);
+}
+
+static void io_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct io *io = arg;
+    (void)fd;
+    if (what & EV_TIMEOUT) {
+        /* Reading stops until io_resume, as a bufferevent's did. */
+        io->want_read = false;
+        io_update_read(io, false);
+        io_deliver_event(io, IO_READ_TIMEOUT);
+        return;
+    }
+    size_t room = io_read_room(io);
+    if (!io_should_read(io) || room == 0) {
+        /* A lazy pause meets input: now stop reading for real. */
+        event_del(&io->rev);
+        io->rev_added = false;
+        return;
+    }
+    ssize_t n = io_read_some(io, room);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        io_release_input(io);
+        return;
+    }
+    if (n < 0 && errno == ENOMEM) {
+        io_read_later(io);
+        return;
+    }
+    if (n <= 0) {
+        io->error = n < 0 ? errno : 0;
+        io_release_input(io);
+        io->read_stopped = true;
+        io_update_read(io, false);
+        io_deliver_event(io, n == 0 ? IO_EOF : IO_ERROR);
+        return;
+    }
+    io_rate_spent(io, (size_t)n);
+    io_adapt_read_size(io, room, (size_t)n);
+    io_enter(io);
+    if (io->cb->input)
+        io->cb->input(io, io->arg);
+    if (io_leave(io))
+        io_update_read(io, false);
+}
+
+/* ---- plaintext: writing ------------------------------------------------ */
+
+static void io_arm_write(struct io *io)
+{
+    struct timeval tv = ms_to_timeval(io->write_ms);
+    event_add(&io->wev, io->write_ms > 0 ? &tv : NULL);
+    io->wev_added = true;
+}
+
+static void io_disarm_write(struct io *io)
+{
+    if (!io->wev_added)
+        return;
+    event_del(&io->wev);
+    io->wev_added = false;
+}
+
+/* Writes what is queued, in one writev (or sendfile for a file spool):
+ * 1 when all of it left, 0 when the kernel took less, -1 when the
+ * connection broke (reported from the loop: the caller may be deep in its
+ * own handler). */
+static int io_write_out(struct io *io)
+{
+    while (!io->broken && evbuffer_get_length(io->out) > 0) {
+        int n = evbuffer_write(io->out, io->fd);
+        if (n > 0 || (n < 0 && errno == EINTR))
+            continue; /* the kernel may take more: a short write ends with EAGAIN */
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        io->error = n < 0 ? errno : EPIPE;
+        io->broken = true;
+        io->read_stopped = true;
+        io_update_read(io, false);
+        io_disarm_write(io);
+        io_report_later(io, io->close_requested ? IO_LATER_CLOSED : IO_LATER_ERROR);
+    }
+    if (io->broken) {
+        evbuffer_drain(io->out, evbuffer_get_length(io->out));
+        return -1;
+    }
+    if (io->close_requested)
+        io_close_now(io);
+    return 1;
+}
+
+/* Writes now; the write event waits for the rest when the kernel did not
+ * take it all. */
+static void io_flush(struct io *io)
+{
+    if (io->tls || io->fd < 0 || io->connecting || io->wev_added)
+        return; /* TLS writes itself; the write event owns a blocked output */
+    if (io_write_out(io) == 0)
+        io_arm_write(io);
+}
+
+/* Output queued by the owner: now, or at the end of the running callback. */
+static void io_output_queued(struct io *io)
+{
+    if (io_cork_depth == 0) {
+        io_flush(io);
+        return;
+    }
+    if (!io->corked) {
+        io->corked = true;
+        io->next_flush = io_flush_list;
+        io_flush_list = io;
+    }
+}
+
+static void io_connected(struct io *io)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        err = errno;
+    if (err == EINPROGRESS || err == EALREADY || err == EINTR)
+        return; /* not yet */
+    io->connecting = false;
+    io_disarm_write(io);
+    if (err) {
+        io->error = err;
+        io->read_stopped = true;
+        io->broken = true;
+        if (io->close_requested)
+            io_close_now(io);
+        else
+            io_deliver_event(io, IO_ERROR);
+        return;
+    }
+    int one = 1;
+    setsockopt(io->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    io_flush(io); /* a PROXY header queued before the connect */
+    io_update_read(io, false);
+    io_deliver_event(io, IO_CONNECTED);
+}
+
+static void io_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct io *io = arg;
+    (void)fd;
+    if (what & EV_TIMEOUT) {
+        if (io->close_requested) {
+            io_close_now(io);
+            return;
+        }
+        io_deliver_event(io, IO_WRITE_TIMEOUT); /* connecting too, as libevent said */
+        return;
+    }
+    if (io->connecting) {
+        io_connected(io);
+        return;
+    }
+    /* The event stays registered while the output stays blocked; its
+     * persistent timer restarts with every write the peer lets through. */
+    if (io_write_out(io) != 1)
+        return;
+    io_disarm_write(io);
+    if (io->close_requested)
+        return;
+    if (io->cb->drained) {
+        io_enter(io);
+        io->cb->drained(io, io->arg);
+        io_leave(io);
+    }
+}
+
+/* ---- TLS callbacks (the OpenSSL bufferevent) --------------------------- */
+
+static void io_tls_read_cb(struct bufferevent *bev, void *arg)
 {
     struct io *io = arg;
     (void)bev;
-    if (io->close_requested)
+    if (io->close_requested || !io->cb->input)
         return;
-    if (io->cb->input)
-        io->cb->input(io, io->arg);
+    io_enter(io);
+    io->cb->input(io, io->arg);
+    io_leave(io);
 }
 
-static void io_write_cb(struct bufferevent *bev, void *arg)
+static void io_tls_write_cb(struct bufferevent *bev, void *arg)
 {
     struct io *io = arg;
     (void)bev;
     if (io->close_requested) {
         if (io_output_len(io) == 0)
-            event_active(io->closing, 0, 0);
+            io_close_now(io);
         return;
     }
-    if (io->cb->drained)
+    if (io->cb->drained) {
+        io_enter(io);
         io->cb->drained(io, io->arg);
-}
-
-static void io_set_nodelay(struct io *io)
-{
-    int one = 1;
-    evutil_socket_t fd = bufferevent_getfd(io->bev);
-    if (fd >= 0)
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        io_leave(io);
+    }
 }
 
 /* What OpenSSL says about a failed handshake, kept for io_error_text. */
 static void io_note_tls_error(struct io *io)
 {
-    SSL *ssl = bufferevent_openssl_get_ssl(io->bev);
+    SSL *ssl = bufferevent_openssl_get_ssl(io->tls->bev);
     long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
-    unsigned long e = bufferevent_get_openssl_error(io->bev);
-    if (io->verify && vr != X509_V_OK)
-        snprintf(io->tls_error, sizeof io->tls_error, "certificate: %s",
+    unsigned long e = bufferevent_get_openssl_error(io->tls->bev);
+    if (io->tls->verify && vr != X509_V_OK)
+        snprintf(io->tls->error, sizeof io->tls->error, "certificate: %s",
                  X509_verify_cert_error_string(vr));
     else if (e)
-        ERR_error_string_n(e, io->tls_error, sizeof io->tls_error);
+        ERR_error_string_n(e, io->tls->error, sizeof io->tls->error);
     else
-        io->tls_error[0] = '\0';
+        io->tls->error[0] = '\0';
     ERR_clear_error(); /* the failed handshake's queue: not ours to keep */
 }
 
 /* The peer's certificate, once the handshake is done. */
 static void io_note_peer(struct io *io)
 {
-    SSL *ssl = bufferevent_openssl_get_ssl(io->bev);
+    SSL *ssl = bufferevent_openssl_get_ssl(io->tls->bev);
     X509 *peer = ssl ? SSL_get1_peer_certificate(ssl) : NULL;
-    io->peer_subject[0] = '\0';
-    io->peer_verified = false;
+    io->tls->peer_subject[0] = '\0';
+    io->tls->peer_verified = false;
     if (!peer)
         return;
-    X509_NAME_oneline(X509_get_subject_name(peer), io->peer_subject, sizeof io->peer_subject);
-    io->peer_verified = SSL_get_verify_result(ssl) == X509_V_OK;
+    X509_NAME_oneline(X509_get_subject_name(peer), io->tls->peer_subject,
+                      sizeof io->tls->peer_subject);
+    io->tls->peer_verified = SSL_get_verify_result(ssl) == X509_V_OK;
     X509_free(peer);
 }
 
-static void io_event_cb(struct bufferevent *bev, short what, void *arg)
+static void io_tls_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct io *io = arg;
     (void)bev;
     if (io->close_requested) {
-        /* Flushed, timed out or broken: either way the close is due. */
-        event_active(io->closing, 0, 0);
+        io_close_now(io);
         return;
     }
     enum io_event ev;
     if (what & BEV_EVENT_CONNECTED) {
-        if (!io->tls)
-            io_set_nodelay(io);
-        else
-            io_note_peer(io);
+        io_note_peer(io);
         ev = IO_CONNECTED;
     } else if (what & BEV_EVENT_TIMEOUT) {
         ev = (what & BEV_EVENT_READING) ? IO_READ_TIMEOUT : IO_WRITE_TIMEOUT;
@@ -123,27 +583,40 @@ static void io_event_cb(struct bufferevent *bev, short what, void *arg)
         ev = IO_EOF;
     } else {
         io->error = EVUTIL_SOCKET_ERROR();
-        if (io->tls)
-            io_note_tls_error(io);
+        io_note_tls_error(io);
         ev = IO_ERROR;
     }
-    io->cb->event(io, ev, io->arg);
+    io_deliver_event(io, ev);
 }
+
+/* ---- libevent's allocations ------------------------------------------- */
+
+/* Through sluice's own malloc: the test build that fails sluice's
+ * allocations one at a time (sluice-failalloc) then fails the buffers'
+ * too. */
+static void *io_ev_malloc(size_t n) { return malloc(n); }
+static void *io_ev_realloc(void *p, size_t n) { return realloc(p, n); }
+static void io_ev_free(void *p) { free(p); }
+
+void io_use_own_allocator(void)
+{
+    event_set_mem_functions(io_ev_malloc, io_ev_realloc, io_ev_free);
+}
+
+/* ---- life ---------------------------------------------------------------- */
 
 static void io_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct io *io = arg;
     (void)fd;
     (void)what;
-    io->cb->event(io, IO_DEADLINE, io->arg);
+    io_deliver_event(io, IO_DEADLINE);
 }
 
-static void io_closing_cb(evutil_socket_t fd, short what, void *arg)
+static void io_set_nodelay(int fd)
 {
-    struct io *io = arg;
-    (void)fd;
-    (void)what;
-    io->cb->event(io, IO_CLOSED, io->arg);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb, void *arg)
@@ -151,49 +624,109 @@ struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb
     struct io *io = calloc(1, sizeof *io);
     if (!io)
         return NULL;
+    io->base = base;
+    io->fd = fd;
     io->cb = cb;
     io->arg = arg;
-    io->deadline = event_new(base, -1, 0, io_deadline_cb, io);
-    io->closing = event_new(base, -1, 0, io_closing_cb, io);
-    io->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!io->deadline || !io->closing || !io->bev) {
-        if (io->bev)
-            bufferevent_setfd(io->bev, -1); /* fd stays the caller's */
-        if (io->bev)
-            bufferevent_free(io->bev);
-        if (io->deadline)
-            event_free(io->deadline);
-        if (io->closing)
-            event_free(io->closing);
-        free(io);
+    io->want_read = true;
+    io->read_size = IO_READ_MIN;
+    io->in = evbuffer_new();
+    io->out = evbuffer_new();
+    if (!io->in || !io->out) {
+        if (io->in)
+            evbuffer_free(io->in);
+        if (io->out)
+            evbuffer_free(io->out);
+        free(io); /* fd stays the caller's */
         return NULL;
     }
-    bufferevent_setcb(io->bev, io_read_cb, io_write_cb, io_event_cb, io);
-    bufferevent_enable(io->bev, EV_READ | EV_WRITE);
-    if (fd >= 0)
-        io_set_nodelay(io);
+    event_assign(&io->deadline, base, -1, 0, io_deadline_cb, io);
+    event_assign(&io->later, base, -1, 0, io_later_cb, io);
+    if (fd >= 0) {
+        event_assign(&io->rev, base, fd, EV_READ | EV_PERSIST, io_read_cb, io);
+        event_assign(&io->wev, base, fd, EV_WRITE | EV_PERSIST, io_write_cb, io);
+        io_set_nodelay(fd);
+        io_update_read(io, false);
+    }
     return io;
 }
 
 int io_connect(struct io *io, const struct sockaddr *sa, socklen_t len)
 {
-    if (bufferevent_socket_connect(io->bev, sa, (int)len) < 0) {
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
         io->error = errno;
         return -1;
     }
+    event_assign(&io->rev, io->base, fd, EV_READ | EV_PERSIST, io_read_cb, io);
+    event_assign(&io->wev, io->base, fd, EV_WRITE | EV_PERSIST, io_write_cb, io);
+    io->fd = fd;
+    io->connecting = true;
+    if (connect(fd, sa, len) < 0 && errno != EINPROGRESS) {
+        /* Refused at once: reported from the loop like any failed connect. */
+        io->error = errno;
+        io->connecting = false;
+        io->read_stopped = true;
+        io->broken = true;
+        io_report_later(io, IO_LATER_ERROR);
+        return 0;
+    }
+    /* Writable means connected (or failed: SO_ERROR says). */
+    io_arm_write(io);
     return 0;
+}
+
+static void io_tls_free(struct io_tls *t)
+{
+    if (!t)
+        return;
+    bufferevent_free(t->bev); /* closes the socket */
+    if (t->rate)
+        ev_token_bucket_cfg_free(t->rate);
+    free(t);
+}
+
+static void io_destroy(struct io *io)
+{
+    io_unlist(io);
+    event_del(&io->deadline);
+    event_del(&io->later);
+    if (io->rate_timer)
+        event_free(io->rate_timer);
+    if (io->tls) {
+        io_tls_free(io->tls);
+    } else if (io->fd >= 0) {
+        event_del(&io->rev);
+        event_del(&io->wev);
+        close(io->fd);
+    }
+    if (io->in)
+        evbuffer_free(io->in);
+    if (io->out)
+        evbuffer_free(io->out);
+    free(io);
 }
 
 void io_free(struct io *io)
 {
     if (!io)
         return;
-    bufferevent_free(io->bev);
-    event_free(io->deadline);
-    event_free(io->closing);
-    if (io->rate)
-        ev_token_bucket_cfg_free(io->rate);
-    free(io);
+    if (io->depth > 0) {
+        /* Inside one of its callbacks: stop everything now, free at its end. */
+        io->freed = true;
+        io->close_requested = true;
+        io_unlist(io);
+        event_del(&io->deadline);
+        event_del(&io->later);
+        if (io->tls)
+            bufferevent_disable(io->tls->bev, EV_READ | EV_WRITE);
+        else if (io->fd >= 0) {
+            event_del(&io->rev);
+            event_del(&io->wev);
+        }
+        return;
+    }
+    io_destroy(io);
 }
 
 void io_close_when_flushed(struct io *io, int64_t flush_ms)
@@ -204,15 +737,17 @@ void io_close_when_flushed(struct io *io, int64_t flush_ms)
     io_clear_deadline(io);
     io_pause(io);
     io_set_timeouts(io, 0, flush_ms);
-    if (io_output_len(io) == 0)
-        event_active(io->closing, 0, 0);
+    if (io_output_len(io) == 0 || (!io->tls && io->fd < 0))
+        io_close_now(io);
+    else if (!io->tls && io_cork_depth == 0)
+        io_flush(io);
 }
 
 /* ---- input ---- */
 
 enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len)
 {
-    struct evbuffer *in = bufferevent_get_input(io->bev);
+    struct evbuffer *in = io_in(io);
     struct evbuffer_ptr p = evbuffer_search(in, "\n", 1, NULL);
     *len = 0;
     if (p.pos < 0) {
@@ -220,7 +755,7 @@ enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len)
         if (avail < max)
             return IO_LINE_MORE;
         /* Over the limit with no end in sight: drop what is here. */
-        evbuffer_drain(in, avail);
+        io_input_drain(io, avail);
         if (io->discarding)
             return IO_LINE_MORE;
         io->discarding = true;
@@ -228,12 +763,14 @@ enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len)
     }
     size_t linelen = (size_t)p.pos + 1;
     if (io->discarding || linelen > max) {
-        evbuffer_drain(in, linelen);
+        io_input_drain(io, linelen);
         bool reported = io->discarding;
         io->discarding = false;
         return reported ? IO_LINE_SKIPPED : IO_LINE_TOO_LONG;
     }
     evbuffer_remove(in, buf, linelen);
+    if (!io->tls && !io->rev_added)
+        io_update_read(io, false); /* room again under the input limit */
     size_t n = linelen - 1;
     if (n > 0 && buf[n - 1] == '\r')
         n--;
@@ -241,33 +778,63 @@ enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len)
     return IO_LINE_OK;
 }
 
-size_t io_input_len(const struct io *io)
-{
-    return evbuffer_get_length(bufferevent_get_input(io->bev));
-}
+size_t io_input_len(const struct io *io) { return evbuffer_get_length(io_in(io)); }
 
 const unsigned char *io_input_peek(struct io *io, size_t n)
 {
-    return evbuffer_pullup(bufferevent_get_input(io->bev), (ev_ssize_t)n);
+    return evbuffer_pullup(io_in(io), (ev_ssize_t)n);
 }
 
 bool io_input_chunk(struct io *io, const char **p, size_t *len)
 {
     struct evbuffer_iovec v;
-    if (evbuffer_peek(bufferevent_get_input(io->bev), -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+    if (evbuffer_peek(io_in(io), -1, NULL, &v, 1) < 1 || v.iov_len == 0)
         return false;
     *p = v.iov_base;
     *len = v.iov_len;
     return true;
 }
 
-void io_input_drain(struct io *io, size_t n) { evbuffer_drain(bufferevent_get_input(io->bev), n); }
+void io_input_drain(struct io *io, size_t n)
+{
+    evbuffer_drain(io_in(io), n);
+    if (!io->tls && !io->rev_added)
+        io_update_read(io, false); /* room again under the input limit */
+}
 
 /* ---- output ---- */
 
+/* The output could not take a write (out of memory): the peer would see
+ * the conversation out of step, so the connection ends as broken, reported
+ * from the loop; what was queued is dropped, so a close needs no flush. */
+static int io_write_failed(struct io *io)
+{
+    io->error = ENOMEM;
+    io->broken = true;
+    io->read_stopped = true;
+    evbuffer_drain(io_out(io), evbuffer_get_length(io_out(io)));
+    if (io->tls) {
+        bufferevent_disable(io->tls->bev, EV_READ | EV_WRITE);
+        io->tls->error[0] = '\0';
+    } else {
+        io_unlist(io);
+        io_update_read(io, false);
+        io_disarm_write(io);
+    }
+    io_report_later(io, io->close_requested ? IO_LATER_CLOSED : IO_LATER_ERROR);
+    return -1;
+}
+
 int io_write(struct io *io, const void *buf, size_t len)
 {
-    return bufferevent_write(io->bev, buf, len);
+    if (io->broken)
+        return 0; /* IO_ERROR is on its way; the bytes have nowhere to go */
+    int rc = io->tls ? bufferevent_write(io->tls->bev, buf, len) : evbuffer_add(io->out, buf, len);
+    if (rc < 0)
+        return io_write_failed(io);
+    if (!io->tls)
+        io_output_queued(io);
+    return 0;
 }
 
 int io_write_reply(struct io *io, enum reply_id id)
@@ -275,75 +842,132 @@ int io_write_reply(struct io *io, enum reply_id id)
     return io_write(io, reply_text(id), reply_len(id));
 }
 
-int io_write_buffer(struct io *io, struct evbuffer *buf)
-{
-    return bufferevent_write_buffer(io->bev, buf);
-}
-
 int io_write_spool(struct io *io, struct spool *spool, uint64_t offset)
 {
-    return spool_add_range_to(spool, offset, bufferevent_get_output(io->bev));
+    if (io->broken)
+        return 0;
+    size_t before = evbuffer_get_length(io_out(io));
+    uint64_t want = spool_size(spool) - offset;
+    /* Counted, not trusted: libevent 2.1's evbuffer_add_buffer_reference
+     * says 0 when a chain allocation failed half way, and a message cut
+     * short would be accepted by the server as it is. */
+    if (spool_add_range_to(spool, offset, io_out(io)) < 0 ||
+        evbuffer_get_length(io_out(io)) - before != want)
+        return io_write_failed(io);
+    if (!io->tls)
+        io_output_queued(io);
+    return 0;
 }
 
-size_t io_output_len(const struct io *io)
-{
-    return evbuffer_get_length(bufferevent_get_output(io->bev));
-}
+size_t io_output_len(const struct io *io) { return evbuffer_get_length(io_out(io)); }
 
 /* ---- what is awaited ---- */
 
 void io_set_timeouts(struct io *io, int64_t read_ms, int64_t write_ms)
 {
-    struct timeval rt = ms_to_timeval(read_ms), wt = ms_to_timeval(write_ms);
-    bufferevent_set_timeouts(io->bev, read_ms > 0 ? &rt : NULL, write_ms > 0 ? &wt : NULL);
+    io->read_ms = read_ms;
+    io->write_ms = write_ms;
+    if (io->tls) {
+        struct timeval rt = ms_to_timeval(read_ms), wt = ms_to_timeval(write_ms);
+        bufferevent_set_timeouts(io->tls->bev, read_ms > 0 ? &rt : NULL,
+                                 write_ms > 0 ? &wt : NULL);
+        return;
+    }
+    if (io->rev_added)
+        io_update_read(io, true);
+    if (io->wev_added)
+        io_arm_write(io); /* a new timer only: the event stays registered */
 }
 
 void io_set_deadline(struct io *io, int64_t ms)
 {
     struct timeval tv = ms_to_timeval(ms);
-    event_add(io->deadline, &tv);
+    event_add(&io->deadline, &tv);
 }
 
-void io_clear_deadline(struct io *io) { event_del(io->deadline); }
+void io_clear_deadline(struct io *io) { event_del(&io->deadline); }
 
 /* ---- flow ---- */
 
-void io_pause(struct io *io) { bufferevent_disable(io->bev, EV_READ); }
+void io_pause(struct io *io)
+{
+    if (io->tls) {
+        bufferevent_disable(io->tls->bev, EV_READ);
+        return;
+    }
+    io->want_read = false;
+    io_update_read(io, false);
+}
 
-void io_resume(struct io *io) { bufferevent_enable(io->bev, EV_READ); }
+void io_resume(struct io *io)
+{
+    if (io->tls) {
+        bufferevent_enable(io->tls->bev, EV_READ);
+        return;
+    }
+    io->want_read = true;
+    io_update_read(io, false);
+}
 
 void io_set_input_limit(struct io *io, size_t bytes)
 {
     io->input_limit = bytes;
-    bufferevent_setwatermark(io->bev, EV_READ, 0, bytes);
+    if (io->tls)
+        bufferevent_setwatermark(io->tls->bev, EV_READ, 0, bytes);
+    else
+        io_update_read(io, false);
 }
 
-int io_set_read_rate(struct io *io, uint64_t bytes_per_second)
+static int io_tls_set_rate(struct io *io, uint64_t bytes_per_second)
 {
     if (bytes_per_second == 0) {
-        bufferevent_set_rate_limit(io->bev, NULL);
+        bufferevent_set_rate_limit(io->tls->bev, NULL);
         return 0;
     }
     struct timeval tick = ms_to_timeval(1000 / IO_RATE_TICKS_PER_SECOND);
-    size_t per_tick = (size_t)(bytes_per_second / IO_RATE_TICKS_PER_SECOND);
-    if (per_tick == 0)
-        per_tick = 1;
+    size_t per_tick = io->rate_per_tick;
     struct ev_token_bucket_cfg *cfg =
         ev_token_bucket_cfg_new(per_tick, per_tick, EV_RATE_LIMIT_MAX, EV_RATE_LIMIT_MAX, &tick);
     if (!cfg)
         return -1;
-    bufferevent_set_rate_limit(io->bev, cfg);
+    bufferevent_set_rate_limit(io->tls->bev, cfg);
     /* libevent keeps a pointer to the current one: the old one may go. */
-    if (io->rate)
-        ev_token_bucket_cfg_free(io->rate);
-    io->rate = cfg;
+    if (io->tls->rate)
+        ev_token_bucket_cfg_free(io->tls->rate);
+    io->tls->rate = cfg;
+    return 0;
+}
+
+int io_set_read_rate(struct io *io, uint64_t bytes_per_second)
+{
+    size_t per_tick = (size_t)(bytes_per_second / IO_RATE_TICKS_PER_SECOND);
+    if (bytes_per_second > 0 && per_tick == 0)
+        per_tick = 1;
+    if (per_tick && !io->rate_timer) {
+        io->rate_timer = evtimer_new(io->base, io_rate_refill, io);
+        if (!io->rate_timer)
+            return -1;
+    }
+    size_t was = io->rate_per_tick;
+    io->rate_per_tick = per_tick;
+    if (io->tls) {
+        if (io_tls_set_rate(io, bytes_per_second) < 0) {
+            io->rate_per_tick = was;
+            return -1;
+        }
+        return 0;
+    }
+    io->rate_tokens = per_tick; /* a new rate starts with a full bucket */
+    if (!per_tick && io->rate_timer)
+        evtimer_del(io->rate_timer);
+    io_update_read(io, false);
     return 0;
 }
 
 const char *io_error_text(const struct io *io)
 {
-    if (io->tls && io->tls_error[0])
-        return io->tls_error;
+    if (io->tls && io->tls->error[0])
+        return io->tls->error;
     return evutil_socket_error_to_string(io->error);
 }
 
@@ -352,53 +976,58 @@ const char *io_error_text(const struct io *io)
 /* What is queued in plaintext (the replies up to STARTTLS's 220) leaves
  * now, before the handshake; the client waits for the 220, so the socket
  * takes it at once. */
-static int io_flush_plaintext(struct io *io, evutil_socket_t fd)
+static int io_flush_plaintext(struct io *io)
 {
-    struct evbuffer *out = bufferevent_get_output(io->bev);
-    /* The bufferevent keeps its output's start frozen between its own
-     * writes; this bufferevent is about to go, so this write is the last. */
-    evbuffer_unfreeze(out, 1);
-    for (int tries = 0; evbuffer_get_length(out) > 0 && tries < IO_PLAINTEXT_FLUSH_TRIES; tries++)
-        if (evbuffer_write(out, fd) < 0 && errno != EAGAIN && errno != EINTR)
+    for (int tries = 0; evbuffer_get_length(io->out) > 0 && tries < IO_PLAINTEXT_FLUSH_TRIES;
+         tries++)
+        if (evbuffer_write(io->out, io->fd) < 0 && errno != EAGAIN && errno != EINTR)
             break;
-    int rc = evbuffer_get_length(out) == 0 ? 0 : -1;
-    evbuffer_freeze(out, 1);
-    return rc;
+    return evbuffer_get_length(io->out) == 0 ? 0 : -1;
 }
 
 /* Moves the connection onto a TLS bufferevent for ssl (taken over). */
 static int io_start_tls(struct io *io, SSL *ssl, enum bufferevent_ssl_state state)
 {
-    evutil_socket_t fd = bufferevent_getfd(io->bev);
-    if (fd < 0 || io_flush_plaintext(io, fd) < 0) {
-        io->error = errno;
+    if (io->tls || io->fd < 0 || io->connecting || io_flush_plaintext(io) < 0) {
+        io->error = io->fd < 0 || io->tls ? EINVAL : errno;
         SSL_free(ssl);
         return -1;
     }
-    struct bufferevent *tls = bufferevent_openssl_socket_new(bufferevent_get_base(io->bev), fd,
-                                                             ssl, state, BEV_OPT_CLOSE_ON_FREE);
-    if (!tls) {
+    struct io_tls *t = calloc(1, sizeof *t);
+    struct bufferevent *bev =
+        t ? bufferevent_openssl_socket_new(io->base, io->fd, ssl, state, BEV_OPT_CLOSE_ON_FREE)
+          : NULL;
+    if (!bev) {
+        free(t);
         SSL_free(ssl);
         io->error = ENOMEM;
         return -1;
     }
-    /* The plaintext bufferevent lets go of the socket without closing it;
-     * what it read and did not hand out (pipelined behind STARTTLS) goes
-     * with it. */
-    bufferevent_setfd(io->bev, -1);
-    bufferevent_free(io->bev);
+    t->bev = bev;
+    /* The plaintext events let go of the socket; what was read and not
+     * handed out (pipelined behind STARTTLS) goes with the buffers. */
+    io_unlist(io);
+    event_del(&io->rev);
+    event_del(&io->wev);
+    io->rev_added = io->wev_added = false;
+    if (io->rate_timer)
+        evtimer_del(io->rate_timer);
+    evbuffer_free(io->in);
+    evbuffer_free(io->out);
+    io->in = io->out = NULL;
     /* A peer closing without close_notify is an end of stream, not an
      * error (OpenSSL 3's unexpected EOF). */
-    bufferevent_openssl_set_allow_dirty_shutdown(tls, 1);
-    io->bev = tls;
-    io->tls = true;
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    io->tls = t;
     io->discarding = false;
-    bufferevent_setcb(tls, io_read_cb, io_write_cb, io_event_cb, io);
+    bufferevent_setcb(bev, io_tls_read_cb, io_tls_write_cb, io_tls_event_cb, io);
     if (io->input_limit)
-        bufferevent_setwatermark(tls, EV_READ, 0, io->input_limit);
-    if (io->rate)
-        bufferevent_set_rate_limit(tls, io->rate);
-    bufferevent_enable(tls, EV_READ | EV_WRITE);
+        bufferevent_setwatermark(bev, EV_READ, 0, io->input_limit);
+    if (io->rate_per_tick && io_tls_set_rate(io, (uint64_t)io->rate_per_tick *
+                                                      IO_RATE_TICKS_PER_SECOND) < 0)
+        return -1; /* the owner closes; io_free frees the TLS part */
+    io_set_timeouts(io, io->read_ms, io->write_ms);
+    bufferevent_enable(bev, io->want_read ? EV_READ | EV_WRITE : EV_WRITE);
     return 0;
 }
 
@@ -426,15 +1055,17 @@ int io_start_tls_client(struct io *io, void *ssl_ctx, const char *name, bool ver
     } else {
         SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
     }
-    io->verify = verify;
-    return io_start_tls(io, ssl, BUFFEREVENT_SSL_CONNECTING);
+    int rc = io_start_tls(io, ssl, BUFFEREVENT_SSL_CONNECTING);
+    if (rc == 0)
+        io->tls->verify = verify;
+    return rc;
 }
 
-bool io_tls_active(const struct io *io) { return io->tls; }
+bool io_tls_active(const struct io *io) { return io && io->tls; }
 
 static SSL *io_ssl(const struct io *io)
 {
-    return io && io->tls ? bufferevent_openssl_get_ssl(io->bev) : NULL;
+    return io && io->tls ? bufferevent_openssl_get_ssl(io->tls->bev) : NULL;
 }
 
 const char *io_tls_version(const struct io *io)
@@ -451,10 +1082,10 @@ const char *io_tls_sni(const struct io *io)
 
 const char *io_tls_peer_subject(const struct io *io)
 {
-    return io && io->tls && io->peer_subject[0] ? io->peer_subject : NULL;
+    return io && io->tls && io->tls->peer_subject[0] ? io->tls->peer_subject : NULL;
 }
 
-bool io_tls_peer_verified(const struct io *io) { return io && io->tls && io->peer_verified; }
+bool io_tls_peer_verified(const struct io *io) { return io && io->tls && io->tls->peer_verified; }
 
 const char *io_tls_cipher(const struct io *io)
 {
@@ -464,7 +1095,7 @@ const char *io_tls_cipher(const struct io *io)
 
 void io_tls_describe(const struct io *io, char *out, size_t cap)
 {
-    SSL *ssl = io->tls ? bufferevent_openssl_get_ssl(io->bev) : NULL;
+    SSL *ssl = io_ssl(io);
     if (!ssl || cap == 0) {
         if (cap)
             out[0] = '\0';

@@ -1,13 +1,26 @@
 /* One connection's buffered I/O, under both the client session and the
  * backend connection (OpenSMTPD's ioev.c): it owns the socket and its
  * buffers, frames lines and replies, keeps the deadline of what is awaited
- * and the idle timeouts, throttles reads, and (later) upgrades to TLS. Its
- * users never see a socket, a bufferevent or the input buffer.
+ * and the idle timeouts, throttles reads, and upgrades to TLS. Its users
+ * never see a socket, a libevent buffer or the input buffer.
  *
- * Today it sits on a libevent bufferevent, which already registers the
- * socket's events once (no epoll_ctl per write), reads without FIONREAD
- * first, and writes what is queued in one go; the interface is shaped so
- * the internals can move off bufferevent without touching its users. */
+ * In plain text it works on the socket itself, to spend as few system calls
+ * per message as a byte pump: the read event is registered once
+ * (persistent) and each wakeup makes one read into reserved buffer space,
+ * with no FIONREAD first; output goes out at once in one writev (sendfile
+ * for a spool file), and writes made while one of io's callbacks runs on
+ * the thread (to any io: a reply relayed from the backend, a command to
+ * it) leave together when the callback returns; the write event is armed
+ * only while the kernel does not take everything. libevent's bufferevent,
+ * which it replaced, made an epoll_ctl to arm and disarm the write event
+ * for every reply and an ioctl(FIONREAD) before every read.
+ *
+ * Under TLS (after io_start_tls_*, or for implicit TLS) it runs a libevent
+ * OpenSSL bufferevent on the same socket behind the same interface; only
+ * then is its TLS state allocated.
+ *
+ * An idle plaintext connection holds no buffer memory: input and output
+ * chains are freed as soon as they are empty. */
 #ifndef SLUICE_IO_H
 #define SLUICE_IO_H
 
@@ -19,7 +32,6 @@
 #include "reply.h"
 
 struct event_base;
-struct evbuffer;
 struct spool;
 struct io;
 
@@ -42,6 +54,10 @@ struct io_callbacks {
 /* A connection on fd (taken over: closed by io_free), or, with fd -1, one
  * to connect with io_connect. TCP_NODELAY is set on the socket. NULL when
  * out of memory (fd is then still the caller's). */
+/* libevent allocates through sluice's malloc/realloc/free from here on:
+ * once, first thing in main, before any libevent object exists. */
+void io_use_own_allocator(void);
+
 struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb, void *arg);
 int io_connect(struct io *io, const struct sockaddr *sa, socklen_t len);
 void io_free(struct io *io);
@@ -68,10 +84,14 @@ void io_input_drain(struct io *io, size_t n);
 
 /* ---- output ---- */
 
+/* Queues len bytes (sent at once, or when the running io callback
+ * returns). -1 when the output cannot take them (out of memory): the
+ * connection is then broken, its queued output dropped, and IO_ERROR (or
+ * IO_CLOSED after io_close_when_flushed) follows from the loop. A
+ * connection that broke otherwise takes writes and drops them until its
+ * IO_ERROR arrives; no callback ever comes from inside io_write. */
 int io_write(struct io *io, const void *buf, size_t len);
 int io_write_reply(struct io *io, enum reply_id id);
-/* Moves the whole of buf to the output (buf is emptied, not freed). */
-int io_write_buffer(struct io *io, struct evbuffer *buf);
 /* The spooled message from offset, by reference where the spool allows. */
 int io_write_spool(struct io *io, struct spool *spool, uint64_t offset);
 size_t io_output_len(const struct io *io);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "io.h"
 #include "log.h"
 #include "master.h"
 #include "paths.h"
@@ -96,6 +97,7 @@ int main(int argc, char **argv)
         {"config", required_argument, NULL, 'c'}, {"test", no_argument, NULL, 't'},
         {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
+    io_use_own_allocator();
     const char *path = paths_default_config();
     bool check_only = false;
     int opt;

@@ -55,8 +55,13 @@ static void session_greet(struct session *s);
 
 void session_write(struct session *s, const char *buf, size_t len)
 {
-    if (s->io)
-        io_write(s->io, buf, len);
+    if (!s->io || io_write(s->io, buf, len) == 0)
+        return;
+    /* No reply can be sent when the output cannot take one: the session
+     * ends (io drops what was queued; IO_CLOSED comes from the loop). */
+    log_err(s->sid, "out of memory in the output buffer, closing the session");
+    if (s->phase != PH_CLOSING)
+        session_close_after(s, R_COUNT);
 }
 
 void session_reply(struct session *s, enum reply_id id)
@@ -601,7 +606,10 @@ static void session_io_event(struct io *io, enum io_event ev, void *arg)
         return;
     }
     if (s->phase != PH_CLOSING) {
-        log_info(s->sid, "client %s", ev == IO_EOF ? "disconnected" : "connection error");
+        if (ev == IO_EOF)
+            log_info(s->sid, "client disconnected");
+        else
+            log_info(s->sid, "client connection error: %s", io_error_text(io));
         session_log_txn(s, "disconnect");
     }
     session_finish(s);

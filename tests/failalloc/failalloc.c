@@ -8,10 +8,12 @@
  *                              the failure writes "N caller-address" into
  *                              dir/fired.
  *
- * Libraries' own allocations (libevent, OpenSSL, c-ares) are not touched:
- * what is proved is that sluice's code answers each failure of its own. */
+ * libevent allocates through sluice too (io_use_own_allocator), so its
+ * buffers' and events' allocations fail here as well; OpenSSL's and
+ * c-ares' own are not touched. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <execinfo.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
@@ -39,6 +41,8 @@ __attribute__((constructor)) static void failalloc_init(void)
     snprintf(arm_path, sizeof arm_path, "%s/arm", dir);
     snprintf(fired_path, sizeof fired_path, "%s/fired", dir);
     master_pid = getpid();
+    void *warm[1];
+    backtrace(warm, 1); /* loads libgcc now: a backtrace in a failure must not allocate */
 }
 
 /* Reads and removes dir/arm: no allocation here (open/read/unlink only). */
@@ -59,15 +63,28 @@ static void failalloc_take_arm(void)
     }
 }
 
+/* "N exe+offset ..." for the caller and the frames above it (libevent's
+ * allocations come through a relay function in sluice), for
+ * addr2line -e sluice-failalloc. */
 static void failalloc_report(void *caller)
 {
-    char line[256];
-    Dl_info info = {0};
-    dladdr(caller, &info);
-    /* The offset in the executable, for addr2line -e sluice-failalloc. */
-    int n = snprintf(line, sizeof line, "%ld %s+%#lx\n", atomic_load(&taken),
-                     info.dli_fname ? info.dli_fname : "?",
-                     (unsigned long)((char *)caller - (char *)info.dli_fbase));
+    char line[1024];
+    void *frames[14];
+    int nf = backtrace(frames, 14);
+    int n = snprintf(line, sizeof line, "%ld", atomic_load(&taken));
+    for (int i = 0; i < nf + 1 && n > 0 && (size_t)n < sizeof line - 64; i++) {
+        void *at = i == 0 ? caller : frames[i - 1];
+        Dl_info info = {0};
+        dladdr(at, &info);
+        if (i > 0 && i < 3)
+            continue; /* failalloc_report and failalloc_now */
+        n += snprintf(line + n, sizeof line - (size_t)n, " %s+%#lx",
+                      info.dli_fname ? info.dli_fname : "?",
+                      (unsigned long)((char *)at - (char *)info.dli_fbase));
+    }
+    if (n < 0 || (size_t)n >= sizeof line - 1)
+        return;
+    line[n++] = '\n';
     int fd = open(fired_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd >= 0) {
         if (write(fd, line, (size_t)n) < 0) {

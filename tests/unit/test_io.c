@@ -1,0 +1,256 @@
+/* The I/O layer on a real socket pair and a real event loop: lines in,
+ * replies out, the close delivered from the loop, the input limit, no
+ * buffer memory held by an idle connection, and a write the output cannot
+ * take reported from the loop. libevent allocates through a counting
+ * allocator here (what sluice's io_use_own_allocator does with malloc). */
+#include <errno.h>
+#include <malloc.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <event2/event.h>
+
+#include "io.h"
+
+#define LOOP_TURNS 200 /* bound on loop iterations waiting for one thing */
+
+static size_t live_bytes;  /* held by libevent's allocations now */
+static bool fail_next;     /* the next libevent allocation fails */
+
+static void *count_malloc(size_t n)
+{
+    if (fail_next) {
+        fail_next = false;
+        return NULL;
+    }
+    void *p = malloc(n);
+    if (p)
+        live_bytes += malloc_usable_size(p);
+    return p;
+}
+
+static void *count_realloc(void *p, size_t n)
+{
+    if (fail_next) {
+        fail_next = false;
+        return NULL;
+    }
+    size_t was = p ? malloc_usable_size(p) : 0;
+    void *q = realloc(p, n);
+    if (q)
+        live_bytes += malloc_usable_size(q) - was;
+    return q;
+}
+
+static void count_free(void *p)
+{
+    if (p)
+        live_bytes -= malloc_usable_size(p);
+    free(p);
+}
+
+struct peer {
+    struct event_base *base;
+    struct io *io;
+    int fd; /* the other end */
+    char line[64];
+    size_t line_len;
+    int lines;
+    int events[IO_CLOSED + 1];
+    bool in_call;       /* inside a call into io: no callback may arrive */
+    bool reentered;
+    bool reply_in_callback;
+    bool read_in_callback;
+};
+
+static void on_input(struct io *io, void *arg)
+{
+    struct peer *p = arg;
+    if (p->in_call)
+        p->reentered = true;
+    if (!p->read_in_callback)
+        return;
+    size_t len;
+    while (io_read_line(io, p->line, sizeof p->line, &len) == IO_LINE_OK) {
+        p->line_len = len;
+        p->lines++;
+        if (p->reply_in_callback) {
+            assert_int_equal(io_write(io, "250 a\r\n", 7), 0);
+            assert_int_equal(io_write(io, "250 b\r\n", 7), 0);
+        }
+    }
+}
+
+static void on_event(struct io *io, enum io_event ev, void *arg)
+{
+    struct peer *p = arg;
+    (void)io;
+    if (p->in_call)
+        p->reentered = true;
+    p->events[ev]++;
+}
+
+static const struct io_callbacks callbacks = {.input = on_input, .event = on_event};
+
+static void peer_open(struct peer *p)
+{
+    memset(p, 0, sizeof *p);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    p->base = event_base_new();
+    assert_non_null(p->base);
+    p->io = io_new(p->base, sv[0], &callbacks, p);
+    assert_non_null(p->io);
+    p->fd = sv[1];
+    p->read_in_callback = true;
+}
+
+static void peer_close(struct peer *p)
+{
+    if (p->io)
+        io_free(p->io);
+    close(p->fd);
+    event_base_free(p->base);
+}
+
+static void turn(struct peer *p) { event_base_loop(p->base, EVLOOP_ONCE | EVLOOP_NONBLOCK); }
+
+/* Loop turns until *counter moves, bounded. */
+static bool turn_until(struct peer *p, const int *counter)
+{
+    int was = *counter;
+    for (int i = 0; i < LOOP_TURNS && *counter == was; i++) {
+        turn(p);
+        if (*counter == was)
+            usleep(1000);
+    }
+    return *counter != was;
+}
+
+static size_t peer_read(struct peer *p, char *buf, size_t cap)
+{
+    ssize_t n = read(p->fd, buf, cap);
+    return n > 0 ? (size_t)n : 0;
+}
+
+static void test_a_line_with_nul_is_read_whole_and_the_replies_of_one_callback_leave_in_one_write(
+    void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    p.reply_in_callback = true;
+    assert_int_equal(write(p.fd, "HE\0LO x\r\n", 9), 9);
+    assert_true(turn_until(&p, &p.lines));
+    assert_int_equal(p.line_len, 7);
+    assert_memory_equal(p.line, "HE\0LO x", 7);
+    /* Both replies were queued inside the callback and left when it
+     * returned: the peer finds them together, and io holds nothing. */
+    char buf[64];
+    assert_int_equal(peer_read(&p, buf, sizeof buf), 14);
+    assert_memory_equal(buf, "250 a\r\n250 b\r\n", 14);
+    assert_int_equal(io_output_len(p.io), 0);
+    peer_close(&p);
+}
+
+static void test_an_idle_connection_holds_no_buffer_memory(void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    size_t idle = live_bytes;
+    p.reply_in_callback = true;
+    assert_int_equal(write(p.fd, "NOOP\r\n", 6), 6);
+    assert_true(turn_until(&p, &p.lines));
+    char buf[64];
+    assert_int_equal(peer_read(&p, buf, sizeof buf), 14);
+    /* The line was taken and the replies written: what the read and the
+     * write needed is given back. */
+    assert_int_equal(live_bytes, idle);
+    peer_close(&p);
+}
+
+static void test_close_when_flushed_writes_everything_then_closes_from_the_loop(void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    p.in_call = true;
+    assert_int_equal(io_write(p.io, "221 bye\r\n", 9), 0);
+    io_close_when_flushed(p.io, 1000);
+    io_close_when_flushed(p.io, 1000); /* idempotent */
+    p.in_call = false;
+    assert_false(p.reentered);
+    assert_int_equal(p.events[IO_CLOSED], 0);
+    assert_true(turn_until(&p, &p.events[IO_CLOSED]));
+    assert_int_equal(p.events[IO_CLOSED], 1);
+    char buf[64];
+    assert_int_equal(peer_read(&p, buf, sizeof buf), 9);
+    assert_memory_equal(buf, "221 bye\r\n", 9);
+    /* Nothing but IO_CLOSED follows the close. */
+    for (int ev = IO_CONNECTED; ev < IO_CLOSED; ev++)
+        assert_int_equal(p.events[ev], 0);
+    peer_close(&p);
+}
+
+static void test_the_input_limit_stops_reading_until_input_is_taken(void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    p.read_in_callback = false;
+    io_set_input_limit(p.io, 16);
+    char data[64];
+    memset(data, 'x', sizeof data);
+    assert_int_equal(write(p.fd, data, sizeof data), (ssize_t)sizeof data);
+    for (int i = 0; i < 20; i++)
+        turn(&p);
+    assert_int_equal(io_input_len(p.io), 16);
+    io_input_drain(p.io, 16);
+    for (int i = 0; i < 20 && io_input_len(p.io) == 0; i++)
+        turn(&p);
+    assert_int_equal(io_input_len(p.io), 16);
+    peer_close(&p);
+}
+
+static void test_a_write_the_output_cannot_take_breaks_the_connection_from_the_loop(void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    p.in_call = true;
+    fail_next = true;
+    assert_int_equal(io_write(p.io, "250 ok\r\n", 8), -1);
+    fail_next = false;
+    assert_int_equal(io_output_len(p.io), 0);
+    assert_int_equal(io_write(p.io, "more\r\n", 6), 0); /* dropped: the connection broke */
+    p.in_call = false;
+    assert_false(p.reentered);
+    assert_true(turn_until(&p, &p.events[IO_ERROR]));
+    assert_string_equal(io_error_text(p.io), strerror(ENOMEM));
+    char buf[64];
+    assert_int_equal(peer_read(&p, buf, sizeof buf), 0);
+    peer_close(&p);
+}
+
+int main(void)
+{
+    event_set_mem_functions(count_malloc, count_realloc, count_free);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(
+            test_a_line_with_nul_is_read_whole_and_the_replies_of_one_callback_leave_in_one_write),
+        cmocka_unit_test(test_an_idle_connection_holds_no_buffer_memory),
+        cmocka_unit_test(test_close_when_flushed_writes_everything_then_closes_from_the_loop),
+        cmocka_unit_test(test_the_input_limit_stops_reading_until_input_is_taken),
+        cmocka_unit_test(test_a_write_the_output_cannot_take_breaks_the_connection_from_the_loop),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
