@@ -205,6 +205,15 @@ static void chain_continue(struct session *s)
     chain_finish(s, SLUICE_CONTINUE);
 }
 
+bool hooks_wanted(const struct session *s, enum hook_point point)
+{
+    const struct chain *c = s->chain;
+    for (size_t i = 0; c && i < c->n; i++)
+        if (c->entries[i].plugin->hooks[point])
+            return true;
+    return false;
+}
+
 void hooks_run(struct session *s, enum hook_point point, hook_done_cb done)
 {
     s->run.point = point;

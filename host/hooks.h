@@ -4,6 +4,8 @@
 #ifndef SLUICE_HOOKS_H
 #define SLUICE_HOOKS_H
 
+#include <stdbool.h>
+
 enum hook_point {
     HOOK_CONNECT,
     HOOK_HELO,
@@ -35,5 +37,8 @@ typedef void (*hook_done_cb)(struct session *s, const struct hook_verdict *v);
 
 const char *hook_name(enum hook_point point);
 void hooks_run(struct session *s, enum hook_point point, hook_done_cb done);
+/* True when an entry of the session's chain has a hook at point: work done
+ * only for plugins (the header parse at eom) is skipped without one. */
+bool hooks_wanted(const struct session *s, enum hook_point point);
 
 #endif

@@ -20,7 +20,13 @@ void log_vmsg(enum log_level level, const char *sid, const char *fmt, va_list ap
 
 #define log_err(sid, ...) log_msg(SLOG_ERR, (sid), __VA_ARGS__)
 #define log_warn(sid, ...) log_msg(SLOG_WARN, (sid), __VA_ARGS__)
-#define log_info(sid, ...) log_msg(SLOG_INFO, (sid), __VA_ARGS__)
+/* info and debug lines are tested before their arguments are evaluated and
+ * formatted: at the usual warn level they cost a load and a compare. */
+#define log_info(sid, ...)                                                     \
+    do {                                                                       \
+        if (log_get_level() >= SLOG_INFO)                                      \
+            log_msg(SLOG_INFO, (sid), __VA_ARGS__);                            \
+    } while (0)
 #define log_debug(sid, ...)                                                    \
     do {                                                                       \
         if (log_get_level() >= SLOG_DEBUG)                                     \

@@ -286,6 +286,15 @@ void session_log_txn(struct session *s, const char *result)
     struct txn *t = &s->txn;
     if (!t->active)
         return;
+    struct timeval now, d;
+    gettimeofday(&now, NULL);
+    timersub(&now, &t->start, &d);
+    host_metrics_transaction(atoi(result), t->size,
+                             (double)d.tv_sec + (double)d.tv_usec / 1e6);
+    /* Below the level, the line's formatting (every recipient sanitized and
+     * printed) would be thrown away: the metrics above are all it costs. */
+    if (log_get_level() < SLOG_INFO)
+        return;
     char rcpts[2048] = "";
     size_t off = 0;
     for (size_t i = 0; i < t->nrcpts && off + 16 < sizeof rcpts; i++) {
@@ -301,11 +310,6 @@ void session_log_txn(struct session *s, const char *result)
     char from[300], helo[300];
     log_sanitize(from, sizeof from, t->from ? t->from : "", t->from ? t->from_len : 0);
     log_sanitize(helo, sizeof helo, s->helo ? s->helo : "", s->helo ? strlen(s->helo) : 0);
-    struct timeval now, d;
-    gettimeofday(&now, NULL);
-    timersub(&now, &t->start, &d);
-    host_metrics_transaction(atoi(result), t->size,
-                             (double)d.tv_sec + (double)d.tv_usec / 1e6);
     const char *tls = s->io ? io_tls_version(s->io) : NULL;
     log_info(s->sid, "tx client=%s helo=%s from=<%s> rcpt=%s size=%llu backend=%s result=%s "
              "duration=%ld.%03lds tls=%s%s%s",

@@ -453,7 +453,9 @@ static void relay_end_of_data(struct session *s)
         session_done(s);
         return;
     }
-    if (!message_info_parse(s)) {
+    /* The header is parsed for plugins only (sluice_header_*, header
+     * changes at eom): without an eom hook nobody reads it. */
+    if (hooks_wanted(s, HOOK_EOM) && !message_info_parse(s)) {
         log_err(s->sid, "out of memory parsing the message header");
         session_reply(s, R_INTERNAL);
         session_log_txn(s, "451");
