@@ -268,6 +268,24 @@ class RelayTest(SluiceTestCase):
         self.assertEqual(msgs[0]["conn"], msgs[1]["conn"])
         self.assertEqual(b.connection_count(), 1)
 
+    def test_later_transaction_of_a_session_carries_nothing_of_the_earlier_one(self):
+        """The session keeps its recipient slots and its spool between
+        transactions: a smaller second message with fewer recipients arrives
+        with only its own recipients and bytes, and the tx line names only
+        its own recipients."""
+        s, port, b = self.relay()
+        first_rcpts = ["r%d@a.example" % i for i in range(6)]
+        first = b"Subject: first\r\n\r\n" + b"F" * 5000 + b"\r\n"
+        second = b"Subject: second\r\n\r\nshort\r\n"
+        with self.smtp(port) as c:
+            self.assertEqual(c.sendmail(SENDER, first_rcpts, first), {})
+            self.assertEqual(c.sendmail(SENDER, ["only@a.example"], second), {})
+        msgs = b.wait_messages(2)
+        self.assertEqual([m["rcpt_tos"] for m in msgs], [first_rcpts, ["only@a.example"]])
+        self.assertEqual([m["data"] for m in msgs], [first, second])
+        lines = s.wait_log(r"\btx .*only@a\.example")
+        self.assertNotIn("r0@a.example", lines[-1])
+
 
 if __name__ == "__main__":
     unittest.main()
