@@ -46,9 +46,6 @@
 #define SESSION_CLOSE_FLUSH_MS 10000
 /* Relayed replies up to this size are formatted without an allocation. */
 #define SESSION_REPLY_STACK 2048
-/* Recipient slots a session keeps between transactions (most messages have
- * a few recipients); a larger array is freed with its transaction. */
-#define TXN_RCPTS_KEPT 8
 
 static void session_process(struct session *s);
 static void session_finish(struct session *s);
@@ -222,21 +219,13 @@ static void session_txn_clear(struct session *s)
     free(t->from);
     for (size_t i = 0; i < t->nrcpts; i++)
         free(t->rcpts[i].addr);
-    /* A small recipient array is kept for the session's next transaction
-     * (no malloc and free per message); a large one goes, so an idle session
-     * holds no more than TXN_RCPTS_KEPT slots. */
-    struct rcpt_entry *kept = t->cap <= TXN_RCPTS_KEPT ? t->rcpts : NULL;
-    size_t kept_cap = kept ? t->cap : 0;
-    if (!kept)
-        free(t->rcpts);
+    free(t->rcpts);
     free(t->fail_reply);
     if (s->state == SS_MAIL)
         s->state = SS_HELO;
     free(s->cur_rcpt_addr);
     s->cur_rcpt_addr = NULL;
     memset(t, 0, sizeof *t);
-    t->rcpts = kept;
-    t->cap = kept_cap;
     t->pool = -1;
     session_notes_clear(s, SLUICE_TRANSACTION);
     message_info_free(s->msg);
@@ -651,7 +640,6 @@ static void session_free(struct session *s)
     if (s->spool)
         spool_free(s->spool);
     session_txn_clear(s);
-    free(s->txn.rcpts); /* the array kept for a next transaction */
     session_plugins_free(s);
     if (s->limits_admitted)
         limits_release(loop->worker->limits, (struct sockaddr *)&s->peer);
