@@ -802,6 +802,14 @@ void io_input_drain(struct io *io, size_t n)
         io_update_read(io, false); /* room again under the input limit */
 }
 
+int io_input_move(struct io *io, size_t n, struct evbuffer *dst)
+{
+    int moved = evbuffer_remove_buffer(io_in(io), dst, n);
+    if (!io->tls && !io->rev_added)
+        io_update_read(io, false); /* room again under the input limit */
+    return moved == (int)n ? 0 : -1;
+}
+
 /* ---- output ---- */
 
 /* The output could not take a write (out of memory): the peer would see

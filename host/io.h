@@ -32,6 +32,7 @@
 #include "reply.h"
 
 struct event_base;
+struct evbuffer;
 struct spool;
 struct io;
 
@@ -81,6 +82,10 @@ const unsigned char *io_input_peek(struct io *io, size_t n);
 /* The first contiguous chunk of input, without copying; false when none. */
 bool io_input_chunk(struct io *io, const char **p, size_t *len);
 void io_input_drain(struct io *io, size_t n);
+/* Moves the first n input bytes to the end of dst: whole buffer chains by
+ * reference (no copy), a chain's part copied. Returns 0, or -1 when fewer
+ * than n bytes could be moved (out of memory). */
+int io_input_move(struct io *io, size_t n, struct evbuffer *dst);
 
 /* ---- output ---- */
 

@@ -473,16 +473,67 @@ static void relay_spool_failed(struct session *s)
     s->spool_failed = true;
 }
 
-/* The decoder's output goes straight into the spool: the input is copied
- * once, in whole runs. A failed write spoils the message (451 at its end);
- * the rest is still read up to the terminator. */
-static int relay_spool_sink(void *arg, const char *p, size_t n)
+/* A chunk of input at least this big that the decoder passes whole is moved
+ * into the spool by reference instead of copied; smaller ones are copied, so
+ * a spooled chain is never mostly empty room (a read's chain holds at most
+ * twice IO_READ_MAX). */
+#define RELAY_MOVE_MIN (32 * 1024)
+
+/* Where the decoder's output of one input chunk goes. */
+struct relay_sink {
+    struct session *s;
+    const char *chunk;
+    size_t chunk_len;
+    bool whole; /* the chunk came out as one unchanged run, not yet spooled */
+};
+
+static int relay_spool_write(struct session *s, const char *p, size_t n)
 {
-    struct session *s = arg;
     if (spool_write(s->spool, p, n) == 0)
         return 0;
     relay_spool_failed(s);
     return -1;
+}
+
+/* The decoder's output goes straight into the spool: the input is copied
+ * once, in whole runs, and a large chunk that needs no change is not copied
+ * at all (moved after the decoder is done with it, see relay_sink_finish).
+ * A failed write spoils the message (451 at its end); the rest is still read
+ * up to the terminator. */
+static int relay_spool_sink(void *arg, const char *p, size_t n)
+{
+    struct relay_sink *k = arg;
+    if (k->whole) { /* more output after it: keep the order, copy it now */
+        k->whole = false;
+        if (relay_spool_write(k->s, k->chunk, k->chunk_len) != 0)
+            return -1;
+    }
+    if (p == k->chunk && n == k->chunk_len && n >= RELAY_MOVE_MIN) {
+        k->whole = true;
+        return 0;
+    }
+    return relay_spool_write(k->s, p, n);
+}
+
+static int relay_move_input(void *arg, size_t n, struct evbuffer *dst)
+{
+    return io_input_move(arg, n, dst);
+}
+
+/* The decoder consumed used bytes of the chunk: they leave the input, into
+ * the spool when the chunk was passed whole. */
+static void relay_sink_finish(struct relay_sink *k, size_t used)
+{
+    struct session *s = k->s;
+    if (!k->whole || used != k->chunk_len) {
+        if (k->whole)
+            relay_spool_write(s, k->chunk, k->chunk_len);
+        io_input_drain(s->io, used);
+        return;
+    }
+    /* On a failure the caller drains what the move left in the input. */
+    if (spool_take(s->spool, used, relay_move_input, s->io) != 0)
+        relay_spool_failed(s);
 }
 
 /* Feeds buffered client bytes through the decoder into the spool. Returns
@@ -492,12 +543,17 @@ bool session_data_input(struct session *s)
 {
     uint64_t limit = (uint64_t)s->cfg->max_message_size;
     bool done = false;
-    const char *chunk;
-    size_t chunk_len;
-    while (!done && io_input_chunk(s->io, &chunk, &chunk_len)) {
+    struct relay_sink k = {s, NULL, 0, false};
+    while (!done && io_input_chunk(s->io, &k.chunk, &k.chunk_len)) {
+        k.whole = false;
+        size_t before = io_input_len(s->io);
         size_t used =
-            data_decode_to(&s->decoder, chunk, chunk_len, relay_spool_sink, s, limit);
-        io_input_drain(s->io, used);
+            data_decode_to(&s->decoder, k.chunk, k.chunk_len, relay_spool_sink, &k, limit);
+        relay_sink_finish(&k, used);
+        /* After a failed move the input must still lose exactly used bytes. */
+        size_t gone = before - io_input_len(s->io);
+        if (gone < used)
+            io_input_drain(s->io, used - gone);
         done = s->decoder.done;
     }
     /* Once the message is in the file, what this input added is written

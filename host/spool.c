@@ -217,6 +217,24 @@ int spool_write(struct spool *s, const char *p, size_t len)
     return 0;
 }
 
+int spool_take(struct spool *s, size_t len, spool_move_fn move, void *arg)
+{
+    if (s->write_errno != 0) {
+        errno = s->write_errno;
+        return -1;
+    }
+    if (spool_make_room(s, len) != 0)
+        return spool_fail(s, s->mem);
+    if (move(arg, len, s->mem) != 0) {
+        errno = ENOMEM;
+        return spool_fail(s, s->mem);
+    }
+    s->size += len;
+    if (s->in_file && evbuffer_get_length(s->mem) >= SPOOL_WRITE_BEHIND)
+        return spool_flush(s);
+    return 0;
+}
+
 int spool_append(struct spool *s, struct evbuffer *src)
 {
     size_t len = evbuffer_get_length(src);

@@ -33,6 +33,12 @@ int spool_append(struct spool *s, struct evbuffer *src);
  * pwritev; spool_flush writes what is left. Returns 0, or -1 with errno as
  * spool_append (the message is spoiled until spool_reset). */
 int spool_write(struct spool *s, const char *p, size_t len);
+/* Where spool_take gets its bytes: moves the first n bytes of its source
+ * to the end of dst, returns 0 or -1 (io_input_move). */
+typedef int (*spool_move_fn)(void *arg, size_t n, struct evbuffer *dst);
+/* spool_write without the copy: move puts len bytes into the spool's buffer
+ * (whole chains by reference). Returns as spool_write. */
+int spool_take(struct spool *s, size_t len, spool_move_fn move, void *arg);
 /* Writes the gathered bytes to the file, so a failure is known before the
  * message is answered. Returns 0 or -1 with errno. Readers (spool_read,
  * spool_add_to) flush first, so they always see the whole message. */

@@ -331,6 +331,59 @@ static void small_writes_across_the_threshold_and_the_write_behind_read_back_ide
     free(data);
 }
 
+static int move_from_evbuffer(void *arg, size_t n, struct evbuffer *dst)
+{
+    return evbuffer_remove_buffer(arg, dst, n) == (int)n ? 0 : -1;
+}
+
+/* spool_take moves the input's bytes instead of copying them: mixed with
+ * copied writes, in memory and across the threshold into the file, the
+ * spool holds exactly the bytes in their order, and the source loses them. */
+static void taken_and_written_bytes_read_back_identical_in_memory_and_file(void **state)
+{
+    (void)state;
+    size_t len = 300 * 1024 + 5;
+    unsigned char *data = pattern_new(len);
+    static const size_t sizes[] = {40000, 3, 65536, 1, 70000, 512};
+    struct spool *s = spool_new(THRESHOLD, tmp_dir());
+    struct evbuffer *src = evbuffer_new();
+    size_t off = 0;
+
+    assert_non_null(s);
+    assert_non_null(src);
+    for (size_t i = 0; off < len && i < 100000; i++) {
+        size_t n = sizes[i % (sizeof sizes / sizeof sizes[0])];
+
+        if (n > len - off)
+            n = len - off;
+        if (i % 2 == 0) {
+            assert_int_equal(evbuffer_add(src, data + off, n), 0);
+            assert_int_equal(spool_take(s, n, move_from_evbuffer, src), 0);
+            assert_int_equal(evbuffer_get_length(src), 0);
+        } else {
+            assert_int_equal(spool_write(s, (const char *)data + off, n), 0);
+        }
+        off += n;
+        assert_int_equal(spool_size(s), off);
+        if (off < THRESHOLD / 2) {
+            assert_false(spool_in_file(s));
+            assert_reads_exactly(s, data, off);
+        }
+    }
+    assert_true(spool_in_file(s));
+    assert_reads_exactly(s, data, len);
+    assert_sends_exactly(s, data, len);
+    spool_reset(s);
+    assert_int_equal(evbuffer_add(src, data, 100), 0);
+    assert_int_equal(spool_take(s, 100, move_from_evbuffer, src), 0);
+    assert_false(spool_in_file(s));
+    assert_reads_exactly(s, data, 100);
+    assert_sends_exactly(s, data, 100);
+    evbuffer_free(src);
+    spool_free(s);
+    free(data);
+}
+
 /* A file that cannot be created spoils the message at the write that
  * crosses the threshold, and every later write and flush fails too, until
  * the next message. */
@@ -369,6 +422,7 @@ int main(void)
         cmocka_unit_test(empty_spool_adds_nothing),
         cmocka_unit_test(small_writes_across_the_threshold_and_the_write_behind_read_back_identical),
         cmocka_unit_test(a_failed_write_fails_every_later_write_until_reset),
+        cmocka_unit_test(taken_and_written_bytes_read_back_identical_in_memory_and_file),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
