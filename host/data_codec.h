@@ -61,7 +61,8 @@ size_t data_decode(struct data_decoder *d, const char *in, size_t len, struct ev
 typedef int (*data_sink_fn)(void *arg, const char *p, size_t n);
 
 /* data_decode with the output going to sink instead of an evbuffer: the
- * session writes straight into the spool, so the input is copied once. A
+ * session writes straight into the spool, so the input is copied at most
+ * once (a large chunk passed whole is moved, not copied: spool_take). A
  * compliant client's input goes to sink in whole runs (about one call per
  * input chunk); only lines that change (a bare CR or LF, a lone leading dot)
  * and a chunk that ends inside a CRLF or "\r\n." split them. */

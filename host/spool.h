@@ -28,7 +28,8 @@ void spool_reset(struct spool *s);
  * errno on a write failure (the caller answers 451 4.3.0). */
 int spool_append(struct spool *s, struct evbuffer *src);
 /* Copies len bytes into the spool: the one copy of the message on its way
- * from the client's input to the backend. Once the message is in the file,
+ * from the client's input to the backend (none for a large chunk the
+ * decoder passed whole: spool_take). Once the message is in the file,
  * small writes gather in memory (a bounded write-behind) and go out in one
  * pwritev; spool_flush writes what is left. Returns 0, or -1 with errno as
  * spool_append (the message is spoiled until spool_reset). */
