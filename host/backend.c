@@ -40,8 +40,7 @@ enum backend_state {
     B_TLS_HANDSHAKE, /* the TLS handshake runs */
     B_XCLIENT,
     B_XCLIENT_EHLO,
-    B_REUSE_RSET,    /* a kept connection: RSET before XCLIENT */
-    B_REUSE_EHLO,    /* a kept connection: the EHLO that starts the new session */
+    B_REUSE_RSET,    /* a kept connection: RSET, before XCLIENT for an XCLIENT pool */
     B_READY,
     B_IDLE,          /* kept for the next session of the pool (loop->backend_idle) */
     B_CLOSING,
@@ -117,6 +116,7 @@ struct smtp_backend {
 
 static void backend_try_server(struct smtp_backend *b);
 static void backend_reuse_begin(struct smtp_backend *b);
+static bool backend_reuse_xclient(const struct smtp_backend *b);
 static const char *backend_client_name(const struct backend_client *c);
 static void backend_reuse_failed(struct smtp_backend *b, const char *why);
 static enum backend_step backend_awaited(const struct smtp_backend *b);
@@ -567,16 +567,13 @@ static void backend_handshake_reply(struct smtp_backend *b, const char *text, co
         if (!ok)
             break;
         b->dirty = false;
+        if (!backend_reuse_xclient(b)) {
+            backend_ready(b, text, r);
+            return;
+        }
         b->state = B_XCLIENT;
         if (!b->xclient_sent)
             backend_send_xclient(b);
-        return;
-    case B_REUSE_EHLO:
-        if (!ok)
-            break;
-        memset(&b->caps, 0, sizeof b->caps);
-        reply_ehlo_caps(text, r, &b->caps);
-        backend_ready(b, text, r);
         return;
     default:
         return;
@@ -701,8 +698,6 @@ static enum backend_step backend_awaited(const struct smtp_backend *b)
         return BSTEP_QUIT;
     case B_REUSE_RSET:
         return BSTEP_RSET;
-    case B_REUSE_EHLO:
-        return BSTEP_EHLO;
     case B_READY:
         return TAILQ_EMPTY(&b->awaited) ? BSTEP_COUNT : TAILQ_FIRST(&b->awaited)->step;
     default:
@@ -984,27 +979,51 @@ static const char *backend_client_name(const struct backend_client *c)
 
 /* ---- kept connections ---------------------------------------------------- */
 
-/* A kept connection starts the new client's session: RSET when its last
- * transaction is open (XCLIENT is refused inside one), then XCLIENT with
- * every attribute anew, or for a backend without XCLIENT the EHLO a new
- * connection gets (EHLO resets the transaction too, RFC 5321 4.1.4). */
-static void backend_reuse_begin(struct smtp_backend *b)
+/* A kept connection of an XCLIENT pool tells the server who the new client is. */
+static bool backend_reuse_xclient(const struct smtp_backend *b)
 {
-    backend_await(b, b->pc->command_timeout_ms);
-    if (b->pc->xclient && b->caps.xclient) {
-        b->state = b->dirty ? B_REUSE_RSET : B_XCLIENT;
-        if (b->dirty)
-            backend_write(b, "RSET\r\n", 6);
-        /* RSET may open a PIPELINING group (RFC 2920 3.1): XCLIENT goes in
-         * the same write, its reply read after RSET's. */
-        b->xclient_sent = !b->dirty || b->caps.pipelining;
-        if (b->xclient_sent)
-            backend_send_xclient(b);
+    return b->pc->xclient && b->caps.xclient;
+}
+
+/* A clean kept connection without XCLIENT is ready as it is: its EHLO state
+ * (our name, the server's capabilities, TLS) is what a new EHLO would give
+ * again, so the next MAIL goes out at once, as Postfix's connection cache
+ * does. A server that closed it or spoke meanwhile has left something to
+ * read: then the session gets a new connection, unseen. */
+static void backend_reuse_ready(struct smtp_backend *b)
+{
+    if (!io_peer_quiet(b->io)) {
+        backend_reuse_failed(b, "closed or spoke while idle");
         return;
     }
-    b->state = B_REUSE_EHLO;
-    b->dirty = false;
-    backend_send_ehlo(b, b->pc->helo_name);
+    static const char kept[] = "250 kept connection\r\n";
+    const struct smtp_reply r = {.code = 250, .len = sizeof kept - 1, .nlines = 1};
+    backend_ready(b, kept, &r);
+}
+
+/* A kept connection starts the new client's session: RSET when its last
+ * transaction is open (XCLIENT is refused inside one, and a new MAIL would
+ * be out of sequence), then for an XCLIENT pool XCLIENT with every
+ * attribute anew (its 220 is followed by EHLO as the client). */
+static void backend_reuse_begin(struct smtp_backend *b)
+{
+    if (!backend_reuse_xclient(b) && !b->dirty) {
+        backend_reuse_ready(b);
+        return;
+    }
+    backend_await(b, b->pc->command_timeout_ms);
+    b->state = b->dirty ? B_REUSE_RSET : B_XCLIENT;
+    if (b->dirty)
+        backend_write(b, "RSET\r\n", 6);
+    if (!backend_reuse_xclient(b)) {
+        b->xclient_sent = false;
+        return;
+    }
+    /* RSET may open a PIPELINING group (RFC 2920 3.1): XCLIENT goes in
+     * the same write, its reply read after RSET's. */
+    b->xclient_sent = !b->dirty || b->caps.pipelining;
+    if (b->xclient_sent)
+        backend_send_xclient(b);
 }
 
 /* The server closed or refused the kept connection: the session gets a

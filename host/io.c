@@ -780,6 +780,15 @@ enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len)
 
 size_t io_input_len(const struct io *io) { return evbuffer_get_length(io_in(io)); }
 
+bool io_peer_quiet(const struct io *io)
+{
+    if (io->fd < 0 || io_input_len(io) > 0)
+        return false;
+    char byte;
+    ssize_t n = recv(io->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 const unsigned char *io_input_peek(struct io *io, size_t n)
 {
     return evbuffer_pullup(io_in(io), (ev_ssize_t)n);

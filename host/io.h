@@ -76,6 +76,10 @@ enum io_line {
  * its length in *len. Lines may hold NUL bytes: use *len, not strlen. */
 enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len);
 size_t io_input_len(const struct io *io);
+/* Nothing waits to be read, in our buffer or the kernel's (no byte, no EOF,
+ * no error): an idle connection the peer has not closed or spoken on. One
+ * recv(MSG_PEEK), no wait. */
+bool io_peer_quiet(const struct io *io);
 /* The first n input bytes made contiguous (n <= io_input_len), or NULL. */
 const unsigned char *io_input_peek(struct io *io, size_t n);
 /* The first contiguous chunk of input, without copying; false when none. */
