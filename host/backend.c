@@ -952,7 +952,11 @@ static void backend_start_cb(evutil_socket_t fd, short what, void *arg)
         return;
     backend_enter(b);
     if (b->reusing) {
+        /* A clean kept connection is ready here: the owner's MAIL and
+         * pipelined RCPT leave in one write. */
+        io_cork();
         backend_reuse_begin(b);
+        io_uncork();
     } else {
         b->tried = 0;
         b->server = pool_first_server(b->pool);

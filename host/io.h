@@ -94,6 +94,11 @@ void io_input_drain(struct io *io, size_t n);
  * IO_CLOSED after io_close_when_flushed) follows from the loop. A
  * connection that broke otherwise takes writes and drops them until its
  * IO_ERROR arrives; no callback ever comes from inside io_write. */
+/* Writes made between io_cork and io_uncork (on this thread, to any io)
+ * leave at the outermost io_uncork, one write per io: what an io callback
+ * gets by itself, for a plain event callback that writes more than once. */
+void io_cork(void);
+void io_uncork(void);
 int io_write(struct io *io, const void *buf, size_t len);
 int io_write_reply(struct io *io, enum reply_id id);
 /* The spooled message from offset, by reference where the spool allows. */
