@@ -58,6 +58,7 @@ struct pending {
     struct evbuffer *prefix; /* a rewritten header, sent before the spool from offset */
     uint64_t offset;
     uint64_t sent_at; /* bytes_out once its command (or body) is written */
+    uint64_t mails_at; /* the connection's mails_sent when it was queued */
     TAILQ_ENTRY(pending) link;
 };
 
@@ -106,6 +107,7 @@ struct smtp_backend {
     bool parked;        /* in loop->backend_idle */
     bool reusing;       /* a kept connection's new-session handshake runs */
     bool dirty;         /* a MAIL was sent and its transaction not ended */
+    uint64_t mails_sent; /* MAIL commands ever written: an RSET ends only those before it */
     bool xclient_sent;  /* pipelined behind the reuse's RSET */
     int transactions;   /* MAIL commands on this connection */
     bool out_of_memory; /* a write failed for memory: the loss is ours (451 4.3.0) */
@@ -345,6 +347,7 @@ static int backend_queue(struct smtp_backend *b, enum pending_kind kind, enum ba
     p->step = step;
     p->cb = cb;
     p->arg = arg;
+    p->mails_at = b->mails_sent;
     TAILQ_INSERT_TAIL(&b->awaited, p, link);
     /* A command pipelined behind another waits its turn: its deadline
      * starts when the reply before it is complete. */
@@ -666,7 +669,8 @@ static void backend_command_reply(struct smtp_backend *b, const char *text, cons
     void *arg = p->arg;
     enum pending_kind kind = p->kind;
     /* A transaction ends with the end of data's 2xx or an RSET's. */
-    if (r->code / 100 == 2 && (p->step == BSTEP_END_OF_DATA || p->step == BSTEP_RSET))
+    if (r->code / 100 == 2 && (p->step == BSTEP_END_OF_DATA || p->step == BSTEP_RSET) &&
+        p->mails_at == b->mails_sent)
         b->dirty = false;
     pending_free(p);
     if (r->code == 421) {
@@ -1256,6 +1260,7 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
     if (step == BSTEP_MAIL) {
         b->dirty = true;
         b->transactions++;
+        b->mails_sent++;
     }
     if (b->noop_timer)
         event_del(b->noop_timer);

@@ -127,6 +127,26 @@ class BackendReuseTest(SluiceTestCase):
         self.assertLess(verbs.index("RSET"), len(verbs) - 1 - verbs[::-1].index("XCLIENT"))
         self.assertEqual(m["mail_from"], "s2@x.example")
 
+    def test_transaction_opened_after_a_client_rset_is_reset_before_the_next_session_on_a_kept_connection(self):
+        # The client's RSET is relayed; the MAIL after it may leave before
+        # RSET's reply is in: that reply does not end the newer transaction.
+        b = self.start_backend("a")
+        _, port = self.relay(pool("a", [b.port]))
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<first@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<r@a.example>"), 250)
+        # Pipelined: the backend's MAIL leaves in the turn its RSET did.
+        c.send(b"RSET\r\nMAIL FROM:<left@x.example>\r\nRCPT TO:<r@a.example>\r\n")
+        for code in (250, 250, 250):
+            self.assertReply(c.read_reply(), code)
+        self.assertReply(c.cmd("QUIT"), 221)
+        c.wait_closed()
+        time.sleep(SETTLE)
+        self.send(port, 2)
+        [m] = b.wait_messages(1)
+        self.assertEqual(b.connection_count(), 1)
+        self.assertEqual((m["mail_from"], m["rcpt_tos"]), ("s2@x.example", ["r2@a.example"]))
+
     def test_backend_that_closed_the_idle_connection_the_next_client_still_delivers(self):
         b = self.start_backend("a", "--close-after-message")
         s, port = self.relay(pool("a", [b.port]))
