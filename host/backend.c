@@ -40,8 +40,7 @@ enum backend_state {
     B_TLS_HANDSHAKE, /* the TLS handshake runs */
     B_XCLIENT,
     B_XCLIENT_EHLO,
-    B_REUSE_RSET,    /* a kept connection: RSET before XCLIENT */
-    B_REUSE_EHLO,    /* a kept connection: the EHLO that starts the new session */
+    B_REUSE_RSET,    /* a kept connection: RSET, before XCLIENT for an XCLIENT pool */
     B_READY,
     B_IDLE,          /* kept for the next session of the pool (loop->backend_idle) */
     B_CLOSING,
@@ -59,6 +58,7 @@ struct pending {
     struct evbuffer *prefix; /* a rewritten header, sent before the spool from offset */
     uint64_t offset;
     uint64_t sent_at; /* bytes_out once its command (or body) is written */
+    uint64_t mails_at; /* the connection's mails_sent when it was queued */
     TAILQ_ENTRY(pending) link;
 };
 
@@ -107,6 +107,7 @@ struct smtp_backend {
     bool parked;        /* in loop->backend_idle */
     bool reusing;       /* a kept connection's new-session handshake runs */
     bool dirty;         /* a MAIL was sent and its transaction not ended */
+    uint64_t mails_sent; /* MAIL commands ever written: an RSET ends only those before it */
     bool xclient_sent;  /* pipelined behind the reuse's RSET */
     int transactions;   /* MAIL commands on this connection */
     bool out_of_memory; /* a write failed for memory: the loss is ours (451 4.3.0) */
@@ -117,6 +118,7 @@ struct smtp_backend {
 
 static void backend_try_server(struct smtp_backend *b);
 static void backend_reuse_begin(struct smtp_backend *b);
+static bool backend_reuse_xclient(const struct smtp_backend *b);
 static const char *backend_client_name(const struct backend_client *c);
 static void backend_reuse_failed(struct smtp_backend *b, const char *why);
 static enum backend_step backend_awaited(const struct smtp_backend *b);
@@ -345,6 +347,7 @@ static int backend_queue(struct smtp_backend *b, enum pending_kind kind, enum ba
     p->step = step;
     p->cb = cb;
     p->arg = arg;
+    p->mails_at = b->mails_sent;
     TAILQ_INSERT_TAIL(&b->awaited, p, link);
     /* A command pipelined behind another waits its turn: its deadline
      * starts when the reply before it is complete. */
@@ -567,16 +570,13 @@ static void backend_handshake_reply(struct smtp_backend *b, const char *text, co
         if (!ok)
             break;
         b->dirty = false;
+        if (!backend_reuse_xclient(b)) {
+            backend_ready(b, text, r);
+            return;
+        }
         b->state = B_XCLIENT;
         if (!b->xclient_sent)
             backend_send_xclient(b);
-        return;
-    case B_REUSE_EHLO:
-        if (!ok)
-            break;
-        memset(&b->caps, 0, sizeof b->caps);
-        reply_ehlo_caps(text, r, &b->caps);
-        backend_ready(b, text, r);
         return;
     default:
         return;
@@ -669,7 +669,8 @@ static void backend_command_reply(struct smtp_backend *b, const char *text, cons
     void *arg = p->arg;
     enum pending_kind kind = p->kind;
     /* A transaction ends with the end of data's 2xx or an RSET's. */
-    if (r->code / 100 == 2 && (p->step == BSTEP_END_OF_DATA || p->step == BSTEP_RSET))
+    if (r->code / 100 == 2 && (p->step == BSTEP_END_OF_DATA || p->step == BSTEP_RSET) &&
+        p->mails_at == b->mails_sent)
         b->dirty = false;
     pending_free(p);
     if (r->code == 421) {
@@ -701,8 +702,6 @@ static enum backend_step backend_awaited(const struct smtp_backend *b)
         return BSTEP_QUIT;
     case B_REUSE_RSET:
         return BSTEP_RSET;
-    case B_REUSE_EHLO:
-        return BSTEP_EHLO;
     case B_READY:
         return TAILQ_EMPTY(&b->awaited) ? BSTEP_COUNT : TAILQ_FIRST(&b->awaited)->step;
     default:
@@ -957,7 +956,11 @@ static void backend_start_cb(evutil_socket_t fd, short what, void *arg)
         return;
     backend_enter(b);
     if (b->reusing) {
+        /* A clean kept connection is ready here: the owner's MAIL and
+         * pipelined RCPT leave in one write. */
+        io_cork();
         backend_reuse_begin(b);
+        io_uncork();
     } else {
         b->tried = 0;
         b->server = pool_first_server(b->pool);
@@ -984,27 +987,51 @@ static const char *backend_client_name(const struct backend_client *c)
 
 /* ---- kept connections ---------------------------------------------------- */
 
-/* A kept connection starts the new client's session: RSET when its last
- * transaction is open (XCLIENT is refused inside one), then XCLIENT with
- * every attribute anew, or for a backend without XCLIENT the EHLO a new
- * connection gets (EHLO resets the transaction too, RFC 5321 4.1.4). */
-static void backend_reuse_begin(struct smtp_backend *b)
+/* A kept connection of an XCLIENT pool tells the server who the new client is. */
+static bool backend_reuse_xclient(const struct smtp_backend *b)
 {
-    backend_await(b, b->pc->command_timeout_ms);
-    if (b->pc->xclient && b->caps.xclient) {
-        b->state = b->dirty ? B_REUSE_RSET : B_XCLIENT;
-        if (b->dirty)
-            backend_write(b, "RSET\r\n", 6);
-        /* RSET may open a PIPELINING group (RFC 2920 3.1): XCLIENT goes in
-         * the same write, its reply read after RSET's. */
-        b->xclient_sent = !b->dirty || b->caps.pipelining;
-        if (b->xclient_sent)
-            backend_send_xclient(b);
+    return b->pc->xclient && b->caps.xclient;
+}
+
+/* A clean kept connection without XCLIENT is ready as it is: its EHLO state
+ * (our name, the server's capabilities, TLS) is what a new EHLO would give
+ * again, so the next MAIL goes out at once, as Postfix's connection cache
+ * does. A server that closed it or spoke meanwhile has left something to
+ * read: then the session gets a new connection, unseen. */
+static void backend_reuse_ready(struct smtp_backend *b)
+{
+    if (!io_peer_quiet(b->io)) {
+        backend_reuse_failed(b, "closed or spoke while idle");
         return;
     }
-    b->state = B_REUSE_EHLO;
-    b->dirty = false;
-    backend_send_ehlo(b, b->pc->helo_name);
+    static const char kept[] = "250 kept connection\r\n";
+    const struct smtp_reply r = {.code = 250, .len = sizeof kept - 1, .nlines = 1};
+    backend_ready(b, kept, &r);
+}
+
+/* A kept connection starts the new client's session: RSET when its last
+ * transaction is open (XCLIENT is refused inside one, and a new MAIL would
+ * be out of sequence), then for an XCLIENT pool XCLIENT with every
+ * attribute anew (its 220 is followed by EHLO as the client). */
+static void backend_reuse_begin(struct smtp_backend *b)
+{
+    if (!backend_reuse_xclient(b) && !b->dirty) {
+        backend_reuse_ready(b);
+        return;
+    }
+    backend_await(b, b->pc->command_timeout_ms);
+    b->state = b->dirty ? B_REUSE_RSET : B_XCLIENT;
+    if (b->dirty)
+        backend_write(b, "RSET\r\n", 6);
+    if (!backend_reuse_xclient(b)) {
+        b->xclient_sent = false;
+        return;
+    }
+    /* RSET may open a PIPELINING group (RFC 2920 3.1): XCLIENT goes in
+     * the same write, its reply read after RSET's. */
+    b->xclient_sent = !b->dirty || b->caps.pipelining;
+    if (b->xclient_sent)
+        backend_send_xclient(b);
 }
 
 /* The server closed or refused the kept connection: the session gets a
@@ -1233,6 +1260,7 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
     if (step == BSTEP_MAIL) {
         b->dirty = true;
         b->transactions++;
+        b->mails_sent++;
     }
     if (b->noop_timer)
         event_del(b->noop_timer);

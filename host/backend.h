@@ -81,14 +81,15 @@ extern const struct backend_ops backend_smtp_ops;  /* backend.c */
 extern const struct backend_ops backend_check_ops; /* backend_check.c */
 
 /* Takes a connection of the pool kept idle on this loop thread and starts
- * the new client's session on it (RSET if needed, XCLIENT + new banner +
- * EHLO, or EHLO), or else takes a slot of the pool (waiting for one if
+ * the new client's session on it (RSET if a transaction was left open;
+ * for XCLIENT, XCLIENT + new banner + EHLO; else nothing more), or else takes a slot of the pool (waiting for one if
  * needed), connects (trying the pool's servers in turn), and runs the
  * handshake: PROXY header, banner, EHLO, XCLIENT + new banner + EHLO. A
  * kept connection that fails its new start is replaced by a new one
  * unseen. Holds a reference on gen (where pool
  * lives) until the connection is gone. cb gets BACKEND_REPLY with the final
- * EHLO reply (2xx) when ready, else the failing status: a refused handshake
+ * EHLO reply (2xx) when ready (a kept connection without XCLIENT: RSET's
+ * reply, or a 250 of our own when nothing was sent), else the failing status: a refused handshake
  * is BACKEND_REFUSED (never the server's reply, which is about the server,
  * not the mail: relayed, a 5xx would bounce good mail). The callback never
  * runs inside backend_open. ops: the loop's implementation. */

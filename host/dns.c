@@ -255,13 +255,17 @@ static int dns_set_servers(ares_channel channel, const struct dns_conf *conf, ch
     return rc;
 }
 
-static int dns_channel_init(struct dns_ctx *ctx, const struct dns_conf *conf, char *err,
-                            size_t errlen)
+static int dns_channel_open(struct dns_ctx *ctx, const struct dns_conf *conf, int flags,
+                            char *err, size_t errlen)
 {
     struct ares_options opts;
     int mask = ARES_OPT_SOCK_STATE_CB;
 
     memset(&opts, 0, sizeof(opts));
+    if (flags) {
+        opts.flags = flags;
+        mask |= ARES_OPT_FLAGS;
+    }
     opts.sock_state_cb = dns_sock_state_cb;
     opts.sock_state_cb_data = ctx;
     if (conf && conf->timeout_ms > 0) {
@@ -282,6 +286,43 @@ static int dns_channel_init(struct dns_ctx *ctx, const struct dns_conf *conf, ch
         return -1;
     }
     return 0;
+}
+
+static bool dns_addr_loopback(const struct ares_addr_port_node *n)
+{
+    if (n->family == AF_INET)
+        return (ntohl(n->addr.addr4.s_addr) >> 24) == 127;
+    return n->family == AF_INET6 && IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)&n->addr.addr6);
+}
+
+/* Every server of the channel is on this host. */
+static bool dns_servers_local(ares_channel channel)
+{
+    struct ares_addr_port_node *servers = NULL;
+    if (ares_get_servers_ports(channel, &servers) != ARES_SUCCESS || !servers)
+        return false;
+    bool local = true;
+    for (const struct ares_addr_port_node *n = servers; n && local; n = n->next)
+        local = dns_addr_loopback(n);
+    ares_free_data(servers);
+    return local;
+}
+
+/* c-ares closes its sockets whenever no query is pending: a socket, a
+ * connect, two epoll_ctl and a close for each client's reverse lookup.
+ * With every server on loopback they stay open (ARES_FLAG_STAYOPEN): no one
+ * off the host can spoof a reply there, so a fixed source port costs
+ * nothing. A remote resolver keeps c-ares's fresh socket (and source port)
+ * per burst of queries. */
+static int dns_channel_init(struct dns_ctx *ctx, const struct dns_conf *conf, char *err,
+                            size_t errlen)
+{
+    if (dns_channel_open(ctx, conf, 0, err, errlen) < 0)
+        return -1;
+    if (!dns_servers_local(ctx->channel))
+        return 0;
+    ares_destroy(ctx->channel);
+    return dns_channel_open(ctx, conf, ARES_FLAG_STAYOPEN, err, errlen);
 }
 
 struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf, char *err,

@@ -130,6 +130,25 @@ static void io_unlist(struct io *io)
 
 static void io_destroy(struct io *io);
 
+void io_cork(void) { io_cork_depth++; }
+
+void io_uncork(void)
+{
+    if (--io_cork_depth != 0)
+        return;
+    while (io_flush_list) {
+        struct io *f = io_flush_list;
+        io_unlist(f);
+        size_t queued = evbuffer_get_length(io_out(f));
+        io_flush(f);
+        if (queued >= IO_DRAIN_NOTIFY_BYTES && evbuffer_get_length(io_out(f)) == 0 &&
+            !f->close_requested) {
+            f->later_what |= IO_LATER_DRAINED;
+            event_active(&f->later, 0, 0);
+        }
+    }
+}
+
 static void io_enter(struct io *io)
 {
     io->depth++;
@@ -145,19 +164,7 @@ static bool io_leave(struct io *io)
         io_destroy(io);
         alive = false;
     }
-    if (--io_cork_depth == 0) {
-        while (io_flush_list) {
-            struct io *f = io_flush_list;
-            io_unlist(f);
-            size_t queued = evbuffer_get_length(io_out(f));
-            io_flush(f);
-            if (queued >= IO_DRAIN_NOTIFY_BYTES && evbuffer_get_length(io_out(f)) == 0 &&
-                !f->close_requested) {
-                f->later_what |= IO_LATER_DRAINED;
-                event_active(&f->later, 0, 0);
-            }
-        }
-    }
+    io_uncork();
     return alive;
 }
 
@@ -779,6 +786,15 @@ enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len)
 }
 
 size_t io_input_len(const struct io *io) { return evbuffer_get_length(io_in(io)); }
+
+bool io_peer_quiet(const struct io *io)
+{
+    if (io->fd < 0 || io_input_len(io) > 0)
+        return false;
+    char byte;
+    ssize_t n = recv(io->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
 
 const unsigned char *io_input_peek(struct io *io, size_t n)
 {

@@ -77,6 +77,10 @@ enum io_line {
  * its length in *len. Lines may hold NUL bytes: use *len, not strlen. */
 enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len);
 size_t io_input_len(const struct io *io);
+/* Nothing waits to be read, in our buffer or the kernel's (no byte, no EOF,
+ * no error): an idle connection the peer has not closed or spoken on. One
+ * recv(MSG_PEEK), no wait. */
+bool io_peer_quiet(const struct io *io);
 /* The first n input bytes made contiguous (n <= io_input_len), or NULL. */
 const unsigned char *io_input_peek(struct io *io, size_t n);
 /* The first contiguous chunk of input, without copying; false when none. */
@@ -95,6 +99,11 @@ int io_input_move(struct io *io, size_t n, struct evbuffer *dst);
  * IO_CLOSED after io_close_when_flushed) follows from the loop. A
  * connection that broke otherwise takes writes and drops them until its
  * IO_ERROR arrives; no callback ever comes from inside io_write. */
+/* Writes made between io_cork and io_uncork (on this thread, to any io)
+ * leave at the outermost io_uncork, one write per io: what an io callback
+ * gets by itself, for a plain event callback that writes more than once. */
+void io_cork(void);
+void io_uncork(void);
 int io_write(struct io *io, const void *buf, size_t len);
 int io_write_reply(struct io *io, enum reply_id id);
 /* The spooled message from offset, by reference where the spool allows. */

@@ -47,10 +47,54 @@ class BackendReuseTest(SluiceTestCase):
         self.assertEqual((m2["mail_from"], m2["rcpt_tos"]), ("s2@x.example", ["r2@a.example"]))
         self.assertEqual(m1["data"], BODY % 1)
         self.assertEqual(m2["data"], BODY % 2)
-        # A backend without XCLIENT sees what a new connection gets: EHLO.
-        verbs = [c.split(" ")[0].upper() for c in m2["commands"]]
-        self.assertEqual(verbs.count("EHLO"), 2)
         self.assertEqual(self.quits(b), [])
+
+    def test_kept_connection_without_xclient_sends_the_next_mail_with_no_ehlo_in_between(self):
+        b = self.start_backend("a")
+        _, port = self.relay(pool("a", [b.port]))
+        self.send(port, 1)
+        self.send(port, 2)
+        m1, m2 = b.wait_messages(2)
+        self.assertEqual(m1["conn"], m2["conn"])
+        # The connection's EHLO state is unchanged: one EHLO, at connect;
+        # the second session's MAIL follows the first's end of data.
+        verbs = [c.split(" ")[0].upper() for c in m2["commands"]]
+        self.assertEqual(verbs.count("EHLO"), 1)
+        self.assertEqual(verbs.count("RSET"), 0)
+        self.assertEqual(verbs.count("MAIL"), 2)
+        self.assertEqual(m2["mail_from"], "s2@x.example")
+        self.assertEqual(m2["data"], BODY % 2)
+
+    def test_kept_xclient_connection_still_gets_xclient_then_ehlo_before_the_next_mail(self):
+        b = self.start_backend("a", "--xclient")
+        _, port = self.relay(pool("a", [b.port]))
+        self.send(port, 1, helo="first.test")
+        self.send(port, 2, helo="second.test")
+        m1, m2 = b.wait_messages(2)
+        self.assertEqual(m1["conn"], m2["conn"])
+        verbs = [c.split(" ")[0].upper() for c in m2["commands"]]
+        second_mail = len(verbs) - 1 - verbs[::-1].index("MAIL")
+        between = verbs[verbs.index("MAIL") + 1:second_mail]
+        self.assertEqual([v for v in between if v in ("XCLIENT", "EHLO")], ["XCLIENT", "EHLO"])
+        self.assertEqual(m2["ehlo_names"][-1], "second.test")
+
+    def test_open_transaction_is_reset_before_the_next_mail_on_a_kept_connection_without_xclient(self):
+        b = self.start_backend("a")
+        _, port = self.relay(pool("a", [b.port]))
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<left@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<r@a.example>"), 250)
+        self.assertReply(c.cmd("QUIT"), 221)
+        c.wait_closed()
+        time.sleep(SETTLE)
+        self.send(port, 2)
+        [m] = b.wait_messages(1)
+        self.assertEqual(b.connection_count(), 1)
+        verbs = [x.split(" ")[0].upper() for x in m["commands"]]
+        self.assertEqual(verbs.count("EHLO"), 1)
+        self.assertEqual(verbs.count("RSET"), 1)
+        self.assertLess(verbs.index("RSET"), len(verbs) - 1 - verbs[::-1].index("MAIL"))
+        self.assertEqual((m["mail_from"], m["rcpt_tos"]), ("s2@x.example", ["r2@a.example"]))
 
     def test_kept_xclient_connection_carries_every_attribute_of_the_new_client_only(self):
         b = self.start_backend("a", "--xclient")
@@ -82,6 +126,26 @@ class BackendReuseTest(SluiceTestCase):
         self.assertEqual(verbs.count("RSET"), 1)
         self.assertLess(verbs.index("RSET"), len(verbs) - 1 - verbs[::-1].index("XCLIENT"))
         self.assertEqual(m["mail_from"], "s2@x.example")
+
+    def test_transaction_opened_after_a_client_rset_is_reset_before_the_next_session_on_a_kept_connection(self):
+        # The client's RSET is relayed; the MAIL after it may leave before
+        # RSET's reply is in: that reply does not end the newer transaction.
+        b = self.start_backend("a")
+        _, port = self.relay(pool("a", [b.port]))
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<first@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<r@a.example>"), 250)
+        # Pipelined: the backend's MAIL leaves in the turn its RSET did.
+        c.send(b"RSET\r\nMAIL FROM:<left@x.example>\r\nRCPT TO:<r@a.example>\r\n")
+        for code in (250, 250, 250):
+            self.assertReply(c.read_reply(), code)
+        self.assertReply(c.cmd("QUIT"), 221)
+        c.wait_closed()
+        time.sleep(SETTLE)
+        self.send(port, 2)
+        [m] = b.wait_messages(1)
+        self.assertEqual(b.connection_count(), 1)
+        self.assertEqual((m["mail_from"], m["rcpt_tos"]), ("s2@x.example", ["r2@a.example"]))
 
     def test_backend_that_closed_the_idle_connection_the_next_client_still_delivers(self):
         b = self.start_backend("a", "--close-after-message")

@@ -419,6 +419,19 @@ static void reverse_confirmed_name_for_v4(void **state)
     assert_string_equal(s.text[0], "mail.test");
 }
 
+/* With a loopback server the channel keeps its socket between queries:
+ * each lookup of a series, one after another, still gets its own answer. */
+static void reverse_lookups_in_a_row_on_a_kept_socket_each_get_their_name(void **state)
+{
+    for (int i = 0; i < 3; i++) {
+        struct seen s = {0};
+        reverse_of(*state, i % 2 ? "::55" : "127.0.0.55", 2000, &s);
+        assert_int_equal(s.calls, 1);
+        assert_int_equal(s.st, DNS_OK);
+        assert_string_equal(s.text[0], "mail.test");
+    }
+}
+
 static void reverse_confirmed_name_for_v6(void **state)
 {
     struct seen s = {0};
@@ -678,6 +691,8 @@ int main(void)
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_confirmed_name_for_v4, setup_real,
                                         teardown_fixture),
+        cmocka_unit_test_setup_teardown(reverse_lookups_in_a_row_on_a_kept_socket_each_get_their_name,
+                                        setup_real, teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_confirmed_name_for_v6, setup_real,
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_v4_mapped_client_is_treated_as_v4, setup_real,
