@@ -149,6 +149,13 @@ class AllocFailureTest(SluiceTestCase):
             except (AssertionError, OSError) as e:
                 time.sleep(0.1)
                 raise AssertionError("allocation %d (%s): %s" % (n, self.fired(), e))
+            # The client leaves once its transaction is over, refused or not:
+            # an abandoned session would keep its backend connection until the
+            # command timeout, and a few of them use up this client's share
+            # of the pool (max_connections_per_client), so a later step would
+            # wait for a backend slot instead of testing its allocation.
+            while self.clients:
+                self.clients.pop().close()
             if closed:
                 # No reply could be written: the close is logged with the session id.
                 wait_until(lambda: len(self.sluice.grep(LOGGED_CLOSE)) > closes, 10,
