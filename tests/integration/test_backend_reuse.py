@@ -18,6 +18,15 @@ BODY = b"Subject: kept\r\n\r\nbody of message %d\r\n"
 SETTLE = 0.5  # long enough for sluice to act on a session's end
 
 
+def verbs_of(message):
+    """The verbs the backend received on the message's connection, in order."""
+    return [c.split(" ")[0].upper() for c in message["commands"]]
+
+
+def last_index(verbs, verb):
+    return len(verbs) - 1 - verbs[::-1].index(verb)
+
+
 class BackendReuseTest(SluiceTestCase):
     def relay(self, *pools_, **overrides):
         overrides.setdefault("threads", 1)
@@ -31,6 +40,16 @@ class BackendReuseTest(SluiceTestCase):
                                  BODY % n)
             self.assertEqual(refused, {})
         return client_port
+
+    def leave_transaction_open(self, port):
+        """A client that quits between RCPT and DATA: its backend connection
+        is kept with a transaction open."""
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<left@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<r@a.example>"), 250)
+        self.assertReply(c.cmd("QUIT"), 221)
+        c.wait_closed()
+        time.sleep(SETTLE)
 
     def quits(self, b):
         return [e for e in b.events("command") if e["line"].upper() == "QUIT"]
@@ -58,7 +77,7 @@ class BackendReuseTest(SluiceTestCase):
         self.assertEqual(m1["conn"], m2["conn"])
         # The connection's EHLO state is unchanged: one EHLO, at connect;
         # the second session's MAIL follows the first's end of data.
-        verbs = [c.split(" ")[0].upper() for c in m2["commands"]]
+        verbs = verbs_of(m2)
         self.assertEqual(verbs.count("EHLO"), 1)
         self.assertEqual(verbs.count("RSET"), 0)
         self.assertEqual(verbs.count("MAIL"), 2)
@@ -72,8 +91,8 @@ class BackendReuseTest(SluiceTestCase):
         self.send(port, 2, helo="second.test")
         m1, m2 = b.wait_messages(2)
         self.assertEqual(m1["conn"], m2["conn"])
-        verbs = [c.split(" ")[0].upper() for c in m2["commands"]]
-        second_mail = len(verbs) - 1 - verbs[::-1].index("MAIL")
+        verbs = verbs_of(m2)
+        second_mail = last_index(verbs, "MAIL")
         between = verbs[verbs.index("MAIL") + 1:second_mail]
         self.assertEqual([v for v in between if v in ("XCLIENT", "EHLO")], ["XCLIENT", "EHLO"])
         self.assertEqual(m2["ehlo_names"][-1], "second.test")
@@ -81,19 +100,14 @@ class BackendReuseTest(SluiceTestCase):
     def test_open_transaction_is_reset_before_the_next_mail_on_a_kept_connection_without_xclient(self):
         b = self.start_backend("a")
         _, port = self.relay(pool("a", [b.port]))
-        c = self.open_session(port)
-        self.assertReply(c.cmd("MAIL FROM:<left@x.example>"), 250)
-        self.assertReply(c.cmd("RCPT TO:<r@a.example>"), 250)
-        self.assertReply(c.cmd("QUIT"), 221)
-        c.wait_closed()
-        time.sleep(SETTLE)
+        self.leave_transaction_open(port)
         self.send(port, 2)
         [m] = b.wait_messages(1)
         self.assertEqual(b.connection_count(), 1)
-        verbs = [x.split(" ")[0].upper() for x in m["commands"]]
+        verbs = verbs_of(m)
         self.assertEqual(verbs.count("EHLO"), 1)
         self.assertEqual(verbs.count("RSET"), 1)
-        self.assertLess(verbs.index("RSET"), len(verbs) - 1 - verbs[::-1].index("MAIL"))
+        self.assertLess(verbs.index("RSET"), last_index(verbs, "MAIL"))
         self.assertEqual((m["mail_from"], m["rcpt_tos"]), ("s2@x.example", ["r2@a.example"]))
 
     def test_kept_xclient_connection_carries_every_attribute_of_the_new_client_only(self):
@@ -113,18 +127,13 @@ class BackendReuseTest(SluiceTestCase):
     def test_open_transaction_is_reset_before_xclient_on_a_kept_connection(self):
         b = self.start_backend("a", "--xclient")
         _, port = self.relay(pool("a", [b.port]))
-        c = self.open_session(port)
-        self.assertReply(c.cmd("MAIL FROM:<left@x.example>"), 250)
-        self.assertReply(c.cmd("RCPT TO:<r@a.example>"), 250)
-        self.assertReply(c.cmd("QUIT"), 221)
-        c.wait_closed()
-        time.sleep(SETTLE)
+        self.leave_transaction_open(port)
         self.send(port, 2)
         [m] = b.wait_messages(1)
         self.assertEqual(b.connection_count(), 1)
-        verbs = [x.split(" ")[0].upper() for x in m["commands"]]
+        verbs = verbs_of(m)
         self.assertEqual(verbs.count("RSET"), 1)
-        self.assertLess(verbs.index("RSET"), len(verbs) - 1 - verbs[::-1].index("XCLIENT"))
+        self.assertLess(verbs.index("RSET"), last_index(verbs, "XCLIENT"))
         self.assertEqual(m["mail_from"], "s2@x.example")
 
     def test_transaction_opened_after_a_client_rset_is_reset_before_the_next_session_on_a_kept_connection(self):
@@ -169,12 +178,7 @@ class BackendReuseTest(SluiceTestCase):
     def test_kept_connection_answering_421_to_rset_is_replaced_unseen(self):
         b = self.start_backend("a", "--xclient", "--rset-reply", "421 4.3.2 going away")
         s, port = self.relay(pool("a", [b.port]))
-        c = self.open_session(port)
-        self.assertReply(c.cmd("MAIL FROM:<left@x.example>"), 250)
-        self.assertReply(c.cmd("RCPT TO:<r@a.example>"), 250)
-        self.assertReply(c.cmd("QUIT"), 221)
-        c.wait_closed()
-        time.sleep(SETTLE)
+        self.leave_transaction_open(port)
         self.send(port, 2)
         [m] = b.wait_messages(1)
         self.assertEqual(m["mail_from"], "s2@x.example")
@@ -238,7 +242,7 @@ class BackendReuseTest(SluiceTestCase):
         m1, m2 = b.wait_messages(2)
         self.assertEqual(b.connection_count(), 1)
         self.assertRegex(m2["tls"] or "", r"^TLSv1\.[23]$")
-        verbs = [c.split(" ")[0].upper() for c in m2["commands"]]
+        verbs = verbs_of(m2)
         self.assertEqual(verbs.count("STARTTLS"), 1)
         self.assertEqual(b.events("xclient")[-1]["attrs"]["HELO"], "second.test")
 
