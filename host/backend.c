@@ -29,6 +29,10 @@
 /* Waiting for QUIT's answer is a courtesy; it must not hold a slot long. */
 #define BACKEND_QUIT_WAIT_MS 5000
 #define BACKEND_REPLY_STACK 2048
+/* A streamed message goes on in pieces of at least this much (the rest at
+ * its end): each piece costs a write, and a piece per client read would add
+ * writes for no gain in time. */
+#define BACKEND_STREAM_PIECE (32 * 1024)
 
 enum backend_state {
     B_WAIT_SLOT,
@@ -58,7 +62,7 @@ struct pending {
     void *arg;
     struct spool *spool;
     struct evbuffer *prefix; /* a rewritten header, sent before the spool from offset */
-    uint64_t offset;
+    uint64_t offset;         /* sent from here; cut-through: how much of the spool went */
     bool stream;      /* cut-through: the body follows the spool as it grows */
     bool end;         /* cut-through: the client's end of data came, the dot follows */
     uint64_t sent_at; /* bytes_out once its command (or body) is written */
@@ -665,18 +669,23 @@ static void backend_stream_nomem(struct smtp_backend *b)
 
 /* Sends what was spooled since the last time; after the client's end of
  * data the rest and the dot, and the final reply is awaited. Otherwise only
- * into a drained output: what the server has not taken yet stays in the
- * spool, and backend_drained comes back for it. */
+ * a piece of BACKEND_STREAM_PIECE or more, into a drained output: what the
+ * server has not taken yet stays in the spool, and backend_drained (or the
+ * next backend_stream_more) comes back for it. */
 static void backend_stream_forward(struct smtp_backend *b, struct pending *p)
 {
     uint64_t added = 0;
-    if (!b->io || (!p->end && io_output_len(b->io) > 0))
+    if (!b->io)
+        return;
+    if (!p->end && (io_output_len(b->io) > 0 ||
+                    spool_size(p->spool) - p->offset < BACKEND_STREAM_PIECE))
         return;
     if (io_write_spool_new(b->io, p->spool, &added) < 0) {
         backend_stream_nomem(b);
         return;
     }
     b->bytes_out += added;
+    p->offset += added; /* what of the spool has gone */
     if (!p->end)
         return;
     if (io_write(b->io, ".\r\n", 3) < 0) {
