@@ -29,6 +29,10 @@
 /* Waiting for QUIT's answer is a courtesy; it must not hold a slot long. */
 #define BACKEND_QUIT_WAIT_MS 5000
 #define BACKEND_REPLY_STACK 2048
+/* A streamed message goes on in pieces of at least this much (the rest at
+ * its end): each piece costs a write, and a piece per client read would add
+ * writes for no gain in time. */
+#define BACKEND_STREAM_PIECE (32 * 1024)
 
 enum backend_state {
     B_WAIT_SLOT,
@@ -47,7 +51,9 @@ enum backend_state {
     B_DEAD,
 };
 
-enum pending_kind { P_USER, P_NOOP, P_DATA, P_FINAL };
+/* P_BODY: a streamed message after the server's 3xx, before its final dot:
+ * no reply is awaited. */
+enum pending_kind { P_USER, P_NOOP, P_DATA, P_BODY, P_FINAL };
 
 struct pending {
     enum pending_kind kind;
@@ -56,7 +62,9 @@ struct pending {
     void *arg;
     struct spool *spool;
     struct evbuffer *prefix; /* a rewritten header, sent before the spool from offset */
-    uint64_t offset;
+    uint64_t offset;         /* sent from here; cut-through: how much of the spool went */
+    bool stream;      /* cut-through: the body follows the spool as it grows */
+    bool end;         /* cut-through: the client's end of data came, the dot follows */
     uint64_t sent_at; /* bytes_out once its command (or body) is written */
     uint64_t mails_at; /* the connection's mails_sent when it was queued */
     TAILQ_ENTRY(pending) link;
@@ -111,6 +119,7 @@ struct smtp_backend {
     bool xclient_sent;  /* pipelined behind the reuse's RSET */
     int transactions;   /* MAIL commands on this connection */
     bool out_of_memory; /* a write failed for memory: the loss is ours (451 4.3.0) */
+    bool streaming;     /* DATA of a streamed message sent, its final dot not yet */
 };
 
 #define SMTP(base) ((struct smtp_backend *)(base))
@@ -122,11 +131,15 @@ static bool backend_reuse_xclient(const struct smtp_backend *b);
 static const char *backend_client_name(const struct backend_client *c);
 static void backend_reuse_failed(struct smtp_backend *b, const char *why);
 static enum backend_step backend_awaited(const struct smtp_backend *b);
+static void backend_violation(struct smtp_backend *b, const char *what, const char *text,
+                              size_t len);
 static void backend_input(struct io *io, void *arg);
+static void backend_drained(struct io *io, void *arg);
 static void backend_io_event(struct io *io, enum io_event ev, void *arg);
 
 static const struct io_callbacks backend_io_callbacks = {
     .input = backend_input,
+    .drained = backend_drained,
     .event = backend_io_event,
 };
 
@@ -644,6 +657,93 @@ static void backend_start_body(struct smtp_backend *b, struct pending *p)
     backend_await(b, b->pc->final_timeout_ms);
 }
 
+/* ---- cut-through ------------------------------------------------------- */
+
+/* A write that failed for memory breaks the connection from the loop (io
+ * reports IO_ERROR), not in this caller's stack. */
+static void backend_stream_nomem(struct smtp_backend *b)
+{
+    log_err(b->sid, "backend %s: out of memory queueing the message", b->peer);
+    b->out_of_memory = true;
+}
+
+/* Sends what was spooled since the last time; after the client's end of
+ * data the rest and the dot, and the final reply is awaited. Otherwise only
+ * a piece of BACKEND_STREAM_PIECE or more, into a drained output: what the
+ * server has not taken yet stays in the spool, and backend_drained (or the
+ * next backend_stream_more) comes back for it. */
+static void backend_stream_forward(struct smtp_backend *b, struct pending *p)
+{
+    uint64_t added = 0;
+    if (!b->io)
+        return;
+    if (!p->end && (io_output_len(b->io) > 0 ||
+                    spool_size(p->spool) - p->offset < BACKEND_STREAM_PIECE))
+        return;
+    if (io_write_spool_new(b->io, p->spool, &added) < 0) {
+        backend_stream_nomem(b);
+        return;
+    }
+    b->bytes_out += added;
+    p->offset += added; /* what of the spool has gone */
+    if (!p->end)
+        return;
+    if (io_write(b->io, ".\r\n", 3) < 0) {
+        backend_stream_nomem(b);
+        return;
+    }
+    b->bytes_out += 3;
+    b->streaming = false;
+    p->sent_at = b->bytes_out;
+    p->kind = P_FINAL;
+    backend_await(b, b->pc->final_timeout_ms);
+}
+
+/* The server's 3xx to a streamed message's DATA. */
+static void backend_stream_go(struct smtp_backend *b, struct pending *p)
+{
+    p->kind = P_BODY;
+    p->step = BSTEP_END_OF_DATA;
+    /* No reply is due until the dot: the write timeout bounds a server
+     * that stops taking the body. */
+    backend_await_none(b);
+    backend_stream_forward(b, p);
+}
+
+/* A reply while the body streams, before its dot. A refusal (4xx/5xx: a
+ * server over its size limit, or going down) is the message's answer; the
+ * connection cannot go on (the rest of the body would be read as commands),
+ * so it is given up first. Anything else is out of step: lost, never a
+ * 250 for a message the server did not get whole. */
+static bool backend_stream_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
+{
+    struct pending *p = TAILQ_FIRST(&b->awaited);
+    if (b->state != B_READY || !p || p->kind != P_BODY)
+        return false;
+    if (r->code / 100 != 4 && r->code / 100 != 5) {
+        backend_violation(b, "reply before the end of data", text, r->len);
+        return true;
+    }
+    TAILQ_REMOVE(&b->awaited, p, link);
+    backend_cb cb = p->cb;
+    void *arg = p->arg;
+    pending_free(p);
+    backend_fail(b, "refused the message before its end");
+    backend_deliver(cb, arg, BACKEND_REPLY, r->code, text, r->len, r->nlines);
+    return true;
+}
+
+static void backend_drained(struct io *io, void *arg)
+{
+    struct smtp_backend *b = arg;
+    struct pending *p = TAILQ_FIRST(&b->awaited);
+    if (b->io != io || b->state != B_READY || !p || p->kind != P_BODY)
+        return;
+    backend_enter(b);
+    backend_stream_forward(b, p);
+    backend_leave(b);
+}
+
 static void backend_command_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     struct pending *p = TAILQ_FIRST(&b->awaited);
@@ -655,10 +755,15 @@ static void backend_command_reply(struct smtp_backend *b, const char *text, cons
     /* The class table let only DATA's 3xx through (as Postfix, any 3xx is
      * the go-ahead). */
     if (p->kind == P_DATA && r->code / 100 == 3) {
-        backend_start_body(b, p);
+        if (p->stream)
+            backend_stream_go(b, p);
+        else
+            backend_start_body(b, p);
         return;
     }
     TAILQ_REMOVE(&b->awaited, p, link);
+    if (p->kind == P_DATA && p->stream)
+        b->streaming = false; /* DATA refused: no body was sent */
     struct pending *next = TAILQ_FIRST(&b->awaited);
     if (next)
         backend_await(b, next->kind == P_FINAL ? b->pc->final_timeout_ms
@@ -755,6 +860,8 @@ static void backend_handle_reply(struct smtp_backend *b, const char *text, const
         backend_free(b);
         return;
     }
+    if (backend_stream_reply(b, text, r))
+        return;
     if (backend_reply_premature(b)) {
         backend_fail(b, "replied before the command was sent");
         return;
@@ -1293,6 +1400,52 @@ static void smtp_send_message(struct backend *base, struct spool *spool, struct 
     backend_write(b, "DATA\r\n", 6);
 }
 
+static void smtp_stream_begin(struct backend *base, struct spool *spool, backend_cb cb, void *arg)
+{
+    struct smtp_backend *b = SMTP(base);
+    if (b->state != B_READY) {
+        backend_deliver(cb, arg, backend_lost_status(b), 0, NULL, 0, 0);
+        return;
+    }
+    if (backend_queue(b, P_DATA, BSTEP_DATA, cb, arg) < 0) {
+        log_err(b->sid, "backend %s: out of memory queueing DATA", b->peer);
+        backend_deliver(cb, arg, BACKEND_INTERNAL, 0, NULL, 0, 0);
+        return;
+    }
+    struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
+    p->spool = spool;
+    p->stream = true;
+    b->streaming = true;
+    if (b->noop_timer)
+        event_del(b->noop_timer);
+    backend_write(b, "DATA\r\n", 6);
+}
+
+static struct pending *backend_stream_pending(struct smtp_backend *b)
+{
+    struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
+    return b->state == B_READY && b->streaming && p && p->stream ? p : NULL;
+}
+
+static void smtp_stream_more(struct backend *base)
+{
+    struct smtp_backend *b = SMTP(base);
+    struct pending *p = backend_stream_pending(b);
+    if (p && p->kind == P_BODY)
+        backend_stream_forward(b, p);
+}
+
+static void smtp_stream_end(struct backend *base)
+{
+    struct smtp_backend *b = SMTP(base);
+    struct pending *p = backend_stream_pending(b);
+    if (!p)
+        return;
+    p->end = true;
+    if (p->kind == P_BODY)
+        backend_stream_forward(b, p);
+}
+
 static void smtp_keepalive(struct backend *base, bool on)
 {
     struct smtp_backend *b = SMTP(base);
@@ -1317,6 +1470,12 @@ static void smtp_close(struct backend *base)
     b->open_cb = NULL;
     if (b->noop_timer)
         event_del(b->noop_timer);
+    if (b->streaming && b->state == B_READY) {
+        /* A message begun without its end: closing is the only way out
+         * (QUIT would be message text); the server discards it. */
+        log_info(b->sid, "backend %s: message not complete, closing without its end", b->peer);
+        b->state = B_DEAD;
+    }
     if (b->state != B_READY || !b->io) {
         b->state = B_DEAD;
         backend_free(b);
@@ -1336,6 +1495,9 @@ const struct backend_ops backend_smtp_ops = {
     .open = smtp_open,
     .command = smtp_command,
     .send_message = smtp_send_message,
+    .stream_begin = smtp_stream_begin,
+    .stream_more = smtp_stream_more,
+    .stream_end = smtp_stream_end,
     .keepalive = smtp_keepalive,
     .close = smtp_close,
     .usable = smtp_usable,

@@ -64,6 +64,11 @@ struct backend_ops {
                     backend_cb cb, void *arg);
     void (*send_message)(struct backend *b, struct spool *spool, struct evbuffer *prefix,
                          uint64_t offset, backend_cb cb, void *arg);
+    /* Cut-through; NULL where the implementation cannot (check mode): the
+     * session then stores and forwards. */
+    void (*stream_begin)(struct backend *b, struct spool *spool, backend_cb cb, void *arg);
+    void (*stream_more)(struct backend *b);
+    void (*stream_end)(struct backend *b);
     void (*keepalive)(struct backend *b, bool on);
     void (*close)(struct backend *b);
     bool (*usable)(const struct backend *b);
@@ -110,6 +115,24 @@ void backend_command(struct backend *b, enum backend_step step, const char *line
  * the spool from offset: a message whose header plugins changed. */
 void backend_send_message(struct backend *b, struct spool *spool, struct evbuffer *prefix,
                           uint64_t offset, backend_cb cb, void *arg);
+
+/* Cut-through, for a message no plugin reads at its end: DATA at once,
+ * and after the server's 3xx the spooled bytes while the client still
+ * sends. backend_stream_more: the spool grew (the caller has checked every
+ * byte in it: no NUL, no refused bare newline; a message that turns bad
+ * must be closed, never continued); what is new goes out by reference as
+ * soon as the output has drained (the spool holds the rest, so a slow
+ * server costs no memory). backend_stream_end: the rest and ".\r\n". cb
+ * runs once: with the refusal of DATA, a refusal the server sent before the
+ * end of data (the connection is then closed: it is out of step), the loss
+ * of the connection, or the reply to the end of data. backend_close before
+ * that reply closes the connection without the final dot (never QUIT, which
+ * would be message text): the server discards the partial message, and the
+ * connection is never kept for reuse. */
+bool backend_can_stream(const struct backend *b);
+void backend_stream_begin(struct backend *b, struct spool *spool, backend_cb cb, void *arg);
+void backend_stream_more(struct backend *b);
+void backend_stream_end(struct backend *b);
 
 /* Keep the idle connection alive with NOOP while the client uploads. */
 void backend_keepalive(struct backend *b, bool on);

@@ -21,6 +21,17 @@ void backend_send_message(struct backend *b, struct spool *spool, struct evbuffe
     b->ops->send_message(b, spool, prefix, offset, cb, arg);
 }
 
+bool backend_can_stream(const struct backend *b) { return b->ops->stream_begin != NULL; }
+
+void backend_stream_begin(struct backend *b, struct spool *spool, backend_cb cb, void *arg)
+{
+    b->ops->stream_begin(b, spool, cb, arg);
+}
+
+void backend_stream_more(struct backend *b) { b->ops->stream_more(b); }
+
+void backend_stream_end(struct backend *b) { b->ops->stream_end(b); }
+
 void backend_keepalive(struct backend *b, bool on) { b->ops->keepalive(b, on); }
 
 void backend_close(struct backend *b) { b->ops->close(b); }

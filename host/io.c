@@ -883,6 +883,22 @@ int io_write_spool(struct io *io, struct spool *spool, uint64_t offset)
     return 0;
 }
 
+int io_write_spool_new(struct io *io, struct spool *spool, uint64_t *added)
+{
+    *added = 0;
+    if (io->broken)
+        return 0;
+    size_t before = evbuffer_get_length(io_out(io));
+    /* Counted, as in io_write_spool: a reference cut short would send a
+     * message with a hole. */
+    if (spool_add_new_to(spool, io_out(io), added) < 0 ||
+        evbuffer_get_length(io_out(io)) - before != *added)
+        return io_write_failed(io);
+    if (!io->tls && *added > 0)
+        io_output_queued(io);
+    return 0;
+}
+
 size_t io_output_len(const struct io *io) { return evbuffer_get_length(io_out(io)); }
 
 /* ---- what is awaited ---- */

@@ -108,6 +108,9 @@ int io_write(struct io *io, const void *buf, size_t len);
 int io_write_reply(struct io *io, enum reply_id id);
 /* The spooled message from offset, by reference where the spool allows. */
 int io_write_spool(struct io *io, struct spool *spool, uint64_t offset);
+/* Cut-through: the bytes spooled since the last call (spool_add_new_to),
+ * by reference; *added their count. Fails as io_write. */
+int io_write_spool_new(struct io *io, struct spool *spool, uint64_t *added);
 size_t io_output_len(const struct io *io);
 
 /* ---- what is awaited ---- */

@@ -221,6 +221,7 @@ static void session_txn_clear(struct session *s)
         free(t->rcpts[i].addr);
     free(t->rcpts);
     free(t->fail_reply);
+    free(t->stream_text);
     if (s->state == SS_MAIL)
         s->state = SS_HELO;
     free(s->cur_rcpt_addr);

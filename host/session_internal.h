@@ -49,6 +49,18 @@ enum smtp_state {
 /* What the client's timeouts are armed for. */
 enum session_wait { WAIT_UNSET = 0, WAIT_US, WAIT_COMMAND, WAIT_DATA };
 
+/* Cut-through (session_relay.c): with no end-of-data hook the message goes
+ * to the backend while the client sends it. */
+enum txn_stream {
+    STREAM_OFF,      /* stored, then forwarded (an eom hook, or no backend) */
+    STREAM_ON,       /* DATA sent, the clean spool follows as it grows */
+    STREAM_ANSWERED, /* the backend answered (or was lost) before the client's
+                      * end of data: that answer waits for it (stream_*) */
+    STREAM_ABORTED,  /* the message turned bad: the backend was closed
+                      * without the end of data; sluice's refusal answers */
+    STREAM_ENDED,    /* the dot went (or waits for the 354): the final reply answers */
+};
+
 struct rcpt_entry {
     char *addr;
     int code; /* the reply the client got */
@@ -70,6 +82,11 @@ struct txn {
     char *fail_reply;
     size_t fail_len;
     int fail_code;
+    enum txn_stream stream;
+    enum backend_status stream_status; /* STREAM_ANSWERED: the backend's reply, */
+    int stream_code;                   /* kept whole (stream_text) until the */
+    char *stream_text;                 /* client's end of data */
+    size_t stream_len, stream_nlines;
     struct rcpt_entry *rcpts;
     size_t nrcpts, cap, naccepted;
     uint64_t size;

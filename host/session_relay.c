@@ -287,6 +287,17 @@ void session_rcpt_relay(struct session *s)
 
 /* ---- DATA ------------------------------------------------------------- */
 
+static void relay_message_reply(void *arg, const struct backend_reply *r);
+static void relay_stream_reply(void *arg, const struct backend_reply *r);
+
+/* Cut-through when nobody needs the whole message first: no plugin reads
+ * or changes it at its end (no eom hook, so no header changes either).
+ * Otherwise it is stored and forwarded at the client's end of data. */
+static bool relay_may_stream(const struct session *s)
+{
+    return s->backend && backend_can_stream(s->backend) && !hooks_wanted(s, HOOK_EOM);
+}
+
 static void relay_data_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct session *s = arg;
@@ -347,8 +358,13 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
         struct timeval tv = ms_to_timeval(ms);
         event_add(s->data_timer, &tv);
     }
-    if (s->backend)
+    if (relay_may_stream(s)) {
+        /* DATA goes now; the 354 the client already has was ours. */
+        s->txn.stream = STREAM_ON;
+        backend_stream_begin(s->backend, s->spool, relay_stream_reply, s);
+    } else if (s->backend) {
         backend_keepalive(s->backend, true);
+    }
     s->phase = PH_DATA;
     session_done(s);
 }
@@ -415,16 +431,15 @@ static void relay_eom_done(struct session *s, const struct hook_verdict *v)
     backend_send_message(s->backend, s->spool, prefix, offset, relay_message_reply, s);
 }
 
-/* Why sluice refuses a complete message itself, or R_COUNT. */
-static enum reply_id relay_refusal(const struct session *s)
+/* Why sluice refuses the message (so far) itself, or R_COUNT: the message
+ * is clean, and what is spooled may reach the backend. */
+static enum reply_id relay_refusal_of(const struct session *s)
 {
     /* In both bare-newline modes (so first: the reply does not depend on
      * the mode): a backend that drops NULs would see an end of data in
      * "<CRLF><NUL>.<CRLF>" and commands behind it. */
-    if (s->decoder.saw_nul) {
-        log_info(s->sid, "message refused: it contains NUL bytes");
+    if (s->decoder.saw_nul)
         return R_NUL_IN_DATA;
-    }
     if (s->decoder.saw_bare_newline && s->cfg->bare_newline == BARE_NEWLINE_REJECT)
         return R_BARE_NEWLINE;
     if (s->decoder.over_limit)
@@ -432,6 +447,99 @@ static enum reply_id relay_refusal(const struct session *s)
     if (s->spool_failed)
         return R_INTERNAL;
     return R_COUNT;
+}
+
+static enum reply_id relay_refusal(const struct session *s)
+{
+    enum reply_id id = relay_refusal_of(s);
+    if (id == R_NUL_IN_DATA)
+        log_info(s->sid, "message refused: it contains NUL bytes");
+    return id;
+}
+
+/* ---- cut-through ------------------------------------------------------- */
+
+/* The backend answered before the client's end of data (DATA refused, a
+ * refusal mid-body, the connection lost): kept whole for that end, where
+ * it answers as a reply to the complete message would (never a 2xx: the
+ * backend's class checks let none through before the dot). */
+static void relay_stream_keep(struct session *s, const struct backend_reply *r)
+{
+    s->txn.stream = STREAM_ANSWERED;
+    s->txn.stream_status = r->status;
+    if (r->status != BACKEND_REPLY) {
+        log_warn(s->sid, "backend lost while the message streamed");
+        return;
+    }
+    log_info(s->sid, "backend %s answered %d before the end of data",
+             backend_peer_name(s->backend), r->code);
+    char *copy = malloc(r->len ? r->len : 1);
+    if (!copy) {
+        log_err(s->sid, "out of memory for the backend's reply (%d)", r->code);
+        s->txn.stream_status = BACKEND_INTERNAL;
+        return;
+    }
+    memcpy(copy, r->text, r->len);
+    free(s->txn.stream_text);
+    s->txn.stream_text = copy;
+    s->txn.stream_code = r->code;
+    s->txn.stream_len = r->len;
+    s->txn.stream_nlines = r->nlines;
+}
+
+static void relay_stream_reply(void *arg, const struct backend_reply *r)
+{
+    struct session *s = arg;
+    if (s->txn.stream == STREAM_ENDED) {
+        relay_message_reply(s, r);
+        return;
+    }
+    relay_stream_keep(s, r);
+    if (s->backend && (r->status != BACKEND_REPLY || !backend_usable(s->backend)))
+        relay_drop_backend(s);
+}
+
+/* The message turned bad: the backend connection closes without the end of
+ * data, so the backend discards what it got; the client gets sluice's
+ * refusal at its end of data, as with a stored message. */
+static void relay_stream_abort(struct session *s)
+{
+    log_info(s->sid, "message refused while streaming: backend closed without the end of data");
+    relay_drop_backend(s);
+    s->txn.stream = STREAM_ABORTED;
+}
+
+/* After a chunk was decoded and spooled: forward it only while the message
+ * is clean (the chunk that carries a bad byte never leaves). */
+static void relay_stream_forward(struct session *s)
+{
+    if (relay_refusal_of(s) != R_COUNT)
+        relay_stream_abort(s);
+    else if (s->backend)
+        backend_stream_more(s->backend);
+}
+
+/* The client's end of data, the message clean: the backend's early answer,
+ * or the rest and the dot. */
+static void relay_stream_finish(struct session *s)
+{
+    if (s->txn.stream == STREAM_ANSWERED) {
+        struct backend_reply r = {
+            .status = s->txn.stream_status,
+            .code = s->txn.stream_code,
+            .text = s->txn.stream_text,
+            .len = s->txn.stream_len,
+            .nlines = s->txn.stream_nlines,
+        };
+        relay_message_reply(s, &r);
+        return;
+    }
+    if (!s->backend || !backend_usable(s->backend)) {
+        relay_message_reply(s, &(struct backend_reply){.status = BACKEND_LOST});
+        return;
+    }
+    s->txn.stream = STREAM_ENDED;
+    backend_stream_end(s->backend);
 }
 
 /* The message is complete: refuse it locally or pass it on. */
@@ -446,11 +554,17 @@ static void relay_end_of_data(struct session *s)
     enum reply_id refuse = relay_refusal(s);
     if (refuse != R_COUNT) {
         char result[16];
+        if (s->txn.stream == STREAM_ON)
+            relay_stream_abort(s);
         snprintf(result, sizeof result, "%d", reply_code(refuse));
         session_reply(s, refuse);
         session_log_txn(s, result);
         session_txn_reset(s);
         session_done(s);
+        return;
+    }
+    if (s->txn.stream != STREAM_OFF) {
+        relay_stream_finish(s);
         return;
     }
     /* The header is parsed for plugins only (sluice_header_*, header
@@ -561,8 +675,11 @@ bool session_data_input(struct session *s)
      * a failed write is known before the end of data is answered. */
     if (spool_flush(s->spool) != 0)
         relay_spool_failed(s);
-    if (!done)
+    if (!done) {
+        if (s->txn.stream == STREAM_ON)
+            relay_stream_forward(s);
         return false;
+    }
     session_busy(s);
     relay_end_of_data(s);
     return true;

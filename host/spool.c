@@ -34,6 +34,12 @@ struct spool {
     /* The message while in memory; once in the file, the bytes written to
      * the spool but not yet to the file (spool_flush). */
     struct evbuffer *mem;
+    /* In memory, the message's first bytes already handed out by
+     * spool_add_new_to (mem holds the rest): kept apart so that later writes
+     * to mem never move (realign) bytes an output buffer still references.
+     * Empty once the message is in the file. */
+    struct evbuffer *head;
+    uint64_t handed; /* bytes handed out by spool_add_new_to */
     int fd;          /* the temporary file, kept open across messages; -1 before the first */
     bool in_file;    /* this message lives in fd, not in mem */
     bool handed_out; /* fd content is referenced by a file segment someone may still send */
@@ -51,9 +57,10 @@ struct spool *spool_new(size_t mem_threshold, const char *dir)
     s->mem_threshold = mem_threshold;
     s->dir = strdup(dir != NULL && dir[0] != '\0' ? dir : SPOOL_DEFAULT_DIR);
     s->mem = evbuffer_new();
+    s->head = evbuffer_new();
     s->fd = -1;
     atomic_init(&s->refs, 1);
-    if (s->dir == NULL || s->mem == NULL) {
+    if (s->dir == NULL || s->mem == NULL || s->head == NULL) {
         spool_free(s);
         return NULL;
     }
@@ -78,6 +85,8 @@ void spool_free(struct spool *s)
         close(s->fd);
     if (s->mem != NULL)
         evbuffer_free(s->mem);
+    if (s->head != NULL)
+        evbuffer_free(s->head);
     free(s->dir);
     free(s);
 }
@@ -85,6 +94,8 @@ void spool_free(struct spool *s)
 void spool_reset(struct spool *s)
 {
     evbuffer_drain(s->mem, evbuffer_get_length(s->mem));
+    evbuffer_drain(s->head, evbuffer_get_length(s->head));
+    s->handed = 0;
     /* A file segment handed out may still be in some output buffer; truncating
      * under it would corrupt that send (or SIGBUS an mmap), so start afresh. */
     if (s->fd >= 0 && (s->handed_out || ftruncate(s->fd, 0) != 0)) {
@@ -167,7 +178,10 @@ static int move_to_file(struct spool *s)
         }
     }
     s->in_file = true;
-    return write_buffer_at(s->fd, s->mem, 0);
+    size_t head_len = evbuffer_get_length(s->head);
+    if (write_buffer_at(s->fd, s->head, 0) != 0)
+        return -1;
+    return write_buffer_at(s->fd, s->mem, head_len);
 }
 
 static int spool_fail(struct spool *s, struct evbuffer *src)
@@ -253,20 +267,22 @@ int spool_append(struct spool *s, struct evbuffer *src)
 
 /* Memory content is added by reference where libevent allows it, else
  * copied (it is at most mem_threshold bytes). */
-static int add_memory_to(struct spool *s, size_t done, struct evbuffer *out)
+static int add_buffer_to(struct evbuffer *mem, size_t done, struct evbuffer *out)
 {
     struct evbuffer_iovec vec[SPOOL_WRITE_IOVECS];
-    size_t total = evbuffer_get_length(s->mem);
+    size_t total = evbuffer_get_length(mem);
 
-    if (done == 0 && evbuffer_add_buffer_reference(out, s->mem) == 0)
+    if (done >= total)
+        return 0;
+    if (done == 0 && evbuffer_add_buffer_reference(out, mem) == 0)
         return 0;
     while (done < total) {
         struct evbuffer_ptr pos;
         int n;
 
-        if (evbuffer_ptr_set(s->mem, &pos, done, EVBUFFER_PTR_SET) != 0)
+        if (evbuffer_ptr_set(mem, &pos, done, EVBUFFER_PTR_SET) != 0)
             return -1;
-        n = evbuffer_peek(s->mem, -1, &pos, vec, SPOOL_WRITE_IOVECS);
+        n = evbuffer_peek(mem, -1, &pos, vec, SPOOL_WRITE_IOVECS);
         if (n <= 0)
             return -1;
         if (n > SPOOL_WRITE_IOVECS)
@@ -278,6 +294,16 @@ static int add_memory_to(struct spool *s, size_t done, struct evbuffer *out)
         }
     }
     return 0;
+}
+
+/* The message in memory is head, then mem. */
+static int add_memory_to(struct spool *s, size_t off, struct evbuffer *out)
+{
+    size_t head_len = evbuffer_get_length(s->head);
+
+    if (off < head_len && add_buffer_to(s->head, off, out) != 0)
+        return -1;
+    return add_buffer_to(s->mem, off < head_len ? 0 : off - head_len, out);
 }
 
 static int add_file_to(struct spool *s, uint64_t off, struct evbuffer *out)
@@ -320,6 +346,31 @@ int spool_add_range_to(struct spool *s, uint64_t off, struct evbuffer *out)
     return s->in_file ? add_file_to(s, off, out) : add_memory_to(s, (size_t)off, out);
 }
 
+int spool_add_new_to(struct spool *s, struct evbuffer *out, uint64_t *added)
+{
+    uint64_t from = s->handed;
+    int rc;
+
+    *added = 0;
+    if (spool_flush(s) != 0)
+        return -1;
+    if (from == s->size)
+        return 0;
+    if (s->in_file) {
+        rc = add_file_to(s, from, out);
+    } else {
+        /* mem holds exactly the bytes not yet handed out. */
+        rc = evbuffer_add_buffer_reference(out, s->mem);
+        if (rc == 0)
+            rc = evbuffer_add_buffer(s->head, s->mem);
+    }
+    if (rc != 0)
+        return -1;
+    s->handed = s->size;
+    *added = s->size - from;
+    return 0;
+}
+
 static ssize_t read_file_at(int fd, uint64_t off, char *buf, size_t len)
 {
     size_t done = 0;
@@ -350,7 +401,20 @@ ssize_t spool_read(struct spool *s, uint64_t off, void *buf, size_t len)
         len = (size_t)(s->size - off);
     if (s->in_file)
         return read_file_at(s->fd, off, buf, len);
-    if (evbuffer_ptr_set(s->mem, &pos, (size_t)off, EVBUFFER_PTR_SET) != 0)
+    size_t head_len = evbuffer_get_length(s->head);
+    size_t done = 0;
+    if (off < head_len) {
+        size_t n = len < head_len - off ? len : (size_t)(head_len - off);
+        if (evbuffer_ptr_set(s->head, &pos, (size_t)off, EVBUFFER_PTR_SET) != 0 ||
+            evbuffer_copyout_from(s->head, &pos, buf, n) != (ev_ssize_t)n)
+            return -1;
+        done = n;
+        off = head_len;
+    }
+    if (done == len)
+        return (ssize_t)done;
+    if (evbuffer_ptr_set(s->mem, &pos, (size_t)(off - head_len), EVBUFFER_PTR_SET) != 0)
         return -1;
-    return evbuffer_copyout_from(s->mem, &pos, buf, len);
+    ev_ssize_t got = evbuffer_copyout_from(s->mem, &pos, (char *)buf + done, len - done);
+    return got < 0 ? -1 : (ssize_t)(done + (size_t)got);
 }

@@ -57,6 +57,12 @@ int spool_add_to(struct spool *s, struct evbuffer *out);
 /* The same from byte off to the end (a message whose header was rewritten). */
 int spool_add_range_to(struct spool *s, uint64_t off, struct evbuffer *out);
 
+/* Cut-through: adds the bytes written since the last call (or since
+ * spool_reset) to out by reference (file segments once the message is in
+ * the file), *added their count; the spool keeps them. Bytes handed out are
+ * never moved or changed by later writes. Returns 0 or -1. */
+int spool_add_new_to(struct spool *s, struct evbuffer *out, uint64_t *added);
+
 /* Random-access read for plugins: copies up to len bytes at off into buf,
  * returns bytes copied (0 at the end) or -1. */
 ssize_t spool_read(struct spool *s, uint64_t off, void *buf, size_t len);

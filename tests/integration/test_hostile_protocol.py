@@ -24,7 +24,7 @@ import unittest
 import os
 
 from sluice_harness import (RawClient, Sluice, base_config, free_port, make_worker_dir, pool,
-                            wait_until)
+                            sluice_bin, wait_until)
 from test_hostile import (NO_LIMITS, SANITIZER_PATTERN, WELL_FORMED_COMMAND, EvilBackend,
                           HostileTestCase, limits)
 
@@ -368,8 +368,14 @@ class BackendReplyClassTest(ProtocolTestCase):
     later connections behave: the next transaction's delivery proves the slot
     was released."""
 
-    def start_variants(self, variants, **pool_options):
+    def start_variants(self, variants, eom_hook=False, **pool_options):
         self.evil = []
+        relay_options = {}
+        if eom_hook:
+            # An eom hook keeps store-and-forward (and its keepalive NOOPs
+            # while the client uploads); without one the message streams.
+            relay_options["plugin_dir"] = os.path.join(os.path.dirname(sluice_bin()), "plugins")
+            self.write_eom_hook()
         for step, reply in variants:
             args = ("--at", step, "--reply", reply)
             if step == "XCLIENT":
@@ -387,7 +393,16 @@ class BackendReplyClassTest(ProtocolTestCase):
             pools.append(pool("p%d" % i, [e.port], **opts))
             routes.append((domain_of(i), "p%d" % i))
         self.sluice, self.port = self.start_relay(pools, routes, connections=NO_LIMITS,
-                                                  limits=limits())
+                                                  limits=limits(), **relay_options)
+
+    def write_eom_hook(self):
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        script = os.path.join(self.workdir, "eom.lua")
+        with open(script, "w") as f:
+            f.write('sluice.on("eom", function(s) end)\n')
+        with open(os.path.join(conf_dir, "50-eom.conf"), "w") as f:
+            f.write('plugin = "lua";\nscript = "%s";\n' % script)
 
     def transaction(self, i, slow=False):
         """Returns (client, RCPT reply, final reply or None)."""
@@ -450,7 +465,7 @@ class BackendReplyClassTest(ProtocolTestCase):
 
     def test_wrong_class_to_keepalive_noop_gives_451_4_4_2_at_end_of_data(self):
         variants = [("NOOP", "354 go ahead"), ("NOOP", "150 x"), ("NOOP", "600 x")]
-        self.start_variants(variants, noop_interval="200")
+        self.start_variants(variants, eom_hook=True, noop_interval="200")
         self.run_variants(variants, at_rcpt=False, slow=True)
 
     def test_wrong_class_to_rset_or_quit_closes_the_backend_and_the_next_session_delivers(self):

@@ -384,6 +384,58 @@ static void taken_and_written_bytes_read_back_identical_in_memory_and_file(void 
     free(data);
 }
 
+/* Cut-through: what spool_add_new_to hands out as the message grows is
+ * exactly the bytes written since the last call, and stays so while later
+ * writes follow (a chunk taken from a partly read input chain, which
+ * libevent would realign in place for the next small write) and while the
+ * message moves to the file; the spool still holds the whole message. */
+static void bytes_handed_out_as_the_message_grows_arrive_exactly(void **state)
+{
+    (void)state;
+    size_t len = 200 * 1024;
+    unsigned char *data = pattern_new(len);
+    struct spool *s = spool_new(64 * 1024, tmp_dir());
+    struct evbuffer *src = evbuffer_new();
+    struct evbuffer *out = evbuffer_new();
+    size_t off = 0;
+
+    assert_non_null(s);
+    assert_non_null(src);
+    assert_non_null(out);
+    for (int i = 0; off < len && i < 10000; i++) {
+        size_t n = i % 3 == 0 ? 1000 : 500 + (size_t)(i % 5) * 777;
+        uint64_t added = 0;
+
+        if (n > len - off)
+            n = len - off;
+        if (i % 3 == 0) {
+            /* A chain whose first 3000 bytes were read already. */
+            unsigned char skip[3000] = {0};
+            assert_int_equal(evbuffer_add(src, skip, sizeof skip), 0);
+            assert_int_equal(evbuffer_add(src, data + off, n), 0);
+            evbuffer_drain(src, sizeof skip);
+            assert_int_equal(spool_take(s, n, move_from_evbuffer, src), 0);
+        } else {
+            assert_int_equal(spool_write(s, (const char *)data + off, n), 0);
+        }
+        off += n;
+        assert_int_equal(spool_add_new_to(s, out, &added), 0);
+        assert_int_equal(added, n);
+        assert_int_equal(evbuffer_get_length(out), off);
+    }
+    assert_true(spool_in_file(s));
+    unsigned char *got = malloc(len);
+    assert_non_null(got);
+    assert_int_equal(evbuffer_remove(out, got, len), (int)len);
+    assert_memory_equal(got, data, len);
+    assert_reads_exactly(s, data, len);
+    free(got);
+    evbuffer_free(out);
+    evbuffer_free(src);
+    spool_free(s);
+    free(data);
+}
+
 /* A file that cannot be created spoils the message at the write that
  * crosses the threshold, and every later write and flush fails too, until
  * the next message. */
@@ -423,6 +475,7 @@ int main(void)
         cmocka_unit_test(small_writes_across_the_threshold_and_the_write_behind_read_back_identical),
         cmocka_unit_test(a_failed_write_fails_every_later_write_until_reset),
         cmocka_unit_test(taken_and_written_bytes_read_back_identical_in_memory_and_file),
+        cmocka_unit_test(bytes_handed_out_as_the_message_grows_arrive_exactly),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
