@@ -435,6 +435,33 @@ static void session_greet(struct session *s)
     session_done(s);
 }
 
+static void session_log_connect(const struct session *s, const char *why)
+{
+    log_info(s->sid, "connect from %s[%s]:%d%s", s->rdns_name ? s->rdns_name : "unknown",
+             s->client_ip, s->client_port, why);
+}
+
+void session_after_name(struct session *s, void (*next)(struct session *s))
+{
+    if (!s->rdns_query) {
+        next(s);
+        return;
+    }
+    log_debug(s->sid, "waiting for the reverse lookup");
+    s->after_name = next;
+}
+
+/* The lookup ended after the greeting: what waited for the name goes on. */
+static void session_name_known(struct session *s)
+{
+    void (*next)(struct session *) = s->after_name;
+    s->after_name = NULL;
+    if (next)
+        next(s);
+    else
+        hooks_name_known(s);
+}
+
 static void session_rdns_done(void *arg, enum dns_status st, const char *name)
 {
     struct session *s = arg;
@@ -452,8 +479,11 @@ static void session_rdns_done(void *arg, enum dns_status st, const char *name)
             s->rdns_status = DNS_TEMPFAIL;
         }
     }
-    log_info(s->sid, "connect from %s[%s]:%d%s", s->rdns_name ? s->rdns_name : "unknown",
-             s->client_ip, s->client_port, st == DNS_TEMPFAIL ? " (reverse lookup failed)" : "");
+    session_log_connect(s, st == DNS_TEMPFAIL ? " (reverse lookup failed)" : "");
+    if (s->greeted_early) {
+        session_name_known(s);
+        return;
+    }
     s->phase = PH_CONNECT_HOOK;
     hooks_run(s, HOOK_CONNECT, session_connect_done);
 }
@@ -505,8 +535,18 @@ static void session_identified(struct session *s)
     s->rdns_status = DNS_TEMPFAIL;
     s->rdns_query = dns_reverse_confirmed(s->loop->dns, (struct sockaddr *)&s->peer,
                                           s->cfg->reverse_lookup_timeout_ms, session_rdns_done, s);
-    if (!s->rdns_query)
+    if (!s->rdns_query) {
         session_rdns_done(s, DNS_TEMPFAIL, NULL);
+        return;
+    }
+    /* A connect hook may read the name or refuse by it: the greeting waits
+     * for the lookup, then for the hook. Without one nothing before the
+     * greeting needs the name, so the client is greeted now and each reader
+     * of the name waits for the lookup instead (hooks_run, XCLIENT). */
+    if (!hooks_wanted(s, HOOK_CONNECT)) {
+        s->greeted_early = true;
+        session_greet(s);
+    }
 }
 
 static void session_proxy_input(struct session *s)
@@ -661,16 +701,29 @@ static void session_disconnect_done(struct session *s, const struct hook_verdict
     session_free(s);
 }
 
+/* A client gone during its reverse lookup. Before its greeting: the lookup
+ * is cancelled, so the connect hook never starts once the disconnect hook
+ * runs. Greeted already (no connect hook): a disconnect hook waits for the
+ * name like any hook (hooks_run); without one the lookup is cancelled, and
+ * the connect line that it would have written comes now. */
+static void session_end_lookup(struct session *s)
+{
+    if (!s->rdns_query || (s->greeted_early && hooks_wanted(s, HOOK_DISCONNECT)))
+        return;
+    dns_cancel(s->rdns_query);
+    s->rdns_query = NULL;
+    if (s->greeted_early)
+        session_log_connect(s, " (the session ended before its reverse lookup)");
+}
+
 static void session_finish(struct session *s)
 {
     if (s->finishing)
         return;
     s->finishing = true;
     s->phase = PH_CLOSING;
-    /* A client gone during its reverse lookup: the connect hook must not
-     * start once the disconnect hook runs. */
-    dns_cancel(s->rdns_query);
-    s->rdns_query = NULL;
+    s->after_name = NULL;
+    session_end_lookup(s);
     io_free(s->io);
     s->io = NULL;
     if (s->backend) {
