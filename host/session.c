@@ -451,11 +451,15 @@ void session_after_name(struct session *s, void (*next)(struct session *s))
     s->after_name = next;
 }
 
-/* The lookup ended after the greeting: what waited for the name goes on. */
+/* The lookup ended after the greeting: what waited for the name goes on,
+ * unless the session is closing (shutdown, an output error): its command is
+ * not carried out. A finishing session's disconnect hook goes on. */
 static void session_name_known(struct session *s)
 {
     void (*next)(struct session *) = s->after_name;
     s->after_name = NULL;
+    if (s->phase == PH_CLOSING && !s->finishing)
+        return;
     if (next)
         next(s);
     else

@@ -29,7 +29,7 @@ struct cmd_row;
 
 enum session_phase {
     PH_PROXY,        /* waiting for the PROXY header */
-    PH_RDNS,         /* reverse lookup at accept */
+    PH_RDNS,         /* reverse lookup at accept, before the connect hook */
     PH_CONNECT_HOOK, /* connect hook running */
     PH_COMMANDS,
     PH_DATA,         /* after 354: everything is message */
