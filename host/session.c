@@ -756,9 +756,26 @@ void session_close_all(struct loop *loop)
         session_free(LIST_FIRST(&loop->sessions_of_loop));
 }
 
+/* A session id must not repeat across restarts, not be secret: one
+ * arc4random per loop thread seeds a splitmix64 sequence (glibc's
+ * arc4random is a getrandom system call per call: one per connection). */
+static uint32_t session_id_random(void)
+{
+    static _Thread_local uint64_t state;
+    static _Thread_local bool seeded;
+    if (!seeded) {
+        state = ((uint64_t)arc4random() << 32) | arc4random();
+        seeded = true;
+    }
+    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return (uint32_t)(z ^ (z >> 31));
+}
+
 static void session_make_id(struct session *s)
 {
-    uint32_t r = arc4random();
+    uint32_t r = session_id_random();
     snprintf(s->sid, sizeof s->sid, "%02X%06X%04X", (unsigned)(s->loop->index & 0xff),
              (unsigned)(r & 0xffffff), (unsigned)(s->loop->session_seq++ & 0xffff));
 }
