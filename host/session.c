@@ -50,6 +50,7 @@
 static void session_process(struct session *s);
 static void session_finish(struct session *s);
 static void session_greet(struct session *s);
+static void session_free(struct session *s);
 
 /* ---- replies ----------------------------------------------------------- */
 
@@ -484,6 +485,10 @@ static void session_rdns_done(void *arg, enum dns_status st, const char *name)
         }
     }
     session_log_connect(s, st == DNS_TEMPFAIL ? " (reverse lookup failed)" : "");
+    if (s->disconnect_done) {
+        session_free(s);
+        return;
+    }
     if (s->greeted_early) {
         session_name_known(s);
         return;
@@ -702,22 +707,24 @@ static void session_free(struct session *s)
 
 static void session_disconnect_done(struct session *s, const struct hook_verdict *v)
 {
+    if (s->rdns_query) {
+        s->disconnect_done = true; /* freed when the lookup ends */
+        return;
+    }
     session_free(s);
 }
 
-/* A client gone during its reverse lookup. Before its greeting: the lookup
+/* A client gone during its reverse lookup before its greeting: the lookup
  * is cancelled, so the connect hook never starts once the disconnect hook
- * runs. Greeted already (no connect hook): a disconnect hook waits for the
- * name like any hook (hooks_run); without one the lookup is cancelled, and
- * the connect line that it would have written comes now. */
+ * runs. Greeted already (no connect hook), the lookup goes on: a disconnect
+ * hook waits for the name like any hook (hooks_run), and the session,
+ * without its connection, stays until the connect line is written. */
 static void session_end_lookup(struct session *s)
 {
-    if (!s->rdns_query || (s->greeted_early && hooks_wanted(s, HOOK_DISCONNECT)))
+    if (s->greeted_early)
         return;
     dns_cancel(s->rdns_query);
     s->rdns_query = NULL;
-    if (s->greeted_early)
-        session_log_connect(s, " (the session ended before its reverse lookup)");
 }
 
 static void session_finish(struct session *s)

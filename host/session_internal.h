@@ -94,6 +94,7 @@ struct session {
     /* The greeting went while the reverse lookup ran (no connect hook):
      * what reads the name waits for it instead (hooks_run, after_name). */
     bool greeted_early;
+    bool disconnect_done; /* ended, its reverse lookup still running */
     /* What continues once the reverse lookup ends (session_after_name). */
     void (*after_name)(struct session *s);
 
