@@ -177,7 +177,7 @@ static void chain_continue(struct session *s)
     while (c && s->run.next < c->n) {
         struct plugin_entry *e = &c->entries[s->run.next++];
         sluice_hook_fn fn = e->plugin->hooks[s->run.point];
-        if (!fn)
+        if (!fn || e->skip_hook[s->run.point])
             continue;
         s->reply.set = false;
         s->reply_refused = NULL;
@@ -209,7 +209,7 @@ bool hooks_wanted(const struct session *s, enum hook_point point)
 {
     const struct chain *c = s->chain;
     for (size_t i = 0; c && i < c->n; i++)
-        if (c->entries[i].plugin->hooks[point])
+        if (c->entries[i].plugin->hooks[point] && !c->entries[i].skip_hook[point])
             return true;
     return false;
 }
@@ -222,6 +222,22 @@ void hooks_run(struct session *s, enum hook_point point, hook_done_cb done)
     s->run.active = true;
     s->run.pending = false;
     s->run.rcpt_accepted = false;
+    /* The greeting may go before the client's reverse lookup ends (no
+     * connect hook): plugin code still never runs before the name is known,
+     * so every hook sees what it saw when the greeting waited. */
+    s->run.name_wait = s->rdns_query && hooks_wanted(s, point);
+    if (s->run.name_wait) {
+        log_debug(s->sid, "%s: waiting for the reverse lookup", hook_name(point));
+        return;
+    }
+    chain_continue(s);
+}
+
+void hooks_name_known(struct session *s)
+{
+    if (!s->run.active || !s->run.name_wait)
+        return;
+    s->run.name_wait = false;
     chain_continue(s);
 }
 

@@ -158,7 +158,7 @@ struct sluice_config {
     int64_t proxy_header_timeout_ms; /* the whole wait for the PROXY header, default 5s */
     int64_t data_block_timeout_ms; /* between DATA chunks, default 3m */
     int64_t data_total_timeout_ms; /* the whole upload, default 30m */
-    int64_t reverse_lookup_timeout_ms; /* FCrDNS at accept, default 5s */
+    int64_t reverse_lookup_timeout_ms; /* FCrDNS from accept (what waits for it), default 5s */
     int64_t shutdown_timeout_ms; /* SIGTERM: sessions may finish this long, default 30s */
 
     /* data */

@@ -613,56 +613,31 @@ static void dns_reverse_name(const struct sockaddr_storage *ss, char *out, size_
     snprintf(out + used, outlen - used, "%s", len == 4 ? "in-addr.arpa" : "ip6.arpa");
 }
 
-static bool dns_addrinfo_contains(const struct ares_addrinfo *ai,
-                                  const struct sockaddr_storage *client)
-{
-    int len;
-    const void *want = dns_addr_bytes(client, &len);
-    for (const struct ares_addrinfo_node *nd = ai ? ai->nodes : NULL; nd; nd = nd->ai_next) {
-        if (nd->ai_family != client->ss_family)
-            continue;
-        const void *got = nd->ai_family == AF_INET
-                              ? (const void *)&((struct sockaddr_in *)nd->ai_addr)->sin_addr
-                              : (const void *)&((struct sockaddr_in6 *)nd->ai_addr)->sin6_addr;
-        if (memcmp(got, want, (size_t)len) == 0)
-            return true;
-    }
-    return false;
-}
-
-static void dns_confirm_cb(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
+/* The forward half of the confirmation: a plain A or AAAA query (not
+ * getaddrinfo, which reads /etc/hosts again for every client): the name a
+ * client's PTR gives is confirmed by the DNS, as the PTR itself was. */
+static void dns_confirm_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
     struct dns_query *q = arg;
-    if (dns_query_came_back(q)) {
-        enum dns_status st = dns_records_status_from_ares(status);
-        if (st == DNS_OK && !dns_addrinfo_contains(ai, &q->client))
-            st = DNS_NOTFOUND;
-        dns_query_complete(q, st);
-    }
-    ares_freeaddrinfo(ai);
+    if (!dns_query_came_back(q))
+        return;
+    enum dns_status st = dns_records_status_from_ares(status);
+    if (st == DNS_OK)
+        st = dns_records_hold_address(abuf, alen, &q->client);
+    dns_query_complete(q, st);
 }
 
 static void dns_confirm_start(struct dns_query *q, const char *ptr_name)
 {
-    size_t len = strlen(ptr_name);
-    /* Absolute, so the search list cannot turn it into another name. */
-    char *absolute = malloc(len + 2);
     q->name = strdup(ptr_name);
-    if (!absolute || !q->name) {
-        free(absolute);
+    if (!q->name) {
         dns_query_complete(q, DNS_TEMPFAIL);
         return;
     }
-    memcpy(absolute, ptr_name, len);
-    memcpy(absolute + len, ".", 2);
-
-    struct ares_addrinfo_hints hints;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = q->client.ss_family;
-    hints.ai_flags = ARES_AI_NOSORT;
+    /* ares_query applies no search list: the name is taken as absolute. */
     q->pending++;
-    ares_getaddrinfo(q->ctx->channel, absolute, NULL, &hints, dns_confirm_cb, q);
-    free(absolute);
+    ares_query(q->ctx->channel, ptr_name, C_IN, q->client.ss_family == AF_INET ? T_A : T_AAAA,
+               dns_confirm_cb, q);
 }
 
 static void dns_ptr_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)

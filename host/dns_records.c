@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,27 @@ static enum dns_status dns_records_parse_addresses(struct dns_records *recs, enu
             recs->ttl = (uint32_t)ttl;
     }
     return recs->nrr ? DNS_OK : DNS_NOTFOUND;
+}
+
+enum dns_status dns_records_hold_address(const unsigned char *abuf, int alen,
+                                         const struct sockaddr_storage *addr)
+{
+    struct ares_addrttl v4[DNS_RECORDS_MAX_ADDRTTLS];
+    struct ares_addr6ttl v6[DNS_RECORDS_MAX_ADDRTTLS];
+    int n = DNS_RECORDS_MAX_ADDRTTLS;
+    bool inet = addr->ss_family == AF_INET;
+    int st = inet ? ares_parse_a_reply(abuf, alen, NULL, v4, &n)
+                  : ares_parse_aaaa_reply(abuf, alen, NULL, v6, &n);
+    if (st != ARES_SUCCESS)
+        return dns_records_status_from_ares(st);
+    const void *want = inet ? (const void *)&((const struct sockaddr_in *)addr)->sin_addr
+                            : (const void *)&((const struct sockaddr_in6 *)addr)->sin6_addr;
+    for (int i = 0; i < n; i++) {
+        const void *got = inet ? (const void *)&v4[i].ipaddr : (const void *)&v6[i].ip6addr;
+        if (memcmp(got, want, inet ? 4 : 16) == 0)
+            return DNS_OK;
+    }
+    return DNS_NOTFOUND;
 }
 
 /* Appends one character-string; control bytes (NUL, CR, LF...) become '?'

@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "dns.h"
 
@@ -27,6 +28,12 @@ enum dns_status dns_records_status_from_ares(int ares_status);
  * clears it. */
 enum dns_status dns_records_parse(struct dns_records *recs, enum dns_type type,
                                   const unsigned char *abuf, int alen);
+
+/* Whether the A (AF_INET) or AAAA (AF_INET6) answer abuf[0..alen) holds
+ * addr's address: DNS_OK, DNS_NOTFOUND (not there, or no address at all),
+ * DNS_TEMPFAIL when it is malformed. Allocates nothing. */
+enum dns_status dns_records_hold_address(const unsigned char *abuf, int alen,
+                                         const struct sockaddr_storage *addr);
 
 /* Frees every record and leaves recs empty. */
 void dns_records_clear(struct dns_records *recs);

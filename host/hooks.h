@@ -36,7 +36,12 @@ struct session;
 typedef void (*hook_done_cb)(struct session *s, const struct hook_verdict *v);
 
 const char *hook_name(enum hook_point point);
+/* Without an entry at point, done runs before it returns. With one, and the
+ * client's reverse lookup still running (the greeting went without waiting
+ * for it), the chain waits for hooks_name_known(). */
 void hooks_run(struct session *s, enum hook_point point, hook_done_cb done);
+/* The reverse lookup ended: a hook run waiting for it starts. */
+void hooks_name_known(struct session *s);
 /* True when an entry of the session's chain has a hook at point: work done
  * only for plugins (the header parse at eom) is skipped without one. */
 bool hooks_wanted(const struct session *s, enum hook_point point);

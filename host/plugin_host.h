@@ -39,6 +39,9 @@ struct plugin_entry {
     bool timeout_set; /* the operator wrote `timeout`: sluice_entry_set_timeout leaves it */
     enum sluice_verdict on_timeout;
     bool initialized;
+    /* sluice_entry_skip_hook(): the plugin's function at that hook does
+     * nothing for this entry, so it is never called (chain.c). */
+    bool skip_hook[SLUICE_HOOK_COUNT];
     struct worker *worker; /* NULL at `sluice -t` */
 };
 

@@ -44,6 +44,14 @@ int sluice_entry_set_timeout(sluice_entry *e, int64_t ms)
     return 0;
 }
 
+int sluice_entry_skip_hook(sluice_entry *e, enum sluice_hook h)
+{
+    if ((unsigned)h >= SLUICE_HOOK_COUNT)
+        return -1;
+    ((struct plugin_entry *)e)->skip_hook[h] = true;
+    return 0;
+}
+
 const char *sluice_config_dir(const sluice_entry *e)
 {
     const struct chain_entry_conf *c = E(e)->conf;

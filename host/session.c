@@ -50,6 +50,7 @@
 static void session_process(struct session *s);
 static void session_finish(struct session *s);
 static void session_greet(struct session *s);
+static void session_free(struct session *s);
 
 /* ---- replies ----------------------------------------------------------- */
 
@@ -436,6 +437,37 @@ static void session_greet(struct session *s)
     session_done(s);
 }
 
+static void session_log_connect(const struct session *s, const char *why)
+{
+    log_info(s->sid, "connect from %s[%s]:%d%s", s->rdns_name ? s->rdns_name : "unknown",
+             s->client_ip, s->client_port, why);
+}
+
+void session_after_name(struct session *s, void (*next)(struct session *s))
+{
+    if (!s->rdns_query) {
+        next(s);
+        return;
+    }
+    log_debug(s->sid, "waiting for the reverse lookup");
+    s->after_name = next;
+}
+
+/* The lookup ended after the greeting: what waited for the name goes on,
+ * unless the session is closing (shutdown, an output error): its command is
+ * not carried out. A finishing session's disconnect hook goes on. */
+static void session_name_known(struct session *s)
+{
+    void (*next)(struct session *) = s->after_name;
+    s->after_name = NULL;
+    if (s->phase == PH_CLOSING && !s->finishing)
+        return;
+    if (next)
+        next(s);
+    else
+        hooks_name_known(s);
+}
+
 static void session_rdns_done(void *arg, enum dns_status st, const char *name)
 {
     struct session *s = arg;
@@ -453,8 +485,15 @@ static void session_rdns_done(void *arg, enum dns_status st, const char *name)
             s->rdns_status = DNS_TEMPFAIL;
         }
     }
-    log_info(s->sid, "connect from %s[%s]:%d%s", s->rdns_name ? s->rdns_name : "unknown",
-             s->client_ip, s->client_port, st == DNS_TEMPFAIL ? " (reverse lookup failed)" : "");
+    session_log_connect(s, st == DNS_TEMPFAIL ? " (reverse lookup failed)" : "");
+    if (s->disconnect_done) {
+        session_free(s);
+        return;
+    }
+    if (s->greeted_early) {
+        session_name_known(s);
+        return;
+    }
     s->phase = PH_CONNECT_HOOK;
     hooks_run(s, HOOK_CONNECT, session_connect_done);
 }
@@ -506,8 +545,18 @@ static void session_identified(struct session *s)
     s->rdns_status = DNS_TEMPFAIL;
     s->rdns_query = dns_reverse_confirmed(s->loop->dns, (struct sockaddr *)&s->peer,
                                           s->cfg->reverse_lookup_timeout_ms, session_rdns_done, s);
-    if (!s->rdns_query)
+    if (!s->rdns_query) {
         session_rdns_done(s, DNS_TEMPFAIL, NULL);
+        return;
+    }
+    /* A connect hook may read the name or refuse by it: the greeting waits
+     * for the lookup, then for the hook. Without one nothing before the
+     * greeting needs the name, so the client is greeted now and each reader
+     * of the name waits for the lookup instead (hooks_run, XCLIENT). */
+    if (!hooks_wanted(s, HOOK_CONNECT)) {
+        s->greeted_early = true;
+        session_greet(s);
+    }
 }
 
 static void session_proxy_input(struct session *s)
@@ -659,7 +708,24 @@ static void session_free(struct session *s)
 
 static void session_disconnect_done(struct session *s, const struct hook_verdict *v)
 {
+    if (s->rdns_query) {
+        s->disconnect_done = true; /* freed when the lookup ends */
+        return;
+    }
     session_free(s);
+}
+
+/* A client gone during its reverse lookup before its greeting: the lookup
+ * is cancelled, so the connect hook never starts once the disconnect hook
+ * runs. Greeted already (no connect hook), the lookup goes on: a disconnect
+ * hook waits for the name like any hook (hooks_run), and the session,
+ * without its connection, stays until the connect line is written. */
+static void session_end_lookup(struct session *s)
+{
+    if (s->greeted_early)
+        return;
+    dns_cancel(s->rdns_query);
+    s->rdns_query = NULL;
 }
 
 static void session_finish(struct session *s)
@@ -668,10 +734,8 @@ static void session_finish(struct session *s)
         return;
     s->finishing = true;
     s->phase = PH_CLOSING;
-    /* A client gone during its reverse lookup: the connect hook must not
-     * start once the disconnect hook runs. */
-    dns_cancel(s->rdns_query);
-    s->rdns_query = NULL;
+    s->after_name = NULL;
+    session_end_lookup(s);
     io_free(s->io);
     s->io = NULL;
     if (s->backend) {
@@ -700,9 +764,26 @@ void session_close_all(struct loop *loop)
         session_free(LIST_FIRST(&loop->sessions_of_loop));
 }
 
+/* A session id must not repeat across restarts, not be secret: one
+ * arc4random per loop thread seeds a splitmix64 sequence (glibc's
+ * arc4random is a getrandom system call per call: one per connection). */
+static uint32_t session_id_random(void)
+{
+    static _Thread_local uint64_t state;
+    static _Thread_local bool seeded;
+    if (!seeded) {
+        state = ((uint64_t)arc4random() << 32) | arc4random();
+        seeded = true;
+    }
+    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return (uint32_t)(z ^ (z >> 31));
+}
+
 static void session_make_id(struct session *s)
 {
-    uint32_t r = arc4random();
+    uint32_t r = session_id_random();
     snprintf(s->sid, sizeof s->sid, "%02X%06X%04X", (unsigned)(s->loop->index & 0xff),
              (unsigned)(r & 0xffffff), (unsigned)(s->loop->session_seq++ & 0xffff));
 }

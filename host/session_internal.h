@@ -29,7 +29,7 @@ struct cmd_row;
 
 enum session_phase {
     PH_PROXY,        /* waiting for the PROXY header */
-    PH_RDNS,         /* reverse lookup at accept */
+    PH_RDNS,         /* reverse lookup at accept, before the connect hook */
     PH_CONNECT_HOOK, /* connect hook running */
     PH_COMMANDS,
     PH_DATA,         /* after 354: everything is message */
@@ -105,9 +105,15 @@ struct session {
     struct sockaddr_storage local; /* where it connected to */
     char client_ip[INET6_ADDRSTRLEN];
     int client_port;
-    struct dns_query *rdns_query;
+    struct dns_query *rdns_query; /* the reverse lookup, until it ends */
     enum dns_status rdns_status;
     char *rdns_name;
+    /* The greeting went while the reverse lookup ran (no connect hook):
+     * what reads the name waits for it instead (hooks_run, after_name). */
+    bool greeted_early;
+    bool disconnect_done; /* ended, its reverse lookup still running */
+    /* What continues once the reverse lookup ends (session_after_name). */
+    void (*after_name)(struct session *s);
 
     enum session_phase phase;
     bool busy;       /* a command is in progress: no further input is read */
@@ -150,6 +156,7 @@ struct session {
         hook_done_cb done;
         bool active;       /* a hook is being run */
         bool pending;      /* entry returned PENDING, waiting for sluice_resume */
+        bool name_wait;    /* waiting for the reverse lookup (hooks_name_known) */
         bool in_call;      /* inside an entry's hook function */
         bool have_resume;  /* sluice_resume called inside the hook function */
         bool rcpt_accepted;/* an entry accepted the current recipient */
@@ -188,6 +195,9 @@ void session_relay_reply(struct session *s, const struct backend_reply *r);
 bool session_apply_verdict(struct session *s, enum hook_point point, const struct hook_verdict *v);
 void session_done(struct session *s);
 void session_busy(struct session *s);
+/* Runs next now when the client's reverse lookup is over, else when it ends
+ * (a busy session waits; a finishing one never runs it). */
+void session_after_name(struct session *s, void (*next)(struct session *s));
 void session_txn_reset(struct session *s);
 /* Makes room for one more recipient before the RCPT is answered, so that
  * recording its reply cannot fail. False: out of memory (answer 451 4.3.0). */

@@ -187,6 +187,9 @@ static int luap_init(sluice_entry *entry, void **entry_state, char *err, size_t 
         free(le);
         return -1;
     }
+    for (int h = 0; h < SLUICE_HOOK_COUNT; h++)
+        if (probe->handlers[h] == LUA_NOREF)
+            le->skipped[h] = sluice_entry_skip_hook(entry, (enum sluice_hook)h) == 0;
     thread_free(probe);
     *entry_state = le;
     return 0;
@@ -205,6 +208,13 @@ static int luap_thread_init(sluice_entry *entry, void *entry_state, void **threa
         sluice_log_entry(entry, SLUICE_LOG_ERR, "lua: %s", err);
         return -1;
     }
+    /* The host calls only the handlers the script defined at init. */
+    const struct luap_entry *le = entry_state;
+    for (int h = 0; h < SLUICE_HOOK_COUNT; h++)
+        if (le->skipped[h] && t->handlers[h] != LUA_NOREF)
+            sluice_log_entry(entry, SLUICE_LOG_WARN,
+                             "lua: handler '%s' defined after init: it is never called",
+                             luab_hook_name((enum sluice_hook)h));
     *thread_state = t;
     return 0;
 }

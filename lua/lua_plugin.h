@@ -25,6 +25,10 @@ struct luap_entry {
     struct luart_limits limits;
     enum luab_on_error on_error;
     int64_t max_body; /* cap of s:body() */
+    /* Hooks the script has no handler for, as loaded at init: the host
+     * skips them (sluice_entry_skip_hook), so without a connect handler
+     * the greeting does not wait for the reverse lookup. */
+    bool skipped[SLUICE_HOOK_COUNT];
 };
 
 /* One entry on one loop thread (thread_state). */

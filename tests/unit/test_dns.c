@@ -108,6 +108,8 @@ static void start_dnsmasq(int port)
         "--host-record=other.test,127.0.0.78",
         "--ptr-record=66.0.0.127.in-addr.arpa,liar.test",
         "--ptr-record=77.0.0.127.in-addr.arpa,other.test",
+        /* a name only /etc/hosts gives an address (127.0.0.1 localhost) */
+        "--ptr-record=1.0.0.127.in-addr.arpa,localhost",
         "--txt-record=multi.test,first part ,second part",
         "--txt-record=multi.test,another record",
         "--txt-record=crlf.test,listed\r\n250 fake",
@@ -463,6 +465,17 @@ static void reverse_name_pointing_elsewhere_is_notfound(void **state)
     assert_int_equal(s.st, DNS_NOTFOUND);
 }
 
+/* The confirmation asks the DNS for the PTR name's address, as the PTR
+ * came from the DNS: /etc/hosts confirms nothing (it never did, the name
+ * was asked absolute; getaddrinfo still read the file for every client). */
+static void reverse_name_confirmed_only_by_etc_hosts_is_not_confirmed(void **state)
+{
+    struct seen s = {0};
+    reverse_of(*state, "127.0.0.1", 2000, &s);
+    assert_int_not_equal(s.st, DNS_OK);
+    assert_int_equal(s.n, 0);
+}
+
 static void reverse_without_ptr_is_notfound(void **state)
 {
     struct seen s = {0};
@@ -701,6 +714,8 @@ int main(void)
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_name_pointing_elsewhere_is_notfound, setup_real,
                                         teardown_fixture),
+        cmocka_unit_test_setup_teardown(reverse_name_confirmed_only_by_etc_hosts_is_not_confirmed,
+                                        setup_real, teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_without_ptr_is_notfound, setup_real,
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_of_a_non_ip_address_is_notfound_later, setup_real,

@@ -38,6 +38,16 @@ int64_t sluice_entry_timeout(const sluice_entry *e);
  * the operator's setting stays). (SDK 1.3)
  */
 int sluice_entry_set_timeout(sluice_entry *e, int64_t ms);
+/*
+ * Says that the entry's function for hook h does nothing with this
+ * configuration (a Lua script without that handler): the host never calls
+ * it for this entry. It matters at connect: when no entry of the chain has
+ * a connect hook, the greeting goes out at once, without waiting for the
+ * client's reverse lookup (every hook still runs only once the name is
+ * known). Call it from init() only. Returns 0, or -1 (h out of range).
+ * (SDK 1.4)
+ */
+int sluice_entry_skip_hook(sluice_entry *e, enum sluice_hook h);
 
 /* Each getter returns 0 with *out set, 1 when the setting is absent (*out
  * untouched: keep your default), -1 when it has the wrong type or value. */

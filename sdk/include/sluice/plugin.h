@@ -36,15 +36,17 @@ extern "C" {
  *      (<sluice/config.h>); network lists (<sluice/net.h>).
  * 1.3: sluice_entry_timeout(), sluice_entry_set_timeout() (<sluice/config.h>);
  *      sluice_tls_sni(), sluice_tls_client_subject(), sluice_tls_client_verified()
- *      (<sluice/session.h>), and the TLS facts set (STARTTLS and implicit TLS). */
-#define SLUICE_ABI_MINOR 3
+ *      (<sluice/session.h>), and the TLS facts set (STARTTLS and implicit TLS).
+ * 1.4: sluice_entry_skip_hook() (<sluice/config.h>). */
+#define SLUICE_ABI_MINOR 4
 
 /* Opaque handles. */
 typedef struct sluice_session sluice_session; /* one client session */
 typedef struct sluice_entry sluice_entry;     /* one chain entry (conf.d file) */
 
 enum sluice_hook {
-    SLUICE_HOOK_CONNECT,    /* after accept, limits and the reverse lookup */
+    SLUICE_HOOK_CONNECT,    /* after accept, limits and the reverse lookup; the
+                               greeting waits for it */
     SLUICE_HOOK_HELO,       /* HELO/EHLO, argument in sluice_helo() */
     SLUICE_HOOK_MAIL,       /* MAIL FROM, sender in sluice_sender() */
     SLUICE_HOOK_RCPT,       /* RCPT TO, recipient in sluice_rcpt() */

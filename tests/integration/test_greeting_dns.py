@@ -1,0 +1,228 @@
+"""The greeting and the client's reverse lookup: without a connect hook the
+greeting goes at once, and everything that reads the name (hooks, XCLIENT to
+the backend, the disconnect hook) waits for the lookup; with a connect hook
+the greeting waits for it as before. The resolver is dnsmasq behind a relay
+that holds every answer DELAY seconds, so a lookup (PTR, then A) takes about
+twice that."""
+
+import os
+import select
+import socket
+import threading
+import time
+
+from sluice_harness import pool
+from test_lua import Dnsmasq, LuaTestCase, plugin_dir
+
+DELAY = 1.5            # seconds each DNS answer is held
+LOOKUP_TIMEOUT = "8s"  # timeouts.reverse_lookup: longer than the two answers
+LOOKUP_TIMEOUT_S = 8.0
+RELAY_MAX_LIFE = 120.0  # the relay thread never outlives a test by much
+
+
+class SlowResolver:
+    """A UDP relay on 127.0.0.1 in front of a dnsmasq: each query is
+    forwarded at once, each answer sent back DELAY seconds after it came."""
+
+    def __init__(self, upstream_port):
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stopping = threading.Event()
+        self.queries = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _answer_later(self, query, client):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+            up.settimeout(2.0)
+            up.sendto(query, self.upstream)
+            try:
+                answer = up.recv(4096)
+            except socket.timeout:
+                return
+        if not self.stopping.wait(DELAY):
+            self.sock.sendto(answer, client)
+
+    def _run(self):
+        deadline = time.monotonic() + RELAY_MAX_LIFE
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.sock], [], [], 0.1)
+            if not ready:
+                continue
+            query, client = self.sock.recvfrom(4096)
+            self.queries += 1
+            threading.Thread(target=self._answer_later, args=(query, client),
+                             daemon=True).start()
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+class GreetingAndReverseLookup(LuaTestCase):
+
+    def slow_dns(self):
+        d = Dnsmasq()
+        self.addCleanup(d.stop)
+        r = SlowResolver(d.port)
+        self.addCleanup(r.stop)
+        return r
+
+    def start(self, script_text, backend_args=(), **pool_options):
+        """sluice with one Lua entry (script_text) and the slow resolver;
+        returns (backend, port). The DNS timeout per try (dns.timeout) is
+        longer than DELAY, so nothing is asked twice."""
+        dns = self.slow_dns()
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        with open(os.path.join(conf_dir, "50-policy.conf"), "w") as f:
+            f.write('plugin = "lua";\nscript = "%s";\n'
+                    % self.write_script("policy.lua", script_text))
+        b = self.start_backend("a", *backend_args)
+        _, port = self.start_relay(
+            [pool("a", [b.port], **pool_options)], [("example.test", "a")],
+            plugin_dir=plugin_dir(),
+            dns={"servers": ["127.0.0.1:%d" % dns.port], "timeout": "4s"},
+            timeouts={"command": "5m", "data_block": "3m", "shutdown": "2s",
+                      "reverse_lookup": LOOKUP_TIMEOUT})
+        return b, port
+
+    def greet(self, port):
+        """Connects; returns (client, seconds until the greeting)."""
+        t0 = time.monotonic()
+        c = self.connect(port)
+        banner = c.read_reply()
+        return c, banner, time.monotonic() - t0
+
+    def test_without_connect_hook_the_greeting_comes_before_the_slow_lookup(self):
+        b, port = self.start("sluice.on('rcpt', function(s) return sluice.continue() end)\n")
+        c, banner, waited = self.greet(port)
+        self.assertReply(banner, 220)
+        self.assertLess(waited, DELAY, "the greeting waited for DNS")
+        self.assertLess(waited, LOOKUP_TIMEOUT_S / 2)
+
+    def test_xclient_carries_the_confirmed_name_though_the_greeting_went_first(self):
+        b, port = self.start("sluice.on('rcpt', function(s) return sluice.continue() end)\n",
+                             ("--xclient",))
+        c, banner, waited = self.greet(port)
+        self.assertReply(banner, 220)
+        self.assertLess(waited, DELAY)
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<b@example.test>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
+        xc = b.wait_messages(1)[0]["xclient"]
+        self.assertEqual(xc["NAME"], "good.test")
+        self.assertEqual(xc["ADDR"], "127.0.0.1")
+
+    def test_xclient_says_unavailable_when_the_name_is_not_confirmed(self):
+        b, port = self.start("sluice.on('rcpt', function(s) return sluice.continue() end)\n",
+                             ("--xclient",))
+        # 127.0.0.2 has a PTR (liar.test) whose A record points elsewhere.
+        t0 = time.monotonic()
+        c = self.connect(port, source=("127.0.0.2", 0))
+        self.assertReply(c.read_reply(), 220)
+        self.assertLess(time.monotonic() - t0, DELAY)
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<b@example.test>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertEqual(b.wait_messages(1)[0]["xclient"]["NAME"], "[UNAVAILABLE]")
+
+    def test_with_a_connect_hook_the_greeting_waits_and_the_hook_sees_the_name(self):
+        _, port = self.start(
+            "sluice.on('connect', function(s)\n"
+            "  return sluice.reject(554, '5.7.1', 'no mail from ' .. tostring(s:hostname()))\n"
+            "end)\n")
+        c, banner, waited = self.greet(port)
+        self.assertReply(banner, 554, "5.7.1", "no mail from good.test")
+        self.assertGreaterEqual(waited, 2 * DELAY - 0.2, "the greeting did not wait for DNS")
+
+    def test_a_helo_hook_sees_the_confirmed_name_when_the_greeting_went_first(self):
+        _, port = self.start(
+            "sluice.on('helo', function(s)\n"
+            "  return sluice.reject(550, '5.7.1', 'helo from ' .. tostring(s:hostname()))\n"
+            "end)\n")
+        c, banner, waited = self.greet(port)
+        self.assertReply(banner, 220)
+        self.assertLess(waited, DELAY)
+        self.assertReply(c.cmd("EHLO client.test"), 550, "5.7.1", "helo from good.test")
+
+    def test_a_mail_hook_sees_the_confirmed_name_when_the_client_pipelines(self):
+        _, port = self.start(
+            "sluice.on('mail', function(s)\n"
+            "  return sluice.reject(550, '5.7.1', 'mail from ' .. tostring(s:hostname()))\n"
+            "end)\n")
+        c, banner, waited = self.greet(port)
+        self.assertReply(banner, 220)
+        c.send(b"EHLO client.test\r\nMAIL FROM:<a@sender.test>\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertReply(c.read_reply(), 550, "5.7.1", "mail from good.test")
+
+    HOOKS_LOGGED = (
+        "sluice.on('helo', function(s) s:log('info', 'HELO-HOOK') end)\n"
+        "sluice.on('disconnect', function(s)\n"
+        "  s:log('info', 'DISCONNECT-HOOK name=' .. tostring(s:hostname()))\n"
+        "end)\n")
+
+    def test_a_client_gone_before_the_lookup_ends_gets_one_disconnect_hook_with_the_name(self):
+        _, port = self.start(self.HOOKS_LOGGED)
+        c, banner, waited = self.greet(port)
+        self.assertReply(banner, 220)
+        self.assertLess(waited, DELAY)
+        c.close()
+        s = self.sluice()
+        s.wait_log(r"DISCONNECT-HOOK", timeout=LOOKUP_TIMEOUT_S)
+        time.sleep(0.5)
+        log = s.log_text()
+        self.assertEqual(log.count("DISCONNECT-HOOK"), 1, s.log_tail())
+        self.assertIn("DISCONNECT-HOOK name=good.test", log)
+        self.assertNotIn("HELO-HOOK", log)
+        # the daemon is fine: the next client is served
+        c2, banner2, _ = self.greet(port)
+        self.assertReply(banner2, 220)
+
+    def test_a_command_sent_before_leaving_is_hooked_once_the_name_is_known_then_disconnect(self):
+        """A client may send its commands and close (the session answers
+        what it sent): the helo hook waits for the name, then the disconnect
+        hook runs, once, and nothing after it."""
+        _, port = self.start(self.HOOKS_LOGGED)
+        c, banner, _ = self.greet(port)
+        self.assertReply(banner, 220)
+        c.send(b"EHLO client.test\r\n")
+        c.close()
+        s = self.sluice()
+        s.wait_log(r"DISCONNECT-HOOK", timeout=LOOKUP_TIMEOUT_S)
+        time.sleep(0.5)
+        log = s.log_text()
+        self.assertEqual(log.count("HELO-HOOK"), 1, s.log_tail())
+        self.assertEqual(log.count("DISCONNECT-HOOK"), 1, s.log_tail())
+        self.assertLess(log.index("HELO-HOOK"), log.index("DISCONNECT-HOOK"))
+
+    def test_a_client_gone_before_the_lookup_ends_is_still_logged_with_its_name(self):
+        """Without a disconnect hook nothing runs for it, and the connect
+        line still names it once the lookup ends."""
+        _, port = self.start("sluice.on('helo', function(s) s:log('info', 'HELO-HOOK') end)\n")
+        c, banner, _ = self.greet(port)
+        self.assertReply(banner, 220)
+        c.close()
+        s = self.sluice()
+        s.wait_log(r"client disconnected", timeout=DELAY)
+        s.wait_log(r"connect from good\.test\[127\.0\.0\.1\]", timeout=LOOKUP_TIMEOUT_S)
+        time.sleep(0.5)
+        self.assertNotIn("HELO-HOOK", s.log_text())
+        self.assertEqual(len(s.grep(r"connect from")), 1, s.log_tail())
+        c2, banner2, _ = self.greet(port)
+        self.assertReply(banner2, 220)
+
+
+if __name__ == "__main__":
+    import unittest
+    unittest.main()
