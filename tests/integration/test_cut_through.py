@@ -308,6 +308,33 @@ class CutThroughTest(SluiceTestCase):
         self.assertTrue(m.endswith(HALF))
 
 
+    def test_a_lua_script_without_an_eom_function_still_streams(self):
+        """The Lua bridge tells the host which hooks its script handles: a
+        script with only a rcpt function adds no eom hook, so the message
+        still streams (and the rcpt function still runs)."""
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        script = os.path.join(self.workdir, "rcpt.lua")
+        with open(script, "w") as f:
+            f.write('sluice.on("rcpt", function(s)\n'
+                    '  if s:rcpt():find("^nobody@") then return sluice.reject(550, "5.1.1", "no") end\n'
+                    'end)\n')
+        with open(os.path.join(conf_dir, "50-rcpt.conf"), "w") as f:
+            f.write(render_config({"plugin": "lua", "script": script}))
+        b = self.stream_backend()
+        _, port = self.relay(b, plugin_dir=plugin_dir())
+        with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as s:
+            s.ehlo("client.example")
+            s.mail("s@x.example")
+            self.assertEqual(s.rcpt("nobody@a.example")[0], 550)
+        c = self.begin_message(port)
+        c.send(HEADER + HALF)
+        self.wait_received(b, HEADER + HALF, "the first half at the backend")
+        c.send(b".\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertEqual(b.messages(), [HEADER + HALF])
+
+
 def plugin_dir():
     return os.path.join(os.path.dirname(sluice_bin()), "plugins")
 
