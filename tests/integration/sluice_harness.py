@@ -126,6 +126,19 @@ def free_port(kind=socket.SOCK_STREAM):
     raise AssertionError("no free port in %d-%d after %d tries" % (PORT_RANGE + (PORT_TRIES,)))
 
 
+def connect_refused(port):
+    """True when a TCP connect to the port is refused (no listener). A
+    connect caught in the backlog of a listener being closed is reset: not
+    refused yet, the next attempt will tell."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:
+        return False
+    return False
+
+
 def wait_until(predicate, timeout, interval=0.02, what="condition"):
     """Polls predicate until it returns something true; fails after timeout."""
     deadline = time.monotonic() + timeout

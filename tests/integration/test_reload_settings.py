@@ -6,11 +6,10 @@ the running master writes)."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import urllib.request
 
-from sluice_harness import free_port, pool, sluice_bin, wait_until
+from sluice_harness import connect_refused, free_port, pool, sluice_bin, wait_until
 from test_dnsbl import SilentDns
 from test_lua import Dnsmasq
 from test_reload import ReloadTestCase
@@ -31,14 +30,6 @@ def scrape(port):
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port,
                                 timeout=METRICS_TIMEOUT) as r:
         return r.status
-
-
-def refused(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 class ReloadSettingsTest(ReloadTestCase):
@@ -105,7 +96,7 @@ class ReloadSettingsTest(ReloadTestCase):
         edit(s.conf_path, "127.0.0.1:%d" % first, "127.0.0.1:%d" % second)
         self.reload(s)
         self.assertEqual(scrape(second), 200)
-        self.assertTrue(refused(first), "the old endpoint is closed")
+        self.assertTrue(connect_refused(first), "the old endpoint is closed")
         s.wait_log(r"reload: metrics endpoint 127\.0\.0\.1:%d" % second, 5.0)
         self.assertEqual(s.grep(r"'metrics_listen' changed"), [])
 

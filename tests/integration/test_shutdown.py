@@ -3,10 +3,9 @@ in flight finish within timeouts.shutdown, answers the rest 421 4.3.2, and
 the master exits 0; a second SIGTERM stops at once."""
 
 import signal
-import socket
 import time
 
-from sluice_harness import SluiceTestCase, base_config, free_port, pool, wait_until
+from sluice_harness import SluiceTestCase, base_config, connect_refused, free_port, pool, wait_until
 
 ROUTES = (("a.example", "a"),)
 RCPT = "user@a.example"
@@ -22,11 +21,7 @@ class ShutdownTest(SluiceTestCase):
             timeouts={"command": "5m", "data_block": "3m", "shutdown": shutdown}))
 
     def refused(self):
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
-        except ConnectionRefusedError:
-            return True
-        return False
+        return connect_refused(self.port)
 
     def test_sigterm_lets_a_session_in_data_finish_and_refuses_new_clients(self):
         b, s = self.start("30s")
