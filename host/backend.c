@@ -427,7 +427,9 @@ static void backend_send_xclient(struct smtp_backend *b)
 static void backend_ready(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     b->state = B_READY;
-    if (!b->reusing) {
+    if (b->reusing) {
+        host_metrics_backend_reused(b->pc->name);
+    } else {
         pool_server_ok(b->pool, b->server);
         host_metrics_backend_connect(b->pc->name, true);
     }

@@ -35,7 +35,7 @@ static struct {
 
 struct pool_series {
     char *name;
-    struct metric_counter *ok, *failed;
+    struct metric_counter *ok, *failed, *reused;
 };
 
 /* Append-only while running: an entry is complete before npools covers it,
@@ -74,7 +74,8 @@ static struct metric_counter *pool_counter(const char *escaped, const char *resu
     if (n < 0 || (size_t)n >= sizeof labels)
         return NULL;
     return metrics_counter("sluice_backend_connections_total",
-                           "Connection attempts to backend servers, by pool and outcome.",
+                           "Backend sessions started, by pool and outcome: ok and failed are "
+                           "connection attempts, reused a kept connection taken instead.",
                            labels);
 }
 
@@ -92,7 +93,8 @@ static const struct pool_series *pool_add_locked(const char *name)
     ps->name = strdup(name);
     ps->ok = pool_counter(escaped, "ok");
     ps->failed = pool_counter(escaped, "failed");
-    if (ps->name == NULL || ps->ok == NULL || ps->failed == NULL) {
+    ps->reused = pool_counter(escaped, "reused");
+    if (ps->name == NULL || ps->ok == NULL || ps->failed == NULL || ps->reused == NULL) {
         free(ps->name);
         memset(ps, 0, sizeof *ps);
         return NULL;
@@ -208,13 +210,25 @@ void host_metrics_relay_denied(void)
     metrics_counter_add(hm.relay_denied, 1);
 }
 
-void host_metrics_backend_connect(const char *pool, bool ok)
+/* The pool's series, registered at first use if init did not know it. */
+static const struct pool_series *pool_series_of(const char *pool)
 {
     if (pool == NULL || hm.sessions == NULL)
-        return; /* not initialised: count nothing, as every other update */
+        return NULL; /* not initialised: count nothing, as every other update */
     const struct pool_series *ps = pool_find(pool);
-    if (ps == NULL)
-        ps = pool_add(pool); /* a pool init did not know (rare: registers once) */
+    return ps ? ps : pool_add(pool); /* rare: registers once */
+}
+
+void host_metrics_backend_connect(const char *pool, bool ok)
+{
+    const struct pool_series *ps = pool_series_of(pool);
     if (ps)
         metrics_counter_add(ok ? ps->ok : ps->failed, 1);
+}
+
+void host_metrics_backend_reused(const char *pool)
+{
+    const struct pool_series *ps = pool_series_of(pool);
+    if (ps)
+        metrics_counter_add(ps->reused, 1);
 }

@@ -43,5 +43,7 @@ void host_metrics_rcpt(int code);
 void host_metrics_relay_denied(void);
 /* One connection attempt to a server of pool (its configured name). */
 void host_metrics_backend_connect(const char *pool, bool ok);
+/* A client session of pool took a kept backend connection instead. */
+void host_metrics_backend_reused(const char *pool);
 
 #endif

@@ -115,6 +115,28 @@ class MetricsTest(SluiceTestCase):
         self.assertGreaterEqual(
             samples['sluice_backend_connections_total{pool="a",result="ok"}'], 2)
 
+    def test_a_session_on_a_kept_backend_connection_counts_as_reused(self):
+        b = self.start_backend("a")
+        mport = free_port()
+        _, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")],
+                                   metrics_listen="127.0.0.1:%d" % mport)
+        for n in range(2):  # one after the other: the second takes the first's
+            self.assertEqual(self.send(port, ["r%d@a.example" % n]), {})
+            b.wait_messages(n + 1)
+        expected = {'sluice_backend_connections_total{pool="a",result="ok"}': 1,
+                    'sluice_backend_connections_total{pool="a",result="reused"}': 1,
+                    'sluice_backend_connections_total{pool="a",result="failed"}': 0}
+
+        def counted():
+            samples = series(scrape(mport)[2])
+            return all(samples.get(k) == v for k, v in expected.items())
+
+        try:
+            wait_until(counted, 10.0, interval=0.1, what="the backend counters")
+        except AssertionError:
+            samples = series(scrape(mport)[2])
+            self.fail("counters differ: %r" % {k: samples.get(k) for k in expected})
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -474,6 +474,8 @@ static void host_metrics_count_sessions_transactions_and_backends(void **state)
     host_metrics_backend_connect("mx", true);
     host_metrics_backend_connect("mx", false);
     host_metrics_backend_connect("late", true); /* a pool init did not know */
+    host_metrics_backend_reused("mx");
+    host_metrics_backend_reused("mx");
     char *text = render();
     assert_has_line(text, "sluice_sessions_total 2");
     assert_has_line(text, "# TYPE sluice_sessions_open gauge");
@@ -493,6 +495,8 @@ static void host_metrics_count_sessions_transactions_and_backends(void **state)
     assert_has_line(text,
                     "sluice_backend_connections_total{pool=\"odd\\\"name\",result=\"ok\"} 0");
     assert_has_line(text, "sluice_backend_connections_total{pool=\"late\",result=\"ok\"} 1");
+    assert_has_line(text, "sluice_backend_connections_total{pool=\"mx\",result=\"reused\"} 2");
+    assert_has_line(text, "sluice_backend_connections_total{pool=\"late\",result=\"reused\"} 0");
     free(text);
 }
 
