@@ -20,6 +20,14 @@ LOOKUP_TIMEOUT_S = 8.0
 RELAY_MAX_LIFE = 120.0  # the relay thread never outlives a test by much
 
 
+
+def refusing_by_name(hook, code, text):
+    """A Lua script whose hook refuses with the client's name in the text,
+    so the reply shows which name the hook saw."""
+    return ("sluice.on('%s', function(s)\n"
+            "  return sluice.reject(%d, '5.7.1', '%s ' .. tostring(s:hostname()))\n"
+            "end)\n" % (hook, code, text))
+
 class SlowResolver:
     """A UDP relay on 127.0.0.1 in front of a dnsmasq: each query is
     forwarded at once, each answer sent back DELAY seconds after it came."""
@@ -137,29 +145,20 @@ class GreetingAndReverseLookup(LuaTestCase):
         self.assertEqual(b.wait_messages(1)[0]["xclient"]["NAME"], "[UNAVAILABLE]")
 
     def test_with_a_connect_hook_the_greeting_waits_and_the_hook_sees_the_name(self):
-        _, port = self.start(
-            "sluice.on('connect', function(s)\n"
-            "  return sluice.reject(554, '5.7.1', 'no mail from ' .. tostring(s:hostname()))\n"
-            "end)\n")
+        _, port = self.start(refusing_by_name("connect", 554, "no mail from"))
         c, banner, waited = self.greet(port)
         self.assertReply(banner, 554, "5.7.1", "no mail from good.test")
         self.assertGreaterEqual(waited, 2 * DELAY - 0.2, "the greeting did not wait for DNS")
 
     def test_a_helo_hook_sees_the_confirmed_name_when_the_greeting_went_first(self):
-        _, port = self.start(
-            "sluice.on('helo', function(s)\n"
-            "  return sluice.reject(550, '5.7.1', 'helo from ' .. tostring(s:hostname()))\n"
-            "end)\n")
+        _, port = self.start(refusing_by_name("helo", 550, "helo from"))
         c, banner, waited = self.greet(port)
         self.assertReply(banner, 220)
         self.assertLess(waited, DELAY)
         self.assertReply(c.cmd("EHLO client.test"), 550, "5.7.1", "helo from good.test")
 
     def test_a_mail_hook_sees_the_confirmed_name_when_the_client_pipelines(self):
-        _, port = self.start(
-            "sluice.on('mail', function(s)\n"
-            "  return sluice.reject(550, '5.7.1', 'mail from ' .. tostring(s:hostname()))\n"
-            "end)\n")
+        _, port = self.start(refusing_by_name("mail", 550, "mail from"))
         c, banner, waited = self.greet(port)
         self.assertReply(banner, 220)
         c.send(b"EHLO client.test\r\nMAIL FROM:<a@sender.test>\r\n")
