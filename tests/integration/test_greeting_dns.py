@@ -20,13 +20,13 @@ LOOKUP_TIMEOUT_S = 8.0
 RELAY_MAX_LIFE = 120.0  # the relay thread never outlives a test by much
 
 
-
 def refusing_by_name(hook, code, text):
     """A Lua script whose hook refuses with the client's name in the text,
     so the reply shows which name the hook saw."""
     return ("sluice.on('%s', function(s)\n"
             "  return sluice.reject(%d, '5.7.1', '%s ' .. tostring(s:hostname()))\n"
             "end)\n" % (hook, code, text))
+
 
 class SlowResolver:
     """A UDP relay on 127.0.0.1 in front of a dnsmasq: each query is
