@@ -118,7 +118,8 @@ class MetricsTest(SluiceTestCase):
     def test_a_session_on_a_kept_backend_connection_counts_as_reused(self):
         b = self.start_backend("a")
         mport = free_port()
-        _, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")],
+        # One loop thread: connections are kept per thread.
+        _, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")], threads=1,
                                    metrics_listen="127.0.0.1:%d" % mport)
         for n in range(2):  # one after the other: the second takes the first's
             self.assertEqual(self.send(port, ["r%d@a.example" % n]), {})
