@@ -451,6 +451,18 @@ class RawClient:
         self.sock.close()
 
 
+def write_lua_entry(workdir, name, source):
+    """A Lua entry in workdir's conf.d: the script NAME.lua holding source,
+    enabled by 50-NAME.conf."""
+    conf_dir = os.path.join(workdir, "conf.d")
+    os.makedirs(conf_dir, exist_ok=True)
+    script = os.path.join(workdir, name + ".lua")
+    with open(script, "w") as f:
+        f.write(source)
+    with open(os.path.join(conf_dir, "50-%s.conf" % name), "w") as f:
+        f.write(render_config({"plugin": "lua", "script": script}))
+
+
 # --- the test base --------------------------------------------------------
 
 def base_config(workdir, listen_port, pools, routes=(), listen_options=None, **overrides):

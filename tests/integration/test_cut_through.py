@@ -17,7 +17,7 @@ import threading
 import time
 import unittest
 
-from sluice_harness import SluiceTestCase, pool, render_config, sluice_bin, wait_until
+from sluice_harness import SluiceTestCase, pool, sluice_bin, wait_until, write_lua_entry
 
 IO_TIMEOUT = 30.0
 LINE = b"x" * 70 + b"\r\n"
@@ -287,13 +287,8 @@ class CutThroughTest(SluiceTestCase):
                          ["MAIL FROM:<s0@x.example>", "MAIL FROM:<s1@x.example>"])
 
     def test_an_eom_hook_keeps_store_and_forward(self):
-        conf_dir = os.path.join(self.workdir, "conf.d")
-        os.makedirs(conf_dir, exist_ok=True)
-        script = os.path.join(self.workdir, "eom.lua")
-        with open(script, "w") as f:
-            f.write('sluice.on("eom", function(s) s:add_header("X-Seen", "whole") end)\n')
-        with open(os.path.join(conf_dir, "50-eom.conf"), "w") as f:
-            f.write(render_config({"plugin": "lua", "script": script}))
+        write_lua_entry(self.workdir, "eom",
+                        'sluice.on("eom", function(s) s:add_header("X-Seen", "whole") end)\n')
         b = self.stream_backend()
         _, port = self.relay(b, plugin_dir=plugin_dir())
         c = self.begin_message(port)
@@ -312,15 +307,12 @@ class CutThroughTest(SluiceTestCase):
         """The Lua bridge tells the host which hooks its script handles: a
         script with only a rcpt function adds no eom hook, so the message
         still streams (and the rcpt function still runs)."""
-        conf_dir = os.path.join(self.workdir, "conf.d")
-        os.makedirs(conf_dir, exist_ok=True)
-        script = os.path.join(self.workdir, "rcpt.lua")
-        with open(script, "w") as f:
-            f.write('sluice.on("rcpt", function(s)\n'
-                    '  if s:rcpt():find("^nobody@") then return sluice.reject(550, "5.1.1", "no") end\n'
-                    'end)\n')
-        with open(os.path.join(conf_dir, "50-rcpt.conf"), "w") as f:
-            f.write(render_config({"plugin": "lua", "script": script}))
+        write_lua_entry(self.workdir, "rcpt",
+                        'sluice.on("rcpt", function(s)\n'
+                        '  if s:rcpt():find("^nobody@") then\n'
+                        '    return sluice.reject(550, "5.1.1", "no")\n'
+                        '  end\n'
+                        'end)\n')
         b = self.stream_backend()
         _, port = self.relay(b, plugin_dir=plugin_dir())
         with smtplib.SMTP("127.0.0.1", port, timeout=IO_TIMEOUT) as s:

@@ -98,12 +98,21 @@ class GreetingAndReverseLookup(LuaTestCase):
                       "reverse_lookup": LOOKUP_TIMEOUT})
         return b, port
 
-    def greet(self, port):
+    def greet(self, port, **connect_options):
         """Connects; returns (client, seconds until the greeting)."""
         t0 = time.monotonic()
-        c = self.connect(port)
+        c = self.connect(port, **connect_options)
         banner = c.read_reply()
         return c, banner, time.monotonic() - t0
+
+    def deliver_one(self, c):
+        """One message over a greeted client, relayed with 250."""
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<b@example.test>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
 
     def test_without_connect_hook_the_greeting_comes_before_the_slow_lookup(self):
         b, port = self.start("sluice.on('rcpt', function(s) return sluice.continue() end)\n")
@@ -118,12 +127,7 @@ class GreetingAndReverseLookup(LuaTestCase):
         c, banner, waited = self.greet(port)
         self.assertReply(banner, 220)
         self.assertLess(waited, DELAY)
-        self.assertReply(c.cmd("EHLO client.test"), 250)
-        self.assertReply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
-        self.assertReply(c.cmd("RCPT TO:<b@example.test>"), 250)
-        self.assertReply(c.cmd("DATA"), 354)
-        c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n")
-        self.assertReply(c.read_reply(), 250)
+        self.deliver_one(c)
         xc = b.wait_messages(1)[0]["xclient"]
         self.assertEqual(xc["NAME"], "good.test")
         self.assertEqual(xc["ADDR"], "127.0.0.1")
@@ -132,16 +136,10 @@ class GreetingAndReverseLookup(LuaTestCase):
         b, port = self.start("sluice.on('rcpt', function(s) return sluice.continue() end)\n",
                              ("--xclient",))
         # 127.0.0.2 has a PTR (liar.test) whose A record points elsewhere.
-        t0 = time.monotonic()
-        c = self.connect(port, source=("127.0.0.2", 0))
-        self.assertReply(c.read_reply(), 220)
-        self.assertLess(time.monotonic() - t0, DELAY)
-        self.assertReply(c.cmd("EHLO client.test"), 250)
-        self.assertReply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
-        self.assertReply(c.cmd("RCPT TO:<b@example.test>"), 250)
-        self.assertReply(c.cmd("DATA"), 354)
-        c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n")
-        self.assertReply(c.read_reply(), 250)
+        c, banner, waited = self.greet(port, source=("127.0.0.2", 0))
+        self.assertReply(banner, 220)
+        self.assertLess(waited, DELAY)
+        self.deliver_one(c)
         self.assertEqual(b.wait_messages(1)[0]["xclient"]["NAME"], "[UNAVAILABLE]")
 
     def test_with_a_connect_hook_the_greeting_waits_and_the_hook_sees_the_name(self):

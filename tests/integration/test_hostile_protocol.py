@@ -24,7 +24,7 @@ import unittest
 import os
 
 from sluice_harness import (RawClient, Sluice, base_config, free_port, make_worker_dir, pool,
-                            sluice_bin, wait_until)
+                            sluice_bin, wait_until, write_lua_entry)
 from test_hostile import (NO_LIMITS, SANITIZER_PATTERN, WELL_FORMED_COMMAND, EvilBackend,
                           HostileTestCase, limits)
 
@@ -396,13 +396,7 @@ class BackendReplyClassTest(ProtocolTestCase):
                                                   limits=limits(), **relay_options)
 
     def write_eom_hook(self):
-        conf_dir = os.path.join(self.workdir, "conf.d")
-        os.makedirs(conf_dir, exist_ok=True)
-        script = os.path.join(self.workdir, "eom.lua")
-        with open(script, "w") as f:
-            f.write('sluice.on("eom", function(s) end)\n')
-        with open(os.path.join(conf_dir, "50-eom.conf"), "w") as f:
-            f.write('plugin = "lua";\nscript = "%s";\n' % script)
+        write_lua_entry(self.workdir, "eom", 'sluice.on("eom", function(s) end)\n')
 
     def transaction(self, i, slow=False):
         """Returns (client, RCPT reply, final reply or None)."""
