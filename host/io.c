@@ -342,6 +342,39 @@ static void io_read_later(struct io *io)
     event_add(&io->later, &tv);
 }
 
+/* One read into the input and its delivery. Returns the bytes read when
+ * the io is alive and may read on, 0 when this wakeup is over (nothing
+ * there, an end reported, or the io gone). */
+static size_t io_read_once(struct io *io, size_t room)
+{
+    ssize_t n = io_read_some(io, room);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        io_release_input(io);
+        return 0;
+    }
+    if (n < 0 && errno == ENOMEM) {
+        io_read_later(io);
+        return 0;
+    }
+    if (n <= 0) {
+        io->error = n < 0 ? errno : 0;
+        io_release_input(io);
+        io->read_stopped = true;
+        io_update_read(io, false);
+        io_deliver_event(io, n == 0 ? IO_EOF : IO_ERROR);
+        return 0;
+    }
+    io_rate_spent(io, (size_t)n);
+    io_adapt_read_size(io, room, (size_t)n);
+    io_enter(io);
+    if (io->cb->input)
+        io->cb->input(io, io->arg);
+    if (!io_leave(io))
+        return 0;
+    io_update_read(io, false);
+    return (size_t)n;
+}
+
 static void io_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct io *io = arg;
@@ -360,30 +393,17 @@ static void io_read_cb(evutil_socket_t fd, short what, void *arg)
         io->rev_added = false;
         return;
     }
-    ssize_t n = io_read_some(io, room);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        io_release_input(io);
-        return;
+    /* A read that filled its room likely left more in the kernel: read on,
+     * up to IO_READ_BURST, so a message passes in one turn instead of one
+     * read per turn of every busy session on the thread. */
+    size_t burst = 0;
+    for (;;) {
+        size_t got = io_read_once(io, room);
+        burst += got;
+        if (got < room || burst >= IO_READ_BURST || !io_should_read(io))
+            return;
+        room = io_read_room(io);
     }
-    if (n < 0 && errno == ENOMEM) {
-        io_read_later(io);
-        return;
-    }
-    if (n <= 0) {
-        io->error = n < 0 ? errno : 0;
-        io_release_input(io);
-        io->read_stopped = true;
-        io_update_read(io, false);
-        io_deliver_event(io, n == 0 ? IO_EOF : IO_ERROR);
-        return;
-    }
-    io_rate_spent(io, (size_t)n);
-    io_adapt_read_size(io, room, (size_t)n);
-    io_enter(io);
-    if (io->cb->input)
-        io->cb->input(io, io->arg);
-    if (io_leave(io))
-        io_update_read(io, false);
 }
 
 /* ---- plaintext: writing ------------------------------------------------ */
@@ -948,6 +968,8 @@ void io_resume(struct io *io)
     io->want_read = true;
     io_update_read(io, false);
 }
+
+void io_expect_bulk(struct io *io) { io->read_size = IO_READ_MAX; }
 
 void io_set_input_limit(struct io *io, size_t bytes)
 {

@@ -1,8 +1,9 @@
 /* The I/O layer on a real socket pair and a real event loop: lines in,
  * replies out, the close delivered from the loop, the input limit, no
- * buffer memory held by an idle connection, and a write the output cannot
- * take reported from the loop. libevent allocates through a counting
- * allocator here (what sluice's io_use_own_allocator does with malloc). */
+ * buffer memory held by an idle connection, a bulk read in one turn up to
+ * the burst, and a write the output cannot take reported from the loop.
+ * libevent allocates through a counting allocator here (what sluice's
+ * io_use_own_allocator does with malloc). */
 #include <errno.h>
 #include <malloc.h>
 #include <setjmp.h>
@@ -221,6 +222,49 @@ static void test_the_input_limit_stops_reading_until_input_is_taken(void **state
     peer_close(&p);
 }
 
+/* Writes up to want bytes without blocking; returns how many the socket took. */
+static size_t peer_write_bulk(struct peer *p, size_t want)
+{
+    int big = 1 << 20;
+    setsockopt(p->fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+    static char chunk[16384];
+    memset(chunk, 'x', sizeof chunk);
+    size_t sent = 0;
+    while (sent < want) {
+        size_t n = want - sent < sizeof chunk ? want - sent : sizeof chunk;
+        ssize_t w = write(p->fd, chunk, n);
+        if (w <= 0)
+            break;
+        sent += (size_t)w;
+    }
+    return sent;
+}
+
+static void test_a_bulk_waiting_in_the_kernel_is_read_in_one_turn_up_to_the_burst(void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    p.read_in_callback = false;
+    io_expect_bulk(p.io);
+    /* A message of 160 KiB: the whole of it in one turn of the loop, not a
+     * read per turn. */
+    size_t sent = peer_write_bulk(&p, 160 * 1024);
+    assert_int_equal(sent, 160 * 1024);
+    turn(&p);
+    assert_int_equal(io_input_len(p.io), sent);
+    io_input_drain(p.io, sent);
+    /* More than a burst waiting: one turn takes exactly the burst, the rest
+     * waits for the next turn (the other sessions of the thread run between). */
+    sent = peer_write_bulk(&p, IO_READ_BURST + 64 * 1024);
+    assert_true(sent > IO_READ_BURST);
+    turn(&p);
+    assert_int_equal(io_input_len(p.io), IO_READ_BURST);
+    turn(&p);
+    assert_int_equal(io_input_len(p.io), sent);
+    peer_close(&p);
+}
+
 static void test_a_write_the_output_cannot_take_breaks_the_connection_from_the_loop(void **state)
 {
     (void)state;
@@ -250,6 +294,7 @@ int main(void)
         cmocka_unit_test(test_an_idle_connection_holds_no_buffer_memory),
         cmocka_unit_test(test_close_when_flushed_writes_everything_then_closes_from_the_loop),
         cmocka_unit_test(test_the_input_limit_stops_reading_until_input_is_taken),
+        cmocka_unit_test(test_a_bulk_waiting_in_the_kernel_is_read_in_one_turn_up_to_the_burst),
         cmocka_unit_test(test_a_write_the_output_cannot_take_breaks_the_connection_from_the_loop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
