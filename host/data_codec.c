@@ -1,5 +1,6 @@
 #include "data_codec.h"
 
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/types.h>
 #ifdef __SSE2__
@@ -30,7 +31,12 @@ struct decode_ctx {
     uint64_t limit;
     size_t run_start;
     ssize_t pend_at;
+    bool wide; /* plain 64-byte blocks are skipped with AVX2 */
 };
+
+/* -1: not chosen yet; then whether the CPU has AVX2 (tests may turn it off).
+ * Every loop thread may make the first choice: the same one. */
+static atomic_int wide_scan = -1;
 
 void data_decoder_init(struct data_decoder *d, enum bare_newline_mode mode)
 {
@@ -134,6 +140,71 @@ static size_t find_line_end(const char *in, size_t i, size_t len)
     return len;
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DATA_CODEC_WIDE 1
+#include <immintrin.h>
+
+/* Bit k of the result: byte k of the 64 bytes in lo, hi equals want. */
+#define WIDE_MASK(lo, hi, want)                                                                    \
+    ((uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(lo, want)) |                     \
+     (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(hi, want)) << 32)
+
+/* Skips whole 64-byte blocks of plain lines from i: every CR followed by
+ * its LF inside the block, every LF preceded by its CR, no line starting
+ * with '.'. A few compares per block instead of a line end search and its
+ * branch per line; a block the test refuses is left to the per-line walk.
+ * The block needs one byte after it (a dot after its last LF). */
+__attribute__((target("avx2"))) static size_t skip_plain_avx2(const char *in, size_t i,
+                                                               size_t len, bool *crossed_crlf)
+{
+    const __m256i cr = _mm256_set1_epi8('\r'), lf = _mm256_set1_epi8('\n');
+    const __m256i dot = _mm256_set1_epi8('.');
+    while (len - i > 64) {
+        __m256i lo = _mm256_loadu_si256((const __m256i *)(const void *)(in + i));
+        __m256i hi = _mm256_loadu_si256((const __m256i *)(const void *)(in + i + 32));
+        uint64_t crs = WIDE_MASK(lo, hi, cr), lfs = WIDE_MASK(lo, hi, lf);
+        if ((crs << 1) != lfs || (crs >> 63) != 0)
+            break;
+        if (lfs != 0) {
+            uint64_t dots = WIDE_MASK(lo, hi, dot);
+            if (((lfs << 1) & dots) != 0 || ((lfs >> 63) != 0 && in[i + 64] == '.'))
+                break;
+            *crossed_crlf = true;
+        }
+        i += 64;
+    }
+    return i;
+}
+#endif
+
+/* After a plain line the next ones are likely plain too: skip them in
+ * blocks where the CPU allows. Only there, so input full of bare newlines
+ * or dot lines never pays a block test per line. */
+static size_t skip_plain_blocks(struct decode_ctx *c, size_t i, size_t len)
+{
+#ifdef DATA_CODEC_WIDE
+    bool crossed = false;
+    if (c->wide && len - i > 64)
+        i = skip_plain_avx2(c->in, i, len, &crossed);
+    if (crossed)
+        c->d->line_after_crlf = true;
+#else
+    (void)c;
+    (void)len;
+#endif
+    return i;
+}
+
+void data_codec_set_wide(bool on)
+{
+#ifdef DATA_CODEC_WIDE
+    atomic_store_explicit(&wide_scan, on && __builtin_cpu_supports("avx2"), memory_order_relaxed);
+#else
+    (void)on;
+    atomic_store_explicit(&wide_scan, 0, memory_order_relaxed);
+#endif
+}
+
 /* A bare LF at `at`: written as CRLF, and the next line is plain body text. */
 static size_t decode_bare_lf(struct decode_ctx *c, size_t at)
 {
@@ -165,7 +236,7 @@ static size_t decode_mid(struct decode_ctx *c, size_t i, size_t len)
             return eol + 1;
         }
         c->d->line_after_crlf = true;
-        i = eol + 2;
+        i = skip_plain_blocks(c, eol + 2, len);
     }
 }
 
@@ -261,7 +332,12 @@ static bool state_is_pending(int state)
 size_t data_decode_to(struct data_decoder *d, const char *in, size_t len, data_sink_fn sink,
                       void *sink_arg, uint64_t out_limit)
 {
-    struct decode_ctx c = {d, in, sink, sink_arg, out_limit, 0, -1};
+    int wide = atomic_load_explicit(&wide_scan, memory_order_relaxed);
+    if (wide < 0) {
+        data_codec_set_wide(true);
+        wide = atomic_load_explicit(&wide_scan, memory_order_relaxed);
+    }
+    struct decode_ctx c = {d, in, sink, sink_arg, out_limit, 0, -1, wide == 1};
     size_t i = 0;
 
     while (i < len && !d->done)

@@ -69,6 +69,11 @@ typedef int (*data_sink_fn)(void *arg, const char *p, size_t n);
 size_t data_decode_to(struct data_decoder *d, const char *in, size_t len, data_sink_fn sink,
                       void *sink_arg, uint64_t out_limit);
 
+/* Whether runs of plain lines are checked 64 bytes at a time (AVX2): on by
+ * default where the CPU has it; off, every line is walked on its own. The
+ * output is the same either way (tests and the fuzz target compare them). */
+void data_codec_set_wide(bool on);
+
 /* The message size as RFC 1870 counts it: the content written so far, CRLFs
  * included, without stuffing dots or the terminator. */
 uint64_t data_decoder_size(const struct data_decoder *d);

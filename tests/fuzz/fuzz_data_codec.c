@@ -1,7 +1,8 @@
-/* DATA decoding: split invariance, the same output as a plain line-by-line
- * model (so the scanner's fast path cannot drift from the rules), canonical
- * output, no smuggled end of data, stuff/unstuff round trip. The first byte
- * picks the split points, the limit and the bare-newline mode. */
+/* DATA decoding: split invariance, the 64-byte block scan against the line
+ * walk, the same output as a plain line-by-line model (so the scanner's fast
+ * paths cannot drift from the rules), canonical output, no smuggled end of
+ * data, stuff/unstuff round trip. The first byte picks the split points, the
+ * limit and the bare-newline mode. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -148,6 +149,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct result whole = decode(in, len, len ? len : 1, UINT64_MAX);
     struct result split = decode(in, len, step, UINT64_MAX);
+    /* the 64-byte block scan and the line walk agree byte for byte */
+    data_codec_set_wide(false);
+    struct result narrow = decode(in, len, step, UINT64_MAX);
+    data_codec_set_wide(true);
+    if (evbuffer_get_length(narrow.out) != evbuffer_get_length(whole.out) ||
+        narrow.consumed != whole.consumed || narrow.done != whole.done ||
+        narrow.bare != whole.bare || narrow.nul != whole.nul || narrow.size != whole.size ||
+        (evbuffer_get_length(whole.out) > 0 &&
+         memcmp(evbuffer_pullup(narrow.out, -1), evbuffer_pullup(whole.out, -1),
+                evbuffer_get_length(whole.out)) != 0))
+        abort();
+    evbuffer_free(narrow.out);
     size_t n = evbuffer_get_length(whole.out);
     if (n != evbuffer_get_length(split.out) || whole.consumed != split.consumed ||
         whole.done != split.done || whole.bare != split.bare || whole.nul != split.nul ||

@@ -361,6 +361,59 @@ static void test_decoder_matches_line_model_on_random_input(void **state)
     }
 }
 
+/* Mostly plain CRLF lines of any length, now and then one the block scan must
+ * hand back to the line walk: a dot line, a bare LF or CR, a NUL, a CR LF
+ * split by a byte. */
+static size_t plain_text_message(char *buf, size_t cap, unsigned *seed)
+{
+    static const char *const odd[] = {".x", "a\nb", "a\rb", "a\0b", "a\rx\nb", "..", "\n."};
+    size_t n = 0;
+    while (n + 120 < cap) {
+        if (rand_r(seed) % 12 == 0) {
+            const char *o = odd[rand_r(seed) % 7];
+            size_t olen = o[0] == 'a' && o[1] == '\0' ? 3 : strlen(o);
+            memcpy(buf + n, o, olen);
+            n += olen;
+        }
+        size_t line = (size_t)(rand_r(seed) % 100);
+        memset(buf + n, 'x', line);
+        n += line;
+        memcpy(buf + n, "\r\n", 2);
+        n += 2;
+    }
+    memcpy(buf + n, ".\r\nQUIT", 7);
+    return n + 7;
+}
+
+static void test_block_scan_and_line_walk_give_the_same_output(void **state)
+{
+    (void)state;
+    unsigned seed = 4242;
+    static char in[8192], want[16384];
+    for (int iter = 0; iter < 400; iter++) {
+        size_t len = plain_text_message(in, sizeof in - 16, &seed);
+        size_t splits[3] = {1 + (size_t)(rand_r(&seed) % 700), 64, 65};
+        for (int mode = BARE_NEWLINE_REJECT; mode <= BARE_NEWLINE_NORMALIZE; mode++) {
+            enum bare_newline_mode m = (enum bare_newline_mode)mode;
+            struct decoded wide = decode_chunks(in, len, m, splits, 3, NO_LIMIT);
+            data_codec_set_wide(false);
+            struct decoded narrow = decode_chunks(in, len, m, splits, 3, NO_LIMIT);
+            data_codec_set_wide(true);
+            assert_same(&wide, &narrow);
+            struct model model;
+            size_t used = model_decode(in, len, want, &model);
+            assert_true(wide.done);
+            assert_int_equal(wide.consumed, used);
+            assert_int_equal(wide.out_len, model.out_len);
+            assert_memory_equal(wide.out, want, model.out_len);
+            assert_int_equal(wide.bare, model.bare);
+            assert_int_equal(wide.nul, model.nul);
+            decoded_free(&wide);
+            decoded_free(&narrow);
+        }
+    }
+}
+
 static void test_output_is_identical_byte_by_byte_and_in_random_splits(void **state)
 {
     (void)state;
@@ -773,6 +826,7 @@ int main(void)
         cmocka_unit_test(test_nul_is_flagged_at_every_split_point_in_both_modes),
         cmocka_unit_test(test_nul_after_the_terminator_belongs_to_the_next_command),
         cmocka_unit_test(test_decoder_matches_line_model_on_random_input),
+        cmocka_unit_test(test_block_scan_and_line_walk_give_the_same_output),
         cmocka_unit_test(test_output_is_identical_byte_by_byte_and_in_random_splits),
         cmocka_unit_test(test_terminator_split_at_every_boundary_is_found),
         cmocka_unit_test(test_output_stops_at_limit_but_terminator_is_still_found),
