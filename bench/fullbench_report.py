@@ -21,8 +21,8 @@ def fmt(v, spec):
 
 def markdown(meta, matrix, syscalls, scale):
     out = ["# Relay benchmark results", "",
-           "`%s` on %s, %s. Proxies on CPU %s, everything else (smtp-source, "
-           "smtp-sink, the probe, dnsmasq, rbldnsd) on CPU %s; sluice `threads = %d`, "
+           "`%s` on %s, %s. Proxies and the resolver (dnsmasq, rbldnsd) on CPU %s, "
+           "everything else (smtp-source, smtp-sink, the probe) on CPU %s; sluice `threads = %d`, "
            "nginx `worker_processes %d`. %d repetition(s) per cell, median. "
            "Load average before: %s." % (meta["command"], meta["host"], meta["date"],
                                          meta["proxy_cpus"], meta["load_cpus"],
