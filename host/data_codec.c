@@ -155,7 +155,7 @@ static size_t find_line_end(const char *in, size_t i, size_t len)
  * branch per line; a block the test refuses is left to the per-line walk.
  * The block needs one byte after it (a dot after its last LF). */
 __attribute__((target("avx2"))) static size_t skip_plain_avx2(const char *in, size_t i,
-                                                               size_t len, bool *crossed_crlf)
+                                                               size_t len)
 {
     const __m256i cr = _mm256_set1_epi8('\r'), lf = _mm256_set1_epi8('\n');
     const __m256i dot = _mm256_set1_epi8('.');
@@ -169,7 +169,6 @@ __attribute__((target("avx2"))) static size_t skip_plain_avx2(const char *in, si
             uint64_t dots = WIDE_MASK(lo, hi, dot);
             if (((lfs << 1) & dots) != 0 || ((lfs >> 63) != 0 && in[i + 64] == '.'))
                 break;
-            *crossed_crlf = true;
         }
         i += 64;
     }
@@ -179,15 +178,13 @@ __attribute__((target("avx2"))) static size_t skip_plain_avx2(const char *in, si
 
 /* After a plain line the next ones are likely plain too: skip them in
  * blocks where the CPU allows. Only there, so input full of bare newlines
- * or dot lines never pays a block test per line. */
+ * or dot lines never pays a block test per line. The state stays as the
+ * plain line left it: every line skipped ends in CRLF. */
 static size_t skip_plain_blocks(struct decode_ctx *c, size_t i, size_t len)
 {
 #ifdef DATA_CODEC_WIDE
-    bool crossed = false;
     if (c->wide && len - i > 64)
-        i = skip_plain_avx2(c->in, i, len, &crossed);
-    if (crossed)
-        c->d->line_after_crlf = true;
+        i = skip_plain_avx2(c->in, i, len);
 #else
     (void)c;
     (void)len;

@@ -137,7 +137,6 @@ void io_close_when_flushed(struct io *io, int64_t flush_ms);
 
 void io_pause(struct io *io);  /* stop reading (the kernel buffers the rest) */
 void io_resume(struct io *io);
-/* Reading stops while this much input is buffered unread. */
 /* What one wakeup reads from one peer at most: reads go on while each fills
  * its room, so a message of common size passes in one turn (its latency is
  * the turns it takes, each as long as every busy session's reads), and a
@@ -148,6 +147,7 @@ void io_resume(struct io *io);
  * read reserves the most at once instead of growing up to it, read after
  * read, while the bytes wait in the kernel. Later reads adapt as before. */
 void io_expect_bulk(struct io *io);
+/* Reading stops while this much input is buffered unread. */
 void io_set_input_limit(struct io *io, size_t bytes);
 /* Reads at most bytes_per_second (0: no limit). */
 int io_set_read_rate(struct io *io, uint64_t bytes_per_second);
