@@ -1376,6 +1376,18 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
     backend_write(b, line, len);
 }
 
+/* DATA goes out for the message of spool, queued just before as the last
+ * awaited reply; returns that pending entry for the caller's details. */
+static struct pending *backend_data_sent(struct smtp_backend *b, struct spool *spool)
+{
+    struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
+    p->spool = spool;
+    if (b->noop_timer)
+        event_del(b->noop_timer);
+    backend_write(b, "DATA\r\n", 6);
+    return p;
+}
+
 static void smtp_send_message(struct backend *base, struct spool *spool, struct evbuffer *prefix,
                               uint64_t offset, backend_cb cb, void *arg)
 {
@@ -1393,13 +1405,9 @@ static void smtp_send_message(struct backend *base, struct spool *spool, struct 
         backend_deliver(cb, arg, st, 0, NULL, 0, 0);
         return;
     }
-    struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
-    p->spool = spool;
+    struct pending *p = backend_data_sent(b, spool);
     p->prefix = prefix;
     p->offset = offset;
-    if (b->noop_timer)
-        event_del(b->noop_timer);
-    backend_write(b, "DATA\r\n", 6);
 }
 
 static void smtp_stream_begin(struct backend *base, struct spool *spool, backend_cb cb, void *arg)
@@ -1414,13 +1422,8 @@ static void smtp_stream_begin(struct backend *base, struct spool *spool, backend
         backend_deliver(cb, arg, BACKEND_INTERNAL, 0, NULL, 0, 0);
         return;
     }
-    struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
-    p->spool = spool;
-    p->stream = true;
+    backend_data_sent(b, spool)->stream = true;
     b->streaming = true;
-    if (b->noop_timer)
-        event_del(b->noop_timer);
-    backend_write(b, "DATA\r\n", 6);
 }
 
 static struct pending *backend_stream_pending(struct smtp_backend *b)

@@ -170,6 +170,14 @@ class CutThroughTest(SluiceTestCase):
         self.addCleanup(b.close)
         return b
 
+    def half_at_backend(self, b, port):
+        """A client past its 354 whose first half of the message the
+        backend already holds."""
+        c = self.begin_message(port)
+        c.send(HEADER + HALF)
+        self.wait_received(b, HEADER + HALF, "the first half at the backend")
+        return c
+
     def begin_message(self, port):
         """A raw client past its DATA's 354 (sluice's own)."""
         c = self.open_session(port)
@@ -186,9 +194,7 @@ class CutThroughTest(SluiceTestCase):
     def test_backend_has_the_first_part_before_the_final_dot_and_the_message_arrives_intact(self):
         b = self.stream_backend()
         _, port = self.relay(b)
-        c = self.begin_message(port)
-        c.send(HEADER + HALF)
-        self.wait_received(b, HEADER + HALF, "the first half at the backend")
+        c = self.half_at_backend(b, port)
         self.assertEqual(b.messages(), [])
         rest = b"..dot-stuffed line stays stuffed\r\n" + HALF
         c.send(rest + b".\r\n")
@@ -199,9 +205,7 @@ class CutThroughTest(SluiceTestCase):
     def test_client_gone_mid_body_closes_the_backend_without_a_dot_and_the_next_session_delivers(self):
         b = self.stream_backend()
         _, port = self.relay(b)
-        c = self.begin_message(port)
-        c.send(HEADER + HALF)
-        self.wait_received(b, HEADER + HALF, "the first half at the backend")
+        c = self.half_at_backend(b, port)
         c.close()
         wait_until(lambda: b.closed(0), 10, what="the backend connection closed")
         self.assertEqual(b.messages(), [])
@@ -219,9 +223,7 @@ class CutThroughTest(SluiceTestCase):
         on reaches the backend."""
         b = self.stream_backend()
         _, port = self.relay(b, **overrides)
-        c = self.begin_message(port)
-        c.send(HEADER + HALF)
-        self.wait_received(b, HEADER + HALF, "the first half at the backend")
+        c = self.half_at_backend(b, port)
         c.send(bad)
         c.send(b"AFTER-BAD\r\n" + HALF + b".\r\n")
         self.assertReply(c.read_reply(), code, esc)
@@ -319,9 +321,7 @@ class CutThroughTest(SluiceTestCase):
             s.ehlo("client.example")
             s.mail("s@x.example")
             self.assertEqual(s.rcpt("nobody@a.example")[0], 550)
-        c = self.begin_message(port)
-        c.send(HEADER + HALF)
-        self.wait_received(b, HEADER + HALF, "the first half at the backend")
+        c = self.half_at_backend(b, port)
         c.send(b".\r\n")
         self.assertReply(c.read_reply(), 250)
         self.assertEqual(b.messages(), [HEADER + HALF])

@@ -72,21 +72,28 @@ static void append_in_chunks(struct spool *s, const unsigned char *data, size_t 
 }
 
 /* What a backend would receive: spool_add_to, then drain the output. */
+/* out holds exactly want: taken out of it. */
+static void assert_holds_exactly(struct evbuffer *out, const unsigned char *want, size_t len)
+{
+    unsigned char *got = malloc(len + 1);
+
+    assert_non_null(got);
+    assert_int_equal(evbuffer_remove(out, got, len + 1), (int)len);
+    assert_memory_equal(got, want, len);
+    free(got);
+}
+
 static void assert_sends_exactly(struct spool *s, const unsigned char *want, size_t len)
 {
     struct evbuffer *out = evbuffer_new();
-    unsigned char *got = malloc(len + 1);
 
     assert_non_null(out);
-    assert_non_null(got);
     assert_int_equal(evbuffer_add(out, "DATA-PREFIX", 11), 0);
     assert_int_equal(spool_add_to(s, out), 0);
     assert_int_equal(evbuffer_get_length(out), len + 11);
     evbuffer_drain(out, 11);
-    assert_int_equal(evbuffer_remove(out, got, len + 1), (int)len);
-    assert_memory_equal(got, want, len);
+    assert_holds_exactly(out, want, len);
     evbuffer_free(out);
-    free(got);
 }
 
 static void assert_reads_exactly(struct spool *s, const unsigned char *want, size_t len)
@@ -255,26 +262,22 @@ static void reset_after_sending_leaves_the_queued_copy_intact(void **state)
         struct spool *s = spool_new(THRESHOLD, tmp_dir());
         unsigned char *first = pattern_new(len);
         unsigned char *second = malloc(len);
-        unsigned char *got = malloc(len);
         struct evbuffer *out = evbuffer_new();
 
         assert_non_null(s);
         assert_non_null(second);
-        assert_non_null(got);
         assert_non_null(out);
         memset(second, 'x', len);
         append_in_chunks(s, first, len, 100);
         assert_int_equal(spool_add_to(s, out), 0);
         spool_reset(s);
         append_in_chunks(s, second, len, 100);
-        assert_int_equal(evbuffer_remove(out, got, len), (int)len);
-        assert_memory_equal(got, first, len);
+        assert_holds_exactly(out, first, len);
         assert_reads_exactly(s, second, len);
         evbuffer_free(out);
         spool_free(s);
         free(first);
         free(second);
-        free(got);
     }
 }
 
@@ -424,12 +427,8 @@ static void bytes_handed_out_as_the_message_grows_arrive_exactly(void **state)
         assert_int_equal(evbuffer_get_length(out), off);
     }
     assert_true(spool_in_file(s));
-    unsigned char *got = malloc(len);
-    assert_non_null(got);
-    assert_int_equal(evbuffer_remove(out, got, len), (int)len);
-    assert_memory_equal(got, data, len);
+    assert_holds_exactly(out, data, len);
     assert_reads_exactly(s, data, len);
-    free(got);
     evbuffer_free(out);
     evbuffer_free(src);
     spool_free(s);
