@@ -37,6 +37,10 @@
  * it): tell it, as if the write event had drained it. */
 #define IO_DRAIN_NOTIFY_BYTES (64 * 1024)
 
+/* Pieces of the output one send takes: a 100 KiB message is two or three
+ * chains, a burst of replies one. */
+#define IO_SEND_PIECES 64
+
 /* Deferred reports, delivered from the loop (never inside a caller's stack). */
 #define IO_LATER_ERROR 0x1
 #define IO_LATER_CLOSED 0x2
@@ -92,6 +96,7 @@ struct io {
     bool freed;                /* io_free from inside a callback: free at its end */
     bool broken;               /* a write failed: output is dropped from now on */
     bool read_nomem;           /* the last read had no buffer: waiting to retry */
+    bool out_holds_file;       /* a spool file's segment is queued (sendfile) */
 };
 
 /* Writes made while a callback of an io runs on this thread (to it or to
@@ -295,8 +300,9 @@ static ssize_t io_read_some(struct io *io, size_t room)
         left -= v[i].iov_len;
     }
     ssize_t n;
-    do
-        n = readv(io->fd, (struct iovec *)v, nv);
+    do /* recv skips the VFS layer readv goes through: a little less per read */
+        n = nv == 1 ? recv(io->fd, v[0].iov_base, v[0].iov_len, 0)
+                    : readv(io->fd, (struct iovec *)v, nv);
     while (n < 0 && errno == EINTR);
     int saved = errno;
     size_t got = n > 0 ? (size_t)n : 0;
@@ -423,14 +429,38 @@ static void io_disarm_write(struct io *io)
     io->wev_added = false;
 }
 
-/* Writes what is queued, in one writev (or sendfile for a file spool):
+/* One send of the queued bytes. In memory they go by send (one piece) or
+ * sendmsg: socket calls skip the VFS layer writev goes through, a little
+ * less per write. A spool file's segment is libevent's to send (sendfile);
+ * evbuffer_peek cannot see into one. */
+static ssize_t io_send_queued(struct io *io)
+{
+    if (io->out_holds_file)
+        return evbuffer_write(io->out, io->fd);
+    struct evbuffer_iovec v[IO_SEND_PIECES];
+    int nv = evbuffer_peek(io->out, -1, NULL, v, IO_SEND_PIECES);
+    if (nv > IO_SEND_PIECES)
+        nv = IO_SEND_PIECES;
+    ssize_t n;
+    if (nv == 1) {
+        n = send(io->fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL);
+    } else {
+        struct msghdr m = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)nv};
+        n = sendmsg(io->fd, &m, MSG_NOSIGNAL);
+    }
+    if (n > 0)
+        evbuffer_drain(io->out, (size_t)n);
+    return n;
+}
+
+/* Writes what is queued, in one send (or sendfile for a file spool):
  * 1 when all of it left, 0 when the kernel took less, -1 when the
  * connection broke (reported from the loop: the caller may be deep in its
  * own handler). */
 static int io_write_out(struct io *io)
 {
     while (!io->broken && evbuffer_get_length(io->out) > 0) {
-        int n = evbuffer_write(io->out, io->fd);
+        ssize_t n = io_send_queued(io);
         if (n > 0 || (n < 0 && errno == EINTR))
             continue; /* the kernel may take more: a short write ends with EAGAIN */
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -444,8 +474,10 @@ static int io_write_out(struct io *io)
     }
     if (io->broken) {
         evbuffer_drain(io->out, evbuffer_get_length(io->out));
+        io->out_holds_file = false;
         return -1;
     }
+    io->out_holds_file = false;
     if (io->close_requested)
         io_close_now(io);
     return 1;
@@ -892,6 +924,7 @@ int io_write_spool(struct io *io, struct spool *spool, uint64_t offset)
         return 0;
     size_t before = evbuffer_get_length(io_out(io));
     uint64_t want = spool_size(spool) - offset;
+    io->out_holds_file |= spool_in_file(spool);
     /* Counted, not trusted: libevent 2.1's evbuffer_add_buffer_reference
      * says 0 when a chain allocation failed half way, and a message cut
      * short would be accepted by the server as it is. */
@@ -909,6 +942,7 @@ int io_write_spool_new(struct io *io, struct spool *spool, uint64_t *added)
     if (io->broken)
         return 0;
     size_t before = evbuffer_get_length(io_out(io));
+    io->out_holds_file |= spool_in_file(spool);
     /* Counted, as in io_write_spool: a reference cut short would send a
      * message with a hole. */
     if (spool_add_new_to(spool, io_out(io), added) < 0 ||
