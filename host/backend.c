@@ -67,6 +67,8 @@ struct pending {
     bool end;         /* cut-through: the client's end of data came, the dot follows */
     uint64_t sent_at; /* bytes_out once its command (or body) is written */
     uint64_t mails_at; /* the connection's mails_sent when it was queued */
+    char *line;       /* P_USER's command, kept while it may go again (backend_replay) */
+    size_t line_len;
     TAILQ_ENTRY(pending) link;
 };
 
@@ -119,6 +121,8 @@ struct smtp_backend {
     bool xclient_sent;  /* pipelined behind the reuse's RSET */
     int transactions;   /* MAIL commands on this connection */
     bool out_of_memory; /* a write failed for memory: the loss is ours (451 4.3.0) */
+    bool unconfirmed;   /* a clean kept connection taken without a word: no reply yet */
+    bool replaying;     /* its commands wait for a new connection (backend_replay) */
     bool streaming;     /* DATA of a streamed message sent, its final dot not yet */
 };
 
@@ -130,6 +134,10 @@ static void backend_reuse_begin(struct smtp_backend *b);
 static bool backend_reuse_xclient(const struct smtp_backend *b);
 static const char *backend_client_name(const struct backend_client *c);
 static void backend_reuse_failed(struct smtp_backend *b, const char *why);
+static void backend_replay_send(struct smtp_backend *b);
+static bool backend_replay(struct smtp_backend *b, const char *why);
+static void backend_confirmed(struct smtp_backend *b);
+static void backend_fail_awaited(struct smtp_backend *b, enum backend_status st);
 static enum backend_step backend_awaited(const struct smtp_backend *b);
 static void backend_violation(struct smtp_backend *b, const char *what, const char *text,
                               size_t len);
@@ -155,6 +163,7 @@ static void pending_free(struct pending *p)
 {
     if (p->prefix)
         evbuffer_free(p->prefix);
+    free(p->line);
     free(p);
 }
 
@@ -254,9 +263,30 @@ static void backend_deliver(backend_cb cb, void *arg, enum backend_status st, in
         cb(arg, &r);
 }
 
+/* A dead connection's queued commands learn it, in order. */
+static void backend_fail_awaited(struct smtp_backend *b, enum backend_status st)
+{
+    b->replaying = false;
+    while (!TAILQ_EMPTY(&b->awaited) && b->state == B_DEAD) {
+        struct pending *p = TAILQ_FIRST(&b->awaited);
+        TAILQ_REMOVE(&b->awaited, p, link);
+        backend_cb cb = p->cb;
+        void *arg = p->arg;
+        pending_free(p);
+        backend_deliver(cb, arg, st, 0, NULL, 0, 0);
+    }
+}
+
 static void backend_open_done(struct smtp_backend *b, enum backend_status st, const char *text,
                               size_t len, int code, size_t nlines)
 {
+    if (b->replaying) {
+        /* The session was told long ago: the new connection failed under
+         * the commands it carries. */
+        b->state = B_DEAD;
+        backend_fail_awaited(b, st == BACKEND_INTERNAL ? st : BACKEND_LOST);
+        return;
+    }
     backend_cb cb = b->open_cb;
     b->open_cb = NULL;
     backend_deliver(cb, b->open_arg, st, code, text, len, nlines);
@@ -296,14 +326,7 @@ static void backend_fail(struct smtp_backend *b, const char *why)
         backend_open_done(b, st, NULL, 0, 0, 0);
         return;
     }
-    while (!TAILQ_EMPTY(&b->awaited) && b->state == B_DEAD) {
-        struct pending *p = TAILQ_FIRST(&b->awaited);
-        TAILQ_REMOVE(&b->awaited, p, link);
-        backend_cb cb = p->cb;
-        void *arg = p->arg;
-        pending_free(p);
-        backend_deliver(cb, arg, st, 0, NULL, 0, 0);
-    }
+    backend_fail_awaited(b, st);
 }
 
 /* ---- writing ------------------------------------------------------------ */
@@ -436,6 +459,10 @@ static void backend_ready(struct smtp_backend *b, const char *text, const struct
     backend_await_none(b);
     log_debug(b->sid, "backend %s: ready%s", b->peer, b->reusing ? " (kept connection)" : "");
     b->reusing = false;
+    if (b->replaying) {
+        backend_replay_send(b);
+        return;
+    }
     backend_open_done(b, BACKEND_REPLY, text, r->len, r->code, r->nlines);
 }
 
@@ -748,6 +775,11 @@ static void backend_drained(struct io *io, void *arg)
 
 static void backend_command_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
+    if (b->unconfirmed) {
+        if (r->code == 421 && backend_replay(b, "closing (421)"))
+            return;
+        backend_confirmed(b);
+    }
     struct pending *p = TAILQ_FIRST(&b->awaited);
     if (!p) {
         /* Unsolicited: typically 421 before the server closes an idle session. */
@@ -967,7 +999,7 @@ static void backend_io_event(struct io *io, enum io_event ev, void *arg)
         snprintf(msg, sizeof msg, "%s: %s", b->state == B_CONNECTING ? "connect" : "greeting",
                  ev == IO_ERROR ? io_error_text(io) : why);
         backend_next_server(b, msg);
-    } else {
+    } else if ((ev != IO_EOF && ev != IO_ERROR) || !backend_replay(b, why)) {
         backend_fail(b, why);
     }
     backend_leave(b);
@@ -1115,6 +1147,7 @@ static void backend_reuse_ready(struct smtp_backend *b)
     }
     static const char kept[] = "250 kept connection\r\n";
     const struct smtp_reply r = {.code = 250, .len = sizeof kept - 1, .nlines = 1};
+    b->unconfirmed = true;
     backend_ready(b, kept, &r);
 }
 
@@ -1145,9 +1178,8 @@ static void backend_reuse_begin(struct smtp_backend *b)
 
 /* The server closed or refused the kept connection: the session gets a
  * new one (same slot) as if none had been kept; the client sees nothing. */
-static void backend_reuse_failed(struct smtp_backend *b, const char *why)
+static void backend_reconnect(struct smtp_backend *b)
 {
-    log_info(b->sid, "backend %s: kept connection unusable (%s), opening a new one", b->peer, why);
     backend_drop_connection(b);
     b->reusing = false;
     b->dirty = false;
@@ -1157,6 +1189,82 @@ static void backend_reuse_failed(struct smtp_backend *b, const char *why)
     b->tried = 0;
     b->server = pool_first_server(b->pool);
     backend_try_server(b);
+}
+
+static void backend_reuse_failed(struct smtp_backend *b, const char *why)
+{
+    log_info(b->sid, "backend %s: kept connection unusable (%s), opening a new one", b->peer, why);
+    backend_reconnect(b);
+}
+
+/* The first reply on a clean kept connection: from here a loss is the
+ * session's, as on any connection. */
+static void backend_confirmed(struct smtp_backend *b)
+{
+    b->unconfirmed = false;
+    struct pending *p;
+    TAILQ_FOREACH(p, &b->awaited, link) {
+        free(p->line);
+        p->line = NULL;
+    }
+}
+
+/* A clean kept connection goes to a session without a word to the server
+ * (backend_reuse_ready), so a server closing it just then (its own idle
+ * timeout) crosses our first commands. Until its first reply the server
+ * took nothing: the commands go again, once, on a new connection, and the
+ * client sees nothing, as with any kept connection found unusable. A
+ * timeout is not replayed: the client has waited long enough. */
+static bool backend_replay(struct smtp_backend *b, const char *why)
+{
+    if (!b->unconfirmed || b->state != B_READY || b->out_of_memory)
+        return false;
+    struct pending *p;
+    int mails = 0;
+    TAILQ_FOREACH(p, &b->awaited, link) {
+        if ((p->kind == P_USER && !p->line) || p->kind == P_BODY || p->kind == P_FINAL)
+            return false;
+        mails += p->step == BSTEP_MAIL;
+    }
+    log_info(b->sid, "backend %s: kept connection lost before its first reply (%s): its "
+             "commands go again on a new connection", b->peer, why);
+    b->unconfirmed = false;
+    b->replaying = true;
+    if (b->noop_timer)
+        event_del(b->noop_timer);
+    backend_reconnect(b);
+    b->transactions = mails;
+    b->dirty = mails > 0;
+    return true;
+}
+
+/* The new connection is ready: what was queued goes out as it went the
+ * first time, in one write (a pipelined group stays one). */
+static void backend_replay_send(struct smtp_backend *b)
+{
+    b->replaying = false;
+    struct pending *p;
+    int queued = 0;
+    TAILQ_FOREACH(p, &b->awaited, link)
+        queued++;
+    if (queued > 1 && !b->caps.pipelining) {
+        backend_fail(b, "the new connection's server does not offer PIPELINING for the "
+                        "commands that go again");
+        return;
+    }
+    io_cork();
+    TAILQ_FOREACH(p, &b->awaited, link) {
+        if (p->kind == P_USER)
+            backend_write(b, p->line, p->line_len);
+        else
+            backend_write(b, p->kind == P_DATA ? "DATA\r\n" : "NOOP\r\n", 6);
+        p->sent_at = b->bytes_out;
+        free(p->line);
+        p->line = NULL;
+    }
+    io_uncork();
+    if (queued > 0)
+        backend_await(b, b->pc->command_timeout_ms);
 }
 
 /* QUIT and let go: the slot is released when the server answers or after
@@ -1286,6 +1394,7 @@ static struct backend *backend_reuse(struct smtp_backend *b, const struct backen
     b->open_cb = cb;
     b->open_arg = arg;
     b->reusing = true;
+    b->unconfirmed = false; /* until backend_reuse_ready finds it clean */
     b->state = B_WAIT_SLOT;
     event_active(b->start_ev, 0, 0);
     return &b->base;
@@ -1353,11 +1462,30 @@ static struct backend *smtp_open(struct loop *loop, struct generation *gen, stru
 
 /* ---- commands ----------------------------------------------------------- */
 
+/* Commands are taken when ready, and queued while a new connection is
+ * opened under them (backend_replay). */
+static bool backend_takes_commands(const struct smtp_backend *b)
+{
+    return b->state == B_READY || b->replaying;
+}
+
+/* The last queued command's line, for backend_replay_send. */
+static bool backend_keep_line(struct smtp_backend *b, const char *line, size_t len)
+{
+    struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
+    p->line = malloc(len);
+    if (!p->line)
+        return false;
+    memcpy(p->line, line, len);
+    p->line_len = len;
+    return true;
+}
+
 static void smtp_command(struct backend *base, enum backend_step step, const char *line,
                          size_t len, backend_cb cb, void *arg)
 {
     struct smtp_backend *b = SMTP(base);
-    if (b->state != B_READY) {
+    if (!backend_takes_commands(b)) {
         backend_deliver(cb, arg, backend_lost_status(b), 0, NULL, 0, 0);
         return;
     }
@@ -1366,6 +1494,17 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
         backend_deliver(cb, arg, BACKEND_INTERNAL, 0, NULL, 0, 0);
         return;
     }
+    if ((b->unconfirmed || b->replaying) && !backend_keep_line(b, line, len)) {
+        if (b->replaying) {
+            struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
+            TAILQ_REMOVE(&b->awaited, p, link);
+            pending_free(p);
+            log_err(b->sid, "backend %s: out of memory queueing a command", b->peer);
+            backend_deliver(cb, arg, BACKEND_INTERNAL, 0, NULL, 0, 0);
+            return;
+        }
+        backend_confirmed(b); /* cannot go again: a loss is the session's */
+    }
     if (step == BSTEP_MAIL) {
         b->dirty = true;
         b->transactions++;
@@ -1373,7 +1512,8 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
     }
     if (b->noop_timer)
         event_del(b->noop_timer);
-    backend_write(b, line, len);
+    if (b->state == B_READY)
+        backend_write(b, line, len);
 }
 
 /* DATA goes out for the message of spool, queued just before as the last
@@ -1384,7 +1524,8 @@ static struct pending *backend_data_sent(struct smtp_backend *b, struct spool *s
     p->spool = spool;
     if (b->noop_timer)
         event_del(b->noop_timer);
-    backend_write(b, "DATA\r\n", 6);
+    if (b->state == B_READY)
+        backend_write(b, "DATA\r\n", 6);
     return p;
 }
 
@@ -1393,7 +1534,7 @@ static void smtp_send_message(struct backend *base, struct spool *spool, struct 
 {
     struct smtp_backend *b = SMTP(base);
     enum backend_status st = backend_lost_status(b);
-    if (b->state == B_READY) {
+    if (backend_takes_commands(b)) {
         if (backend_queue(b, P_DATA, BSTEP_DATA, cb, arg) == 0)
             st = BACKEND_REPLY;
         else
@@ -1413,7 +1554,7 @@ static void smtp_send_message(struct backend *base, struct spool *spool, struct 
 static void smtp_stream_begin(struct backend *base, struct spool *spool, backend_cb cb, void *arg)
 {
     struct smtp_backend *b = SMTP(base);
-    if (b->state != B_READY) {
+    if (!backend_takes_commands(b)) {
         backend_deliver(cb, arg, backend_lost_status(b), 0, NULL, 0, 0);
         return;
     }
@@ -1429,7 +1570,7 @@ static void smtp_stream_begin(struct backend *base, struct spool *spool, backend
 static struct pending *backend_stream_pending(struct smtp_backend *b)
 {
     struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
-    return b->state == B_READY && b->streaming && p && p->stream ? p : NULL;
+    return backend_takes_commands(b) && b->streaming && p && p->stream ? p : NULL;
 }
 
 static void smtp_stream_more(struct backend *base)
@@ -1491,7 +1632,7 @@ static void smtp_close(struct backend *base)
     backend_quit(b);
 }
 
-static bool smtp_usable(const struct backend *b) { return CSMTP(b)->state == B_READY; }
+static bool smtp_usable(const struct backend *b) { return backend_takes_commands(CSMTP(b)); }
 static const struct ehlo_caps *smtp_caps(const struct backend *b) { return &CSMTP(b)->caps; }
 static const char *smtp_peer_name(const struct backend *b) { return CSMTP(b)->peer; }
 static int smtp_pool_index(const struct backend *b) { return CSMTP(b)->pool_index; }

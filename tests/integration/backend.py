@@ -109,6 +109,7 @@ class Session:
         self.ehlo_names = []
         self.commands = []
         self.tls = None  # the TLS version once STARTTLS is done
+        self.accepted = 0  # messages taken on this connection
         self.reset()
 
     def reset(self):
@@ -252,6 +253,8 @@ class Session:
         await self.send([b"220 " + HOSTNAME.encode() + b" ESMTP recorder\r\n"])
 
     async def cmd_MAIL(self, arg):
+        if self.opts.kept_mail and self.accepted > 0:
+            return await self.end_kept_connection()
         if self.mail_from is not None:
             await self.send([b"503 5.5.1 Error: nested MAIL command\r\n"])
             return
@@ -295,6 +298,7 @@ class Session:
             await self.send(reply_lines(self.opts.data_reply))
         else:
             name = self.save_message(content, raw, bare_lf)
+            self.accepted += 1
             await self.send([b"250 2.0.0 Ok: queued as " + name.encode() + b"\r\n"])
             if self.opts.close_after_message:
                 return "quit"
@@ -336,6 +340,20 @@ class Session:
             "tls": self.tls,
         }
         return self.rec.save_message(envelope, content, raw)
+
+    async def end_kept_connection(self):
+        """A server whose idle timeout crosses the next MAIL: it goes without
+        a reply (close: FIN, reset: RST, exit: and no new connection either)
+        or with one (a 421), never taking it."""
+        how = self.opts.kept_mail
+        self.rec.event(ev="kept_mail_" + ("reply" if how[:1].isdigit() else how), conn=self.conn)
+        if how == "exit":
+            os._exit(3)
+        if how == "reset":
+            self.writer.transport.abort()
+        elif how != "close":
+            await self.send(reply_lines(how))
+        return "quit"
 
     async def idle_421(self):
         """Postfix's way out of an idle session: 421, then close."""
@@ -394,6 +412,9 @@ def parse_args(argv):
     p.add_argument("--rset-reply", help="answer RSET with this (a 421 closes the connection)")
     p.add_argument("--idle-421-after", type=float, default=0.0,
                    help="seconds after accepting a message: send 421 and close")
+    p.add_argument("--kept-mail", metavar="close|reset|exit|REPLY",
+                   help="the first MAIL on a connection that took a message ends it: "
+                        "closed, reset, the process gone, or this reply then closed")
     p.add_argument("--close-after-message", action="store_true",
                    help="close the connection right after accepting a message")
     p.add_argument("--die-on-data", action="store_true",

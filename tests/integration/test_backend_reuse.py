@@ -15,6 +15,10 @@ import unittest
 from sluice_harness import SluiceTestCase, pool, wait_until
 
 BODY = b"Subject: kept\r\n\r\nbody of message %d\r\n"
+# How sluice names a kept connection's end under the next MAIL, per --kept-mail.
+# (A reset may be read as an end: the kernel reports what it saw first.)
+event_why = {"close": "closed the connection", "reset": "closed the connection|connection error",
+             "421 4.4.2 Error: timeout exceeded": r"closing \(421\)"}
 SETTLE = 0.5  # long enough for sluice to act on a session's end
 
 
@@ -163,6 +167,46 @@ class BackendReuseTest(SluiceTestCase):
         self.send(port, 2)
         b.wait_messages(2)
         self.assertEqual(b.connection_count(), 2)
+
+    def assert_delivered_again_unseen(self, how, event):
+        """The server ends the kept connection just as the next client's
+        MAIL (and its pipelined RCPT) arrive: they go again on a new
+        connection, and the client sees only its 250s."""
+        b = self.start_backend("a", "--kept-mail", how)
+        s, port = self.relay(pool("a", [b.port]))
+        self.send(port, 1)
+        time.sleep(SETTLE)
+        self.send(port, 2)
+        m1, m2 = b.wait_messages(2)
+        self.assertEqual((m1["conn"], m2["conn"]), (1, 2))
+        self.assertEqual((m2["mail_from"], m2["rcpt_tos"]), ("s2@x.example", ["r2@a.example"]))
+        self.assertEqual(verbs_of(m2), ["EHLO", "MAIL", "RCPT", "DATA"])
+        self.assertEqual(len(b.events(event)), 1)
+        s.wait_log(r"kept connection lost before its first reply \((%s)\): its commands go "
+                   r"again on a new connection" % event_why[how])
+        self.assertEqual(b.connection_count(), 2)
+
+    def test_kept_connection_closed_under_the_next_mail_delivers_on_a_new_one_unseen(self):
+        self.assert_delivered_again_unseen("close", "kept_mail_close")
+
+    def test_kept_connection_reset_under_the_next_mail_delivers_on_a_new_one_unseen(self):
+        self.assert_delivered_again_unseen("reset", "kept_mail_reset")
+
+    def test_kept_connection_answering_421_to_the_next_mail_delivers_on_a_new_one_unseen(self):
+        self.assert_delivered_again_unseen("421 4.4.2 Error: timeout exceeded", "kept_mail_reply")
+
+    def test_new_connection_failing_under_the_commands_sent_again_answers_451(self):
+        """Once only: when the new connection cannot be opened either, the
+        client gets the 451 of a lost backend, not a wait."""
+        b = self.start_backend("a", "--kept-mail", "exit")
+        s, port = self.relay(pool("a", [b.port]))
+        self.send(port, 1)
+        time.sleep(SETTLE)
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<s2@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<r2@a.example>"), 451)
+        s.wait_log(r"its commands go again on a new connection")
+        self.assertReply(c.cmd("QUIT"), 221)
 
     def test_unsolicited_421_on_an_idle_connection_closes_it_and_the_next_client_delivers(self):
         b = self.start_backend("a", "--idle-421-after", "0.2")

@@ -2,9 +2,11 @@
 a few per session) while, at random moments, the backend is killed and
 restarted on its port, sluice is reloaded (SIGHUP) and the worker is
 SIGKILLed. Afterwards every message that got 250 is at a backend exactly
-once; no message that got a 4xx/5xx is there; a message whose session broke
-before its reply may be there (RFC 1047: the backend accepted, the client
-never heard) and is counted; no client waited past its timeout.
+once; no message that got a 4xx/5xx is there, unless the backend was killed
+between recording it and sending its 250 (then sluice could only say 451
+4.4.2); a message whose session broke before its reply may be there (RFC
+1047: the backend accepted, the client never heard) and is counted; no
+client waited past its timeout.
 
 SLUICE_FAULT_SEED replays a run; SLUICE_FAULT_SECONDS makes it longer (the
 default, 30 s of faults, keeps CI within about a minute). The seed and the counts
@@ -99,6 +101,18 @@ class FaultInvariantTest(SluiceTestCase):
         self.backends.append(b)
         return b
 
+    def died_before_their_250(self, tally):
+        """The backend's own RFC 1047 window: killed after it recorded a
+        message, before its 250 left. sluice can only answer such a message
+        451 4.4.2 (connection lost); it is the last message of its connection
+        at a backend that was killed (every one but the last started)."""
+        last_of_connection = {}
+        for b in self.backends[:-1]:
+            for m in b.messages():
+                last_of_connection[(b.name, m["conn"])] = message_id_of(m["data"])
+        lost_reply = {o.mid for o in tally.refused if o.code == 451 and "4.4.2" in o.text}
+        return set(last_of_connection.values()) & lost_reply
+
     def test_every_250_is_delivered_exactly_once_under_kills_reloads_and_backend_restarts(self):
         seed = int(os.environ.get("SLUICE_FAULT_SEED") or random.randrange(1 << 32))
         seconds = float(os.environ.get("SLUICE_FAULT_SECONDS") or DEFAULT_SECONDS)
@@ -143,13 +157,18 @@ class FaultInvariantTest(SluiceTestCase):
         self.assertFalse(any(c.is_alive() for c in clients), "every client finished")
         delivered = [message_id_of(m["data"]) for b in self.backends for m in b.messages()]
         tally = Tally(clients, delivered)
+        died_unanswered = self.died_before_their_250(tally)
         print("fault run: seed %d; faults: %d backend restarts, %d reloads, %d worker kills; %s;"
               " longest wait for a reply %.2f s (client timeout %.0f s)"
               % (seed, faults["backend"], faults["reload"], faults["worker"], tally.summary(),
                  max(c.longest_reply for c in clients), CLIENT_TIMEOUT))
+        print("fault run: %d refused with 451 4.4.2 but recorded by a backend killed before "
+              "its 250 (its RFC 1047 window)" % len(died_unanswered))
         self.assertEqual(tally.lost, [], "seed %d: 250'd messages missing" % seed)
         self.assertEqual(tally.doubled, [], "seed %d: delivered twice" % seed)
-        self.assertEqual(tally.refused_but_delivered, [], "seed %d" % seed)
+        refused = {o.mid: o.text for o in tally.refused}
+        self.assertEqual([(mid, refused[mid]) for mid in tally.refused_but_delivered
+                          if mid not in died_unanswered], [], "seed %d" % seed)
         self.assertEqual(tally.unknown, [])
         timed_out = [o.mid for o in tally.broken if "timed out" in o.text]
         self.assertEqual(timed_out, [], "seed %d: clients waited past their timeout" % seed)
