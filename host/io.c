@@ -435,8 +435,15 @@ static void io_disarm_write(struct io *io)
  * evbuffer_peek cannot see into one. */
 static ssize_t io_send_queued(struct io *io)
 {
-    if (io->out_holds_file)
-        return evbuffer_write(io->out, io->fd);
+    if (io->out_holds_file) {
+        /* libevent's sendfile says 0, not -1, when the socket is full:
+         * errno tells that from a file that ended early. */
+        errno = 0;
+        int n = evbuffer_write(io->out, io->fd);
+        if (n == 0 && errno == 0)
+            errno = EIO;
+        return n == 0 ? -1 : n;
+    }
     struct evbuffer_iovec v[IO_SEND_PIECES];
     int nv = evbuffer_peek(io->out, -1, NULL, v, IO_SEND_PIECES);
     if (nv > IO_SEND_PIECES)
@@ -699,6 +706,9 @@ struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb
         free(io); /* fd stays the caller's */
         return NULL;
     }
+    /* Only written to the socket, never read back: a spool file added to it
+     * becomes a sendfile segment instead of a mapping of the file. */
+    evbuffer_set_flags(io->out, EVBUFFER_FLAG_DRAINS_TO_FD);
     event_assign(&io->deadline, base, -1, 0, io_deadline_cb, io);
     event_assign(&io->later, base, -1, 0, io_later_cb, io);
     if (fd >= 0) {

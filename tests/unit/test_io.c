@@ -1,7 +1,8 @@
 /* The I/O layer on a real socket pair and a real event loop: lines in,
  * replies out, the close delivered from the loop, the input limit, no
  * buffer memory held by an idle connection, a bulk read in one turn up to
- * the burst, and a write the output cannot take reported from the loop.
+ * the burst, a write the output cannot take reported from the loop, and
+ * memory and a spool file's segment leaving in order.
  * libevent allocates through a counting allocator here (what sluice's
  * io_use_own_allocator does with malloc). */
 #include <errno.h>
@@ -20,6 +21,7 @@
 #include <event2/event.h>
 
 #include "io.h"
+#include "spool.h"
 
 #define LOOP_TURNS 200 /* bound on loop iterations waiting for one thing */
 
@@ -61,7 +63,8 @@ static void count_free(void *p)
 struct peer {
     struct event_base *base;
     struct io *io;
-    int fd; /* the other end */
+    int fd;  /* the other end */
+    int own; /* io's end */
     char line[64];
     size_t line_len;
     int lines;
@@ -108,6 +111,7 @@ static void peer_open(struct peer *p)
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
     p->base = event_base_new();
     assert_non_null(p->base);
+    p->own = sv[0];
     p->io = io_new(p->base, sv[0], &callbacks, p);
     assert_non_null(p->io);
     p->fd = sv[1];
@@ -285,6 +289,60 @@ static void test_a_write_the_output_cannot_take_breaks_the_connection_from_the_l
     peer_close(&p);
 }
 
+/* A spool in its file between two memory writes, through a socket that
+ * takes little at a time: the bytes arrive whole and in order (the file's
+ * part by libevent's sendfile, the rest by send), and the memory written
+ * after the output drained goes by send again. */
+static void test_memory_and_a_spool_file_leave_whole_and_in_order_through_a_small_buffer(
+    void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    int small = 4096;
+    assert_int_equal(setsockopt(p.own, SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+    enum { FILE_BYTES = 300 * 1024 };
+    char *body = malloc(FILE_BYTES);
+    assert_non_null(body);
+    for (size_t i = 0; i < FILE_BYTES; i++)
+        body[i] = (char)('a' + i % 23);
+    struct spool *sp = spool_new(1024, "/tmp");
+    assert_int_equal(spool_write(sp, body, FILE_BYTES), 0);
+    assert_true(spool_in_file(sp));
+
+    assert_int_equal(io_write(p.io, "head\r\n", 6), 0);
+    assert_int_equal(io_write_spool(p.io, sp, 0), 0);
+    assert_int_equal(io_write(p.io, "tail\r\n", 6), 0);
+    size_t want = 6 + FILE_BYTES + 6, got = 0;
+    char *seen = malloc(want + 64);
+    assert_non_null(seen);
+    for (int i = 0; i < LOOP_TURNS * 10 && got < want; i++) {
+        turn(&p);
+        got += peer_read(&p, seen + got, want + 64 - got);
+    }
+    assert_int_equal(got, want);
+    assert_memory_equal(seen, "head\r\n", 6);
+    assert_memory_equal(seen + 6, body, FILE_BYTES);
+    assert_memory_equal(seen + 6 + FILE_BYTES, "tail\r\n", 6);
+    assert_int_equal(io_output_len(p.io), 0);
+
+    assert_int_equal(io_write(p.io, "250 after\r\n", 11), 0);
+    char buf[64];
+    size_t n = 0;
+    for (int i = 0; i < LOOP_TURNS && n < 11; i++) {
+        turn(&p);
+        n += peer_read(&p, buf + n, sizeof buf - n);
+    }
+    assert_int_equal(n, 11);
+    assert_memory_equal(buf, "250 after\r\n", 11);
+    for (int ev = IO_CONNECTED; ev <= IO_CLOSED; ev++)
+        assert_int_equal(p.events[ev], 0);
+    spool_free(sp);
+    free(seen);
+    free(body);
+    peer_close(&p);
+}
+
 int main(void)
 {
     event_set_mem_functions(count_malloc, count_realloc, count_free);
@@ -296,6 +354,8 @@ int main(void)
         cmocka_unit_test(test_the_input_limit_stops_reading_until_input_is_taken),
         cmocka_unit_test(test_a_bulk_waiting_in_the_kernel_is_read_in_one_turn_up_to_the_burst),
         cmocka_unit_test(test_a_write_the_output_cannot_take_breaks_the_connection_from_the_loop),
+        cmocka_unit_test(
+            test_memory_and_a_spool_file_leave_whole_and_in_order_through_a_small_buffer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
