@@ -646,6 +646,23 @@ def build_sluice():
     return os.path.join(build, "sluice")
 
 
+def host_speed(setup):
+    """bench/host-speed.c on the proxy CPU, median of three: the same
+    binaries have differed by a fifth between runs an hour apart on a shared
+    VM, every row alike, and these two figures tell such runs apart."""
+    binary = os.path.join(setup.work, "host-speed")
+    if not os.path.exists(binary):
+        subprocess.run(["cc", "-O2", "-o", binary, os.path.join(HERE, "host-speed.c")],
+                       check=True)
+    runs = []
+    for _ in range(3):
+        out = subprocess.run([binary], capture_output=True, text=True, check=True,
+                             preexec_fn=lambda: os.sched_setaffinity(0, setup.proxy_cpus))
+        runs.append(dict((k, float(v)) for k, v in
+                         (kv.split("=") for kv in out.stdout.split())))
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def check_tools():
     os.environ["PATH"] += ":/usr/sbin"
     missing = [t for t in ("smtp-source", "smtp-sink", "nginx", "dnsmasq", "rbldnsd",
@@ -710,11 +727,13 @@ def main():
         if "d" in rows:
             setup.start_nginx()
         parts = args.parts.split(",")
+        meta["host_speed_before"] = host_speed(setup)
         results = {"meta": meta, "cells": [], "syscalls": None, "scale": None}
         # Each part's results are written as soon as it ends: a later
         # part that fails does not lose them.
         if "matrix" in parts:
             results["cells"] = run_matrix(setup, plan, rows)
+            meta["host_speed_after"] = host_speed(setup)
             save(args.out, results, work)
         if "strace" in parts:
             results["syscalls"] = run_strace(setup, plan, rows)

@@ -19,6 +19,17 @@ def fmt(v, spec):
     return format(v, spec) if v is not None else "–"
 
 
+def host_speed_line(meta):
+    """bench/host-speed.c before and after the matrix: compare runs by it."""
+    def one(hs):
+        return "a loopback send + recv %.2f µs, 1,000 rounds of an integer loop %.0f ns" % (
+            hs["pair_us"], hs["cpu_ns"])
+    after = meta.get("host_speed_after")
+    return "Host speed on the proxy CPU (`bench/host-speed.c`, median of 3): before the " \
+           "matrix %s%s." % (one(meta["host_speed_before"]),
+                             "; after it " + one(after) if after else "")
+
+
 def markdown(meta, matrix, syscalls, scale):
     out = ["# Relay benchmark results", "",
            "`%s` on %s, %s. Proxies and the resolver (dnsmasq, rbldnsd) on CPU %s, "
@@ -28,6 +39,8 @@ def markdown(meta, matrix, syscalls, scale):
                                          meta["proxy_cpus"], meta["load_cpus"],
                                          meta["threads"], meta["threads"], meta["reps"],
                                          meta["loadavg_before"]), ""]
+    if meta.get("host_speed_before"):
+        out += [host_speed_line(meta), ""]
     rows = meta["rows"]
     header = "| row | " + " | ".join(c["name"] for c in matrix) + " |"
     sep = "|---|" + "---|" * len(matrix)
