@@ -30,6 +30,28 @@ def host_speed_line(meta):
                              "; after it " + one(after) if after else "")
 
 
+def spread_table(rows, matrix, header, sep):
+    """Lowest–highest of a cell's repetitions, each run's messages/s over the
+    median of (a): how far apart two rows must be to differ at all."""
+    def spread(cell, row):
+        runs = cell["runs"].get(row) or []
+        direct = cell["rows"].get("a", {}).get("msgs_per_s")
+        if not runs or not direct:
+            return "–"
+        ratios = [r["msgs_per_s"] / direct for r in runs]
+        cpus = [r["cpu_us_per_msg"] for r in runs if "cpu_us_per_msg" in r]
+        text = "%.2f–%.2f" % (min(ratios), max(ratios))
+        return text + (" · %.0f–%.0f" % (min(cpus), max(cpus)) if cpus else "")
+    out = ["## Spread of the repetitions", "",
+           "Lowest–highest run of each cell: messages/s over the median of (a) · proxy "
+           "CPU µs per message. Two rows whose spreads overlap have not been told apart.",
+           "", header, sep]
+    for row in rows:
+        out.append("| (%s) %s | " % (row, ROWS[row])
+                   + " | ".join(spread(c, row) for c in matrix) + " |")
+    return out + [""]
+
+
 def markdown(meta, matrix, syscalls, scale):
     out = ["# Relay benchmark results", "",
            "`%s` on %s, %s. Proxies and the resolver (dnsmasq, rbldnsd) on CPU %s, "
@@ -60,6 +82,8 @@ def markdown(meta, matrix, syscalls, scale):
             out.append("| (%s) %s | " % (row, ROWS[row])
                        + " | ".join(cellf(c["rows"][row]) for c in matrix) + " |")
         out.append("")
+    if matrix and all(c.get("runs") for c in matrix):
+        out += spread_table(rows, matrix, header, sep)
     if matrix:
         counts = ", ".join("%s %d" % (c["name"], c["messages"]) for c in matrix)
         out += ["Messages per run: %s." % counts, ""]
