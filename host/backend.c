@@ -775,11 +775,6 @@ static void backend_drained(struct io *io, void *arg)
 
 static void backend_command_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
-    if (b->unconfirmed) {
-        if (r->code == 421 && backend_replay(b, "closing (421)"))
-            return;
-        backend_confirmed(b);
-    }
     struct pending *p = TAILQ_FIRST(&b->awaited);
     if (!p) {
         /* Unsolicited: typically 421 before the server closes an idle session. */
@@ -893,6 +888,13 @@ static void backend_handle_reply(struct smtp_backend *b, const char *text, const
         b->state = B_DEAD;
         backend_free(b);
         return;
+    }
+    if (b->unconfirmed && b->state == B_READY) {
+        /* The first reply, whatever takes it: a 421 here is the server's
+         * idle close crossing our commands, not an answer to them. */
+        if (r->code == 421 && backend_replay(b, "closing (421)"))
+            return;
+        backend_confirmed(b);
     }
     if (backend_stream_reply(b, text, r))
         return;
