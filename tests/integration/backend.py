@@ -10,7 +10,7 @@ and replies that are withheld or never sent.
 Everything it observes goes into the record directory:
   ready                  the listening port, written once it accepts
   events.jsonl           one JSON object per event (connect, command, xclient,
-                         proxy, close, data_end), in order
+                         proxy, close, data_end, replied), in order
   max_concurrent         the highest number of simultaneous connections
   msg-NNNNNN.json        envelope of each accepted message (written last, so
                          its presence means the message is complete)
@@ -300,6 +300,9 @@ class Session:
             name = self.save_message(content, raw, bare_lf)
             self.accepted += 1
             await self.send([b"250 2.0.0 Ok: queued as " + name.encode() + b"\r\n"])
+            # Recorded, then answered: a kill between the two is the backend's
+            # own RFC 1047 window, which the fault test tells apart by this.
+            self.rec.event(ev="replied", conn=self.conn, msg=name)
             if self.opts.close_after_message:
                 return "quit"
             if self.opts.idle_421_after:

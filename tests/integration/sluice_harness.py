@@ -257,6 +257,7 @@ class Backend:
                 msg["data"] = f.read()
             with open(base + ".raw", "rb") as f:
                 msg["raw"] = f.read()
+            msg["name"] = os.path.basename(base)
             out.append(msg)
         return out
 

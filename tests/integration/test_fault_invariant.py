@@ -103,15 +103,16 @@ class FaultInvariantTest(SluiceTestCase):
 
     def died_before_their_250(self, tally):
         """The backend's own RFC 1047 window: killed after it recorded a
-        message, before its 250 left. sluice can only answer such a message
-        451 4.4.2 (connection lost); it is the last message of its connection
-        at a backend that was killed (every one but the last started)."""
-        last_of_connection = {}
+        message, before its 250 left (no "replied" event for it). sluice can
+        only answer such a message 451 4.4.2 (connection lost). Every backend
+        but the last started was killed."""
+        unanswered = set()
         for b in self.backends[:-1]:
-            for m in b.messages():
-                last_of_connection[(b.name, m["conn"])] = message_id_of(m["data"])
+            replied = {e["msg"] for e in b.events("replied")}
+            unanswered |= {message_id_of(m["data"]) for m in b.messages()
+                           if m["name"] not in replied}
         lost_reply = {o.mid for o in tally.refused if o.code == 451 and "4.4.2" in o.text}
-        return set(last_of_connection.values()) & lost_reply
+        return unanswered & lost_reply
 
     def test_every_250_is_delivered_exactly_once_under_kills_reloads_and_backend_restarts(self):
         seed = int(os.environ.get("SLUICE_FAULT_SEED") or random.randrange(1 << 32))
