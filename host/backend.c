@@ -137,7 +137,6 @@ static void backend_reuse_failed(struct smtp_backend *b, const char *why);
 static void backend_replay_send(struct smtp_backend *b);
 static bool backend_replay(struct smtp_backend *b, const char *why);
 static void backend_confirmed(struct smtp_backend *b);
-static void backend_fail_awaited(struct smtp_backend *b, enum backend_status st);
 static enum backend_step backend_awaited(const struct smtp_backend *b);
 static void backend_violation(struct smtp_backend *b, const char *what, const char *text,
                               size_t len);

@@ -25,8 +25,9 @@
 #define IO_RATE_TICKS_PER_SECOND 10
 /* Writes tried to flush the plaintext before a TLS handshake. */
 #define IO_PLAINTEXT_FLUSH_TRIES 8
-/* One read per wakeup (level-triggered), so a busy peer is served in turns
- * with the others. Its size follows the peer: a read that fills what was
+/* Reads per wakeup (level-triggered) go on only while each fills its room,
+ * up to IO_READ_BURST, so a busy peer is served in turns with the others.
+ * A read's size follows the peer: a read that fills what was
  * reserved doubles the next one up to IO_READ_MAX (a message streaming in),
  * one that takes less than a quarter halves it down to IO_READ_MIN (the
  * commands of a conversation, which then cost a small chain, not 64 KiB). */

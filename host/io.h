@@ -6,9 +6,10 @@
  *
  * In plain text it works on the socket itself, to spend as few system calls
  * per message as a byte pump: the read event is registered once
- * (persistent) and each wakeup makes one read into reserved buffer space,
- * with no FIONREAD first; output goes out at once in one writev (sendfile
- * for a spool file), and writes made while one of io's callbacks runs on
+ * (persistent) and each wakeup reads into reserved buffer space with recv,
+ * no FIONREAD first, on while each read fills its room (IO_READ_BURST);
+ * output goes out at once in one send or sendmsg (sendfile for a spool
+ * file), and writes made while one of io's callbacks runs on
  * the thread (to any io: a reply relayed from the backend, a command to
  * it) leave together when the callback returns; the write event is armed
  * only while the kernel does not take everything. libevent's bufferevent,
