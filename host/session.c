@@ -677,6 +677,18 @@ static const struct io_callbacks session_io_callbacks = {
 
 /* ---- lifetime ----------------------------------------------------------- */
 
+/* The connection's place under the connection limits is given back when
+ * the connection closes: a session kept after it (its reverse lookup
+ * still running for the disconnect hook and the connect line) holds no
+ * descriptor, and must not turn a client's next connection away. */
+static void session_release_limits(struct session *s)
+{
+    if (!s->limits_admitted)
+        return;
+    s->limits_admitted = false;
+    limits_release(s->loop->worker->limits, (struct sockaddr *)&s->peer);
+}
+
 static void session_free(struct session *s)
 {
     struct loop *loop = s->loop;
@@ -691,8 +703,7 @@ static void session_free(struct session *s)
         spool_free(s->spool);
     session_txn_clear(s);
     session_plugins_free(s);
-    if (s->limits_admitted)
-        limits_release(loop->worker->limits, (struct sockaddr *)&s->peer);
+    session_release_limits(s);
     if (s->gen)
         generation_unref(s->gen);
     free(s->helo);
@@ -738,6 +749,7 @@ static void session_finish(struct session *s)
     session_end_lookup(s);
     io_free(s->io);
     s->io = NULL;
+    session_release_limits(s);
     if (s->backend) {
         backend_close(s->backend);
         s->backend = NULL;

@@ -79,7 +79,7 @@ class GreetingAndReverseLookup(LuaTestCase):
         self.addCleanup(r.stop)
         return r
 
-    def start(self, script_text, backend_args=(), **pool_options):
+    def start(self, script_text, backend_args=(), connections=None, **pool_options):
         """sluice with one Lua entry (script_text) and the slow resolver;
         returns (backend, port). The DNS timeout per try (dns.timeout) is
         longer than DELAY, so nothing is asked twice."""
@@ -95,7 +95,8 @@ class GreetingAndReverseLookup(LuaTestCase):
             plugin_dir=plugin_dir(),
             dns={"servers": ["127.0.0.1:%d" % dns.port], "timeout": "4s"},
             timeouts={"command": "5m", "data_block": "3m", "shutdown": "2s",
-                      "reverse_lookup": LOOKUP_TIMEOUT})
+                      "reverse_lookup": LOOKUP_TIMEOUT},
+            **({"connections": connections} if connections else {}))
         return b, port
 
     def greet(self, port, **connect_options):
@@ -218,6 +219,23 @@ class GreetingAndReverseLookup(LuaTestCase):
         self.assertEqual(len(s.grep(r"connect from")), 1, s.log_tail())
         c2, banner2, _ = self.greet(port)
         self.assertReply(banner2, 220)
+
+    def test_a_client_gone_before_the_lookup_ends_gives_back_its_place_at_once(self):
+        """With one connection per address, the client's next connection is
+        greeted while the first one's lookup still runs; that connection's
+        connect line still comes when its lookup ends."""
+        _, port = self.start("sluice.on('helo', function(s) s:log('info', 'HELO-HOOK') end)\n",
+                             connections={"per_address": 1, "per_network": 0, "rate": 0})
+        c, banner, _ = self.greet(port)
+        self.assertReply(banner, 220)
+        c.close()
+        s = self.sluice()
+        s.wait_log(r"client disconnected", timeout=DELAY)
+        c2, banner2, waited = self.greet(port)
+        self.assertReply(banner2, 220)
+        self.assertLess(waited, DELAY)
+        self.assertEqual(s.grep(r"connect from"), [], "the first lookup had ended: " + s.log_tail())
+        s.wait_log(r"connect from good\.test\[127\.0\.0\.1\]", timeout=LOOKUP_TIMEOUT_S)
 
 
 if __name__ == "__main__":
