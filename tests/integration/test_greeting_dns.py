@@ -237,6 +237,23 @@ class GreetingAndReverseLookup(LuaTestCase):
         self.assertEqual(s.grep(r"connect from"), [], "the first lookup had ended: " + s.log_tail())
         s.wait_log(r"connect from good\.test\[127\.0\.0\.1\]", timeout=LOOKUP_TIMEOUT_S)
 
+    def test_the_disconnect_hook_runs_also_for_a_connection_whose_connect_hook_never_ran(self):
+        """A second connection of the address is refused by the limit while
+        the first one's lookup (and so its connect hook) is still waiting:
+        the refused one's disconnect hook runs, its connect hook never."""
+        _, port = self.start("sluice.on('connect', function(s) s:log('info', 'CONNECT-HOOK') end)\n"
+                             "sluice.on('disconnect', function(s) s:log('info', 'DISCONNECT-HOOK') end)\n",
+                             connections={"per_address": 1, "per_network": 0, "rate": 0})
+        first = self.connect(port)
+        s = self.sluice()
+        time.sleep(0.3)  # the first is accepted before the second
+        second = self.connect(port)
+        self.assertReply(second.read_reply(), 421, "4.7.0")
+        s.wait_log(r"DISCONNECT-HOOK", timeout=DELAY)
+        self.assertEqual(s.grep(r"\bCONNECT-HOOK"), [], s.log_tail())
+        self.assertReply(first.read_reply(), 220)
+        self.assertEqual(len(s.grep(r"\bCONNECT-HOOK")), 1, s.log_tail())
+
 
 if __name__ == "__main__":
     import unittest
