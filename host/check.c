@@ -259,7 +259,7 @@ static int check_setup(struct worker *w, struct loop *loop, const struct sluice_
     w->workpool = workpool_new(cfg->thread_pool_size);
     if (!loop->base || !w->workpool)
         return -1;
-    loop->dns = dns_ctx_new(loop->base, &cfg->dns, err, sizeof err);
+    loop->dns = dns_ctx_new(loop->base, &cfg->dns, NULL, err, sizeof err);
     if (!loop->dns) {
         fprintf(stderr, "sluice-check: %s\n", err);
         return -1;

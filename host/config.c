@@ -300,6 +300,9 @@ static const struct copt dns_opts[] = {
     OCUSTOM("servers", load_dns_servers),
     ODURATION("timeout", struct sluice_config, dns.timeout_ms, 1, "5s"),
     OINT("tries", struct sluice_config, dns.tries, 1, 100, 2),
+    OSIZE("cache_memory", struct sluice_config, dns.cache_memory, 0, (int64_t)1 << 30, "4M"),
+    ODURATION("cache_max_ttl", struct sluice_config, dns.cache_max_ttl_ms, 0, "1h"),
+    ODURATION("cache_negative_ttl", struct sluice_config, dns.cache_negative_ttl_ms, 0, "5m"),
     OEND,
 };
 

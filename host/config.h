@@ -85,6 +85,9 @@ struct dns_conf {
     size_t nservers;
     int64_t timeout_ms; /* per query, default 5s */
     int tries;          /* default 2 */
+    int64_t cache_memory;          /* the answers kept, default "4M"; 0: none */
+    int64_t cache_max_ttl_ms;      /* longest an answer is kept, default "1h" */
+    int64_t cache_negative_ttl_ms; /* longest a "no such name/data" is kept, default "5m" */
 };
 
 enum store_backend { STORE_LMDB, STORE_REDIS };

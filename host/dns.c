@@ -21,7 +21,9 @@
 #include <string.h>
 
 #include "config.h"
+#include "dns_cache.h"
 #include "dns_records.h"
+#include "host_metrics.h"
 
 /* Room for "d.c.b.a.in-addr.arpa" and 32 nibbles of "ip6.arpa". */
 #define DNS_REVERSE_NAME_MAX 80
@@ -38,6 +40,7 @@ struct dns_ctx {
     struct event_base *base;
     ares_channel channel;
     struct event *ares_timer; /* c-ares' own retransmits and timeouts */
+    struct dns_cache *cache;  /* the worker's, shared by the loops; may be NULL */
     struct dns_sock *socks;
     LIST_HEAD(, dns_query) queries; /* every live query, for dns_ctx_free */
     int depth;                 /* > 0 while inside one of our libevent callbacks */
@@ -325,8 +328,8 @@ static int dns_channel_init(struct dns_ctx *ctx, const struct dns_conf *conf, ch
     return dns_channel_open(ctx, conf, ARES_FLAG_STAYOPEN, err, errlen);
 }
 
-struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf, char *err,
-                            size_t errlen)
+struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf,
+                            struct dns_cache *cache, char *err, size_t errlen)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, dns_library_init_once);
@@ -337,6 +340,7 @@ struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf
         return NULL;
     }
     ctx->base = base;
+    ctx->cache = cache;
     ctx->ares_timer = evtimer_new(base, dns_ares_timer_cb, ctx);
     if (!ctx->ares_timer) {
         snprintf(err, errlen, "dns: cannot create a timer");
@@ -613,6 +617,55 @@ static void dns_reverse_name(const struct sockaddr_storage *ss, char *out, size_
     snprintf(out + used, outlen - used, "%s", len == 4 ? "in-addr.arpa" : "ip6.arpa");
 }
 
+/* ---- asking, through the cache ---- */
+
+struct dns_ask {
+    struct dns_query *q;
+    ares_callback cb;
+    struct dns_cache *cache;
+    int type;
+    char name[];
+};
+
+static void dns_ask_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+    struct dns_ask *a = arg;
+    dns_cache_put(a->cache, a->name, a->type, status, abuf, alen, mstime_now());
+    a->cb(a->q, status, timeouts, abuf, alen);
+    free(a);
+}
+
+/* One question of q: a kept answer is handed to cb at once, as c-ares would
+ * (an answer inside the public call still waits for the loop:
+ * dns_query_complete); otherwise c-ares asks, and what it gets is kept. */
+static void dns_ask(struct dns_query *q, const char *name, int type, ares_callback cb)
+{
+    struct dns_ctx *ctx = q->ctx;
+    q->pending++;
+    unsigned char *abuf;
+    int alen, status;
+    if (dns_cache_get(ctx->cache, name, type, mstime_now(), &status, &abuf, &alen)) {
+        host_metrics_dns_cache(true);
+        cb(q, status, 0, abuf, alen);
+        free(abuf);
+        return;
+    }
+    if (ctx->cache)
+        host_metrics_dns_cache(false);
+    size_t len = strlen(name);
+    struct dns_ask *a = ctx->cache ? malloc(sizeof *a + len + 1) : NULL;
+    if (!a) {
+        ares_query(ctx->channel, name, C_IN, type, cb, q); /* asked, just not kept */
+        return;
+    }
+    a->q = q;
+    a->cb = cb;
+    a->cache = ctx->cache;
+    a->type = type;
+    memcpy(a->name, name, len + 1);
+    ares_query(ctx->channel, name, C_IN, type, dns_ask_cb, a);
+}
+
 /* The forward half of the confirmation: a plain A or AAAA query (not
  * getaddrinfo, which reads /etc/hosts again for every client): the name a
  * client's PTR gives is confirmed by the DNS, as the PTR itself was. */
@@ -635,9 +688,7 @@ static void dns_confirm_start(struct dns_query *q, const char *ptr_name)
         return;
     }
     /* ares_query applies no search list: the name is taken as absolute. */
-    q->pending++;
-    ares_query(q->ctx->channel, ptr_name, C_IN, q->client.ss_family == AF_INET ? T_A : T_AAAA,
-               dns_confirm_cb, q);
+    dns_ask(q, ptr_name, q->client.ss_family == AF_INET ? T_A : T_AAAA, dns_confirm_cb);
 }
 
 static void dns_ptr_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
@@ -679,8 +730,7 @@ struct dns_query *dns_reverse_confirmed(struct dns_ctx *ctx, const struct sockad
     char rname[DNS_REVERSE_NAME_MAX];
     dns_reverse_name(&q->client, rname, sizeof(rname));
     dns_query_arm_timeout(q, timeout_ms);
-    q->pending++;
-    ares_query(ctx->channel, rname, C_IN, T_PTR, dns_ptr_cb, q);
+    dns_ask(q, rname, T_PTR, dns_ptr_cb);
     return dns_query_started(q);
 }
 
@@ -707,8 +757,7 @@ struct dns_query *dns_query_records(struct dns_ctx *ctx, const char *name, enum 
     q->cb.records = cb;
     q->type = type;
     dns_query_arm_timeout(q, timeout_ms);
-    q->pending++;
-    ares_query(ctx->channel, name, C_IN, (int)type, dns_query_records_cb, q);
+    dns_ask(q, name, (int)type, dns_query_records_cb);
     return dns_query_started(q);
 }
 

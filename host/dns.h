@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 struct event_base;
+struct dns_cache;
 struct dns_conf;
 struct dns_ctx;
 struct dns_query;
@@ -26,9 +27,10 @@ enum dns_status {
     DNS_NOMEM,    /* our own allocation failed: says nothing of the name */
 };
 
-/* servers from conf override /etc/resolv.conf. Returns NULL and writes err. */
-struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf, char *err,
-                            size_t errlen);
+/* servers from conf override /etc/resolv.conf. Answers are kept in cache
+ * (dns_cache.h; NULL: none) and taken from it. Returns NULL and writes err. */
+struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf,
+                            struct dns_cache *cache, char *err, size_t errlen);
 /* Cancels outstanding queries without calling their callbacks. May be called
  * from inside a dns callback: the teardown then waits until it returns. */
 void dns_ctx_free(struct dns_ctx *ctx);

@@ -28,6 +28,7 @@ static const double duration_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 
 static struct {
     struct metric_counter *sessions, *refused, *relay_denied, *bytes;
+    struct metric_counter *dns_hit, *dns_miss;
     struct metric_gauge *open;
     struct metric_counter *transactions[NCLASSES], *rcpts[NCLASSES];
     struct metric_histogram *duration;
@@ -134,6 +135,12 @@ static void register_globals(void)
     hm.bytes = metrics_counter("sluice_message_bytes_total",
                                "Bytes of messages a backend accepted (2xx at end of data).",
                                NULL);
+    hm.dns_hit = metrics_counter("sluice_dns_cache_lookups_total",
+                                 "DNS questions looked up in the answer cache, by result.",
+                                 "result=\"hit\"");
+    hm.dns_miss = metrics_counter("sluice_dns_cache_lookups_total",
+                                  "DNS questions looked up in the answer cache, by result.",
+                                  "result=\"miss\"");
     hm.duration = metrics_histogram(
         "sluice_transaction_duration_seconds",
         "Time from MAIL FROM to the final reply to the message.", NULL, duration_bounds,
@@ -145,7 +152,8 @@ static bool globals_complete(void)
     for (int c = 0; c < NCLASSES; c++)
         if (hm.transactions[c] == NULL || hm.rcpts[c] == NULL)
             return false;
-    return hm.sessions && hm.open && hm.refused && hm.relay_denied && hm.bytes && hm.duration;
+    return hm.sessions && hm.open && hm.refused && hm.relay_denied && hm.bytes && hm.duration &&
+           hm.dns_hit && hm.dns_miss;
 }
 
 int host_metrics_init(const struct sluice_config *cfg)
@@ -231,4 +239,9 @@ void host_metrics_backend_reused(const char *pool)
     const struct pool_series *ps = pool_series_of(pool);
     if (ps)
         metrics_counter_add(ps->reused, 1);
+}
+
+void host_metrics_dns_cache(bool hit)
+{
+    metrics_counter_add(hit ? hm.dns_hit : hm.dns_miss, 1);
 }

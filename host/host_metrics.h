@@ -45,5 +45,7 @@ void host_metrics_relay_denied(void);
 void host_metrics_backend_connect(const char *pool, bool ok);
 /* A client session of pool took a kept backend connection instead. */
 void host_metrics_backend_reused(const char *pool);
+/* A DNS question was answered from the answer cache (hit) or asked. */
+void host_metrics_dns_cache(bool hit);
 
 #endif

@@ -16,6 +16,7 @@
 #include "backend.h"
 #include "config.h"
 #include "dns.h"
+#include "dns_cache.h"
 #include "fd_limits.h"
 #include "host_metrics.h"
 #include "generation.h"
@@ -154,7 +155,7 @@ static int worker_loop_init(struct worker *w, struct loop *loop, int index, cons
         snprintf(err, errlen, "cannot create an event loop");
         return -1;
     }
-    loop->dns = dns_ctx_new(loop->base, &cfg->dns, err, errlen);
+    loop->dns = dns_ctx_new(loop->base, &cfg->dns, w->dns_cache, err, errlen);
     if (!loop->dns)
         return -1;
     if (w->store) {
@@ -341,7 +342,8 @@ static void worker_loop_dns_cb(evutil_socket_t fd, short what, void *arg)
     struct loop *loop = arg;
     struct generation *g = generation_current(loop->worker);
     char err[256];
-    struct dns_ctx *fresh = dns_ctx_new(loop->base, &g->cfg->dns, err, sizeof err);
+    struct dns_ctx *fresh =
+        dns_ctx_new(loop->base, &g->cfg->dns, loop->worker->dns_cache, err, sizeof err);
     struct dns_ctx **grown =
         fresh ? realloc(loop->dns_retired, (loop->ndns_retired + 1) * sizeof *grown) : NULL;
     if (!loop->dns_sweep)
@@ -433,6 +435,7 @@ static void worker_reload(struct worker *w, int status_fd)
     /* Before the install: the old generation (whose cfg the limits read)
      * may be retired and freed as soon as it is no longer current. */
     limits_reconfigure(w->limits, &g->cfg->connections);
+    dns_cache_reconfigure(w->dns_cache, &g->cfg->dns);
     generation_install(w, g);
     worker_post_all(w, worker_loop_dns_cb);
     worker_post_all(w, worker_loop_backend_idle_cb);
@@ -561,8 +564,10 @@ int worker_run(const struct sluice_config *cfg, const struct run_as *run_as, con
     struct listener_ctx *ctxs = calloc((size_t)w.nloops * cfg->nlistens, sizeof *ctxs);
     int rc = 1, started = 0;
     w.limits = limits_new(&cfg->connections);
+    w.dns_cache = dns_cache_new(&cfg->dns);
     w.workpool = workpool_new(cfg->thread_pool_size);
-    if (!w.loops || !ctxs || !w.limits || !w.workpool || host_metrics_init(cfg) < 0) {
+    if (!w.loops || !ctxs || !w.limits || !w.dns_cache || !w.workpool ||
+        host_metrics_init(cfg) < 0) {
         snprintf(err, sizeof err, "out of memory");
         goto out;
     }
@@ -626,6 +631,7 @@ out:
     if (w.store)
         store_close(w.store);
     limits_free(w.limits);
+    dns_cache_free(w.dns_cache);
     free(w.loops);
     free(ctxs);
     host_metrics_free();

@@ -19,6 +19,7 @@ struct generation;
 struct workpool;
 struct store;
 struct store_thread;
+struct dns_cache;
 struct limits;
 struct session;
 struct backend_ops;
@@ -60,6 +61,7 @@ struct worker {
     struct workpool *workpool;
     struct store *store;
     struct limits *limits; /* connection limits, shared by the loops */
+    struct dns_cache *dns_cache; /* DNS answers, shared by the loops */
     struct loop *loops;
     int nloops;
     atomic_int sessions; /* open sessions, all threads */

@@ -72,18 +72,20 @@ class SlowResolver:
 
 class GreetingAndReverseLookup(LuaTestCase):
 
-    def slow_dns(self):
-        d = Dnsmasq()
+    def slow_dns(self, local_ttl=0):
+        d = Dnsmasq(local_ttl)
         self.addCleanup(d.stop)
         r = SlowResolver(d.port)
         self.addCleanup(r.stop)
         return r
 
-    def start(self, script_text, backend_args=(), connections=None, **pool_options):
+    def start(self, script_text, backend_args=(), connections=None, local_ttl=0,
+              **pool_options):
         """sluice with one Lua entry (script_text) and the slow resolver;
         returns (backend, port). The DNS timeout per try (dns.timeout) is
         longer than DELAY, so nothing is asked twice."""
-        dns = self.slow_dns()
+        dns = self.slow_dns(local_ttl)
+        self.resolver = dns
         conf_dir = os.path.join(self.workdir, "conf.d")
         os.makedirs(conf_dir, exist_ok=True)
         with open(os.path.join(conf_dir, "50-policy.conf"), "w") as f:
@@ -253,6 +255,29 @@ class GreetingAndReverseLookup(LuaTestCase):
         self.assertEqual(s.grep(r"\bCONNECT-HOOK"), [], s.log_tail())
         self.assertReply(first.read_reply(), 220)
         self.assertEqual(len(s.grep(r"\bCONNECT-HOOK")), 1, s.log_tail())
+
+    def test_a_client_that_comes_back_is_named_from_the_cache_without_asking_again(self):
+        """Records with a TTL are kept: the second connection's lookup (PTR,
+        then A) costs no question, so its connect hook, and the greeting,
+        do not wait for the slow resolver."""
+        _, port = self.start(refusing_by_name("connect", 554, "NAME"), local_ttl=300)
+        c, banner, waited = self.greet(port)
+        self.assertReply(banner, 554, text="NAME good.test")
+        self.assertGreaterEqual(waited, 2 * DELAY - 0.2)
+        asked = self.resolver.queries
+        self.assertEqual(asked, 2, "PTR and A")
+        c2, banner2, waited2 = self.greet(port)
+        self.assertReply(banner2, 554, text="NAME good.test")
+        self.assertLess(waited2, DELAY)
+        self.assertEqual(self.resolver.queries, asked)
+
+    def test_answers_with_a_ttl_of_zero_are_asked_again(self):
+        _, port = self.start(refusing_by_name("connect", 554, "NAME"))
+        for _ in range(2):
+            c, banner, waited = self.greet(port)
+            self.assertReply(banner, 554, text="NAME good.test")
+            self.assertGreaterEqual(waited, 2 * DELAY - 0.2)
+        self.assertEqual(self.resolver.queries, 4)
 
 
 if __name__ == "__main__":

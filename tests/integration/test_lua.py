@@ -43,7 +43,10 @@ class Dnsmasq:
 
     START_ATTEMPTS = 5
 
-    def __init__(self):
+    def __init__(self, local_ttl=0):
+        # Answers carry this TTL (dnsmasq's default for its own records is 0,
+        # which nobody may keep).
+        self.local_ttl = local_ttl
         # dnsmasq also listens on TCP: another test may hold that port, so a
         # start that loses the race is retried on a fresh port.
         for attempt in range(self.START_ATTEMPTS):
@@ -61,6 +64,7 @@ class Dnsmasq:
                 "--port=%d" % self.port, "--listen-address=127.0.0.1", "--bind-interfaces",
                 "--pid-file=", "--conf-file=/dev/null", "--user=root", "--group=root",
                 "--local=/test/", "--local=/127.in-addr.arpa/",
+                "--local-ttl=%d" % self.local_ttl,
                 # 127.0.0.1 is forward-confirmed; 127.0.0.2 claims a name that
                 # points elsewhere.
                 "--host-record=good.test,127.0.0.1",

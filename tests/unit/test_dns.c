@@ -24,6 +24,7 @@
 
 #include "config.h"
 #include "dns.h"
+#include "dns_cache.h"
 
 #define DNSMASQ "/usr/sbin/dnsmasq"
 #define STARTUP_WAIT_MS 5000
@@ -190,12 +191,14 @@ static int group_teardown(void **state)
 struct fixture {
     struct event_base *base;
     struct dns_ctx *dns;
+    struct dns_cache *cache; /* NULL: answers are not kept */
     char server[32];
     char *servers[1];
     struct dns_conf conf;
 };
 
-static struct fixture *fixture_new(int port, int64_t timeout_ms, int tries)
+static struct fixture *fixture_new_cached(int port, int64_t timeout_ms, int tries,
+                                          struct dns_cache *cache)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     assert_non_null(f);
@@ -203,19 +206,26 @@ static struct fixture *fixture_new(int port, int64_t timeout_ms, int tries)
     assert_non_null(f->base);
     snprintf(f->server, sizeof(f->server), "127.0.0.1:%d", port);
     f->servers[0] = f->server;
+    f->cache = cache;
     f->conf = (struct dns_conf){.servers = f->servers, .nservers = 1, .timeout_ms = timeout_ms,
                                 .tries = tries};
     char err[256] = "";
-    f->dns = dns_ctx_new(f->base, &f->conf, err, sizeof(err));
+    f->dns = dns_ctx_new(f->base, &f->conf, f->cache, err, sizeof(err));
     if (!f->dns)
         fail_msg("dns_ctx_new: %s", err);
     return f;
+}
+
+static struct fixture *fixture_new(int port, int64_t timeout_ms, int tries)
+{
+    return fixture_new_cached(port, timeout_ms, tries, NULL);
 }
 
 static void fixture_free(struct fixture *f)
 {
     if (f->dns)
         dns_ctx_free(f->dns);
+    dns_cache_free(f->cache);
     event_base_free(f->base);
     free(f);
 }
@@ -684,9 +694,93 @@ static void bad_server_text_is_refused(void **state)
     char *servers[] = {"127.0.0.1:99999"};
     struct dns_conf conf = {.servers = servers, .nservers = 1, .timeout_ms = 100, .tries = 1};
     char err[256] = "";
-    assert_null(dns_ctx_new(base, &conf, err, sizeof(err)));
+    assert_null(dns_ctx_new(base, &conf, NULL, err, sizeof(err)));
     assert_non_null(strstr(err, "127.0.0.1:99999"));
     event_base_free(base);
+}
+
+/* ---- the cache shared by the loops ---- */
+
+/* Two contexts on one event base share a cache: one asks dnsmasq, the
+ * other a server that never answers, so everything it gets came from what
+ * the first one kept. */
+struct cached_pair {
+    struct fixture *asking, *silent;
+};
+
+static int setup_cached_pair(void **state)
+{
+    struct cached_pair *p = calloc(1, sizeof *p);
+    assert_non_null(p);
+    struct dns_conf conf = {.cache_memory = 1 << 20, .cache_max_ttl_ms = 3600 * 1000,
+                            .cache_negative_ttl_ms = 300 * 1000};
+    struct dns_cache *cache = dns_cache_new(&conf);
+    assert_non_null(cache);
+    p->asking = fixture_new_cached(dnsmasq_port, 1000, 2, cache);
+    p->silent = fixture_new_cached(silent_port, 200, 1, cache);
+    p->silent->cache = NULL; /* freed once, with the first */
+    *state = p;
+    return 0;
+}
+
+static int teardown_cached_pair(void **state)
+{
+    struct cached_pair *p = *state;
+    fixture_free(p->silent);
+    fixture_free(p->asking);
+    free(p);
+    return 0;
+}
+
+static void a_kept_reverse_name_is_confirmed_without_asking_again(void **state)
+{
+    struct cached_pair *p = *state;
+    struct seen first = {0}, again = {0};
+    reverse_of(p->asking, "127.0.0.55", 2000, &first);
+    assert_int_equal(first.st, DNS_OK);
+    struct sockaddr_storage ss;
+    make_addr("127.0.0.55", &ss);
+    int64_t start = now_ms();
+    assert_non_null(
+        dns_reverse_confirmed(p->silent->dns, (struct sockaddr *)&ss, 2000, name_cb, &again));
+    assert_int_equal(again.calls, 0); /* never inside the call */
+    run_loop(p->silent->base, &again.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(again.calls, 1);
+    assert_int_equal(again.st, DNS_OK);
+    assert_string_equal(again.text[0], "mail.test");
+    assert_true(now_ms() - start < 200); /* before the silent server's timeout */
+    struct dns_cache_stats st;
+    dns_cache_stats(p->asking->cache, &st);
+    assert_int_equal(st.hits, 2); /* the PTR and the A */
+}
+
+static void kept_records_come_back_with_the_time_they_have_left(void **state)
+{
+    struct cached_pair *p = *state;
+    struct seen first = {0}, again = {0}, txt = {0}, txt_again = {0};
+    query(p->asking, "mail.test", DNS_A, &first);
+    query(p->silent, "MAIL.test.", DNS_A, &again);
+    assert_int_equal(again.st, DNS_OK);
+    assert_string_equal(again.text[0], "127.0.0.55");
+    assert_true(again.ttl > 0 && again.ttl <= RECORD_TTL);
+    query(p->asking, "multi.test", DNS_TXT, &txt);
+    query(p->silent, "multi.test", DNS_TXT, &txt_again);
+    assert_int_equal(txt_again.st, DNS_OK);
+    assert_int_equal(txt_again.n, 2);
+    assert_true(seen_has(&txt_again, "first part second part"));
+    assert_true(seen_has(&txt_again, "another record"));
+}
+
+/* What the asking context did not get is not invented for the other. */
+static void a_question_never_answered_is_not_kept(void **state)
+{
+    struct cached_pair *p = *state;
+    struct seen s = {0};
+    query(p->silent, "mail.test", DNS_MX, &s);
+    assert_int_equal(s.st, DNS_TEMPFAIL);
+    struct dns_cache_stats st;
+    dns_cache_stats(p->asking->cache, &st);
+    assert_int_equal(st.entries, 0);
 }
 
 int main(void)
@@ -743,6 +837,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(ctx_freed_inside_a_callback_silences_the_rest,
                                         setup_real, teardown_fixture),
         cmocka_unit_test(bad_server_text_is_refused),
+        cmocka_unit_test_setup_teardown(a_kept_reverse_name_is_confirmed_without_asking_again,
+                                        setup_cached_pair, teardown_cached_pair),
+        cmocka_unit_test_setup_teardown(kept_records_come_back_with_the_time_they_have_left,
+                                        setup_cached_pair, teardown_cached_pair),
+        cmocka_unit_test_setup_teardown(a_question_never_answered_is_not_kept, setup_cached_pair,
+                                        teardown_cached_pair),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -86,7 +86,7 @@ static int setup(void **state)
     snprintf(server, sizeof server, "127.0.0.1:%d", silent_dns_port(f));
     char *servers[] = {server};
     struct dns_conf dc = {.servers = servers, .nservers = 1, .timeout_ms = 30000, .tries = 1};
-    f->loop.dns = dns_ctx_new(f->loop.base, &dc, err, sizeof err);
+    f->loop.dns = dns_ctx_new(f->loop.base, &dc, NULL, err, sizeof err);
     assert_non_null(f->loop.dns);
     loop_current = &f->loop;
     *state = f;
