@@ -250,17 +250,20 @@ static int teardown_fixture(void **state)
 
 static void stop_loop_cb(evutil_socket_t fd, short what, void *arg)
 {
-    event_base_loopbreak(arg);
+    *(bool *)arg = true;
 }
 
-/* Runs the loop until *done reaches want, or for ms when want is 0. */
+/* Runs the loop until *done reaches want, or for ms when want is 0. The
+ * limit is the timer's own firing: libevent's coarse clock may fire it a
+ * little before now_ms() says the time is up, and a loop turn after it,
+ * with only the DNS socket left, would wait for ever. */
 static void run_loop(struct event_base *base, const int *done, int want, int ms)
 {
-    struct event *limit = evtimer_new(base, stop_loop_cb, base);
+    bool expired = false;
+    struct event *limit = evtimer_new(base, stop_loop_cb, &expired);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(limit, &tv);
-    int64_t deadline = now_ms() + ms;
-    for (int turn = 0; turn < LOOP_MAX_TURNS && now_ms() < deadline; turn++) {
+    for (int turn = 0; turn < LOOP_MAX_TURNS && !expired; turn++) {
         if (want > 0 && *done >= want)
             break;
         event_base_loop(base, EVLOOP_ONCE);
