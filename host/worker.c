@@ -25,6 +25,7 @@
 #include "workpool.h"
 #include "conn_limits.h"
 #include "log.h"
+#include "mem_trim.h"
 #include "metrics.h"
 #include "pool.h"
 #include "privileges.h"
@@ -36,6 +37,10 @@
 /* How often a loop looks for DNS contexts a reload replaced that have no
  * query left. */
 #define WORKER_DNS_SWEEP_MS 1000
+/* How often freed memory is looked at, and how much makes a trim worth it
+ * (a few thousand sessions' worth). */
+#define WORKER_TRIM_TICK_MS 5000
+#define WORKER_TRIM_MIN_BYTES (8u << 20)
 /* After the shutdown deadline, sessions answered 421 4.3.2 get this long
  * to flush it before they are cut. */
 #define WORKER_CLOSE_WAIT_MS 2000
@@ -454,15 +459,21 @@ static void worker_stop_signals(sigset_t *set)
 }
 
 /* Blocks until SIGTERM or SIGINT arrives (signals are blocked in every
- * thread, so only this sigwait sees them); SIGHUP reloads meanwhile. */
+ * thread, so only this wait sees them); SIGHUP reloads meanwhile, and
+ * between signals freed memory goes back to the system (mem_trim.h). */
 static void worker_wait_for_stop(struct worker *w, int status_fd)
 {
     sigset_t set;
     worker_stop_signals(&set);
+    struct mem_trim trim = {0};
+    const struct timespec tick = {WORKER_TRIM_TICK_MS / 1000, 0};
     for (;;) {
-        int sig = 0;
-        if (sigwait(&set, &sig) != 0)
+        int sig = sigtimedwait(&set, NULL, &tick);
+        if (sig < 0) {
+            if (errno == EAGAIN)
+                mem_trim_check(&trim, WORKER_TRIM_MIN_BYTES);
             continue;
+        }
         if (sig == SIGHUP)
             worker_reload(w, status_fd);
         else

@@ -25,6 +25,8 @@ build build-ci-asan gcc -DSLUICE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 echo "=== tests (ASan+UBSan)"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# What glibc's allocator does is tested on a build without sanitizers.
+export SLUICE_PLAIN_BIN=$PWD/build-ci-gcc/sluice
 ctest --test-dir build-ci-asan --output-on-failure -j2
 
 # Every libFuzzer target, a few seconds each on its seed corpus.
