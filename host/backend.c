@@ -45,6 +45,7 @@ enum backend_state {
     B_XCLIENT,
     B_XCLIENT_EHLO,
     B_REUSE_RSET,    /* a kept connection: RSET, before XCLIENT for an XCLIENT pool */
+    B_NAME_WAIT,     /* XCLIENT waits for the client's reverse name (backend_name_known) */
     B_READY,
     B_IDLE,          /* kept for the next session of the pool (loop->backend_idle) */
     B_CLOSING,
@@ -105,6 +106,7 @@ struct smtp_backend {
     bool keepalive;
     struct event *quit_timer;
     struct event *start_ev;
+    struct event *name_ev; /* XCLIENT goes once the client's name is known */
     uint64_t bytes_out; /* everything ever put into the output buffer */
 
     int in_handler;
@@ -119,6 +121,7 @@ struct smtp_backend {
     bool dirty;         /* a MAIL was sent and its transaction not ended */
     uint64_t mails_sent; /* MAIL commands ever written: an RSET ends only those before it */
     bool xclient_sent;  /* pipelined behind the reuse's RSET */
+    bool name_pending;  /* the client's reverse lookup still runs */
     int transactions;   /* MAIL commands on this connection */
     bool out_of_memory; /* a write failed for memory: the loss is ours (451 4.3.0) */
     bool unconfirmed;   /* a clean kept connection taken without a word: no reply yet */
@@ -201,6 +204,8 @@ static void backend_free(struct smtp_backend *b)
         event_free(b->quit_timer);
     if (b->start_ev)
         event_free(b->start_ev);
+    if (b->name_ev)
+        event_free(b->name_ev);
     while (!TAILQ_EMPTY(&b->awaited)) {
         struct pending *p = TAILQ_FIRST(&b->awaited);
         TAILQ_REMOVE(&b->awaited, p, link);
@@ -446,6 +451,38 @@ static void backend_send_xclient(struct smtp_backend *b)
     backend_write(b, line, len + 2);
 }
 
+static void backend_name_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_backend *b = arg;
+    if (b->state != B_NAME_WAIT)
+        return;
+    backend_enter(b);
+    backend_await(b, b->pc->command_timeout_ms);
+    b->state = B_XCLIENT;
+    backend_send_xclient(b);
+    backend_leave(b);
+}
+
+/* XCLIENT names the client. A client greeted before its reverse lookup
+ * ended may get here first: the connection, its greeting and EHLO done
+ * meanwhile, then waits for the name (at most the session's
+ * timeouts.reverse_lookup), asking nothing. */
+static void backend_xclient_or_wait(struct smtp_backend *b)
+{
+    if (!b->name_pending) {
+        b->state = B_XCLIENT;
+        backend_send_xclient(b);
+        return;
+    }
+    if (!b->name_ev && !(b->name_ev = event_new(b->loop->base, -1, 0, backend_name_cb, b))) {
+        backend_fail(b, "out of memory");
+        return;
+    }
+    b->state = B_NAME_WAIT;
+    backend_await_none(b);
+    log_debug(b->sid, "backend %s: XCLIENT waits for the client's reverse name", b->peer);
+}
+
 static void backend_ready(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     b->state = B_READY;
@@ -573,8 +610,7 @@ static void backend_handshake_reply(struct smtp_backend *b, const char *text, co
                      b->peer);
         }
         if (b->pc->xclient && b->caps.xclient) {
-            b->state = B_XCLIENT;
-            backend_send_xclient(b);
+            backend_xclient_or_wait(b);
             return;
         }
         if (b->pc->xclient)
@@ -615,9 +651,10 @@ static void backend_handshake_reply(struct smtp_backend *b, const char *text, co
             backend_ready(b, text, r);
             return;
         }
-        b->state = B_XCLIENT;
-        if (!b->xclient_sent)
-            backend_send_xclient(b);
+        if (b->xclient_sent)
+            b->state = B_XCLIENT;
+        else
+            backend_xclient_or_wait(b);
         return;
     default:
         return;
@@ -876,6 +913,10 @@ static void backend_handle_reply(struct smtp_backend *b, const char *text, const
         backend_unpark(b);
         b->state = B_DEAD;
         backend_free(b);
+        return;
+    }
+    if (b->state == B_NAME_WAIT) {
+        backend_violation(b, "reply while nothing was asked", text, r->len);
         return;
     }
     enum backend_step step = backend_awaited(b);
@@ -1163,16 +1204,16 @@ static void backend_reuse_begin(struct smtp_backend *b)
         return;
     }
     backend_await(b, b->pc->command_timeout_ms);
-    b->state = b->dirty ? B_REUSE_RSET : B_XCLIENT;
-    if (b->dirty)
-        backend_write(b, "RSET\r\n", 6);
-    if (!backend_reuse_xclient(b)) {
-        b->xclient_sent = false;
+    b->xclient_sent = false;
+    if (!b->dirty) {
+        backend_xclient_or_wait(b);
         return;
     }
+    b->state = B_REUSE_RSET;
+    backend_write(b, "RSET\r\n", 6);
     /* RSET may open a PIPELINING group (RFC 2920 3.1): XCLIENT goes in
      * the same write, its reply read after RSET's. */
-    b->xclient_sent = !b->dirty || b->caps.pipelining;
+    b->xclient_sent = backend_reuse_xclient(b) && b->caps.pipelining && !b->name_pending;
     if (b->xclient_sent)
         backend_send_xclient(b);
 }
@@ -1392,6 +1433,7 @@ static struct backend *backend_reuse(struct smtp_backend *b, const struct backen
     b->client_helo = helo;
     b->client_name = name;
     b->client_esmtp = client->esmtp;
+    b->name_pending = client->name_pending;
     b->open_cb = cb;
     b->open_arg = arg;
     b->reusing = true;
@@ -1435,6 +1477,7 @@ static struct backend *smtp_open(struct loop *loop, struct generation *gen, stru
     b->client_helo = strdup(client->helo ? client->helo : "");
     b->client_name = strdup(backend_client_name(client));
     b->client_esmtp = client->esmtp;
+    b->name_pending = client->name_pending;
     b->open_cb = cb;
     b->open_arg = arg;
     b->noop_timer = event_new(loop->base, -1, 0, backend_noop_cb, b);
@@ -1633,6 +1676,27 @@ static void smtp_close(struct backend *base)
     backend_quit(b);
 }
 
+/* The session's reverse lookup ended: the name XCLIENT gives (a kept
+ * [TEMPUNAVAIL] when there is no memory for it), and a connection waiting
+ * for it goes on from its own loop turn, not in the session's stack. */
+static void smtp_name_known(struct backend *base, enum dns_status st, const char *name)
+{
+    struct smtp_backend *b = SMTP(base);
+    if (!b->name_pending)
+        return;
+    b->name_pending = false;
+    const struct backend_client known = {.name_status = st, .name = name};
+    char *copy = strdup(backend_client_name(&known));
+    if (copy) {
+        free(b->client_name);
+        b->client_name = copy;
+    } else {
+        log_err(b->sid, "backend %s: out of memory for the client's name", b->peer);
+    }
+    if (b->state == B_NAME_WAIT)
+        event_active(b->name_ev, 0, 0);
+}
+
 static bool smtp_usable(const struct backend *b) { return backend_takes_commands(CSMTP(b)); }
 static const struct ehlo_caps *smtp_caps(const struct backend *b) { return &CSMTP(b)->caps; }
 static const char *smtp_peer_name(const struct backend *b) { return CSMTP(b)->peer; }
@@ -1646,6 +1710,7 @@ const struct backend_ops backend_smtp_ops = {
     .stream_more = smtp_stream_more,
     .stream_end = smtp_stream_end,
     .keepalive = smtp_keepalive,
+    .name_known = smtp_name_known,
     .close = smtp_close,
     .usable = smtp_usable,
     .caps = smtp_caps,

@@ -51,6 +51,7 @@ struct backend_client {
     bool esmtp;                    /* the client said EHLO */
     enum dns_status name_status;   /* reverse lookup outcome */
     const char *name;              /* the confirmed reverse name when DNS_OK */
+    bool name_pending;             /* the lookup still runs: backend_name_known follows */
 };
 
 /* The backend behind an interface (nginx's peer get/free): the SMTP client
@@ -70,6 +71,8 @@ struct backend_ops {
     void (*stream_more)(struct backend *b);
     void (*stream_end)(struct backend *b);
     void (*keepalive)(struct backend *b, bool on);
+    /* NULL where nothing waits for the name (check mode). */
+    void (*name_known)(struct backend *b, enum dns_status st, const char *name);
     void (*close)(struct backend *b);
     bool (*usable)(const struct backend *b);
     const struct ehlo_caps *(*caps)(const struct backend *b);
@@ -136,6 +139,11 @@ void backend_stream_end(struct backend *b);
 
 /* Keep the idle connection alive with NOOP while the client uploads. */
 void backend_keepalive(struct backend *b, bool on);
+
+/* The client's reverse lookup, open when the backend was (name_pending),
+ * ended: XCLIENT, which waited for it, goes (from the loop, never inside
+ * this call). */
+void backend_name_known(struct backend *b, enum dns_status st, const char *name);
 
 /* Lets go: no callback runs after this. A connection between transactions
  * is kept (with its slot) for the next session of the pool on this loop

@@ -34,6 +34,12 @@ void backend_stream_end(struct backend *b) { b->ops->stream_end(b); }
 
 void backend_keepalive(struct backend *b, bool on) { b->ops->keepalive(b, on); }
 
+void backend_name_known(struct backend *b, enum dns_status st, const char *name)
+{
+    if (b->ops->name_known)
+        b->ops->name_known(b, st, name);
+}
+
 void backend_close(struct backend *b) { b->ops->close(b); }
 
 bool backend_usable(const struct backend *b) { return b->ops->usable(b); }

@@ -443,29 +443,14 @@ static void session_log_connect(const struct session *s, const char *why)
              s->client_ip, s->client_port, why);
 }
 
-void session_after_name(struct session *s, void (*next)(struct session *s))
-{
-    if (!s->rdns_query) {
-        next(s);
-        return;
-    }
-    log_debug(s->sid, "waiting for the reverse lookup");
-    s->after_name = next;
-}
-
-/* The lookup ended after the greeting: what waited for the name goes on,
- * unless the session is closing (shutdown, an output error): its command is
- * not carried out. A finishing session's disconnect hook goes on. */
+/* The lookup ended after the greeting: a hook that waited for the name goes
+ * on, unless the session is closing (shutdown, an output error): its
+ * command is not carried out. A finishing session's disconnect hook goes on. */
 static void session_name_known(struct session *s)
 {
-    void (*next)(struct session *) = s->after_name;
-    s->after_name = NULL;
     if (s->phase == PH_CLOSING && !s->finishing)
         return;
-    if (next)
-        next(s);
-    else
-        hooks_name_known(s);
+    hooks_name_known(s);
 }
 
 static void session_rdns_done(void *arg, enum dns_status st, const char *name)
@@ -490,6 +475,8 @@ static void session_rdns_done(void *arg, enum dns_status st, const char *name)
         session_free(s);
         return;
     }
+    if (s->backend)
+        backend_name_known(s->backend, s->rdns_status, s->rdns_name);
     if (s->greeted_early) {
         session_name_known(s);
         return;
@@ -745,7 +732,6 @@ static void session_finish(struct session *s)
         return;
     s->finishing = true;
     s->phase = PH_CLOSING;
-    s->after_name = NULL;
     session_end_lookup(s);
     io_free(s->io);
     s->io = NULL;

@@ -176,13 +176,10 @@ static void cmd_rcpt_proceed(struct session *s, const struct hook_verdict *v)
     }
     if (s->txn.pool < 0)
         s->txn.pool = s->cur_rcpt_pool;
-    /* XCLIENT gives the backend the client's confirmed name (a Postfix
-     * behind us checks it): with the greeting sent before the reverse
-     * lookup ended, the backend's start waits for it. */
-    if (s->cfg->pools[s->txn.pool].xclient)
-        session_after_name(s, session_rcpt_relay);
-    else
-        session_rcpt_relay(s);
+    /* With the greeting sent before the reverse lookup ended, a backend of
+     * an XCLIENT pool is opened all the same: it waits for the name only
+     * where it names the client (backend_name_known). */
+    session_rcpt_relay(s);
 }
 
 static bool cmd_rcpt_check(struct session *s, const struct smtp_cmd *c)

@@ -109,11 +109,10 @@ struct session {
     enum dns_status rdns_status;
     char *rdns_name;
     /* The greeting went while the reverse lookup ran (no connect hook):
-     * what reads the name waits for it instead (hooks_run, after_name). */
+     * what reads the name waits for it instead (hooks_run, and XCLIENT:
+     * backend_name_known). */
     bool greeted_early;
     bool disconnect_done; /* ended, its reverse lookup still running */
-    /* What continues once the reverse lookup ends (session_after_name). */
-    void (*after_name)(struct session *s);
 
     enum session_phase phase;
     bool busy;       /* a command is in progress: no further input is read */
@@ -195,9 +194,6 @@ void session_relay_reply(struct session *s, const struct backend_reply *r);
 bool session_apply_verdict(struct session *s, enum hook_point point, const struct hook_verdict *v);
 void session_done(struct session *s);
 void session_busy(struct session *s);
-/* Runs next now when the client's reverse lookup is over, else when it ends
- * (a busy session waits; a finishing one never runs it). */
-void session_after_name(struct session *s, void (*next)(struct session *s));
 void session_txn_reset(struct session *s);
 /* Makes room for one more recipient before the RCPT is answered, so that
  * recording its reply cannot fail. False: out of memory (answer 451 4.3.0). */

@@ -255,6 +255,7 @@ static void relay_open_backend(struct session *s)
         .esmtp = s->esmtp,
         .name_status = s->rdns_status,
         .name = s->rdns_name,
+        .name_pending = s->rdns_query != NULL,
     };
     s->backend = backend_open(s->loop->worker->backend_ops, s->loop, s->gen,
                               s->gen->pools[s->txn.pool], s->txn.pool, &c, relay_backend_ready, s);

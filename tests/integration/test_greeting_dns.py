@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 
-from sluice_harness import pool
+from sluice_harness import pool, wait_until
 from test_lua import Dnsmasq, LuaTestCase, plugin_dir
 
 DELAY = 1.5            # seconds each DNS answer is held
@@ -98,6 +98,9 @@ class GreetingAndReverseLookup(LuaTestCase):
             dns={"servers": ["127.0.0.1:%d" % dns.port], "timeout": "4s"},
             timeouts={"command": "5m", "data_block": "3m", "shutdown": "2s",
                       "reverse_lookup": LOOKUP_TIMEOUT},
+            # Kept backend connections are per loop thread: one, so the
+            # next session finds the last one's.
+            threads=1,
             **({"connections": connections} if connections else {}))
         return b, port
 
@@ -134,6 +137,66 @@ class GreetingAndReverseLookup(LuaTestCase):
         xc = b.wait_messages(1)[0]["xclient"]
         self.assertEqual(xc["NAME"], "good.test")
         self.assertEqual(xc["ADDR"], "127.0.0.1")
+
+    NO_EARLY_HOOK = "sluice.on('disconnect', function(s) end)\n"
+
+    def test_the_backend_is_opened_while_the_lookup_runs_and_xclient_waits_for_the_name(self):
+        """No hook waits at RCPT: the backend connection is opened, greeted
+        and EHLO'd while the lookup runs; only XCLIENT waits for it."""
+        b, port = self.start(self.NO_EARLY_HOOK, ("--xclient",))
+        c, banner, _ = self.greet(port)
+        t0 = time.monotonic()
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
+        c.send(b"RCPT TO:<b@example.test>\r\n")
+        b.wait_event("connect", timeout=DELAY)
+        self.assertLess(time.monotonic() - t0, DELAY, "the backend waited for the lookup")
+        self.assertReply(c.read_reply(), 250)
+        self.assertGreaterEqual(time.monotonic() - t0, DELAY, "XCLIENT did not wait")
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(b"Subject: x\r\n\r\nhello\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertEqual(b.wait_messages(1)[0]["xclient"]["NAME"], "good.test")
+
+    def test_a_server_without_xclient_does_not_wait_for_the_name(self):
+        b, port = self.start(self.NO_EARLY_HOOK)
+        c, banner, waited = self.greet(port)
+        t0 = time.monotonic()
+        self.deliver_one(c)
+        self.assertLess(time.monotonic() - t0, DELAY, "the transaction waited for the lookup")
+        self.assertIsNone(b.wait_messages(1)[0]["xclient"])
+
+    def test_a_recipient_sent_before_leaving_while_xclient_waits_is_still_relayed(self):
+        """As any command a client sent before it left: carried out once the
+        name is known, XCLIENT first; no message, and the next client is
+        served."""
+        b, port = self.start(self.NO_EARLY_HOOK, ("--xclient",))
+        c, banner, _ = self.greet(port)
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
+        c.send(b"RCPT TO:<b@example.test>\r\n")
+        b.wait_event("connect", timeout=DELAY)
+        self.assertEqual(b.events("xclient"), [])
+        c.close()
+        xc = b.wait_event("xclient", timeout=LOOKUP_TIMEOUT_S)[0]
+        self.assertEqual(xc["attrs"]["NAME"], "good.test")
+        wait_until(lambda: any(e["line"].startswith("RCPT TO:<b@example.test>")
+                               for e in b.events("command")), 5, what="the RCPT relayed")
+        self.assertEqual(b.messages(), [])
+        c2, banner2, _ = self.greet(port)
+        self.assertReply(banner2, 220)
+
+    def test_a_kept_connection_waits_for_the_next_clients_name_before_its_xclient(self):
+        """The second client's session takes the first one's kept backend
+        connection: its XCLIENT, too, waits for that client's own lookup."""
+        b, port = self.start(self.NO_EARLY_HOOK, ("--xclient",), idle_connections=2)
+        for source in ("127.0.0.1", "127.0.0.2"):
+            c, banner, _ = self.greet(port, source=(source, 0))
+            self.deliver_one(c)
+            self.assertReply(c.cmd("QUIT"), 221)
+        names = [m["xclient"]["NAME"] for m in b.wait_messages(2)]
+        self.assertEqual(names, ["good.test", "[UNAVAILABLE]"])
+        self.assertEqual(b.connection_count(), 1, "the kept connection was not taken")
 
     def test_xclient_says_unavailable_when_the_name_is_not_confirmed(self):
         b, port = self.start("sluice.on('rcpt', function(s) return sluice.continue() end)\n",
