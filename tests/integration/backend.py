@@ -213,6 +213,14 @@ class Session:
             caps.append("XCLIENT " + XCLIENT_ATTRS)
         lines = ["250-" + HOSTNAME] + ["250-" + c for c in caps[:-1]] + ["250 " + caps[-1]]
         await self.send([line.encode() + b"\r\n" for line in lines])
+        if self.opts.speak_after_ehlo and len(self.ehlo_names) == 1:
+            asyncio.get_running_loop().create_task(self.speak_unasked())
+
+    async def speak_unasked(self):
+        """A reply nobody asked for, a moment after the first EHLO."""
+        await asyncio.sleep(0.3)
+        self.rec.event(ev="spoke_unasked", conn=self.conn)
+        await self.send(reply_lines(self.opts.speak_after_ehlo))
 
     async def cmd_STARTTLS(self, arg):
         if not self.opts.tls_cert or self.tls:
@@ -418,6 +426,8 @@ def parse_args(argv):
     p.add_argument("--kept-mail", metavar="close|reset|exit|REPLY",
                    help="the first MAIL on a connection that took a message ends it: "
                         "closed, reset, the process gone, or this reply then closed")
+    p.add_argument("--speak-after-ehlo", metavar="REPLY",
+                   help="0.3 s after the first EHLO's reply, send this unasked")
     p.add_argument("--close-after-message", action="store_true",
                    help="close the connection right after accepting a message")
     p.add_argument("--die-on-data", action="store_true",

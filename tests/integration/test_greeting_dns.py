@@ -186,6 +186,21 @@ class GreetingAndReverseLookup(LuaTestCase):
         c2, banner2, _ = self.greet(port)
         self.assertReply(banner2, 220)
 
+    def test_a_server_that_speaks_while_xclient_waits_is_dropped_and_the_client_told(self):
+        """Nothing was asked: the reply is a violation, the client gets the
+        lost-backend 451 for its recipient, and sluice serves on."""
+        b, port = self.start(self.NO_EARLY_HOOK,
+                             ("--xclient", "--speak-after-ehlo", "250 2.0.0 surprise"))
+        c, banner, _ = self.greet(port)
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@sender.test>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<b@example.test>"), 451, "4.4.2")
+        b.wait_event("spoke_unasked")
+        self.assertEqual(b.events("xclient"), [])
+        self.sluice().wait_log(r"reply while nothing was asked", timeout=2)
+        c2, banner2, _ = self.greet(port)
+        self.assertReply(banner2, 220)
+
     def test_a_kept_connection_waits_for_the_next_clients_name_before_its_xclient(self):
         """The second client's session takes the first one's kept backend
         connection: its XCLIENT, too, waits for that client's own lookup."""
