@@ -11,8 +11,9 @@ import socket
 import threading
 import time
 
-from sluice_harness import pool, wait_until
+from sluice_harness import free_port, pool, wait_until
 from test_lua import Dnsmasq, LuaTestCase, plugin_dir
+from test_metrics import scrape, series
 
 DELAY = 1.5            # seconds each DNS answer is held
 LOOKUP_TIMEOUT = "8s"  # timeouts.reverse_lookup: longer than the two answers
@@ -80,7 +81,7 @@ class GreetingAndReverseLookup(LuaTestCase):
         return r
 
     def start(self, script_text, backend_args=(), connections=None, local_ttl=0,
-              **pool_options):
+              metrics_port=None, **pool_options):
         """sluice with one Lua entry (script_text) and the slow resolver;
         returns (backend, port). The DNS timeout per try (dns.timeout) is
         longer than DELAY, so nothing is asked twice."""
@@ -101,7 +102,8 @@ class GreetingAndReverseLookup(LuaTestCase):
             # Kept backend connections are per loop thread: one, so the
             # next session finds the last one's.
             threads=1,
-            **({"connections": connections} if connections else {}))
+            **({"connections": connections} if connections else {}),
+            **({"metrics_listen": "127.0.0.1:%d" % metrics_port} if metrics_port else {}))
         return b, port
 
     def greet(self, port, **connect_options):
@@ -338,7 +340,9 @@ class GreetingAndReverseLookup(LuaTestCase):
         """Records with a TTL are kept: the second connection's lookup (PTR,
         then A) costs no question, so its connect hook, and the greeting,
         do not wait for the slow resolver."""
-        _, port = self.start(refusing_by_name("connect", 554, "NAME"), local_ttl=300)
+        mport = free_port()
+        _, port = self.start(refusing_by_name("connect", 554, "NAME"), local_ttl=300,
+                             metrics_port=mport)
         c, banner, waited = self.greet(port)
         self.assertReply(banner, 554, text="NAME good.test")
         self.assertGreaterEqual(waited, 2 * DELAY - 0.2)
@@ -348,6 +352,9 @@ class GreetingAndReverseLookup(LuaTestCase):
         self.assertReply(banner2, 554, text="NAME good.test")
         self.assertLess(waited2, DELAY)
         self.assertEqual(self.resolver.queries, asked)
+        counts = series(scrape(mport)[2])
+        self.assertEqual(counts['sluice_dns_cache_lookups_total{result="hit"}'], 2)
+        self.assertEqual(counts['sluice_dns_cache_lookups_total{result="miss"}'], 2)
 
     def test_answers_with_a_ttl_of_zero_are_asked_again(self):
         _, port = self.start(refusing_by_name("connect", 554, "NAME"))
