@@ -306,11 +306,18 @@ void dns_cache_reconfigure(struct dns_cache *c, const struct dns_conf *conf)
 {
     if (!c)
         return;
+    size_t n = dns_bucket_count((size_t)conf->cache_memory);
+    struct dns_entry **fresh = n != c->nbuckets ? calloc(n, sizeof *fresh) : NULL;
     pthread_mutex_lock(&c->lock);
     dns_forget_all(c);
     dns_cache_limits(c, conf);
-    /* The buckets stay as they were made: a bigger budget only makes the
-     * chains longer, never wrong. */
+    /* Sized for the new budget; without memory for that, the old buckets
+     * serve (longer chains, never wrong). */
+    if (fresh) {
+        free(c->buckets);
+        c->buckets = fresh;
+        c->nbuckets = n;
+    }
     pthread_mutex_unlock(&c->lock);
 }
 
