@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "clamav.h"
+#include "mail_shape.h"
 
 #define DETAIL_MAX 192
 #define HEADER_VALUE_MAX 256
@@ -28,6 +29,9 @@ struct clamav_scan {
     char virname[CLAMAV_VIRNAME_MAX];
     char detail[DETAIL_MAX];
     char failover[DETAIL_MAX * 2];
+    bool engine_used; /* in process, not clamd */
+    bool parsed_mail;
+    char shape[DETAIL_MAX]; /* why the mail parser ran, or that it had nothing to do */
 };
 
 static double now_seconds(void)
@@ -163,6 +167,25 @@ static enum sluice_verdict scan_verdict(sluice_session *s, const struct clamav_s
 
 /* ---- the scan ----------------------------------------------------------------------- */
 
+static ssize_t shape_pread(void *reader, void *buf, size_t len, uint64_t off)
+{
+    return sluice_message_pread(reader, buf, len, off);
+}
+
+/* Whether libclamav's mail parser runs (a read error leaves it on: the scan
+ * then reports the error itself). */
+static bool needs_mail_parser(struct clamav_scan *job)
+{
+    if (job->conf->mail_parser == CLAMAV_PARSER_ALWAYS) {
+        snprintf(job->shape, sizeof job->shape, "mail_parser = \"always\"");
+        return true;
+    }
+    if (mail_shape_read(shape_pread, job->reader, job->shape, sizeof job->shape) ==
+        MAIL_SHAPE_PLAIN)
+        return false;
+    return true;
+}
+
 /* On a pool thread: nothing of the session is touched here. */
 static void scan_work(void *arg)
 {
@@ -170,8 +193,13 @@ static void scan_work(void *arg)
     const struct clamav_conf *c = job->conf;
     double t0 = now_seconds();
     if (job->engine) {
-        job->result = clamav_engine_scan(job->engine, job->reader, job->virname,
-                                         sizeof job->virname, job->detail, sizeof job->detail);
+        job->engine_used = true;
+        job->parsed_mail = needs_mail_parser(job);
+        if (!job->parsed_mail)
+            sluice_counter_add(c->unparsed, 1);
+        job->result = clamav_engine_scan(job->engine, job->reader, job->parsed_mail,
+                                         job->virname, sizeof job->virname, job->detail,
+                                         sizeof job->detail);
         job->db_version = clamav_engine_version(job->engine);
         clamav_engine_put(job->engine);
         job->engine = NULL;
@@ -195,7 +223,11 @@ static void scan_done(sluice_session *s, void *arg)
     if (s) {
         if (job->failover[0])
             sluice_log(s, SLUICE_LOG_WARN, "clamd failover: %s", job->failover);
-        sluice_log(s, SLUICE_LOG_DEBUG, "scanned in %.3f s", job->seconds);
+        if (job->engine_used)
+            sluice_log(s, SLUICE_LOG_DEBUG, "scanned in %.3f s, %s (%s)", job->seconds,
+                       job->parsed_mail ? "with the mail parser" : "as it is", job->shape);
+        else
+            sluice_log(s, SLUICE_LOG_DEBUG, "scanned in %.3f s", job->seconds);
         sluice_resume(s, scan_verdict(s, job));
     }
     clamav_conf_unref(job->conf);

@@ -20,6 +20,10 @@ enum clamav_action { CLAMAV_REJECT, CLAMAV_TEMPFAIL, CLAMAV_HEADER, CLAMAV_PASS 
 
 enum clamav_mode { CLAMAV_MODE_LIBCLAMAV, CLAMAV_MODE_CLAMD };
 
+/* When libclamav's mail parser runs: only for messages it has something to
+ * decode in (mail_shape.h), or for every message. */
+enum clamav_mail_parser { CLAMAV_PARSER_WHEN_NEEDED, CLAMAV_PARSER_ALWAYS };
+
 /* libclamav's engine limits: what bounds one scan (an archive bomb included). */
 struct clamav_limits {
     int64_t max_file_size;  /* bytes of one file inside the message */
@@ -37,6 +41,7 @@ struct clamav_conf {
     enum clamav_mode mode;
     char *database;
     char *temp_dir; /* libclamav's work files; "" for its default ($TMPDIR, /tmp) */
+    enum clamav_mail_parser mail_parser;
     struct clamav_limits limits;
     int64_t max_message_size; /* max_scan_size: larger messages are not scanned */
     enum clamav_action on_virus, on_error, on_oversize, on_limit;
@@ -48,6 +53,7 @@ struct clamav_conf {
     int64_t clamd_timeout_ms;
     struct clamav_db *db; /* libclamav mode */
     sluice_counter *scanned, *viruses, *errors, *oversize, *cut_short, *reloads, *reload_failures;
+    sluice_counter *unparsed; /* scanned without the mail parser */
     sluice_histogram *scan_seconds;
 };
 
@@ -87,10 +93,13 @@ enum clamav_result { CLAMAV_CLEAN, CLAMAV_VIRUS, CLAMAV_ERROR, CLAMAV_TIMEOUT, C
  * AlertExceedsMax). */
 enum clamav_result clamav_classify(const char *name);
 
-/* Scans the message with the engine (thread-pool thread). virname gets the
- * name of a virus found; detail a short reason for an error. */
+/* Scans the message with the engine (thread-pool thread); with parse_mail
+ * false, as it is, without libclamav's mail parser (every other parser
+ * stays on). virname gets the name of a virus found; detail a short reason
+ * for an error. */
 enum clamav_result clamav_engine_scan(struct clamav_engine *e, sluice_message_reader *r,
-                                      char *virname, size_t vlen, char *detail, size_t dlen);
+                                      bool parse_mail, char *virname, size_t vlen, char *detail,
+                                      size_t dlen);
 /* The database version and signature count of the engine, for the header. */
 unsigned clamav_engine_version(const struct clamav_engine *e);
 

@@ -29,7 +29,7 @@ static const char *const top_names[] = {
     "mode",          "database",      "max_scan_size", "max_file_size",  "max_scanned",
     "max_recursion", "max_files",     "max_scan_time", "on_virus",       "on_error",
     "on_oversize",   "on_limit",      "header",        "reload",         "check_interval",
-    "clamd",         "clamd_timeout", "temp_dir",     NULL,
+    "clamd",         "clamd_timeout", "temp_dir",      "mail_parser",    NULL,
 };
 
 /* One of names[] (NULL-terminated), its index into *out. */
@@ -195,6 +195,24 @@ static int parse_temp_dir(const sluice_entry *e, struct clamav_conf *c, char *er
     return 0;
 }
 
+/* clamd's own ScanMail decides there; a setting it would ignore is refused. */
+static int parse_mail_parser(const sluice_entry *e, struct clamav_conf *c, char *err,
+                             size_t errlen)
+{
+    static const char *const choices[] = {"when_needed", "always", NULL};
+    const char *v;
+    if (sluice_setting_string(e, "mail_parser", &v) == 1)
+        return 0;
+    if (c->mode != CLAMAV_MODE_LIBCLAMAV)
+        return sluice_setting_fail(e, "mail_parser", err, errlen,
+                                   "only with mode = \"libclamav\" (clamd's ScanMail decides)");
+    int choice = 0;
+    if (get_choice(e, "mail_parser", choices, &choice, err, errlen) < 0)
+        return -1;
+    c->mail_parser = (enum clamav_mail_parser)choice;
+    return 0;
+}
+
 static int parse_engine(const sluice_entry *e, struct clamav_conf *c, char *err, size_t errlen)
 {
     static const char *const modes[] = {"libclamav", "clamd", NULL};
@@ -209,6 +227,8 @@ static int parse_engine(const sluice_entry *e, struct clamav_conf *c, char *err,
     c->reload_stop = reload == 1;
     if (c->mode == CLAMAV_MODE_LIBCLAMAV && c->database[0] != '/')
         return sluice_setting_fail(e, "database", err, errlen, "expected an absolute directory path");
+    if (parse_mail_parser(e, c, err, errlen) < 0)
+        return -1;
     return parse_temp_dir(e, c, err, errlen);
 }
 
@@ -224,10 +244,12 @@ static int make_metrics(sluice_entry *e, struct clamav_conf *c, char *err, size_
     c->reloads = sluice_counter_new(e, "clamav_reloads", "Engines loaded");
     c->reload_failures =
         sluice_counter_new(e, "clamav_reload_failures", "Database loads that failed");
+    c->unparsed = sluice_counter_new(e, "clamav_scans_without_mail_parser",
+                                     "Messages scanned as they are: plain text, nothing to decode");
     c->scan_seconds = sluice_histogram_new(e, "clamav_scan_seconds", "Scan time",
                                            bounds, sizeof bounds / sizeof bounds[0]);
     if (!c->scanned || !c->viruses || !c->errors || !c->oversize || !c->cut_short ||
-        !c->reloads || !c->reload_failures || !c->scan_seconds) {
+        !c->reloads || !c->reload_failures || !c->unparsed || !c->scan_seconds) {
         snprintf(err, errlen, "cannot create the metrics");
         return -1;
     }

@@ -561,7 +561,8 @@ static off_t scan_pread(void *handle, void *buf, size_t count, off_t offset)
 }
 
 enum clamav_result clamav_engine_scan(struct clamav_engine *e, sluice_message_reader *r,
-                                      char *virname, size_t vlen, char *detail, size_t dlen)
+                                      bool parse_mail, char *virname, size_t vlen, char *detail,
+                                      size_t dlen)
 {
     int64_t len = sluice_message_length(r);
     if (len < 0) {
@@ -579,7 +580,7 @@ enum clamav_result clamav_engine_scan(struct clamav_engine *e, sluice_message_re
     /* clamd's defaults (HeuristicAlerts), plus limits reported as names, so
      * that a scan cut short is told from a clean one. */
     struct cl_scan_options opts = {.general = CL_SCAN_GENERAL_HEURISTICS,
-                                   .parse = ~0u,
+                                   .parse = parse_mail ? ~0u : ~(unsigned)CL_SCAN_PARSE_MAIL,
                                    .heuristic = CL_SCAN_HEURISTIC_EXCEEDS_MAX};
     const char *vir = NULL;
     unsigned long scanned = 0;

@@ -7,8 +7,10 @@ one keeps the loaded engine; over-size and error policies; clamd mode
 against a real clamd started here."""
 
 import base64
+import binascii
 import io
 import os
+import quopri
 import re
 import shutil
 import signal
@@ -17,6 +19,7 @@ import subprocess
 import threading
 import time
 import unittest
+import urllib.request
 import zipfile
 
 from sluice_harness import (SluiceTestCase, base_config, free_port, pool, render_config,
@@ -328,6 +331,78 @@ class ClamavScanTest(ClamavBase):
               % (PARALLEL_SCANS, len(message), elapsed, rounds, worst * 1000))
         self.assertGreater(rounds, 0)
         self.assertLess(worst, 1.0)
+
+
+class ClamavMailParserTest(ClamavBase):
+    """mail_parser = "when_needed" (the default) scans single-part plain text
+    as it is, and runs libclamav's mail parser on everything it could decode:
+    on every shape below, the same verdict as "always"."""
+
+    def shapes(self):
+        """(name, message, plain text?, virus?)"""
+        b64 = base64.encodebytes(EICAR).replace(b"\n", b"\r\n")
+        uu = (b"begin 644 eicar.com\r\n"
+              + b"".join(binascii.b2a_uu(EICAR[i:i + 45]).replace(b"\n", b"\r\n")
+                         for i in range(0, len(EICAR), 45))
+              + b"`\r\nend\r\n")
+        single = head(extra=b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+                            b"Content-Transfer-Encoding: base64\r\n") + b"\r\n" + b64
+        qp = (head(extra=b"MIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+                         b"Content-Transfer-Encoding: quoted-printable\r\n") + b"\r\n"
+              + quopri.encodestring(b"=" + EICAR).replace(b"\n", b"\r\n") + b"\r\n")
+        bounce = (head() + b"\r\nYour message could not be delivered.\r\n\r\n"
+                  + attachment_message(EICAR, "eicar.com"))
+        archive = zip_of([("eicar.com", EICAR)])
+        return [
+            ("plain text", plain_message(EICAR), True, True),
+            ("plain text, clean", plain_message(b"nothing to see"), True, False),
+            ("plain text with a MIME header", head(
+                extra=b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+                      b"Content-Transfer-Encoding: 7bit\r\n") + b"\r\n" + EICAR + b"\r\n",
+             True, True),
+            ("a base64 attachment", attachment_message(EICAR, "eicar.com"), False, True),
+            ("a zip attachment", attachment_message(archive, "a.zip"), False, True),
+            ("single-part base64", single, False, True),
+            ("single-part quoted-printable", qp, False, True),
+            ("uuencoded in plain text", head() + b"\r\nhere it is:\r\n" + uu, False, True),
+            ("a bounce quoting a message with an attachment", bounce, False, True),
+        ]
+
+    def verdicts(self, mode):
+        mport, port = free_port(), free_port()
+        self.write_entry(mail_parser=mode)
+        backend = self.start_backend(mode)
+        sluice = self.start_sluice(self.config(port, backend.port,
+                                               metrics_listen="127.0.0.1:%d" % mport))
+        found = [self.send(port, message).code == 554 for _, message, _, _ in self.shapes()]
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10) as r:
+            text = r.read().decode()
+        unparsed = re.search(r'(?m)^sluice_plugin_clamav_scans_without_mail_parser'
+                             r'\{entry="30-clamav"\} (\d+)$', text)
+        self.assertIsNotNone(unparsed, text)
+        sluice.stop()
+        # The next sluice's readiness is read from a log of its own.
+        os.rename(sluice.log_path, sluice.log_path + "." + mode)
+        return found, int(unparsed.group(1))
+
+    def test_when_needed_finds_what_always_finds_and_skips_the_parser_only_on_plain_text(self):
+        shapes = self.shapes()
+        always, always_unparsed = self.verdicts("always")
+        when_needed, unparsed = self.verdicts("when_needed")
+        for (name, _, _, virus), a, w in zip(shapes, always, when_needed):
+            self.assertEqual(a, virus, "always: " + name)
+            self.assertEqual(w, virus, "when_needed: " + name)
+        self.assertEqual(always_unparsed, 0)
+        self.assertEqual(unparsed, sum(1 for s in shapes if s[2]))
+
+    def test_mail_parser_is_refused_in_clamd_mode_and_checked(self):
+        for settings in ({"mail_parser": "sometimes"},
+                         {"mode": "clamd", "clamd": ["127.0.0.1:3310"], "mail_parser": "always"}):
+            self.write_entry(**settings)
+            rc, out = run_sluice_check(self.workdir, self.config(free_port(), free_port()),
+                                       timeout=START_TIMEOUT)
+            self.assertNotEqual(rc, 0, out)
+            self.assertIn("mail_parser", out)
 
 
 class ClamavReloadTest(ClamavBase):
