@@ -5,7 +5,8 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cc -O2 -Wall -o "$work/cost" "$here/clamav-scan-cost.c" $(pkg-config --cflags --libs libclamav)
+cc -O2 -Wall -o "$work/cost" "$here/clamav-scan-cost.c" \
+    "$here/../plugins/clamav/mail_shape.c" $(pkg-config --cflags --libs libclamav) -lpthread
 mkdir "$work/db" "$work/tmp"
 # The tests' EICAR body signature (tests/integration ship the same one).
 printf '%s' 'X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!H+H*' > "$work/eicar.com"

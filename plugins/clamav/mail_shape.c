@@ -18,9 +18,11 @@
  * seen whole: longer than any mark plus the blanks a "begin" may follow. */
 #define CARRY 256
 #define LEAD_BLANKS_MAX (CARRY - 16)
+/* Bytes kept before where a round starts: longer than any mark. */
+#define BACK 16
 #define BUF_SIZE MAIL_SHAPE_HEADER_MAX
 
-#if BUF_SIZE < 2 * CARRY
+#if BUF_SIZE < 2 * (CARRY + BACK)
 #error "MAIL_SHAPE_HEADER_MAX must be at least twice CARRY"
 #endif
 
@@ -208,7 +210,11 @@ static enum mail_shape header_section(const unsigned char *buf, size_t len, bool
 
 /* ---- the body ----------------------------------------------------------------------------- */
 
-enum body_class { BODY_PLAIN, BODY_STOP, BODY_MARK, BODY_LINE };
+/* Each mark is found by its rarest byte, so that ordinary text is a table
+ * lookup per byte: "content-" by its '-', "binhex" by its 'x' (both looked
+ * back from), "=ybegin" by its '=' and a "begin" line by the LF before it
+ * (both looked forward from). */
+enum body_class { BODY_PLAIN, BODY_STOP, BODY_DASH, BODY_X, BODY_EQUALS, BODY_LINE };
 
 static unsigned char body_classes[256];
 static pthread_once_t body_classes_once = PTHREAD_ONCE_INIT;
@@ -223,9 +229,9 @@ static void body_classes_init(void)
     body_classes[0x7f] = BODY_STOP;
     body_classes['<'] = BODY_STOP; /* HTML, whose links the parser checks for phishing */
     body_classes['\n'] = BODY_LINE;
-    body_classes['c'] = body_classes['C'] = BODY_MARK;
-    body_classes['b'] = body_classes['B'] = BODY_MARK;
-    body_classes['='] = BODY_MARK;
+    body_classes['-'] = BODY_DASH;
+    body_classes['x'] = body_classes['X'] = BODY_X;
+    body_classes['='] = BODY_EQUALS;
 }
 
 /* A uuencoded block starts a line with "begin"; blanks before it are
@@ -244,31 +250,39 @@ static enum mail_shape line_start(const unsigned char *buf, size_t pos, size_t l
     return MAIL_SHAPE_PLAIN;
 }
 
-static enum mail_shape mark_at(const unsigned char *p, size_t n, struct verdict *v)
+/* Does lit end just before buf[i]? */
+static bool ends_before(const unsigned char *buf, size_t i, const char *lit, size_t n)
 {
-    if (prefix_ci(p, n, "content-"))
-        return mime(v, "a Content- field in the body (an embedded message)");
-    if (prefix_ci(p, n, "=ybegin"))
-        return mime(v, "a yEnc block");
-    if (prefix_ci(p, n, "binhex"))
-        return mime(v, "a BinHex block");
-    return MAIL_SHAPE_PLAIN;
+    return i >= n && prefix_ci(buf + i - n, n, lit);
 }
 
-/* Looks at the marks starting in buf[from, to); they may read up to len. */
+/* Looks at the marks around buf[from, to): back to buf[0], forward to len. */
 static enum mail_shape scan_span(const unsigned char *buf, size_t from, size_t to, size_t len,
                                  struct verdict *v)
 {
     for (size_t i = from; i < to; i++) {
+        /* The common case as a tight loop, not a switch's jump per byte. */
+        while (i < to && body_classes[buf[i]] == BODY_PLAIN)
+            i++;
+        if (i == to)
+            break;
         switch (body_classes[buf[i]]) {
         case BODY_PLAIN:
             break;
         case BODY_STOP:
             return mime(v, buf[i] == '<' ? "'<' in the body (HTML or links)"
                                          : "a control character in the body (binary content)");
-        case BODY_MARK:
-            if (mark_at(buf + i, len - i, v) != MAIL_SHAPE_PLAIN)
-                return MAIL_SHAPE_MIME;
+        case BODY_DASH:
+            if (ends_before(buf, i, "content", 7))
+                return mime(v, "a Content- field in the body (an embedded message)");
+            break;
+        case BODY_X:
+            if (ends_before(buf, i, "binhe", 5))
+                return mime(v, "a BinHex block");
+            break;
+        case BODY_EQUALS:
+            if (prefix_ci(buf + i + 1, len - i - 1, "ybegin"))
+                return mime(v, "a yEnc block");
             break;
         case BODY_LINE:
             if (line_start(buf, i + 1, len, v) != MAIL_SHAPE_PLAIN)
@@ -279,7 +293,10 @@ static enum mail_shape scan_span(const unsigned char *buf, size_t from, size_t t
     return MAIL_SHAPE_PLAIN;
 }
 
-/* buf holds len bytes, the body from pos; the rest comes from rd. */
+/* buf holds len bytes, the body from pos; the rest comes from rd. Each
+ * round scans up to CARRY bytes short of the buffer's end (unless it is the
+ * message's), so that a forward look sees a mark whole, and keeps BACK
+ * bytes before where the next round starts, for a look back. */
 static enum mail_shape body(struct reader *rd, unsigned char *buf, size_t len, size_t pos,
                             struct verdict *v)
 {
@@ -294,15 +311,16 @@ static enum mail_shape body(struct reader *rd, unsigned char *buf, size_t len, s
         if (rd->eof)
             return MAIL_SHAPE_PLAIN;
         size_t from = pos > limit ? pos : limit;
-        size_t keep = len - from;
-        memmove(buf, buf + from, keep);
+        size_t back = from < BACK ? from : BACK;
+        size_t keep = len - from + back;
+        memmove(buf, buf + from - back, keep);
         ssize_t n = fill(rd, buf + keep, BUF_SIZE - keep);
         if (n < 0) {
             snprintf(v->why, v->whylen, "cannot read the message");
             return MAIL_SHAPE_ERROR;
         }
         len = keep + (size_t)n;
-        pos = 0;
+        pos = back;
     }
 }
 
