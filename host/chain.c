@@ -11,6 +11,7 @@
 #include "config.h"
 #include "mstime.h"
 #include "hooks.h"
+#include "io.h"
 #include "log.h"
 #include "plugin_host.h"
 #include "reply.h"
@@ -155,8 +156,10 @@ static void chain_timeout_cb(evutil_socket_t fd, short what, void *arg)
     sdk_op_abandon_entry(s, e);
     s->reply.set = false;
     s->reply_refused = NULL;
+    io_cork();
     if (!chain_take_verdict(s, e, e->on_timeout))
         chain_continue(s);
+    io_uncork();
 }
 
 static void chain_wait(struct session *s, struct plugin_entry *e)
@@ -238,7 +241,9 @@ void hooks_name_known(struct session *s)
     if (!s->run.active || !s->run.name_wait)
         return;
     s->run.name_wait = false;
+    io_cork();
     chain_continue(s);
+    io_uncork();
 }
 
 void sluice_resume(sluice_session *ss, enum sluice_verdict verdict)
@@ -269,8 +274,16 @@ void sluice_resume(sluice_session *ss, enum sluice_verdict verdict)
      * it returns into the callback only after the session moved on. */
     struct plugin_entry *saved = s->current_entry;
     s->current_entry = NULL;
+    /* Resumed from a plugin's own event (a pool job, a store or DNS answer,
+     * a timer), not from an io callback, which corks by itself: what the
+     * session now writes (a reused backend's MAIL and the pipelined RCPT,
+     * say) leaves in one write per connection. Two writes would be two
+     * segments, and a server that answers each with a write of its own
+     * meets delayed ACK: its second reply waits up to 40 ms (Nagle). */
+    io_cork();
     if (!chain_take_verdict(s, e, verdict))
         chain_continue(s);
+    io_uncork();
     s->current_entry = saved;
 }
 

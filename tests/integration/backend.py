@@ -10,7 +10,9 @@ and replies that are withheld or never sent.
 Everything it observes goes into the record directory:
   ready                  the listening port, written once it accepts
   events.jsonl           one JSON object per event (connect, command, xclient,
-                         proxy, close, data_end, replied), in order
+                         proxy, close, data_end, replied), in order; command
+                         and data_end carry segs, the data segments received
+                         on the connection so far
   max_concurrent         the highest number of simultaneous connections
   msg-NNNNNN.json        envelope of each accepted message (written last, so
                          its presence means the message is complete)
@@ -36,6 +38,7 @@ MAX_LINE = 1 << 20
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 PROXY_TIMEOUT = 10.0
 XCLIENT_ATTRS = "NAME ADDR PORT PROTO HELO"
+TCP_INFO_DATA_SEGS_IN = 152  # offset of tcpi_data_segs_in in struct tcp_info (Linux >= 4.6)
 
 
 def xtext_decode(value):
@@ -112,6 +115,17 @@ class Session:
         self.accepted = 0  # messages taken on this connection
         self.reset()
 
+    def data_segments(self):
+        """TCP segments with data received on this connection so far (Linux
+        tcp_info's tcpi_data_segs_in), or None: what tells one write of the
+        peer from two, however fast this side reads."""
+        sock = self.writer.get_extra_info("socket")
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            return struct.unpack_from("I", info, TCP_INFO_DATA_SEGS_IN)[0]
+        except (OSError, AttributeError, struct.error):
+            return None
+
     def reset(self):
         self.mail_from = None
         self.mail_options = []
@@ -142,7 +156,7 @@ class Session:
             line = await self.reader.readuntil(b"\n")
             text = line.rstrip(b"\r\n").decode("utf-8", "replace")
             self.commands.append(text)
-            self.rec.event(ev="command", conn=self.conn, line=text)
+            self.rec.event(ev="command", conn=self.conn, line=text, segs=self.data_segments())
             verb, _, arg = text.partition(" ")
             handler = getattr(self, "cmd_" + verb.upper(), None)
             if handler is None:
@@ -293,7 +307,7 @@ class Session:
             return None
         await self.send([b"354 End data with <CR><LF>.<CR><LF>\r\n"])
         content, raw, bare_lf = await self.read_body()
-        self.rec.event(ev="data_end", conn=self.conn, size=len(raw))
+        self.rec.event(ev="data_end", conn=self.conn, size=len(raw), segs=self.data_segments())
         if self.opts.exit_on_data:
             os._exit(3)
         if self.opts.die_on_data:
