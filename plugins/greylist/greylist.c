@@ -133,6 +133,10 @@ static enum sluice_verdict act(sluice_session *s, struct greylist_sess *ss,
         count_pass(s, ss);
         return known(s, ss, "retried");
     case GREYLIST_REFRESH:
+        if (!greylist_gate_take(&ss->conf->gate, ss->key, ss->klen, now,
+                                t->refresh_ms < GREYLIST_GATE_HOLD_MS ? t->refresh_ms
+                                                                      : GREYLIST_GATE_HOLD_MS))
+            return known(s, ss, "known, being refreshed");
         if (write_record(s, ss, GREYLIST_ALLOWED, r->first_ms, now, t->lifetime_ms, write_done) < 0)
             write_done(s, ss, SLUICE_KV_ERROR);
         return known(s, ss, "known, refreshed");

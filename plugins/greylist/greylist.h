@@ -1,5 +1,6 @@
 /* The greylist plugin's shared types: an entry's configuration (immutable
- * after init, shared by the loop threads) and a session's state. */
+ * after init, shared by the loop threads, but for the refresh gate, which
+ * has its own lock) and a session's state. */
 #ifndef GREYLIST_H
 #define GREYLIST_H
 
@@ -28,7 +29,13 @@ struct greylist_conf {
     char **allow_senders, **allow_rcpts, **skip_notes;
     size_t nallow_senders, nallow_rcpts, nskip_notes;
     sluice_counter *seen, *greylisted, *passed, *auto_allowed, *store_failures;
+    struct greylist_gate gate; /* one rewrite per stale triplet */
 };
+
+/* How long the gate holds a triplet whose rewrite it let through: longer
+ * than any store commit, far below refresh_interval's 1h default, so a
+ * rewrite that failed is tried again soon. */
+#define GREYLIST_GATE_HOLD_MS (60 * 1000)
 
 int greylist_conf_load(sluice_entry *e, struct greylist_conf **out, char *err, size_t errlen);
 void greylist_conf_free(struct greylist_conf *c);

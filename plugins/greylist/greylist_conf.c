@@ -203,6 +203,7 @@ void greylist_conf_free(struct greylist_conf *c)
     free_strings(c->allow_senders, c->nallow_senders);
     free_strings(c->allow_rcpts, c->nallow_rcpts);
     free_strings(c->skip_notes, c->nskip_notes);
+    greylist_gate_destroy(&c->gate);
     free(c);
 }
 
@@ -214,6 +215,7 @@ int greylist_conf_load(sluice_entry *e, struct greylist_conf **out, char *err, s
         return -1;
     }
     c->entry = e;
+    greylist_gate_init(&c->gate);
     c->times = (struct greylist_times){DEFAULT_MIN_DELAY_MS, DEFAULT_RETRY_WINDOW_MS,
                                        DEFAULT_LIFETIME_MS, DEFAULT_REFRESH_MS};
     c->v4_prefix = DEFAULT_V4_PREFIX;

@@ -247,3 +247,41 @@ enum greylist_action greylist_decide(const struct greylist_record *r, int64_t no
     *wait_ms = 0;
     return GREYLIST_PASS;
 }
+
+/* ---- the refresh gate ------------------------------------------------------------- */
+
+void greylist_gate_init(struct greylist_gate *g)
+{
+    memset(g->slot, 0, sizeof g->slot);
+    pthread_mutex_init(&g->mu, NULL);
+}
+
+void greylist_gate_destroy(struct greylist_gate *g)
+{
+    pthread_mutex_destroy(&g->mu);
+}
+
+/* FNV-1a; 0 is kept for an empty slot. */
+static uint64_t gate_hash(const void *key, size_t len)
+{
+    const unsigned char *p = key;
+    uint64_t h = 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+bool greylist_gate_take(struct greylist_gate *g, const void *key, size_t len, int64_t now_ms,
+                        int64_t hold_ms)
+{
+    uint64_t h = gate_hash(key, len);
+    size_t i = (size_t)(h % GREYLIST_GATE_SLOTS);
+    pthread_mutex_lock(&g->mu);
+    bool held = g->slot[i].hash == h && now_ms < g->slot[i].until_ms;
+    if (!held) {
+        g->slot[i].hash = h;
+        g->slot[i].until_ms = now_ms + hold_ms;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return !held;
+}

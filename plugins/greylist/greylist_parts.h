@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -68,5 +69,28 @@ enum greylist_action {
  * TOO_SOON, how long until a retry passes. */
 enum greylist_action greylist_decide(const struct greylist_record *r, int64_t now,
                                      const struct greylist_times *t, int64_t *wait_ms);
+
+/* Rewrites of known triplets under way, shared by the loop threads: when a
+ * busy sender's stamp turns stale (refresh_interval), every RCPT that reads
+ * it before the first rewrite commits would write it too, a store commit
+ * each. The gate lets one through per key and hold time. Keys are kept by
+ * hash in a fixed table: two keys on one slot may both write (harmless,
+ * the same as without the gate), never neither. */
+#define GREYLIST_GATE_SLOTS 1024
+
+struct greylist_gate {
+    pthread_mutex_t mu;
+    struct {
+        uint64_t hash;
+        int64_t until_ms;
+    } slot[GREYLIST_GATE_SLOTS];
+};
+
+void greylist_gate_init(struct greylist_gate *g);
+void greylist_gate_destroy(struct greylist_gate *g);
+/* true: the caller writes the key (and holds it for hold_ms); false: a
+ * rewrite of it was let through less than hold_ms ago. Any thread. */
+bool greylist_gate_take(struct greylist_gate *g, const void *key, size_t len, int64_t now_ms,
+                        int64_t hold_ms);
 
 #endif

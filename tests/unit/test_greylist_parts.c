@@ -2,11 +2,13 @@
  * (case, SRS, BATV, VERP), allowlist patterns, records and decisions. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -138,6 +140,79 @@ static void known_triplet_is_refreshed_at_most_once_per_interval(void **state)
     assert_int_equal(greylist_decide(&a, 10000 + T.refresh_ms, &T, &wait), GREYLIST_REFRESH);
 }
 
+
+/* ---- the refresh gate ---- */
+
+static void gate_lets_one_rewrite_through_per_key_and_hold(void **state)
+{
+    (void)state;
+    struct greylist_gate *g = malloc(sizeof *g);
+    assert_non_null(g);
+    greylist_gate_init(g);
+    assert_true(greylist_gate_take(g, "k1", 2, 1000, 60000));
+    assert_false(greylist_gate_take(g, "k1", 2, 1001, 60000));
+    assert_false(greylist_gate_take(g, "k1", 2, 60999, 60000));
+    assert_true(greylist_gate_take(g, "k2", 2, 1001, 60000)); /* another key */
+    assert_true(greylist_gate_take(g, "k1", 2, 61000, 60000)); /* the hold is over */
+    /* NUL bytes are part of a key. */
+    assert_true(greylist_gate_take(g, "a\0b", 3, 1000, 60000));
+    assert_true(greylist_gate_take(g, "a\0c", 3, 1000, 60000));
+    greylist_gate_destroy(g);
+    free(g);
+}
+
+static void gate_keys_on_one_slot_both_write_never_neither(void **state)
+{
+    (void)state;
+    struct greylist_gate *g = malloc(sizeof *g);
+    assert_non_null(g);
+    greylist_gate_init(g);
+    /* Two keys on the same slot, found by filling the table: a take that
+     * says "held" for a key never taken before would be a lost rewrite. */
+    char key[32];
+    for (int i = 0; i < 4 * GREYLIST_GATE_SLOTS; i++) {
+        int n = snprintf(key, sizeof key, "triplet-%d", i);
+        assert_true(greylist_gate_take(g, key, (size_t)n, 5000, 60000));
+    }
+    greylist_gate_destroy(g);
+    free(g);
+}
+
+struct gate_race {
+    struct greylist_gate *g;
+    int taken;
+};
+
+static void *gate_racer(void *arg)
+{
+    struct gate_race *r = arg;
+    for (int i = 0; i < 1000; i++)
+        r->taken += greylist_gate_take(r->g, "busy", 4, 7000, 60000);
+    return NULL;
+}
+
+static void gate_lets_exactly_one_of_many_threads_through(void **state)
+{
+    (void)state;
+    struct greylist_gate *g = malloc(sizeof *g);
+    assert_non_null(g);
+    greylist_gate_init(g);
+    pthread_t t[4];
+    struct gate_race r[4];
+    for (int i = 0; i < 4; i++) {
+        r[i] = (struct gate_race){g, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, gate_racer, &r[i]), 0);
+    }
+    int total = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        total += r[i].taken;
+    }
+    assert_int_equal(total, 1);
+    greylist_gate_destroy(g);
+    free(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -153,6 +228,9 @@ int main(void)
         cmocka_unit_test(first_sight_then_too_soon_then_pass),
         cmocka_unit_test(retry_after_the_window_starts_over),
         cmocka_unit_test(known_triplet_is_refreshed_at_most_once_per_interval),
+        cmocka_unit_test(gate_lets_one_rewrite_through_per_key_and_hold),
+        cmocka_unit_test(gate_keys_on_one_slot_both_write_never_neither),
+        cmocka_unit_test(gate_lets_exactly_one_of_many_threads_through),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
