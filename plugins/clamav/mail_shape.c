@@ -301,11 +301,17 @@ static enum mail_shape body(struct reader *rd, unsigned char *buf, size_t len, s
                             struct verdict *v)
 {
     pthread_once(&body_classes_once, body_classes_init);
-    if (line_start(buf, pos, len, v) != MAIL_SHAPE_PLAIN)
-        return MAIL_SHAPE_MIME;
+    bool first_line = true; /* the body's first line starts at pos */
     for (;;) {
         /* A buffer not at the end is full, so len >= CARRY here. */
         size_t limit = rd->eof ? len : len - CARRY;
+        /* Looked at once it has its full look ahead: a header section that
+         * ends near the buffer's end leaves it for the next round. */
+        if (first_line && pos <= limit) {
+            first_line = false;
+            if (line_start(buf, pos, len, v) != MAIL_SHAPE_PLAIN)
+                return MAIL_SHAPE_MIME;
+        }
         if (pos < limit && scan_span(buf, pos, limit, len, v) != MAIL_SHAPE_PLAIN)
             return MAIL_SHAPE_MIME;
         if (rd->eof)

@@ -216,6 +216,36 @@ static void marks_are_found_across_read_boundaries(void **state)
     free(msg);
 }
 
+
+/* A header section that ends just before the end of the first read: the
+ * body's first line is looked at with its whole look ahead all the same. */
+static void a_mark_on_the_first_body_line_at_the_end_of_the_first_read_is_found(void **state)
+{
+    (void)state;
+    static const char *const firsts[] = {"begin 644 eicar.com\r\n", "   begin 644 x\r\n",
+                                         "<a href=x>\r\n", "content-type: x\r\n",
+                                         "=ybegin x\r\n", "binhex\r\n"};
+    size_t size = MAIL_SHAPE_HEADER_MAX + 4096;
+    char *msg = malloc(size);
+    assert_non_null(msg);
+    for (size_t f = 0; f < sizeof firsts / sizeof firsts[0]; f++) {
+        for (size_t gap = 1; gap < 300; gap++) {
+            /* One long field, then the empty line, ending gap bytes before
+             * the end of the first read. */
+            size_t body_at = MAIL_SHAPE_HEADER_MAX - gap;
+            memset(msg, 'x', size);
+            memcpy(msg, "X-Pad: ", 7);
+            memcpy(msg + body_at - 4, "\r\n\r\n", 4);
+            size_t flen = strlen(firsts[f]);
+            memcpy(msg + body_at, firsts[f], flen);
+            if (shape_of_n(msg, size, 0) != MAIL_SHAPE_MIME)
+                fail_msg("first line %zu with the body %zu bytes before the end read as plain",
+                         f, gap);
+        }
+    }
+    free(msg);
+}
+
 static void a_read_error_is_an_error(void **state)
 {
     (void)state;
@@ -238,6 +268,7 @@ int main(void)
         cmocka_unit_test(body_marks_are_mime),
         cmocka_unit_test(long_header_sections_and_blank_runs_lean_to_mime),
         cmocka_unit_test(marks_are_found_across_read_boundaries),
+        cmocka_unit_test(a_mark_on_the_first_body_line_at_the_end_of_the_first_read_is_found),
         cmocka_unit_test(a_read_error_is_an_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
