@@ -204,6 +204,9 @@ static enum mail_shape header_section(const unsigned char *buf, size_t len, bool
             return MAIL_SHAPE_MIME;
         pos = nl ? end + 1 : len;
     }
+    /* The buffer ended with a whole line: the empty one may still come. */
+    if (!eof)
+        return mime(v, "a header section longer than the shape check reads");
     *body = len;
     return MAIL_SHAPE_PLAIN;
 }

@@ -165,6 +165,23 @@ static void long_header_sections_and_blank_runs_lean_to_mime(void **state)
     assert_string_equal(why, "a header section longer than the shape check reads");
     free(msg);
 
+    /* Whole lines that fill the first read exactly, the empty line just
+     * after it. */
+    msg = malloc(MAIL_SHAPE_HEADER_MAX + 64);
+    assert_non_null(msg);
+    memset(msg, 'x', MAIL_SHAPE_HEADER_MAX);
+    for (size_t at = 0; at + 100 <= MAIL_SHAPE_HEADER_MAX; at += 100)
+        memcpy(msg + at, "X-Filler: ", 10), memcpy(msg + at + 98, "\r\n", 2);
+    size_t rest = MAIL_SHAPE_HEADER_MAX % 100;
+    if (rest) {
+        memcpy(msg + MAIL_SHAPE_HEADER_MAX - rest, "X: ", 3);
+        memcpy(msg + MAIL_SHAPE_HEADER_MAX - 2, "\r\n", 2);
+    }
+    n = MAIL_SHAPE_HEADER_MAX + (size_t)sprintf(msg + MAIL_SHAPE_HEADER_MAX, "\r\nbody\r\n");
+    assert_int_equal(shape_of_n(msg, n, 0), MAIL_SHAPE_MIME);
+    assert_string_equal(why, "a header section longer than the shape check reads");
+    free(msg);
+
     char blanks[600];
     int k = snprintf(blanks, sizeof blanks, HEAD "\r\nx\r\n%300s", "");
     assert_int_equal(shape_of_n(blanks, (size_t)k, 0), MAIL_SHAPE_MIME);
