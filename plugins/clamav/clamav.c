@@ -29,7 +29,6 @@ struct clamav_scan {
     char virname[CLAMAV_VIRNAME_MAX];
     char detail[DETAIL_MAX];
     char failover[DETAIL_MAX * 2];
-    bool engine_used; /* in process, not clamd */
     bool parsed_mail;
     char shape[DETAIL_MAX]; /* why the mail parser ran, or that it had nothing to do */
 };
@@ -180,10 +179,8 @@ static bool needs_mail_parser(struct clamav_scan *job)
         snprintf(job->shape, sizeof job->shape, "mail_parser = \"always\"");
         return true;
     }
-    if (mail_shape_read(shape_pread, job->reader, job->shape, sizeof job->shape) ==
-        MAIL_SHAPE_PLAIN)
-        return false;
-    return true;
+    return mail_shape_read(shape_pread, job->reader, job->shape, sizeof job->shape) !=
+           MAIL_SHAPE_PLAIN;
 }
 
 /* On a pool thread: nothing of the session is touched here. */
@@ -193,7 +190,6 @@ static void scan_work(void *arg)
     const struct clamav_conf *c = job->conf;
     double t0 = now_seconds();
     if (job->engine) {
-        job->engine_used = true;
         job->parsed_mail = needs_mail_parser(job);
         if (!job->parsed_mail)
             sluice_counter_add(c->unparsed, 1);
@@ -223,7 +219,7 @@ static void scan_done(sluice_session *s, void *arg)
     if (s) {
         if (job->failover[0])
             sluice_log(s, SLUICE_LOG_WARN, "clamd failover: %s", job->failover);
-        if (job->engine_used)
+        if (job->conf->mode == CLAMAV_MODE_LIBCLAMAV)
             sluice_log(s, SLUICE_LOG_DEBUG, "scanned in %.3f s, %s (%s)", job->seconds,
                        job->parsed_mail ? "with the mail parser" : "as it is", job->shape);
         else
