@@ -450,8 +450,14 @@ class ClamavReloadTest(ClamavBase):
         stop = threading.Event()
         replies, errors = [], []
 
+        # Bounded by time and count, not by a count alone: plain text scans
+        # in about a millisecond, so a small count could run out before the
+        # swap and leave nothing to see after it.
+        deadline = time.monotonic() + 60
+
         def load():
-            while not stop.is_set() and len(replies) < 400:
+            while (not stop.is_set() and len(replies) < 50000
+                   and time.monotonic() < deadline):
                 try:
                     replies.append(self.send(port, plain_message(EICAR)))
                 except Exception as e:
