@@ -312,7 +312,8 @@ static void backend_fail(struct smtp_backend *b, const char *why)
         return;
     }
     if (b->state == B_IDLE) {
-        log_info(b->sid, "backend %s: idle connection: %s", b->peer, why);
+        log_info(NULL, "backend %s: idle connection (last session %s): %s", b->peer, b->sid,
+                 why);
         backend_unpark(b);
         b->state = B_DEAD;
         backend_free(b);
@@ -909,7 +910,8 @@ static void backend_handle_reply(struct smtp_backend *b, const char *text, const
             backend_reuse_failed(b, why);
             return;
         }
-        log_info(b->sid, "backend %s: idle connection closed after an %s", b->peer, why);
+        log_info(NULL, "backend %s: idle connection (last session %s) closed after an %s",
+                 b->peer, b->sid, why);
         backend_unpark(b);
         b->state = B_DEAD;
         backend_free(b);
@@ -1329,7 +1331,8 @@ static void backend_quit(struct smtp_backend *b)
 
 static void backend_idle_end(struct smtp_backend *b, const char *why)
 {
-    log_debug(b->sid, "backend %s: idle connection closed: %s", b->peer, why);
+    log_debug(NULL, "backend %s: idle connection (last session %s) closed: %s", b->peer, b->sid,
+              why);
     backend_unpark(b);
     backend_quit(b);
 }

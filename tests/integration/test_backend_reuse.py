@@ -213,7 +213,10 @@ class BackendReuseTest(SluiceTestCase):
         s, port = self.relay(pool("a", [b.port], idle_timeout="1m"))
         self.send(port, 1)
         b.wait_event("idle_421")
-        s.wait_log(r"idle connection closed after an unsolicited reply: \"421 4\.4\.2")
+        # No session owns an idle connection: its line carries no session
+        # id ("-"), and names the last session that used it in the text.
+        s.wait_log(r" info - backend \S+: idle connection \(last session [0-9A-F]{12}\) "
+                   r"closed after an unsolicited reply: \"421 4\.4\.2")
         self.send(port, 2)
         m1, m2 = b.wait_messages(2)
         self.assertEqual((m1["conn"], m2["conn"]), (1, 2))
