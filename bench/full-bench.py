@@ -332,6 +332,7 @@ class Probe(threading.Thread):
                         % (SENDER, RECIPIENT, body)).encode()
         self.samples, self.errors = [], []
         self.stop = threading.Event()
+        self.realtime = False   # set by run() once the thread has its priority
 
     def reply(self, f):
         while True:
@@ -373,7 +374,7 @@ class Probe(threading.Thread):
                                   os.sched_param(PROBE_RT_PRIORITY))
             self.realtime = True
         except OSError:
-            self.realtime = False
+            pass
         sock = f = None
         while not self.stop.wait(PROBE_INTERVAL):
             try:
@@ -439,7 +440,7 @@ def measure(setup, row, cell, messages):
     done = messages + len(probe.samples)
     result = {"msgs_per_s": messages / elapsed, "seconds": elapsed,
               "probe_transactions": len(probe.samples), "probe_errors": len(probe.errors),
-              "probe_realtime": int(getattr(probe, "realtime", False)),
+              "probe_realtime": int(probe.realtime),
               "loadavg": float(open("/proc/loadavg").read().split()[0])}
     if probe.samples:
         result["p50_ms"] = percentile(probe.samples, 50) * 1000
