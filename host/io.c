@@ -18,6 +18,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "block_cache.h"
 #include "mstime.h"
 #include "spool.h"
 
@@ -66,14 +67,20 @@ struct io_tls {
 /* A plaintext connection runs on the socket itself: the read event is
  * registered once (persistent), reads go into reserved buffer space,
  * output is written at once (or once per callback, see io_cork), and the
- * write event is armed only while the kernel does not take everything. */
+ * write event is armed only while the kernel does not take everything.
+ *
+ * The read and write timeouts and the deadline share one timer, moved
+ * lazily: activity only notes when each is due, and the timer is re-added
+ * only when something falls due before it rings. Re-adding a timer at each
+ * read and each command (libevent's persistent timeouts) was one
+ * instruction in eight of a relayed small message. */
 struct io {
     struct event_base *base;
     int fd;
     struct evbuffer *in, *out; /* plaintext only; NULL under TLS */
-    struct event rev;          /* EV_READ|EV_PERSIST, read timeout */
-    struct event wev;          /* EV_WRITE|EV_PERSIST, write timeout; connect */
-    struct event deadline;
+    struct event rev;          /* EV_READ|EV_PERSIST */
+    struct event wev;          /* EV_WRITE|EV_PERSIST; connect */
+    struct event timer;        /* rings at timer_at for the *_due below */
     struct event later;        /* deferred reports (IO_LATER_*) */
     struct event *rate_timer;  /* refills the read throttle; only when throttled */
     struct io_tls *tls;
@@ -81,6 +88,8 @@ struct io {
     void *arg;
     struct io *next_flush;     /* on this thread's list of corked output */
     int64_t read_ms, write_ms;
+    /* Monotonic microseconds; 0: not running. */
+    int64_t read_due, write_due, deadline_due, timer_at;
     size_t input_limit;
     size_t read_size; /* the next read's reservation (IO_READ_MIN..IO_READ_MAX) */
     size_t rate_per_tick, rate_tokens;
@@ -108,6 +117,7 @@ static _Thread_local struct io *io_flush_list;
 
 static void io_flush(struct io *io);
 static void io_update_read(struct io *io, bool retime);
+static void io_read_later(struct io *io);
 
 static struct evbuffer *io_in(const struct io *io)
 {
@@ -219,6 +229,98 @@ static void io_later_cb(evutil_socket_t fd, short what, void *arg)
 /* The close is due: flushed, timed out or broken. */
 static void io_close_now(struct io *io) { io_report_later(io, IO_LATER_CLOSED); }
 
+/* ---- timeouts and the deadline ----------------------------------------- */
+
+static void io_read_timed_out(struct io *io);
+static void io_write_timed_out(struct io *io);
+
+/* An event could not be added (libevent's allocation for it failed): the
+ * io cannot wait any more, which its owner hears as an error. */
+static void io_cannot_wait(struct io *io)
+{
+    io->error = ENOMEM;
+    io->read_stopped = true;
+    io_report_later(io, IO_LATER_ERROR);
+}
+
+static int64_t io_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static int64_t io_due_in(int64_t ms) { return ms > 0 ? io_now_us() + ms * 1000 : 0; }
+
+static int64_t io_earliest_due(const struct io *io)
+{
+    int64_t due = 0;
+    const int64_t all[] = {io->read_due, io->write_due, io->deadline_due};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i] && (!due || all[i] < due))
+            due = all[i];
+    return due;
+}
+
+/* A timer that rings early finds nothing due and moves itself on; one that
+ * would ring late is moved now. */
+static void io_timer_schedule(struct io *io)
+{
+    int64_t due = io_earliest_due(io);
+    if (!due || (io->timer_at && io->timer_at <= due))
+        return;
+    int64_t left = due - io_now_us();
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 0};
+    if (left > 0) {
+        tv.tv_sec = (time_t)(left / 1000000);
+        tv.tv_usec = (suseconds_t)(left % 1000000);
+    }
+    if (event_add(&io->timer, &tv) < 0) {
+        io_cannot_wait(io);
+        return;
+    }
+    io->timer_at = due;
+}
+
+/* One expiry per ring: the next one due is rescheduled before it is
+ * reported, since the report may free the io. */
+static void io_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct io *io = arg;
+    (void)fd;
+    (void)what;
+    io->timer_at = 0;
+    int64_t now = io_now_us();
+    int64_t *due = NULL;
+    if (io->deadline_due && io->deadline_due <= now)
+        due = &io->deadline_due;
+    else if (io->write_due && io->write_due <= now)
+        due = &io->write_due;
+    else if (io->read_due && io->read_due <= now)
+        due = &io->read_due;
+    if (due)
+        *due = 0;
+    io_timer_schedule(io);
+    if (due == &io->deadline_due)
+        io_deliver_event(io, IO_DEADLINE);
+    else if (due == &io->write_due)
+        io_write_timed_out(io);
+    else if (due == &io->read_due)
+        io_read_timed_out(io);
+}
+
+static void io_set_read_due(struct io *io, int64_t due)
+{
+    io->read_due = due;
+    io_timer_schedule(io);
+}
+
+static void io_set_write_due(struct io *io, int64_t due)
+{
+    io->write_due = due;
+    io_timer_schedule(io);
+}
+
 /* ---- plaintext: reading ------------------------------------------------ */
 
 static size_t io_read_room(const struct io *io)
@@ -242,23 +344,35 @@ static bool io_should_read(const struct io *io)
            !io->close_requested && !io->read_nomem && io_read_room(io) > 0;
 }
 
-/* Registers or removes the read event as the state wants; retime when the
- * read timeout changed. Pausing is lazy: the registered event stays (no
- * epoll_ctl) until it fires while the read must wait, so a pause that ends
- * before the peer speaks costs nothing. */
+/* Reading waits for the peer: the event is registered and the read
+ * timeout, if any, runs. */
+static bool io_read_armed(const struct io *io)
+{
+    return io->rev_added && (io->read_ms <= 0 || io->read_due != 0);
+}
+
+/* Registers or removes the read event as the state wants, and starts or
+ * stops the read timeout; retime when the read timeout changed. Pausing is
+ * lazy: the registered event stays (no epoll_ctl) until it fires while the
+ * read must wait, so a pause that ends before the peer speaks costs
+ * nothing; only its timeout stops at once. */
 static void io_update_read(struct io *io, bool retime)
 {
     if (io->tls || io->fd < 0)
         return;
     if (io_should_read(io)) {
-        if (io->rev_added && !retime)
+        if (io_read_armed(io) && !retime)
             return;
-        struct timeval tv = ms_to_timeval(io->read_ms);
-        /* An added event re-added changes only its timer: no system call. */
-        event_add(&io->rev, io->read_ms > 0 ? &tv : NULL);
+        if (!io->rev_added && event_add(&io->rev, NULL) < 0) {
+            io_read_later(io);
+            return;
+        }
         io->rev_added = true;
-    } else if (io->rev_added && (io->read_stopped || io->close_requested || io->read_ms > 0)) {
-        /* Over, or its timeout must not run while reading waits. */
+        io_set_read_due(io, io_due_in(io->read_ms));
+        return;
+    }
+    io->read_due = 0; /* lazily: the timer finds nothing due */
+    if (io->rev_added && (io->read_stopped || io->close_requested)) {
         event_del(&io->rev);
         io->rev_added = false;
     }
@@ -344,9 +458,13 @@ static void io_read_later(struct io *io)
     io->read_nomem = true;
     event_del(&io->rev);
     io->rev_added = false;
+    io->read_due = 0;
     io->later_what |= IO_LATER_READ;
     struct timeval tv = ms_to_timeval(IO_NOMEM_RETRY_MS);
-    event_add(&io->later, &tv);
+    if (event_add(&io->later, &tv) < 0) {
+        io->later_what &= ~(unsigned)IO_LATER_READ;
+        io_cannot_wait(io);
+    }
 }
 
 /* One read into the input and its delivery. Returns the bytes read when
@@ -382,24 +500,31 @@ static size_t io_read_once(struct io *io, size_t room)
     return (size_t)n;
 }
 
+static void io_read_timed_out(struct io *io)
+{
+    /* Reading stops until io_resume, as a bufferevent's did. */
+    io->want_read = false;
+    io_update_read(io, false);
+    io_deliver_event(io, IO_READ_TIMEOUT);
+}
+
 static void io_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct io *io = arg;
     (void)fd;
-    if (what & EV_TIMEOUT) {
-        /* Reading stops until io_resume, as a bufferevent's did. */
-        io->want_read = false;
-        io_update_read(io, false);
-        io_deliver_event(io, IO_READ_TIMEOUT);
-        return;
-    }
+    (void)what;
     size_t room = io_read_room(io);
     if (!io_should_read(io) || room == 0) {
         /* A lazy pause meets input: now stop reading for real. */
         event_del(&io->rev);
         io->rev_added = false;
+        io->read_due = 0;
         return;
     }
+    /* The peer spoke: the read timeout starts again (later, so the timer
+     * stays where it is). */
+    if (io->read_ms > 0)
+        io->read_due = io_due_in(io->read_ms);
     /* A read that filled its room likely left more in the kernel: read on,
      * up to IO_READ_BURST, so a message passes in one turn instead of one
      * read per turn of every busy session on the thread. */
@@ -417,13 +542,18 @@ static void io_read_cb(evutil_socket_t fd, short what, void *arg)
 
 static void io_arm_write(struct io *io)
 {
-    struct timeval tv = ms_to_timeval(io->write_ms);
-    event_add(&io->wev, io->write_ms > 0 ? &tv : NULL);
+    if (!io->wev_added && event_add(&io->wev, NULL) < 0) {
+        io->broken = true;
+        io_cannot_wait(io);
+        return;
+    }
     io->wev_added = true;
+    io_set_write_due(io, io_due_in(io->write_ms));
 }
 
 static void io_disarm_write(struct io *io)
 {
+    io->write_due = 0;
     if (!io->wev_added)
         return;
     event_del(&io->wev);
@@ -542,24 +672,28 @@ static void io_connected(struct io *io)
     io_deliver_event(io, IO_CONNECTED);
 }
 
+static void io_write_timed_out(struct io *io)
+{
+    if (io->close_requested) {
+        io_close_now(io);
+        return;
+    }
+    io_deliver_event(io, IO_WRITE_TIMEOUT); /* connecting too */
+}
+
 static void io_write_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct io *io = arg;
     (void)fd;
-    if (what & EV_TIMEOUT) {
-        if (io->close_requested) {
-            io_close_now(io);
-            return;
-        }
-        io_deliver_event(io, IO_WRITE_TIMEOUT); /* connecting too, as libevent said */
-        return;
-    }
+    (void)what;
     if (io->connecting) {
         io_connected(io);
         return;
     }
     /* The event stays registered while the output stays blocked; its
-     * persistent timer restarts with every write the peer lets through. */
+     * timeout starts again with every write the peer lets through. */
+    if (io->write_ms > 0)
+        io->write_due = io_due_in(io->write_ms);
     if (io_write_out(io) != 1)
         return;
     io_disarm_write(io);
@@ -658,12 +792,12 @@ static void io_tls_event_cb(struct bufferevent *bev, short what, void *arg)
 
 /* ---- libevent's allocations ------------------------------------------- */
 
-/* Through sluice's own malloc: the test build that fails sluice's
- * allocations one at a time (sluice-failalloc) then fails the buffers'
- * too. */
-static void *io_ev_malloc(size_t n) { return malloc(n); }
-static void *io_ev_realloc(void *p, size_t n) { return realloc(p, n); }
-static void io_ev_free(void *p) { free(p); }
+/* Through sluice's own malloc, with freed buffer chains kept for the next
+ * (block_cache.h): the test build that fails sluice's allocations one at a
+ * time (sluice-failalloc) then fails the buffers' too. */
+static void *io_ev_malloc(size_t n) { return block_cache_alloc(n); }
+static void *io_ev_realloc(void *p, size_t n) { return block_cache_realloc(p, n); }
+static void io_ev_free(void *p) { block_cache_free(p); }
 
 void io_use_own_allocator(void)
 {
@@ -671,14 +805,6 @@ void io_use_own_allocator(void)
 }
 
 /* ---- life ---------------------------------------------------------------- */
-
-static void io_deadline_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct io *io = arg;
-    (void)fd;
-    (void)what;
-    io_deliver_event(io, IO_DEADLINE);
-}
 
 static void io_set_nodelay(int fd)
 {
@@ -710,7 +836,7 @@ struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb
     /* Only written to the socket, never read back: a spool file added to it
      * becomes a sendfile segment instead of a mapping of the file. */
     evbuffer_set_flags(io->out, EVBUFFER_FLAG_DRAINS_TO_FD);
-    event_assign(&io->deadline, base, -1, 0, io_deadline_cb, io);
+    event_assign(&io->timer, base, -1, 0, io_timer_cb, io);
     event_assign(&io->later, base, -1, 0, io_later_cb, io);
     if (fd >= 0) {
         event_assign(&io->rev, base, fd, EV_READ | EV_PERSIST, io_read_cb, io);
@@ -759,7 +885,7 @@ static void io_tls_free(struct io_tls *t)
 static void io_destroy(struct io *io)
 {
     io_unlist(io);
-    event_del(&io->deadline);
+    event_del(&io->timer);
     event_del(&io->later);
     if (io->rate_timer)
         event_free(io->rate_timer);
@@ -786,7 +912,7 @@ void io_free(struct io *io)
         io->freed = true;
         io->close_requested = true;
         io_unlist(io);
-        event_del(&io->deadline);
+        event_del(&io->timer);
         event_del(&io->later);
         if (io->tls)
             bufferevent_disable(io->tls->bev, EV_READ | EV_WRITE);
@@ -839,7 +965,7 @@ enum io_line io_read_line(struct io *io, char *buf, size_t max, size_t *len)
         return reported ? IO_LINE_SKIPPED : IO_LINE_TOO_LONG;
     }
     evbuffer_remove(in, buf, linelen);
-    if (!io->tls && !io->rev_added)
+    if (!io->tls && !io_read_armed(io))
         io_update_read(io, false); /* room again under the input limit */
     size_t n = linelen - 1;
     if (n > 0 && buf[n - 1] == '\r')
@@ -877,14 +1003,14 @@ bool io_input_chunk(struct io *io, const char **p, size_t *len)
 void io_input_drain(struct io *io, size_t n)
 {
     evbuffer_drain(io_in(io), n);
-    if (!io->tls && !io->rev_added)
+    if (!io->tls && !io_read_armed(io))
         io_update_read(io, false); /* room again under the input limit */
 }
 
 int io_input_move(struct io *io, size_t n, struct evbuffer *dst)
 {
     int moved = evbuffer_remove_buffer(io_in(io), dst, n);
-    if (!io->tls && !io->rev_added)
+    if (!io->tls && !io_read_armed(io))
         io_update_read(io, false); /* room again under the input limit */
     return moved == (int)n ? 0 : -1;
 }
@@ -986,11 +1112,11 @@ void io_set_timeouts(struct io *io, int64_t read_ms, int64_t write_ms)
 
 void io_set_deadline(struct io *io, int64_t ms)
 {
-    struct timeval tv = ms_to_timeval(ms);
-    event_add(&io->deadline, &tv);
+    io->deadline_due = io_now_us() + (ms > 0 ? ms : 0) * 1000;
+    io_timer_schedule(io);
 }
 
-void io_clear_deadline(struct io *io) { event_del(&io->deadline); }
+void io_clear_deadline(struct io *io) { io->deadline_due = 0; }
 
 /* ---- flow ---- */
 
@@ -1117,6 +1243,7 @@ static int io_start_tls(struct io *io, SSL *ssl, enum bufferevent_ssl_state stat
     event_del(&io->rev);
     event_del(&io->wev);
     io->rev_added = io->wev_added = false;
+    io->read_due = io->write_due = 0; /* the bufferevent times its own */
     if (io->rate_timer)
         evtimer_del(io->rate_timer);
     evbuffer_free(io->in);

@@ -2,7 +2,8 @@
  * replies out, the close delivered from the loop, the input limit, no
  * buffer memory held by an idle connection, a bulk read in one turn up to
  * the burst, a write the output cannot take reported from the loop, and
- * memory and a spool file's segment leaving in order.
+ * memory and a spool file's segment leaving in order, and the timeouts and
+ * the deadline (one lazily moved timer) ringing when due and not before.
  * libevent allocates through a counting allocator here (what sluice's
  * io_use_own_allocator does with malloc). */
 #include <errno.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -138,6 +140,39 @@ static bool turn_until(struct peer *p, const int *counter)
             usleep(1000);
     }
     return *counter != was;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Loop turns for ms milliseconds (bounded by the clock); returns how often
+ * *counter moved meanwhile. */
+static int turn_for(struct peer *p, const int *counter, int64_t ms)
+{
+    int was = *counter;
+    int64_t end = now_ms() + ms;
+    while (now_ms() < end) {
+        turn(p);
+        usleep(1000);
+    }
+    return *counter - was;
+}
+
+/* Milliseconds until *counter moves, turning the loop; -1 past max_ms. */
+static int64_t ms_until(struct peer *p, const int *counter, int64_t max_ms)
+{
+    int was = *counter;
+    int64_t start = now_ms();
+    while (*counter == was && now_ms() - start <= max_ms) {
+        turn(p);
+        if (*counter == was)
+            usleep(1000);
+    }
+    return *counter == was ? -1 : now_ms() - start;
 }
 
 static size_t peer_read(struct peer *p, char *buf, size_t cap)
@@ -343,6 +378,84 @@ static void test_memory_and_a_spool_file_leave_whole_and_in_order_through_a_smal
     peer_close(&p);
 }
 
+static void test_the_read_timeout_starts_again_with_every_arrival(void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    io_set_timeouts(p.io, 150, 0);
+    /* Bytes every 60 ms for 300 ms: twice the timeout, yet never silent for it. */
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(write(p.fd, "x", 1), 1);
+        assert_int_equal(turn_for(&p, &p.events[IO_READ_TIMEOUT], 60), 0);
+    }
+    int64_t waited = ms_until(&p, &p.events[IO_READ_TIMEOUT], 2000);
+    assert_true(waited >= 150 - 60 - 2); /* the last arrival was up to 60 ms ago */
+    assert_true(waited < 150 + 1000);
+    peer_close(&p);
+}
+
+static void test_a_paused_read_does_not_time_out_and_times_again_from_the_resume(void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    io_set_timeouts(p.io, 100, 0);
+    io_pause(p.io);
+    assert_int_equal(turn_for(&p, &p.events[IO_READ_TIMEOUT], 250), 0);
+    io_resume(p.io);
+    int64_t waited = ms_until(&p, &p.events[IO_READ_TIMEOUT], 2000);
+    assert_true(waited >= 100 - 2);
+    assert_true(waited < 100 + 1000);
+    peer_close(&p);
+}
+
+static void test_a_deadline_rings_before_a_later_read_timeout_and_a_cleared_one_never(
+    void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    io_set_timeouts(p.io, 5000, 0);
+    /* A far deadline then a near one: the timer moves earlier at once. */
+    io_set_deadline(p.io, 3000);
+    io_set_deadline(p.io, 80);
+    int64_t waited = ms_until(&p, &p.events[IO_DEADLINE], 2000);
+    assert_true(waited >= 80 - 2);
+    assert_true(waited < 80 + 1000);
+    assert_int_equal(p.events[IO_READ_TIMEOUT], 0);
+    /* A near deadline cleared, then a later one: only the later rings. */
+    io_set_deadline(p.io, 50);
+    io_clear_deadline(p.io);
+    io_set_deadline(p.io, 200);
+    waited = ms_until(&p, &p.events[IO_DEADLINE], 2000);
+    assert_true(waited >= 200 - 2);
+    assert_true(waited < 200 + 1000);
+    io_set_deadline(p.io, 50);
+    io_clear_deadline(p.io);
+    assert_int_equal(turn_for(&p, &p.events[IO_DEADLINE], 200), 0);
+    assert_int_equal(p.events[IO_DEADLINE], 2);
+    peer_close(&p);
+}
+
+static void test_output_the_peer_does_not_take_times_out(void **state)
+{
+    (void)state;
+    struct peer p;
+    peer_open(&p);
+    int small = 4096;
+    setsockopt(p.own, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    io_set_timeouts(p.io, 0, 120);
+    static char block[256 * 1024];
+    memset(block, 'y', sizeof block);
+    assert_int_equal(io_write(p.io, block, sizeof block), 0);
+    assert_true(io_output_len(p.io) > 0); /* the kernel took only part */
+    int64_t waited = ms_until(&p, &p.events[IO_WRITE_TIMEOUT], 2000);
+    assert_true(waited >= 120 - 2);
+    assert_true(waited < 120 + 1000);
+    peer_close(&p);
+}
+
 int main(void)
 {
     event_set_mem_functions(count_malloc, count_realloc, count_free);
@@ -356,6 +469,11 @@ int main(void)
         cmocka_unit_test(test_a_write_the_output_cannot_take_breaks_the_connection_from_the_loop),
         cmocka_unit_test(
             test_memory_and_a_spool_file_leave_whole_and_in_order_through_a_small_buffer),
+        cmocka_unit_test(test_the_read_timeout_starts_again_with_every_arrival),
+        cmocka_unit_test(test_a_paused_read_does_not_time_out_and_times_again_from_the_resume),
+        cmocka_unit_test(
+            test_a_deadline_rings_before_a_later_read_timeout_and_a_cleared_one_never),
+        cmocka_unit_test(test_output_the_peer_does_not_take_times_out),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
