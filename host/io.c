@@ -243,14 +243,7 @@ static void io_cannot_wait(struct io *io)
     io_report_later(io, IO_LATER_ERROR);
 }
 
-static int64_t io_now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int64_t io_due_in(int64_t ms) { return ms > 0 ? io_now_us() + ms * 1000 : 0; }
+static int64_t io_due_in(int64_t ms) { return ms > 0 ? mstime_now_us() + ms * 1000 : 0; }
 
 static int64_t io_earliest_due(const struct io *io)
 {
@@ -269,7 +262,7 @@ static void io_timer_schedule(struct io *io)
     int64_t due = io_earliest_due(io);
     if (!due || (io->timer_at && io->timer_at <= due))
         return;
-    int64_t left = due - io_now_us();
+    int64_t left = due - mstime_now_us();
     struct timeval tv = {.tv_sec = 0, .tv_usec = 0};
     if (left > 0) {
         tv.tv_sec = (time_t)(left / 1000000);
@@ -290,7 +283,7 @@ static void io_timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     io->timer_at = 0;
-    int64_t now = io_now_us();
+    int64_t now = mstime_now_us();
     int64_t *due = NULL;
     if (io->deadline_due && io->deadline_due <= now)
         due = &io->deadline_due;
@@ -1112,7 +1105,7 @@ void io_set_timeouts(struct io *io, int64_t read_ms, int64_t write_ms)
 
 void io_set_deadline(struct io *io, int64_t ms)
 {
-    io->deadline_due = io_now_us() + (ms > 0 ? ms : 0) * 1000;
+    io->deadline_due = mstime_now_us() + (ms > 0 ? ms : 0) * 1000;
     io_timer_schedule(io);
 }
 

@@ -24,4 +24,13 @@ static inline int64_t mstime_now(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Microseconds of CLOCK_MONOTONIC: for a timer that must not ring before
+ * its time by a rounding. */
+static inline int64_t mstime_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 #endif
