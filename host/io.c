@@ -1008,6 +1008,38 @@ int io_input_move(struct io *io, size_t n, struct evbuffer *dst)
     return moved == (int)n ? 0 : -1;
 }
 
+bool io_input_all_one_chunk(const struct io *io)
+{
+    size_t len = io->tls ? 0 : evbuffer_get_length(io->in);
+    return len > 0 && evbuffer_get_contiguous_space(io->in) == len;
+}
+
+static void io_handed_input_free(const void *data, size_t len, void *buffer)
+{
+    (void)data;
+    (void)len;
+    evbuffer_free(buffer);
+}
+
+int io_input_hand_over(struct io *io, size_t n, struct evbuffer *dst)
+{
+    if (!io_input_all_one_chunk(io) || n > evbuffer_get_length(io->in))
+        return -1;
+    struct evbuffer *fresh = evbuffer_new();
+    if (!fresh)
+        return -1;
+    struct evbuffer *old = io->in;
+    const void *p = evbuffer_pullup(old, -1); /* one chain: no copy */
+    if (!p || evbuffer_add_reference(dst, p, n, io_handed_input_free, old) != 0) {
+        evbuffer_free(fresh);
+        return -1;
+    }
+    io->in = fresh;
+    if (!io_read_armed(io))
+        io_update_read(io, false); /* room again under the input limit */
+    return 0;
+}
+
 /* ---- output ---- */
 
 /* The output could not take a write (out of memory): the peer would see

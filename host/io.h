@@ -91,6 +91,16 @@ void io_input_drain(struct io *io, size_t n);
  * reference (no copy), a chain's part copied. Returns 0, or -1 when fewer
  * than n bytes could be moved (out of memory). */
 int io_input_move(struct io *io, size_t n, struct evbuffer *dst);
+/* All of the input is one chunk, and the owner is done with all of it:
+ * io_input_hand_over may give its first bytes away without a copy. */
+bool io_input_all_one_chunk(const struct io *io);
+/* Ends all of the input (io_input_all_one_chunk must hold), its first n
+ * bytes added to the end of dst by reference: dst keeps the chunk's memory
+ * until it drops those bytes, and the io reads on into a new buffer. For
+ * the part of a read before what it must not keep (the end of data), which
+ * io_input_move would copy. Returns 0, or -1 with the input unchanged (out
+ * of memory). */
+int io_input_hand_over(struct io *io, size_t n, struct evbuffer *dst);
 
 /* ---- output ---- */
 

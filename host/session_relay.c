@@ -589,10 +589,11 @@ static void relay_spool_failed(struct session *s)
     s->spool_failed = true;
 }
 
-/* A chunk of input at least this big that the decoder passes whole is moved
- * into the spool by reference instead of copied; smaller ones are copied, so
- * a spooled chain is never mostly empty room (a read's chain holds at most
- * twice IO_READ_MAX). */
+/* A run of at least this many bytes that the decoder passes unchanged from
+ * the start of an input chunk goes into the spool by reference instead of
+ * copied: the whole chunk, or the part of the last one before the end of
+ * data. Shorter ones are copied, so a spooled chain is never mostly empty
+ * room (a read's chain holds at most twice IO_READ_MAX). */
 #define RELAY_MOVE_MIN (32 * 1024)
 
 /* Where the decoder's output of one input chunk goes. */
@@ -600,7 +601,7 @@ struct relay_sink {
     struct session *s;
     const char *chunk;
     size_t chunk_len;
-    bool whole; /* the chunk came out as one unchanged run, not yet spooled */
+    size_t held; /* the chunk's first bytes came out unchanged, not yet spooled */
 };
 
 static int relay_spool_write(struct session *s, const char *p, size_t n)
@@ -619,13 +620,14 @@ static int relay_spool_write(struct session *s, const char *p, size_t n)
 static int relay_spool_sink(void *arg, const char *p, size_t n)
 {
     struct relay_sink *k = arg;
-    if (k->whole) { /* more output after it: keep the order, copy it now */
-        k->whole = false;
-        if (relay_spool_write(k->s, k->chunk, k->chunk_len) != 0)
+    if (k->held) { /* more output after it: keep the order, copy it now */
+        size_t held = k->held;
+        k->held = 0;
+        if (relay_spool_write(k->s, k->chunk, held) != 0)
             return -1;
     }
-    if (p == k->chunk && n == k->chunk_len && n >= RELAY_MOVE_MIN) {
-        k->whole = true;
+    if (p == k->chunk && n >= RELAY_MOVE_MIN) {
+        k->held = n;
         return 0;
     }
     return relay_spool_write(k->s, p, n);
@@ -636,19 +638,32 @@ static int relay_move_input(void *arg, size_t n, struct evbuffer *dst)
     return io_input_move(arg, n, dst);
 }
 
-/* The decoder consumed used bytes of the chunk: they leave the input, into
- * the spool when the chunk was passed whole. */
+static int relay_hand_over_input(void *arg, size_t n, struct evbuffer *dst)
+{
+    return io_input_hand_over(arg, n, dst);
+}
+
+/* The decoder consumed used bytes of the chunk: they leave the input. The
+ * run it passed unchanged goes into the spool without a copy where it can:
+ * the whole chunk moved, or, when the chunk ends the input and the message
+ * (the end of data after the run), the input handed over. */
 static void relay_sink_finish(struct relay_sink *k, size_t used)
 {
     struct session *s = k->s;
-    if (!k->whole || used != k->chunk_len) {
-        if (k->whole)
-            relay_spool_write(s, k->chunk, k->chunk_len);
+    spool_move_fn move = NULL;
+    if (k->held == k->chunk_len && used == k->chunk_len)
+        move = relay_move_input;
+    else if (k->held && used == k->chunk_len && io_input_len(s->io) == used &&
+             io_input_all_one_chunk(s->io))
+        move = relay_hand_over_input;
+    if (!move) {
+        if (k->held)
+            relay_spool_write(s, k->chunk, k->held);
         io_input_drain(s->io, used);
         return;
     }
     /* On a failure the caller drains what the move left in the input. */
-    if (spool_take(s->spool, used, relay_move_input, s->io) != 0)
+    if (spool_take(s->spool, k->held, move, s->io) != 0)
         relay_spool_failed(s);
 }
 
@@ -659,9 +674,9 @@ bool session_data_input(struct session *s)
 {
     uint64_t limit = (uint64_t)s->cfg->max_message_size;
     bool done = false;
-    struct relay_sink k = {s, NULL, 0, false};
+    struct relay_sink k = {s, NULL, 0, 0};
     while (!done && io_input_chunk(s->io, &k.chunk, &k.chunk_len)) {
-        k.whole = false;
+        k.held = 0;
         size_t before = io_input_len(s->io);
         size_t used =
             data_decode_to(&s->decoder, k.chunk, k.chunk_len, relay_spool_sink, &k, limit);

@@ -79,6 +79,30 @@ class RelayTest(SluiceTestCase):
         self.assertEqual(len(msg["data"]), len(body))
         self.assertTrue(msg["data"] == body, "30 MiB body differs")
 
+    def test_messages_whose_last_read_holds_the_end_of_data_arrive_byte_identical(self):
+        # Each message leaves the client in one write: its last read ends
+        # with the end of data, and the part before it goes into the spool
+        # without a copy (the read's buffer handed over). The session reads
+        # on into a new buffer: the next message on the connection is whole.
+        _, port, b = self.relay()
+        rng = random.Random(2920)
+        bodies = []
+        for size in (40 * 1024, 100 * 1024, 70 * 1024, 33 * 1024):
+            lines, n = [b"Subject: handed over %d\r\n\r\n" % size], 0
+            while n < size:
+                line = bytes(rng.choice(b"abcdefgh .") for _ in range(rng.randrange(1, 120)))
+                lines.append(line + b"\r\n")
+                n += len(line) + 2
+            lines.append(b".last line is dot-stuffed\r\n")
+            bodies.append(b"".join(lines))
+        with self.smtp(port) as c:
+            for body in bodies:
+                self.assertEqual(c.sendmail(SENDER, ["whole@a.example"], body), {})
+        msgs = b.wait_messages(len(bodies))
+        self.assertEqual([len(m["data"]) for m in msgs], [len(x) for x in bodies])
+        for m, body in zip(msgs, bodies):
+            self.assertTrue(m["data"] == body, "a body differs")
+
     def test_backend_550_on_one_rcpt_reaches_client_verbatim_others_deliver(self):
         _, port, b = self.relay("--rcpt-reply", "nobody@a.example=550 5.1.1 No such user here")
         rcpts = ["first@a.example", "nobody@a.example", "last@a.example"]
