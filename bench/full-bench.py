@@ -40,6 +40,7 @@ PROBE_INTERVAL = 0.005       # seconds between two probe transactions
 PROBE_IO_TIMEOUT = 10.0      # seconds for one probe reply
 PROBE_RT_PRIORITY = 1        # SCHED_FIFO priority of the probe's thread
 DNS_START_TRIES = 5          # dnsmasq starts, each on another port
+STEP_NAMES = ("mail", "rcpt", "data", "send", "dot")
 POOL_CAP = 250               # sluice's max_connections: every session + probe
 FULL = {"reps": 3, "msgs_small": 20000, "msgs_large": 6000, "strace_msgs": 2000,
         "held": 10000, "scale_msgs": 5000, "warm_msgs": 1000}
@@ -95,6 +96,13 @@ def process_tree(pid):
         except OSError:
             pass
     return pids
+
+
+def sched_stat(pid):
+    """A task's CPU time and time spent runnable but waiting for a CPU, ns."""
+    with open("/proc/%d/schedstat" % pid) as f:
+        fields = f.read().split()
+    return int(fields[0]), int(fields[1])
 
 
 def cpu_seconds(pids):
@@ -266,7 +274,7 @@ class Setup:
     def start_sink(self):
         self.ports["a"] = free_port()
         user = ["-u", "nobody"] if os.getuid() == 0 else []
-        self.daemons.start("smtp-sink", [
+        self.sink = self.daemons.start("smtp-sink", [
             "smtp-sink"] + user + ["-C", "-m", "2000",
                                    "127.0.0.1:%d" % self.ports["a"], "1024"],
             cpus=self.load_cpus, port=self.ports["a"])
@@ -330,7 +338,7 @@ class Probe(threading.Thread):
         body = ("X" * 78 + "\r\n") * max(1, size // 80)
         self.message = ("From: <%s>\r\nTo: <%s>\r\nSubject: probe\r\n\r\n%s.\r\n"
                         % (SENDER, RECIPIENT, body)).encode()
-        self.samples, self.errors = [], []
+        self.samples, self.errors, self.steps = [], [], []
         self.stop = threading.Event()
         self.realtime = False   # set by run() once the thread has its priority
 
@@ -353,12 +361,24 @@ class Probe(threading.Thread):
         return sock, f
 
     def transaction(self, sock, f):
+        """Returns the seconds each step took: MAIL, RCPT, DATA, sending
+        the message, the reply to its dot."""
+        steps, last = [], time.monotonic()
         for cmd in (b"MAIL FROM:<%s>\r\n" % SENDER.encode(),
-                    b"RCPT TO:<%s>\r\n" % RECIPIENT.encode(), b"DATA\r\n"):
-            sock.sendall(cmd)
-            self.reply(f)
-        sock.sendall(self.message)
-        self.reply(f)
+                    b"RCPT TO:<%s>\r\n" % RECIPIENT.encode(), b"DATA\r\n", None):
+            if cmd is None:
+                sock.sendall(self.message)
+                now = time.monotonic()
+                steps.append(now - last)
+                last = now
+                self.reply(f)
+            else:
+                sock.sendall(cmd)
+                self.reply(f)
+            now = time.monotonic()
+            steps.append(now - last)
+            last = now
+        return steps
 
     def run(self):
         # The probe measures the path through the proxy, not its own wait
@@ -383,7 +403,7 @@ class Probe(threading.Thread):
                     sock, f = self.session()
                     if self.reuse:
                         start = time.monotonic()
-                self.transaction(sock, f)
+                self.steps.append(self.transaction(sock, f))
                 self.samples.append(time.monotonic() - start)
                 if not self.reuse:
                     sock.sendall(b"QUIT\r\n")
@@ -428,6 +448,7 @@ def measure(setup, row, cell, messages):
     pids = process_tree(setup.pids[row]) if row in setup.pids else []
     reset_peak_rss(pids)
     cpu0 = cpu_seconds(pids)
+    sink0 = sched_stat(setup.sink.pid)
     probe = Probe(setup.ports[row], cell["size"], cell["reuse"])
     probe.start()
     elapsed = smtp_source(setup, setup.ports[row], cell["sessions"], messages,
@@ -435,6 +456,7 @@ def measure(setup, row, cell, messages):
     probe.stop.set()
     probe.join(PROBE_IO_TIMEOUT * 2)
     cpu1 = cpu_seconds(pids)
+    sink1 = sched_stat(setup.sink.pid)
     if probe.errors:
         log("probe errors on row", row, probe.errors[:3])
     done = messages + len(probe.samples)
@@ -446,6 +468,15 @@ def measure(setup, row, cell, messages):
         result["p50_ms"] = percentile(probe.samples, 50) * 1000
         result["p99_ms"] = percentile(probe.samples, 99) * 1000
         result["samples_ms"] = [x * 1000 for x in probe.samples]
+        # Where the slow transactions wait: each step's p99 on its own.
+        for pct in (50, 99):
+            result["steps_p%d_ms" % pct] = {
+                name: percentile([t[i] for t in probe.steps], pct) * 1000
+                for i, name in enumerate(STEP_NAMES)}
+    # How long the sink, runnable, waited for the load CPU, per message:
+    # every proxy's reply waits for the sink's turn there.
+    result["sink_wait_us_per_msg"] = (sink1[1] - sink0[1]) / 1000 / done
+    result["sink_cpu_us_per_msg"] = (sink1[0] - sink0[0]) / 1000 / done
     if pids:
         result["cpu_us_per_msg"] = (cpu1 - cpu0) / done * 1e6
         result["peak_rss_kb"] = status_kb(pids, "VmHWM")
@@ -461,8 +492,14 @@ def median_of(runs):
     run's 20 to 80 made its p99 its slowest one or two, and the pooled
     figure was the one reported."""
     samples = [x for r in runs for x in r.pop("samples_ms", [])]
+    steps = {key: [r.pop(key) for r in runs if key in r]
+             for key in ("steps_p50_ms", "steps_p99_ms")}
     keys = set().union(*(r.keys() for r in runs))
     row = {k: statistics.median(r[k] for r in runs if k in r) for k in sorted(keys)}
+    for key, per_run in steps.items():
+        if per_run:
+            row[key] = {name: statistics.median(s[name] for s in per_run)
+                        for name in STEP_NAMES}
     if samples:
         row["p50_pooled_ms"] = percentile(samples, 50)
         row["p99_pooled_ms"] = percentile(samples, 99)
@@ -489,10 +526,12 @@ def warm_up(setup, plan, rows):
         log("warm-up of row", row, "done")
 
 
-def run_matrix(setup, plan, rows):
+def run_matrix(setup, plan, rows, only=None):
     warm_up(setup, plan, rows)
     results = []
     for cell in cells():
+        if only and not any(word in cell["name"] for word in only):
+            continue
         messages = plan["msgs_small"] if cell["size"] < 10000 else plan["msgs_large"]
         runs = {row: [] for row in rows}
         for rep in range(plan["reps"]):
@@ -716,6 +755,9 @@ def parse_args():
     p.add_argument("--rows", default="abcd", help="rows to run (default abcd)")
     p.add_argument("--parts", default="matrix,strace,scale",
                    help="what to run, of matrix,strace,scale (default all three)")
+    p.add_argument("--cells", default="",
+                   help="only the cells whose name holds one of these, comma-separated "
+                        "(\"100 KiB c20\", \"new\"; default every cell)")
     p.add_argument("--load-cpus", default="0", help="CPUs of the load side (default 0)")
     p.add_argument("--proxy-cpus", default="1", help="CPUs of the proxy (default 1)")
     p.add_argument("--out", default=os.path.join(HERE, "results"),
@@ -764,7 +806,8 @@ def main():
         # Each part's results are written as soon as it ends: a later
         # part that fails does not lose them.
         if "matrix" in parts:
-            results["cells"] = run_matrix(setup, plan, rows)
+            results["cells"] = run_matrix(setup, plan, rows,
+                                          [c for c in args.cells.split(",") if c])
             meta["host_speed_after"] = host_speed(setup)
             save(args.out, results, work)
         if "strace" in parts:

@@ -113,7 +113,8 @@ struct smtp_backend {
     bool free_when_idle;
 
     /* Kept across client sessions (backend_park). */
-    LIST_ENTRY(smtp_backend) idle_link; /* loop->backend_idle while B_IDLE */
+    LIST_ENTRY(smtp_backend) idle_link; /* loop->backend_idle while B_IDLE, or
+                                           loop->backend_spares while spare */
     struct pool_idle idle;              /* the pool's view: evictable */
     struct event *idle_timer;
     bool parked;        /* in loop->backend_idle */
@@ -127,12 +128,14 @@ struct smtp_backend {
     bool unconfirmed;   /* a clean kept connection taken without a word: no reply yet */
     bool replaying;     /* its commands wait for a new connection (backend_replay) */
     bool streaming;     /* DATA of a streamed message sent, its final dot not yet */
+    bool spare;         /* opened for no session, to be kept idle (backend_renew) */
 };
 
 #define SMTP(base) ((struct smtp_backend *)(base))
 #define CSMTP(base) ((const struct smtp_backend *)(base))
 
 static void backend_try_server(struct smtp_backend *b);
+static void backend_spare_ready(struct smtp_backend *b);
 static void backend_reuse_begin(struct smtp_backend *b);
 static bool backend_reuse_xclient(const struct smtp_backend *b);
 static const char *backend_client_name(const struct backend_client *c);
@@ -180,6 +183,14 @@ static void backend_unpark(struct smtp_backend *b)
         event_del(b->idle_timer);
 }
 
+static void backend_spare_unlist(struct smtp_backend *b)
+{
+    if (!b->spare)
+        return;
+    b->spare = false;
+    LIST_REMOVE(b, idle_link);
+}
+
 static void backend_free(struct smtp_backend *b)
 {
     if (b->in_handler > 0) {
@@ -187,6 +198,7 @@ static void backend_free(struct smtp_backend *b)
         return;
     }
     backend_unpark(b);
+    backend_spare_unlist(b);
     if (b->idle.ev)
         event_free(b->idle.ev);
     if (b->idle_timer)
@@ -284,6 +296,12 @@ static void backend_fail_awaited(struct smtp_backend *b, enum backend_status st)
 static void backend_open_done(struct smtp_backend *b, enum backend_status st, const char *text,
                               size_t len, int code, size_t nlines)
 {
+    if (b->spare) {
+        /* Opened for nobody: a failure costs nothing but the attempt. */
+        b->state = B_DEAD;
+        backend_free(b);
+        return;
+    }
     if (b->replaying) {
         /* The session was told long ago: the new connection failed under
          * the commands it carries. */
@@ -315,6 +333,12 @@ static void backend_fail(struct smtp_backend *b, const char *why)
         log_info(NULL, "backend %s: idle connection (last session %s): %s", b->peer, b->sid,
                  why);
         backend_unpark(b);
+        b->state = B_DEAD;
+        backend_free(b);
+        return;
+    }
+    if (b->spare) {
+        log_info(NULL, "backend %s: connection opened ahead of need: %s", b->peer, why);
         b->state = B_DEAD;
         backend_free(b);
         return;
@@ -609,6 +633,10 @@ static void backend_handshake_reply(struct smtp_backend *b, const char *text, co
             }
             log_info(b->sid, "backend %s: does not offer STARTTLS, going on in plain text",
                      b->peer);
+        }
+        if (b->spare) {
+            backend_spare_ready(b);
+            return;
         }
         if (b->pc->xclient && b->caps.xclient) {
             backend_xclient_or_wait(b);
@@ -1367,21 +1395,31 @@ static int backend_idle_of_pool(const struct loop *loop, const struct pool *pool
     return n;
 }
 
-/* Whether the connection may serve a later session: between transactions
- * (nothing awaited, nothing unread), within the pool's bounds, of the
- * generation new sessions get (a reloaded pool never gets an old one), and
- * never for PROXY pools (the header names one client connection). */
-static bool backend_may_keep(const struct smtp_backend *b)
+/* Whether the connection may serve a later session, its wear aside (see
+ * backend_worn): between transactions (nothing awaited, nothing unread),
+ * within the pool's idle bounds, of the generation new sessions get (a
+ * reloaded pool never gets an old one), and never for PROXY pools (the
+ * header names one client connection). */
+static bool backend_keepable(const struct smtp_backend *b)
 {
     const struct pool_conf *pc = b->pc;
     if (b->state != B_READY || !b->io || !TAILQ_EMPTY(&b->awaited) || pc->idle_max <= 0 ||
         pc->proxy_protocol || io_input_len(b->io) > 0)
         return false;
-    if (pc->max_transactions > 0 && b->transactions >= pc->max_transactions)
-        return false;
     if (atomic_load(&b->loop->worker->stopping) || !backend_gen_current(b))
         return false;
     return backend_idle_of_pool(b->loop, b->pool) < pc->idle_max;
+}
+
+/* It carried max_transactions: it goes, and a new one takes its place. */
+static bool backend_worn(const struct smtp_backend *b)
+{
+    return b->pc->max_transactions > 0 && b->transactions >= b->pc->max_transactions;
+}
+
+static bool backend_may_keep(const struct smtp_backend *b)
+{
+    return backend_keepable(b) && !backend_worn(b);
 }
 
 static bool backend_park(struct smtp_backend *b)
@@ -1423,11 +1461,11 @@ static struct smtp_backend *backend_idle_take(struct loop *loop, struct pool *po
     return NULL;
 }
 
-/* helo and name (allocated) are taken over. */
-static struct backend *backend_reuse(struct smtp_backend *b, const struct backend_client *client,
-                                     char *helo, char *name, backend_cb cb, void *arg)
+/* The connection is the client's from now: helo and name (allocated) are
+ * taken over. */
+static void backend_set_client(struct smtp_backend *b, const struct backend_client *client,
+                               char *helo, char *name, backend_cb cb, void *arg)
 {
-    backend_unpark(b);
     snprintf(b->sid, sizeof b->sid, "%s", client->sid);
     b->client_addr = client->addr;
     b->client_local = client->local;
@@ -1439,6 +1477,14 @@ static struct backend *backend_reuse(struct smtp_backend *b, const struct backen
     b->name_pending = client->name_pending;
     b->open_cb = cb;
     b->open_arg = arg;
+}
+
+/* helo and name (allocated) are taken over. */
+static struct backend *backend_reuse(struct smtp_backend *b, const struct backend_client *client,
+                                     char *helo, char *name, backend_cb cb, void *arg)
+{
+    backend_unpark(b);
+    backend_set_client(b, client, helo, name, cb, arg);
     b->reusing = true;
     b->unconfirmed = false; /* until backend_reuse_ready finds it clean */
     b->state = B_WAIT_SLOT;
@@ -1446,21 +1492,10 @@ static struct backend *backend_reuse(struct smtp_backend *b, const struct backen
     return &b->base;
 }
 
-static struct backend *smtp_open(struct loop *loop, struct generation *gen, struct pool *pool,
-                                  int pool_index, const struct backend_client *client,
-                                  backend_cb cb, void *arg)
+/* A backend of the pool, not yet connected, listed in the loop. */
+static struct smtp_backend *backend_new(struct loop *loop, struct generation *gen,
+                                        struct pool *pool, int pool_index)
 {
-    if (pool_conf(pool)->idle_max > 0 && !LIST_EMPTY(&loop->backend_idle)) {
-        char *helo = strdup(client->helo ? client->helo : "");
-        char *name = strdup(backend_client_name(client));
-        struct smtp_backend *kept =
-            helo && name ? backend_idle_take(loop, pool, (const struct sockaddr *)&client->addr)
-                         : NULL;
-        if (kept)
-            return backend_reuse(kept, client, helo, name, cb, arg);
-        free(helo);
-        free(name);
-    }
     struct smtp_backend *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
@@ -1474,6 +1509,71 @@ static struct backend *smtp_open(struct loop *loop, struct generation *gen, stru
     b->pool = pool;
     b->pc = pool_conf(pool);
     b->pool_index = pool_index;
+    snprintf(b->peer, sizeof b->peer, "pool %s", b->pc->name);
+    b->state = B_WAIT_SLOT;
+    b->noop_timer = event_new(loop->base, -1, 0, backend_noop_cb, b);
+    /* The slot callback never runs inside backend_open: the owner always
+     * has the handle before it hears anything. */
+    b->start_ev = event_new(loop->base, -1, 0, backend_start_cb, b);
+    if (!b->noop_timer || !b->start_ev) {
+        backend_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* A connection of the pool opened ahead of need and still in its
+ * handshake: the session waits for the rest of it rather than for a whole
+ * new one. The slot passes to the client. */
+static struct smtp_backend *backend_spare_take(struct loop *loop, struct pool *pool,
+                                               const struct sockaddr *client)
+{
+    struct smtp_backend *b;
+    LIST_FOREACH(b, &loop->backend_spares, idle_link) {
+        if (b->pool == pool && b->state < B_READY && pool_move_slot(pool, NULL, client)) {
+            backend_spare_unlist(b);
+            return b;
+        }
+    }
+    return NULL;
+}
+
+/* A connection made before this session asked: a kept one, else one
+ * opened ahead of need still in its handshake. NULL: none (or no memory to
+ * take one: a new connection is tried). */
+static struct backend *backend_take_made(struct loop *loop, struct pool *pool,
+                                         const struct backend_client *client, backend_cb cb,
+                                         void *arg)
+{
+    const struct sockaddr *addr = (const struct sockaddr *)&client->addr;
+    char *helo = strdup(client->helo ? client->helo : "");
+    char *name = strdup(backend_client_name(client));
+    struct smtp_backend *b;
+    if (helo && name) {
+        if (pool_conf(pool)->idle_max > 0 && (b = backend_idle_take(loop, pool, addr)))
+            return backend_reuse(b, client, helo, name, cb, arg);
+        if ((b = backend_spare_take(loop, pool, addr))) {
+            backend_set_client(b, client, helo, name, cb, arg);
+            return &b->base;
+        }
+    }
+    free(helo);
+    free(name);
+    return NULL;
+}
+
+static struct backend *smtp_open(struct loop *loop, struct generation *gen, struct pool *pool,
+                                  int pool_index, const struct backend_client *client,
+                                  backend_cb cb, void *arg)
+{
+    if (!LIST_EMPTY(&loop->backend_idle) || !LIST_EMPTY(&loop->backend_spares)) {
+        struct backend *made = backend_take_made(loop, pool, client, cb, arg);
+        if (made)
+            return made;
+    }
+    struct smtp_backend *b = backend_new(loop, gen, pool, pool_index);
+    if (!b)
+        return NULL;
     snprintf(b->sid, sizeof b->sid, "%s", client->sid);
     b->client_addr = client->addr;
     b->client_local = client->local;
@@ -1483,18 +1583,10 @@ static struct backend *smtp_open(struct loop *loop, struct generation *gen, stru
     b->name_pending = client->name_pending;
     b->open_cb = cb;
     b->open_arg = arg;
-    b->noop_timer = event_new(loop->base, -1, 0, backend_noop_cb, b);
-    snprintf(b->peer, sizeof b->peer, "pool %s", b->pc->name);
-    if (!b->client_helo || !b->client_name || !b->noop_timer) {
-        backend_free(b);
-        return NULL;
-    }
-    b->state = B_WAIT_SLOT;
-    /* The slot callback never runs inside backend_open: the owner always
-     * has the handle before it hears anything. */
-    b->start_ev = event_new(loop->base, -1, 0, backend_start_cb, b);
-    int rc = b->start_ev ? pool_acquire(pool, loop->base, (const struct sockaddr *)&b->client_addr,
-                                          backend_slot_cb, b, &b->waiter) : -1;
+    int rc = b->client_helo && b->client_name
+                 ? pool_acquire(pool, loop->base, (const struct sockaddr *)&b->client_addr,
+                                backend_slot_cb, b, &b->waiter)
+                 : -1;
     if (rc < 0) {
         b->waiter = NULL;
         backend_free(b);
@@ -1505,6 +1597,49 @@ static struct backend *smtp_open(struct loop *loop, struct generation *gen, stru
         event_active(b->start_ev, 0, 0);
     }
     return &b->base;
+}
+
+/* A connection retired after max_transactions is replaced at once, ahead
+ * of need: the next session of the pool takes a connection already greeted
+ * and EHLOed from the idle list instead of waiting for those round trips
+ * (behind one session in max_transactions they were the tail of the
+ * transaction latency). Only with a slot free and nobody waiting for one;
+ * it belongs to no client until a session takes it. */
+static void backend_renew(const struct smtp_backend *old)
+{
+    if (!pool_try_acquire(old->pool))
+        return;
+    struct smtp_backend *b = backend_new(old->loop, old->gen, old->pool, old->pool_index);
+    if (!b) {
+        pool_release(old->pool, NULL);
+        return;
+    }
+    b->has_slot = true; /* client_addr is AF_UNSPEC: released as not counted per client */
+    b->spare = true;
+    LIST_INSERT_HEAD(&b->loop->backend_spares, b, idle_link);
+    snprintf(b->sid, sizeof b->sid, "%s", old->sid);
+    b->client_helo = strdup("");
+    b->client_name = strdup("[UNAVAILABLE]");
+    if (!b->client_helo || !b->client_name) {
+        backend_free(b);
+        return;
+    }
+    log_debug(b->sid, "backend %s: opening a connection to replace one retired after %d "
+              "transactions", b->peer, old->transactions);
+    event_active(b->start_ev, 0, 0);
+}
+
+/* A connection opened ahead of need has its greeting and EHLO (and TLS):
+ * from here it is a kept connection like any other. */
+static void backend_spare_ready(struct smtp_backend *b)
+{
+    b->state = B_READY;
+    backend_spare_unlist(b);
+    pool_server_ok(b->pool, b->server);
+    host_metrics_backend_connect(b->pc->name, true);
+    backend_await_none(b);
+    if (!backend_may_keep(b) || !backend_park(b))
+        backend_quit(b);
 }
 
 /* ---- commands ----------------------------------------------------------- */
@@ -1654,7 +1789,8 @@ static void smtp_keepalive(struct backend *base, bool on)
 static void smtp_close(struct backend *base)
 {
     struct smtp_backend *b = SMTP(base);
-    bool keep = backend_may_keep(b);
+    bool keepable = backend_keepable(b);
+    bool keep = keepable && !backend_worn(b);
     while (!TAILQ_EMPTY(&b->awaited)) {
         struct pending *p = TAILQ_FIRST(&b->awaited);
         TAILQ_REMOVE(&b->awaited, p, link);
@@ -1676,6 +1812,8 @@ static void smtp_close(struct backend *base)
     }
     if (keep && backend_park(b))
         return;
+    if (keepable && !keep)
+        backend_renew(b);
     backend_quit(b);
 }
 

@@ -149,7 +149,10 @@ void backend_name_known(struct backend *b, enum dns_status st, const char *name)
  * is kept (with its slot) for the next session of the pool on this loop
  * thread, within the pool's idle_connections, idle_timeout and
  * max_transactions; otherwise it gets QUIT, and the connection and its slot
- * are released when the server answers or after a short wait. */
+ * are released when the server answers or after a short wait. One retired
+ * after max_transactions is replaced by a connection opened for no client,
+ * kept idle once its handshake is done (or taken over by a session that
+ * asks meanwhile), when the pool has a slot free. */
 void backend_close(struct backend *b);
 
 /* Reload and shutdown: QUIT to every connection of the loop kept idle for

@@ -330,6 +330,16 @@ int pool_acquire(struct pool *p, struct event_base *base, const struct sockaddr 
     return 0;
 }
 
+bool pool_try_acquire(struct pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    bool taken = p->nwaiting == 0 && p->in_use < p->conf->max_connections;
+    if (taken)
+        p->in_use++;
+    pthread_mutex_unlock(&p->lock);
+    return taken;
+}
+
 void pool_cancel(struct pool_waiter *w)
 {
     struct pool *p;
@@ -383,24 +393,37 @@ static void idle_unlist_locked(struct pool *p, struct pool_idle *e)
     e->listed = false;
 }
 
+/* A held slot passes from one client address to another, within to's
+ * share; false leaves it where it was. */
+static bool move_slot_locked(struct pool *p, const struct sockaddr *from, const struct sockaddr *to)
+{
+    struct client_key kf = client_key_of(from), kt = client_key_of(to);
+    if (kf.len == kt.len && memcmp(kf.addr, kt.addr, kf.len) == 0)
+        return true;
+    if (!client_may_take_locked(p, &kt))
+        return false;
+    holder_give_locked(p, &kf);
+    holder_take_locked(p, &kt);
+    /* A waiter of the previous holder's address may fit its share now. */
+    grant_waiters_locked(p);
+    return true;
+}
+
 bool pool_idle_take(struct pool *p, struct pool_idle *e, const struct sockaddr *from,
                     const struct sockaddr *to)
 {
-    struct client_key kf = client_key_of(from), kt = client_key_of(to);
-    bool same = kf.len == kt.len && memcmp(kf.addr, kt.addr, kf.len) == 0;
-    bool ok;
-
     pthread_mutex_lock(&p->lock);
-    ok = e->listed && (same || client_may_take_locked(p, &kt));
-    if (ok) {
+    bool ok = e->listed && move_slot_locked(p, from, to);
+    if (ok)
         idle_unlist_locked(p, e);
-        if (!same) {
-            holder_give_locked(p, &kf);
-            holder_take_locked(p, &kt);
-            /* A waiter of the previous holder's address may fit its share now. */
-            grant_waiters_locked(p);
-        }
-    }
+    pthread_mutex_unlock(&p->lock);
+    return ok;
+}
+
+bool pool_move_slot(struct pool *p, const struct sockaddr *from, const struct sockaddr *to)
+{
+    pthread_mutex_lock(&p->lock);
+    bool ok = move_slot_locked(p, from, to);
     pthread_mutex_unlock(&p->lock);
     return ok;
 }

@@ -34,6 +34,10 @@ typedef void (*pool_slot_cb)(void *arg, bool granted);
  * -1 on allocation failure. */
 int pool_acquire(struct pool *p, struct event_base *base, const struct sockaddr *client,
                  pool_slot_cb cb, void *arg, struct pool_waiter **waiter);
+/* Takes a slot not counted per client only when one is free and no
+ * session waits: for work nobody waits on (a connection opened ahead of
+ * need), which must never delay a session. Release with pool_release(p, NULL). */
+bool pool_try_acquire(struct pool *p);
 /* Withdraws a queued request (the session went away). Must be called on the
  * waiter's loop thread before its callback ran; a slot that was already
  * handed to it is passed on. The waiter is freed. */
@@ -63,6 +67,9 @@ bool pool_idle_add(struct pool *p, struct pool_idle *e);
  * moves from from, the previous holder, to to). */
 bool pool_idle_take(struct pool *p, struct pool_idle *e, const struct sockaddr *from,
                     const struct sockaddr *to);
+/* A held slot passes from the client at address from (NULL: not counted
+ * per client) to the client at to: false when to's share is used up. */
+bool pool_move_slot(struct pool *p, const struct sockaddr *from, const struct sockaddr *to);
 /* Unlists it when it goes away (its slot is released with pool_release).
  * After this returns no thread activates e->ev any more. */
 void pool_idle_remove(struct pool *p, struct pool_idle *e);

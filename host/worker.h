@@ -45,6 +45,7 @@ struct loop {
     LIST_HEAD(, session) sessions_of_loop;   /* every session of this loop */
     LIST_HEAD(, smtp_backend) backend_list;  /* every SMTP backend connection, closing ones too */
     LIST_HEAD(, smtp_backend) backend_idle;  /* kept for the next session, newest first */
+    LIST_HEAD(, smtp_backend) backend_spares; /* opened ahead of need, not ready yet */
 };
 
 /* The loop whose thread is running, NULL on any other thread: the SDK's

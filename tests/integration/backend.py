@@ -216,6 +216,8 @@ class Session:
         self.helo = arg
         self.ehlo_names.append(arg)
         self.reset()
+        if self.opts.delay_ehlo:
+            await asyncio.sleep(self.opts.delay_ehlo)
         caps = ["PIPELINING", "SIZE 104857600", "8BITMIME", "ENHANCEDSTATUSCODES", "DSN"]
         if self.opts.no_8bitmime:
             caps.remove("8BITMIME")
@@ -434,6 +436,8 @@ def parse_args(argv):
     p.add_argument("--proxy", action="store_true", help="require a PROXY header first")
     p.add_argument("--delay-data", type=float, default=0.0,
                    help="seconds to wait before the final reply")
+    p.add_argument("--delay-ehlo", type=float, default=0.0,
+                   help="seconds to wait before answering EHLO")
     p.add_argument("--rset-reply", help="answer RSET with this (a 421 closes the connection)")
     p.add_argument("--idle-421-after", type=float, default=0.0,
                    help="seconds after accepting a message: send 421 and close")

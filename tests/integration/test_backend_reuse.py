@@ -251,6 +251,63 @@ class BackendReuseTest(SluiceTestCase):
         self.assertEqual([m["conn"] for m in msgs], [1, 1, 2, 2])
         wait_until(lambda: len(self.quits(b)) == 2, 5, what="QUIT after 2 transactions each")
 
+    def test_a_connection_retired_after_max_transactions_is_replaced_before_the_next_session(self):
+        b = self.start_backend("a")
+        _, port = self.relay(pool("a", [b.port], max_transactions=2))
+        self.send(port, 1)
+        self.send(port, 2)
+        # No client is connected now: the second connection is sluice's own,
+        # greeted and EHLOed ahead of need.
+        wait_until(lambda: any(c.upper().startswith("EHLO") for c in b.commands(conn=2)), 5,
+                   what="EHLO on the replacing connection")
+        self.assertEqual(b.commands(conn=2)[0].split()[1], "sluice.test")
+        self.send(port, 3)
+        m1, m2, m3 = b.wait_messages(3)
+        self.assertEqual([m["conn"] for m in (m1, m2, m3)], [1, 1, 2])
+        self.assertEqual(b.connection_count(), 2)
+        # The third session's MAIL follows that EHLO with nothing in between.
+        self.assertEqual(verbs_of(m3), ["EHLO", "MAIL", "RCPT", "DATA"])
+        self.assertEqual((m3["mail_from"], m3["data"]), ("s3@x.example", BODY % 3))
+
+    def test_a_session_takes_over_a_replacing_connection_still_in_its_handshake(self):
+        b = self.start_backend("a", "--delay-ehlo", "1.0")
+        _, port = self.relay(pool("a", [b.port], max_transactions=1))
+        self.send(port, 1)
+        wait_until(lambda: b.commands(conn=2), 5, what="EHLO on the replacing connection")
+        # Its EHLO is unanswered for a second: the next session waits for
+        # that connection rather than opening a third.
+        self.send(port, 2)
+        _, m2 = b.wait_messages(2)
+        # (A third connection would have been accepted, and numbered, first.)
+        self.assertEqual(m2["conn"], 2)
+        self.assertEqual(verbs_of(m2), ["EHLO", "MAIL", "RCPT", "DATA"])
+
+    def test_a_replacing_xclient_connection_names_its_first_client_with_xclient(self):
+        b = self.start_backend("a", "--xclient")
+        _, port = self.relay(pool("a", [b.port], max_transactions=1))
+        self.send(port, 1, helo="first.test")
+        wait_until(lambda: b.commands(conn=2), 5, what="the replacing connection")
+        self.send(port, 2, helo="second.test")
+        _, m2 = b.wait_messages(2)
+        self.assertEqual(m2["conn"], 2)
+        verbs = verbs_of(m2)
+        self.assertEqual(verbs[:3], ["EHLO", "XCLIENT", "EHLO"])
+        self.assertEqual(m2["ehlo_names"][-1], "second.test")
+        self.assertEqual(b.events("xclient")[-1]["attrs"]["HELO"], "second.test")
+
+    def test_no_replacement_when_the_pool_has_no_free_slot(self):
+        b = self.start_backend("a")
+        _, port = self.relay(pool("a", [b.port], max_transactions=1, max_connections=1))
+        self.send(port, 1)
+        wait_until(lambda: len(self.quits(b)) == 1, 5, what="QUIT after the one transaction")
+        time.sleep(SETTLE)
+        # The retired connection held the only slot until its QUIT was
+        # answered: nothing was opened ahead of need.
+        self.assertEqual(b.connection_count(), 1)
+        self.send(port, 2)
+        b.wait_messages(2)
+        self.assertEqual(b.connection_count(), 2)
+
     def test_idle_connections_zero_switches_reuse_off(self):
         b = self.start_backend("a")
         _, port = self.relay(pool("a", [b.port], idle_connections=0))

@@ -719,6 +719,58 @@ static void reuse_moves_the_per_client_count_to_the_new_client_within_its_share(
     test_pool_free(tp);
 }
 
+static void a_slot_ahead_of_need_is_taken_only_when_free_and_nobody_waits(void **state)
+{
+    struct test_pool *tp = test_pool_new(2, 10000, one_server, 1);
+    struct event_base *base = event_base_new();
+    struct recorder rec = {.pool = tp->pool};
+    struct recorded_request waiting = {&rec, 0};
+    struct pool_waiter *w;
+
+    assert_true(pool_try_acquire(tp->pool));
+    assert_int_equal(pool_in_use(tp->pool), 1);
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, NULL, &w), 1);
+    assert_false(pool_try_acquire(tp->pool)); /* full */
+    assert_int_equal(pool_acquire(tp->pool, base, NULL, record_slot, &waiting, &w), 0);
+    pool_release(tp->pool, NULL); /* to the waiter, not to the next try */
+    assert_false(pool_try_acquire(tp->pool));
+    run_once(base, &rec, 1);
+    assert_true(rec.granted[0]);
+    pool_release(tp->pool, NULL);
+    assert_true(pool_try_acquire(tp->pool));
+    assert_int_equal(pool_in_use(tp->pool), 2);
+    pool_release(tp->pool, NULL);
+    pool_release(tp->pool, NULL);
+    event_base_free(base);
+    test_pool_free(tp);
+}
+
+static void a_slot_taken_ahead_of_need_passes_to_a_client_within_its_share(void **state)
+{
+    struct test_pool *tp = test_pool_new(4, 10000, one_server, 1);
+    struct event_base *base = event_base_new();
+    struct sockaddr_storage a = client_addr("192.0.2.1");
+    struct pool_waiter *w;
+
+    tp->conf.max_per_client = 1;
+    assert_true(pool_try_acquire(tp->pool));
+    assert_int_equal(pool_held_by(tp->pool, SA(a)), 0);
+    assert_true(pool_move_slot(tp->pool, NULL, SA(a)));
+    assert_int_equal(pool_held_by(tp->pool, SA(a)), 1);
+    assert_int_equal(pool_in_use(tp->pool), 1);
+    /* a's share is used up: a second slot ahead of need stays uncounted. */
+    assert_true(pool_try_acquire(tp->pool));
+    assert_false(pool_move_slot(tp->pool, NULL, SA(a)));
+    assert_int_equal(pool_held_by(tp->pool, SA(a)), 1);
+    pool_release(tp->pool, NULL);
+    pool_release(tp->pool, SA(a));
+    assert_int_equal(pool_in_use(tp->pool), 0);
+    assert_int_equal(pool_acquire(tp->pool, base, SA(a), record_slot, NULL, &w), 1);
+    pool_release(tp->pool, SA(a));
+    event_base_free(base);
+    test_pool_free(tp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -741,6 +793,8 @@ int main(void)
         cmocka_unit_test(full_pool_evicts_the_oldest_idle_connection_for_a_waiting_session),
         cmocka_unit_test(no_connection_is_kept_while_a_session_waits),
         cmocka_unit_test(reuse_moves_the_per_client_count_to_the_new_client_within_its_share),
+        cmocka_unit_test(a_slot_ahead_of_need_is_taken_only_when_free_and_nobody_waits),
+        cmocka_unit_test(a_slot_taken_ahead_of_need_passes_to_a_client_within_its_share),
     };
 
     evthread_use_pthreads();
