@@ -208,6 +208,7 @@ class Setup:
         self.daemons = Daemons(work)
         self.load_cpus = cpu_list(args.load_cpus)
         self.proxy_cpus = cpu_list(args.proxy_cpus)
+        self.probe_cpus = cpu_list(args.probe_cpus or args.proxy_cpus)
         self.threads = len(self.proxy_cpus)
         self.ports = {}
         self.pids = {}      # row -> the proxy's main pid
@@ -332,9 +333,9 @@ class Probe(threading.Thread):
     dot on a reused connection, from connect to that reply with a new
     connection per message. Bounded by the stop flag and PROBE_IO_TIMEOUT."""
 
-    def __init__(self, port, size, reuse):
+    def __init__(self, port, size, reuse, cpus):
         super().__init__(daemon=True)
-        self.port, self.reuse = port, reuse
+        self.port, self.reuse, self.cpus = port, reuse, cpus
         body = ("X" * 78 + "\r\n") * max(1, size // 80)
         self.message = ("From: <%s>\r\nTo: <%s>\r\nSubject: probe\r\n\r\n%s.\r\n"
                         % (SENDER, RECIPIENT, body)).encode()
@@ -382,13 +383,12 @@ class Probe(threading.Thread):
 
     def run(self):
         # The probe measures the path through the proxy, not its own wait
-        # for the load CPU: there smtp-source and smtp-sink are runnable
-        # all the time, and a woken probe waited a scheduler slice (up to
-        # ~1.5 ms a step) before it read its reply, more behind a faster
-        # proxy, which keeps both busier. A client is another machine in
-        # production; real-time priority stands in for that, alike for
-        # every row. Its work is a few µs per step, so it takes nothing
-        # the load would notice.
+        # for a CPU: a woken probe of normal priority waited a scheduler
+        # slice (up to ~1.5 ms a step) before it read its reply. A client
+        # is another machine in production; real-time priority stands in
+        # for that, alike for every row. Its work is a few µs per step, so
+        # it takes nothing the load would notice. Its CPU: see --probe-cpus.
+        os.sched_setaffinity(threading.get_native_id(), self.cpus)
         try:
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_FIFO,
                                   os.sched_param(PROBE_RT_PRIORITY))
@@ -449,7 +449,7 @@ def measure(setup, row, cell, messages):
     reset_peak_rss(pids)
     cpu0 = cpu_seconds(pids)
     sink0 = sched_stat(setup.sink.pid)
-    probe = Probe(setup.ports[row], cell["size"], cell["reuse"])
+    probe = Probe(setup.ports[row], cell["size"], cell["reuse"], setup.probe_cpus)
     probe.start()
     elapsed = smtp_source(setup, setup.ports[row], cell["sessions"], messages,
                           cell["size"], cell["reuse"])
@@ -760,6 +760,10 @@ def parse_args():
                         "(\"100 KiB c20\", \"new\"; default every cell)")
     p.add_argument("--load-cpus", default="0", help="CPUs of the load side (default 0)")
     p.add_argument("--proxy-cpus", default="1", help="CPUs of the proxy (default 1)")
+    p.add_argument("--probe-cpus", default=None,
+                   help="CPUs of the latency probe (default: the proxy's). On the load CPU "
+                        "its every command woke smtp-sink from the same CPU in the direct "
+                        "row, and a proxy's from the other: see bench/README.md")
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="where full-bench.{md,json,png} go")
     p.add_argument("--sluice-bin", default=os.environ.get("SLUICE_BIN"),
@@ -783,6 +787,7 @@ def main():
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "host": "%s, %d CPUs" % (os.uname().nodename, os.cpu_count()),
             "load_cpus": args.load_cpus, "proxy_cpus": args.proxy_cpus,
+            "probe_cpus": args.probe_cpus or args.proxy_cpus,
             "threads": setup.threads, "reps": plan["reps"], "rows": rows,
             "strace_msgs": plan["strace_msgs"], "scale_msgs": plan["scale_msgs"],
             "loadavg_before": open("/proc/loadavg").read().split()[0],

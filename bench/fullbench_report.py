@@ -55,12 +55,12 @@ def spread_table(rows, matrix, header, sep):
 def markdown(meta, matrix, syscalls, scale):
     out = ["# Relay benchmark results", "",
            "`%s` on %s, %s. Proxies and the resolver (dnsmasq, rbldnsd) on CPU %s, "
-           "everything else (smtp-source, smtp-sink, the probe) on CPU %s; sluice `threads = %d`, "
-           "nginx `worker_processes %d`. %d repetition(s) per cell, median. "
-           "Load average before: %s." % (meta["command"], meta["host"], meta["date"],
-                                         meta["proxy_cpus"], meta["load_cpus"],
-                                         meta["threads"], meta["threads"], meta["reps"],
-                                         meta["loadavg_before"]), ""]
+           "smtp-source and smtp-sink on CPU %s, the latency probe on CPU %s; "
+           "sluice `threads = %d`, nginx `worker_processes %d`. %d repetition(s) per cell, "
+           "median. Load average before: %s."
+           % (meta["command"], meta["host"], meta["date"], meta["proxy_cpus"],
+              meta["load_cpus"], meta.get("probe_cpus", meta["load_cpus"]), meta["threads"],
+              meta["threads"], meta["reps"], meta["loadavg_before"]), ""]
     if meta.get("host_speed_before"):
         out += [host_speed_line(meta), ""]
     rows = meta["rows"]
@@ -77,6 +77,13 @@ def markdown(meta, matrix, syscalls, scale):
          "(one disturbed run weighs on it)",
          lambda r: "%s (%s)" % (fmt(r.get("p99_pooled_ms"), ".2f"),
                                 fmt(r.get("probe_samples"), ".0f"))),
+        ("Where the probe's slowest transactions wait: p99 of each step, ms "
+         "(MAIL / RCPT / DATA / the reply to the final dot)",
+         lambda r: " / ".join(fmt(r.get("steps_p99_ms", {}).get(k), ".1f")
+                              for k in ("mail", "rcpt", "data", "dot"))),
+        ("smtp-sink's wait for its CPU, µs per message (runnable, not running: "
+         "/proc/PID/schedstat)",
+         lambda r: fmt(r.get("sink_wait_us_per_msg"), ".0f")),
         ("Peak RSS of the proxy, MB (sum over its processes)",
          lambda r: fmt(r["peak_rss_kb"] / 1024 if "peak_rss_kb" in r else None, ".1f")),
     ]
