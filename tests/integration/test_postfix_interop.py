@@ -169,6 +169,7 @@ pools = (
 routes = ( {{ match = "{domain}"; pool = "postfix"; }} );
 default_pool = "postfix";
 dns = {{ servers = [ "127.0.0.1:{dns}" ]; timeout = "1s"; }};
+store = {{ path = "{dir}/store"; }};
 """.format(dir=self.dir, port=self.port, backend=self.backend_port, helo=PROXY_HELO,
            domain=DOMAIN, dns=free_port(socket.SOCK_DGRAM), extra=self.pool_extra))
 
