@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ascii.h"
 #include "config.h"
 
 /* A local part is at most 64 bytes and a domain 255 (RFC 5321 4.5.3.1). */
@@ -40,11 +41,6 @@ struct route_key {
     const char *body;
     size_t body_len;
 };
-
-static unsigned char ascii_lower(unsigned char c)
-{
-    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
-}
 
 static uint64_t hash_bytes(uint64_t h, const char *s, size_t len)
 {

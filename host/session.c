@@ -283,7 +283,7 @@ void session_txn_add_rcpt(struct session *s, int code)
 }
 
 /* The one line per transaction that operators grep for. */
-void session_log_txn(struct session *s, const char *result)
+static void session_log_txn_as(struct session *s, int code, const char *result)
 {
     struct txn *t = &s->txn;
     if (!t->active)
@@ -291,8 +291,7 @@ void session_log_txn(struct session *s, const char *result)
     struct timeval now, d;
     gettimeofday(&now, NULL);
     timersub(&now, &t->start, &d);
-    host_metrics_transaction(atoi(result), t->size,
-                             (double)d.tv_sec + (double)d.tv_usec / 1e6);
+    host_metrics_transaction(code, t->size, (double)d.tv_sec + (double)d.tv_usec / 1e6);
     /* Below the level, the line's formatting (every recipient sanitized and
      * printed) would be thrown away: the metrics above are all it costs. */
     if (log_get_level() < SLOG_INFO)
@@ -319,6 +318,20 @@ void session_log_txn(struct session *s, const char *result)
              s->backend ? backend_peer_name(s->backend) : "-", result, (long)d.tv_sec,
              (long)(d.tv_usec / 1000), tls ? tls : "-", tls ? "/" : "",
              tls ? io_tls_cipher(s->io) : "");
+}
+
+void session_log_txn(struct session *s, const char *result)
+{
+    session_log_txn_as(s, atoi(result), result);
+}
+
+void session_log_txn_code(struct session *s, int code)
+{
+    char result[16] = "";
+    /* Formatted only for a line that is written. */
+    if (log_get_level() >= SLOG_INFO)
+        snprintf(result, sizeof result, "%d", code);
+    session_log_txn_as(s, code, result);
 }
 
 /* ---- message buffers ---------------------------------------------------- */

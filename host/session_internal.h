@@ -200,6 +200,8 @@ void session_txn_reset(struct session *s);
 bool session_txn_reserve_rcpt(struct session *s);
 void session_txn_add_rcpt(struct session *s, int code);
 void session_log_txn(struct session *s, const char *result);
+/* The same for a reply code as the result. */
+void session_log_txn_code(struct session *s, int code);
 /* The spool, made at the first DATA (a session that never sends a message
  * has none). False: out of memory (answer 451 4.3.0). */
 bool session_data_buffers(struct session *s);

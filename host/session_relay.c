@@ -13,6 +13,7 @@
 #include "mstime.h"
 #include "generation.h"
 #include "io.h"
+#include "linebuf.h"
 #include "log.h"
 #include "pool.h"
 #include "session_internal.h"
@@ -128,26 +129,38 @@ static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
 static void relay_send_rcpt(struct session *s)
 {
     char line[LINE_MAX_OUT];
+    struct linebuf lb = linebuf_on(line, sizeof line);
     const struct rcpt_params *rp = s->cur_rcpt_params;
     bool dsn = backend_caps(s->backend)->dsn;
-    int n = snprintf(line, sizeof line, "RCPT TO:<%s>", s->cur_rcpt_addr);
+    linebuf_str(&lb, "RCPT TO:<");
+    linebuf_str(&lb, s->cur_rcpt_addr);
+    linebuf_str(&lb, ">");
     if (dsn && rp->notify) {
         static const char *const names[] = {"NEVER", "SUCCESS", "FAILURE", "DELAY"};
         const char *sep = " NOTIFY=";
         for (unsigned i = 0; i < 4; i++) {
             if (rp->notify & (1u << i)) {
-                n += snprintf(line + n, sizeof line - (size_t)n, "%s%s", sep, names[i]);
+                linebuf_str(&lb, sep);
+                linebuf_str(&lb, names[i]);
                 sep = ",";
             }
         }
     }
-    if (dsn && rp->orcpt[0])
-        n += snprintf(line + n, sizeof line - (size_t)n, " ORCPT=%s", rp->orcpt);
+    if (dsn && rp->orcpt[0]) {
+        linebuf_str(&lb, " ORCPT=");
+        linebuf_str(&lb, rp->orcpt);
+    }
     if (!dsn && (rp->notify || rp->orcpt[0]))
         log_info(s->sid, "backend %s lacks DSN: NOTIFY/ORCPT dropped",
                  backend_peer_name(s->backend));
-    n += snprintf(line + n, sizeof line - (size_t)n, "\r\n");
-    backend_command(s->backend, BSTEP_RCPT, line, (size_t)n, relay_rcpt_reply, s);
+    linebuf_str(&lb, "\r\n");
+    if (lb.overflow) {
+        /* The parser's limits keep a recipient's line far below this. */
+        log_err(s->sid, "RCPT line for the backend too long");
+        relay_rcpt_reply(s, &(struct backend_reply){.status = BACKEND_INTERNAL});
+        return;
+    }
+    backend_command(s->backend, BSTEP_RCPT, line, lb.len, relay_rcpt_reply, s);
 }
 
 /* ---- MAIL FROM replay ------------------------------------------------- */
@@ -177,26 +190,26 @@ static void relay_mail_reply(void *arg, const struct backend_reply *r)
         relay_send_rcpt(s);
 }
 
-static size_t relay_mail_params(const struct session *s, char *out, size_t cap)
+static void relay_mail_params(const struct session *s, struct linebuf *lb)
 {
     const struct mail_params *mp = &s->txn.mp;
     const struct ehlo_caps *caps = backend_caps(s->backend);
-    size_t n = 0;
-    if (mp->size >= 0 && caps->size)
-        n += (size_t)snprintf(out + n, cap - n, " SIZE=%lld", (long long)mp->size);
+    if (mp->size >= 0 && caps->size) {
+        linebuf_str(lb, " SIZE=");
+        linebuf_u64(lb, (uint64_t)mp->size);
+    }
     if (mp->body != SMTP_BODY_UNSET && caps->eightbitmime)
-        n += (size_t)snprintf(out + n, cap - n, " BODY=%s",
-                              mp->body == SMTP_BODY_8BITMIME ? "8BITMIME" : "7BIT");
+        linebuf_str(lb, mp->body == SMTP_BODY_8BITMIME ? " BODY=8BITMIME" : " BODY=7BIT");
     if (mp->smtputf8)
-        n += (size_t)snprintf(out + n, cap - n, " SMTPUTF8");
+        linebuf_str(lb, " SMTPUTF8");
     if (caps->dsn && mp->ret != SMTP_RET_UNSET)
-        n += (size_t)snprintf(out + n, cap - n, " RET=%s",
-                              mp->ret == SMTP_RET_FULL ? "FULL" : "HDRS");
-    if (caps->dsn && mp->envid[0])
-        n += (size_t)snprintf(out + n, cap - n, " ENVID=%s", mp->envid);
+        linebuf_str(lb, mp->ret == SMTP_RET_FULL ? " RET=FULL" : " RET=HDRS");
+    if (caps->dsn && mp->envid[0]) {
+        linebuf_str(lb, " ENVID=");
+        linebuf_str(lb, mp->envid);
+    }
     if (!caps->dsn && (mp->ret != SMTP_RET_UNSET || mp->envid[0]))
         log_info(s->sid, "backend %s lacks DSN: RET/ENVID dropped", backend_peer_name(s->backend));
-    return n;
 }
 
 static void relay_send_mail(struct session *s)
@@ -210,15 +223,19 @@ static void relay_send_mail(struct session *s)
         return;
     }
     char line[LINE_MAX_OUT];
-    int n = snprintf(line, sizeof line, "MAIL FROM:<%s>", s->txn.from);
-    if (n < 0 || (size_t)n >= sizeof line - 300) {
+    struct linebuf lb = linebuf_on(line, sizeof line);
+    linebuf_str(&lb, "MAIL FROM:<");
+    linebuf_add(&lb, s->txn.from, s->txn.from_len);
+    linebuf_str(&lb, ">");
+    relay_mail_params(s, &lb);
+    linebuf_str(&lb, "\r\n");
+    if (lb.overflow) {
+        log_err(s->sid, "MAIL line for the backend too long");
         relay_fail_status(s, BACKEND_INTERNAL);
         relay_rcpt_failed(s);
         return;
     }
-    n += (int)relay_mail_params(s, line + n, sizeof line - (size_t)n - 3);
-    memcpy(line + n, "\r\n", 2);
-    backend_command(s->backend, BSTEP_MAIL, line, (size_t)n + 2, relay_mail_reply, s);
+    backend_command(s->backend, BSTEP_MAIL, line, lb.len, relay_mail_reply, s);
     /* With PIPELINING the first RCPT follows at once: one round trip less
      * per transaction (RFC 2920 allows MAIL and RCPT in one group). */
     if (s->backend && backend_caps(s->backend)->pipelining) {
@@ -379,20 +396,17 @@ void session_data_start(struct session *s)
 static void relay_message_reply(void *arg, const struct backend_reply *r)
 {
     struct session *s = arg;
-    char result[16];
     if (r->status != BACKEND_REPLY) {
         enum reply_id id = relay_status_reply(r->status);
         log_warn(s->sid, "backend %s during the message: the client gets %d",
                  r->status == BACKEND_INTERNAL ? "unusable (out of memory)" : "lost",
                  reply_code(id));
         session_reply(s, id);
-        snprintf(result, sizeof result, "%d", reply_code(id));
-        session_log_txn(s, result);
+        session_log_txn_code(s, reply_code(id));
         relay_drop_backend(s);
     } else {
         session_relay_reply(s, r);
-        snprintf(result, sizeof result, "%d", r->code);
-        session_log_txn(s, result);
+        session_log_txn_code(s, r->code);
         /* After a 2xx the backend's transaction is over; otherwise RSET it. */
         if (r->code / 100 == 2)
             s->txn.backend_open = false;
@@ -555,12 +569,10 @@ static void relay_end_of_data(struct session *s)
     s->txn.size = data_decoder_size(&s->decoder);
     enum reply_id refuse = relay_refusal(s);
     if (refuse != R_COUNT) {
-        char result[16];
         if (s->txn.stream == STREAM_ON)
             relay_stream_abort(s);
-        snprintf(result, sizeof result, "%d", reply_code(refuse));
         session_reply(s, refuse);
-        session_log_txn(s, result);
+        session_log_txn_code(s, reply_code(refuse));
         session_txn_reset(s);
         session_done(s);
         return;

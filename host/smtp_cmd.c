@@ -2,8 +2,10 @@
 
 #include <arpa/inet.h>
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
-#include <strings.h>
+
+#include "ascii.h"
 
 /* RFC 5321 4.5.3.1 */
 #define SMTP_MAX_LOCAL 64
@@ -43,10 +45,40 @@ const char *smtp_verb_name(enum smtp_verb verb)
     return "UNKNOWN";
 }
 
+/* Four bytes in one word, letters folded to upper case: a byte folds onto
+ * a capital only when it is that letter in either case, so a switch over
+ * the four-letter verbs (most of them) matches them exactly. */
+#define VERB4(a, b, c, d) ((uint32_t)(a) << 24 | (uint32_t)(b) << 16 | (uint32_t)(c) << 8 | (uint32_t)(d))
+
+static enum smtp_verb verb_lookup4(const char *w)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++)
+        v = v << 8 | ((unsigned char)w[i] & ~0x20u);
+    switch (v) {
+    case VERB4('M', 'A', 'I', 'L'): return SMTP_MAIL;
+    case VERB4('R', 'C', 'P', 'T'): return SMTP_RCPT;
+    case VERB4('D', 'A', 'T', 'A'): return SMTP_DATA;
+    case VERB4('R', 'S', 'E', 'T'): return SMTP_RSET;
+    case VERB4('Q', 'U', 'I', 'T'): return SMTP_QUIT;
+    case VERB4('E', 'H', 'L', 'O'): return SMTP_EHLO;
+    case VERB4('H', 'E', 'L', 'O'): return SMTP_HELO;
+    case VERB4('N', 'O', 'O', 'P'): return SMTP_NOOP;
+    case VERB4('H', 'E', 'L', 'P'): return SMTP_HELP;
+    case VERB4('V', 'R', 'F', 'Y'): return SMTP_VRFY;
+    case VERB4('E', 'X', 'P', 'N'): return SMTP_EXPN;
+    case VERB4('A', 'U', 'T', 'H'): return SMTP_AUTH;
+    case VERB4('B', 'D', 'A', 'T'): return SMTP_BDAT;
+    default: return SMTP_UNKNOWN;
+    }
+}
+
 static enum smtp_verb verb_lookup(const char *w, size_t n)
 {
+    if (n == 4)
+        return verb_lookup4(w);
     for (size_t i = 0; i < NVERBS; i++) {
-        if (strlen(verb_table[i].name) == n && strncasecmp(w, verb_table[i].name, n) == 0)
+        if (strlen(verb_table[i].name) == n && ascii_caseeq(w, verb_table[i].name, n))
             return verb_table[i].verb;
     }
     return SMTP_UNKNOWN;
@@ -54,7 +86,18 @@ static enum smtp_verb verb_lookup(const char *w, size_t n)
 
 static bool has_control_byte(const unsigned char *p, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
+    /* Eight bytes at a time past words with no byte below 0x20 and none
+     * 0x7f (a word that may hold one, a tab included, goes byte by byte). */
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w, del;
+        memcpy(&w, p + i, sizeof w);
+        del = w ^ (0x7f * ones);
+        if ((((w - 0x20 * ones) & ~w) | ((del - ones) & ~del)) & highs)
+            break;
+    }
+    for (; i < len; i++) {
         if ((p[i] < 0x20 && p[i] != '\t') || p[i] == 0x7f)
             return true;
     }
@@ -88,7 +131,16 @@ int smtp_cmd_parse(const char *line, size_t len, struct smtp_cmd *out)
 
 static bool is_atext(unsigned char c)
 {
-    return is_alnum(c) || (c != 0 && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
+    if (is_alnum(c))
+        return true;
+    switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '-': case '/': case '=': case '?': case '^': case '_': case '`': case '{':
+    case '|': case '}': case '~':
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* Length of the well-formed UTF-8 sequence at p (0 when malformed). */
@@ -118,8 +170,11 @@ static size_t utf8_seq_len(const unsigned char *p, size_t n)
     return want;
 }
 
-/* Scans a run of characters accepted by ok(), plus UTF-8 when allowed. */
-static size_t scan_run(const unsigned char *p, size_t n, bool (*ok)(unsigned char), bool utf8)
+/* Scans a run of characters accepted by ok(), plus UTF-8 when allowed.
+ * Inlined at each caller so that ok() is a direct, inlined test: through
+ * the pointer it was a call per character of every address. */
+static inline __attribute__((always_inline)) size_t
+scan_run(const unsigned char *p, size_t n, bool (*ok)(unsigned char), bool utf8)
 {
     size_t i = 0;
     while (i < n) {
@@ -208,7 +263,7 @@ static bool literal_valid(const char *p, size_t n)
         if (!is_dcontent((unsigned char)p[i]))
             return false;
     }
-    if (n > 5 && strncasecmp(p, "IPv6:", 5) == 0) {
+    if (n > 5 && ascii_caseeq(p, "IPv6:", 5)) {
         memcpy(tmp, p + 5, n - 5);
         tmp[n - 5] = '\0';
         return inet_pton(AF_INET6, tmp, &a6) == 1;
@@ -333,7 +388,7 @@ static enum smtp_path_status parse_params(const char *s, size_t n, bool utf8,
 
 static bool is_postmaster(const char *p, size_t n)
 {
-    return n == 10 && strncasecmp(p, "postmaster", 10) == 0;
+    return n == 10 && ascii_caseeq(p, "postmaster", 10);
 }
 
 /* Skips "FROM:" / "TO:" and the tolerated spaces; returns the offset or 0. */
@@ -341,7 +396,7 @@ static size_t skip_path_prefix(const char *arg, size_t len, bool is_rcpt)
 {
     const char *prefix = is_rcpt ? "TO:" : "FROM:";
     size_t plen = strlen(prefix);
-    if (len < plen || strncasecmp(arg, prefix, plen) != 0)
+    if (len < plen || !ascii_caseeq(arg, prefix, plen))
         return 0;
     while (plen < len && arg[plen] == ' ')
         plen++;
@@ -405,13 +460,13 @@ enum smtp_path_status smtp_path_parse(const char *arg, size_t len, bool is_rcpt,
 
 static bool key_is(const struct smtp_param *prm, const char *name)
 {
-    return prm->key_len == strlen(name) && strncasecmp(prm->key, name, prm->key_len) == 0;
+    return prm->key_len == strlen(name) && ascii_caseeq(prm->key, name, prm->key_len);
 }
 
 static bool value_is(const struct smtp_param *prm, const char *name)
 {
     return prm->value != NULL && prm->value_len == strlen(name) &&
-           strncasecmp(prm->value, name, prm->value_len) == 0;
+           ascii_caseeq(prm->value, name, prm->value_len);
 }
 
 bool smtp_path_has_smtputf8(const char *arg, size_t len)
@@ -543,7 +598,7 @@ static unsigned notify_word(const char *w, size_t n)
                  {"FAILURE", SMTP_NOTIFY_FAILURE},
                  {"DELAY", SMTP_NOTIFY_DELAY}};
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
-        if (n == strlen(words[i].name) && strncasecmp(w, words[i].name, n) == 0)
+        if (n == strlen(words[i].name) && ascii_caseeq(w, words[i].name, n))
             return words[i].bit;
     }
     return 0;

@@ -30,6 +30,30 @@ static void test_verbs_match_case_insensitively(void **state)
     assert_string_equal(smtp_verb_name(SMTP_RCPT), "RCPT");
 }
 
+/* Every verb, by the name the table gives it, in upper, lower and mixed
+ * case; and words one bit away from a verb (a byte that folds onto a
+ * capital without being that letter) are no verb. */
+static void test_every_verb_is_found_by_its_name_in_any_case(void **state)
+{
+    (void)state;
+    for (int v = SMTP_HELO; v <= SMTP_XCLIENT; v++) {
+        const char *name = smtp_verb_name((enum smtp_verb)v);
+        size_t n = strlen(name);
+        char lower[16], mixed[16];
+        assert_true(n < sizeof lower);
+        for (size_t i = 0; i < n; i++) {
+            lower[i] = (char)(name[i] | 0x20);
+            mixed[i] = (char)(i % 2 ? name[i] | 0x20 : name[i]);
+        }
+        assert_int_equal(parse_ok(name, n).verb, v);
+        assert_int_equal(parse_ok(lower, n).verb, v);
+        assert_int_equal(parse_ok(mixed, n).verb, v);
+    }
+    assert_int_equal(parse_ok(S("M@IL")).verb, SMTP_UNKNOWN);
+    assert_int_equal(parse_ok(S("MA\xc9L")).verb, SMTP_UNKNOWN); /* 0xC9 folds to 0xC9, not 'I' */
+    assert_int_equal(parse_ok(S("D`TA")).verb, SMTP_UNKNOWN);   /* '`' & ~0x20 is '@' */
+}
+
 static void test_verb_must_end_at_space_or_eol(void **state)
 {
     (void)state;
@@ -66,6 +90,32 @@ static void test_nul_and_control_bytes_are_refused(void **state)
     assert_int_equal(smtp_cmd_parse(S("HELO \x7f"), &c), -1);
     assert_int_equal(smtp_cmd_parse(S("HELO a\tb"), &c), 0);
     assert_int_equal(smtp_cmd_parse(S("HELO \xc3\xa9"), &c), 0);
+}
+
+/* The scan goes eight bytes at a time: every refused byte is found at every
+ * offset of a word, in the tail after the last whole word too, and the
+ * bytes next to them in value (0x20, 0x7e, 0x80, 0xff, a tab) are not. */
+static void test_control_bytes_are_found_at_every_offset(void **state)
+{
+    (void)state;
+    static const unsigned char refused[] = {0x00, 0x01, 0x0a, 0x0d, 0x1b, 0x1f, 0x7f};
+    static const unsigned char kept[] = {0x09, 0x20, 0x7e, 0x80, 0xff};
+    struct smtp_cmd c;
+    char line[27];
+    for (size_t at = 5; at < sizeof line; at++) {
+        for (size_t k = 0; k < sizeof refused; k++) {
+            memset(line, 'x', sizeof line);
+            memcpy(line, "HELO ", 5);
+            line[at] = (char)refused[k];
+            assert_int_equal(smtp_cmd_parse(line, sizeof line, &c), -1);
+        }
+        for (size_t k = 0; k < sizeof kept; k++) {
+            memset(line, 'x', sizeof line);
+            memcpy(line, "HELO ", 5);
+            line[at] = (char)kept[k];
+            assert_int_equal(smtp_cmd_parse(line, sizeof line, &c), 0);
+        }
+    }
 }
 
 static void test_huge_argument_is_parsed_without_overrun(void **state)
@@ -480,7 +530,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_verbs_match_case_insensitively),
+        cmocka_unit_test(test_every_verb_is_found_by_its_name_in_any_case),
         cmocka_unit_test(test_verb_must_end_at_space_or_eol),
+        cmocka_unit_test(test_control_bytes_are_found_at_every_offset),
         cmocka_unit_test(test_argument_skips_separators_and_trailing_spaces),
         cmocka_unit_test(test_nul_and_control_bytes_are_refused),
         cmocka_unit_test(test_huge_argument_is_parsed_without_overrun),
