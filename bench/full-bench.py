@@ -40,7 +40,7 @@ PROBE_INTERVAL = 0.005       # seconds between two probe transactions
 PROBE_IO_TIMEOUT = 10.0      # seconds for one probe reply
 PROBE_RT_PRIORITY = 1        # SCHED_FIFO priority of the probe's thread
 DNS_START_TRIES = 5          # dnsmasq starts, each on another port
-STEP_NAMES = ("mail", "rcpt", "data", "send", "dot")
+STEP_NAMES = ("greeting", "ehlo", "mail", "rcpt", "data", "send", "dot")
 POOL_CAP = 250               # sluice's max_connections: every session + probe
 FULL = {"reps": 3, "msgs_small": 20000, "msgs_large": 6000, "strace_msgs": 2000,
         "held": 10000, "scale_msgs": 5000, "warm_msgs": 1000}
@@ -354,12 +354,16 @@ class Probe(threading.Thread):
                 return
 
     def session(self):
+        """A new session; returns it and the seconds its greeting (from
+        connect) and its EHLO took."""
+        start = time.monotonic()
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=PROBE_IO_TIMEOUT)
         f = sock.makefile("rb")
         self.reply(f)
+        greeted = time.monotonic()
         sock.sendall(b"EHLO " + HELO.encode() + b"\r\n")
         self.reply(f)
-        return sock, f
+        return sock, f, [greeted - start, time.monotonic() - greeted]
 
     def transaction(self, sock, f):
         """Returns the seconds each step took: MAIL, RCPT, DATA, sending
@@ -399,11 +403,13 @@ class Probe(threading.Thread):
         while not self.stop.wait(PROBE_INTERVAL):
             try:
                 start = time.monotonic()
+                opening = [0.0, 0.0]
                 if sock is None:
-                    sock, f = self.session()
+                    sock, f, opening = self.session()
                     if self.reuse:
                         start = time.monotonic()
-                self.steps.append(self.transaction(sock, f))
+                        opening = [0.0, 0.0]
+                self.steps.append(opening + self.transaction(sock, f))
                 self.samples.append(time.monotonic() - start)
                 if not self.reuse:
                     sock.sendall(b"QUIT\r\n")

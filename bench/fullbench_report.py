@@ -78,9 +78,10 @@ def markdown(meta, matrix, syscalls, scale):
          lambda r: "%s (%s)" % (fmt(r.get("p99_pooled_ms"), ".2f"),
                                 fmt(r.get("probe_samples"), ".0f"))),
         ("Where the probe's slowest transactions wait: p99 of each step, ms "
-         "(MAIL / RCPT / DATA / the reply to the final dot)",
+         "(connect and greeting / EHLO / MAIL / RCPT / DATA / the reply to the final dot; "
+         "the first two only with a new connection per message)",
          lambda r: " / ".join(fmt(r.get("steps_p99_ms", {}).get(k), ".1f")
-                              for k in ("mail", "rcpt", "data", "dot"))),
+                              for k in ("greeting", "ehlo", "mail", "rcpt", "data", "dot"))),
         ("smtp-sink's wait for its CPU, µs per message (runnable, not running: "
          "/proc/PID/schedstat)",
          lambda r: fmt(r.get("sink_wait_us_per_msg"), ".0f")),
