@@ -33,6 +33,8 @@
  * its end): each piece costs a write, and a piece per client read would add
  * writes for no gain in time. */
 #define BACKEND_STREAM_PIECE (32 * 1024)
+/* Command entries a connection keeps for reuse: a pipelined transaction's. */
+#define BACKEND_SPARE_PENDING 4
 
 enum backend_state {
     B_WAIT_SLOT,
@@ -102,6 +104,8 @@ struct smtp_backend {
     void *open_arg;
 
     TAILQ_HEAD(pending_queue, pending) awaited; /* commands sent, replies not yet in, in order */
+    struct pending_queue spare_pending;         /* done with, for the next commands */
+    int nspare_pending;
     struct event *noop_timer;
     bool keepalive;
     struct event *quit_timer;
@@ -172,6 +176,32 @@ static void pending_free(struct pending *p)
     free(p);
 }
 
+/* A command's entry is done with: kept for the connection's next commands
+ * (three or four a transaction, a malloc and a free each otherwise). */
+static void pending_release(struct smtp_backend *b, struct pending *p)
+{
+    if (b->nspare_pending >= BACKEND_SPARE_PENDING) {
+        pending_free(p);
+        return;
+    }
+    if (p->prefix)
+        evbuffer_free(p->prefix);
+    free(p->line);
+    *p = (struct pending){0};
+    TAILQ_INSERT_HEAD(&b->spare_pending, p, link);
+    b->nspare_pending++;
+}
+
+static struct pending *pending_take(struct smtp_backend *b)
+{
+    struct pending *p = TAILQ_FIRST(&b->spare_pending);
+    if (!p)
+        return calloc(1, sizeof *p);
+    TAILQ_REMOVE(&b->spare_pending, p, link);
+    b->nspare_pending--;
+    return p;
+}
+
 static void backend_unpark(struct smtp_backend *b)
 {
     if (!b->parked)
@@ -221,6 +251,11 @@ static void backend_free(struct smtp_backend *b)
     while (!TAILQ_EMPTY(&b->awaited)) {
         struct pending *p = TAILQ_FIRST(&b->awaited);
         TAILQ_REMOVE(&b->awaited, p, link);
+        pending_free(p);
+    }
+    while (!TAILQ_EMPTY(&b->spare_pending)) {
+        struct pending *p = TAILQ_FIRST(&b->spare_pending);
+        TAILQ_REMOVE(&b->spare_pending, p, link);
         pending_free(p);
     }
     free(b->client_helo);
@@ -288,7 +323,7 @@ static void backend_fail_awaited(struct smtp_backend *b, enum backend_status st)
         TAILQ_REMOVE(&b->awaited, p, link);
         backend_cb cb = p->cb;
         void *arg = p->arg;
-        pending_free(p);
+        pending_release(b, p);
         backend_deliver(cb, arg, st, 0, NULL, 0, 0);
     }
 }
@@ -405,7 +440,7 @@ static bool backend_reply_premature(struct smtp_backend *b)
 static int backend_queue(struct smtp_backend *b, enum pending_kind kind, enum backend_step step,
                          backend_cb cb, void *arg)
 {
-    struct pending *p = calloc(1, sizeof *p);
+    struct pending *p = pending_take(b);
     if (!p)
         return -1;
     p->kind = kind;
@@ -821,7 +856,7 @@ static bool backend_stream_reply(struct smtp_backend *b, const char *text, const
     TAILQ_REMOVE(&b->awaited, p, link);
     backend_cb cb = p->cb;
     void *arg = p->arg;
-    pending_free(p);
+    pending_release(b, p);
     backend_fail(b, "refused the message before its end");
     backend_deliver(cb, arg, BACKEND_REPLY, r->code, text, r->len, r->nlines);
     return true;
@@ -871,7 +906,7 @@ static void backend_command_reply(struct smtp_backend *b, const char *text, cons
     if (r->code / 100 == 2 && (p->step == BSTEP_END_OF_DATA || p->step == BSTEP_RSET) &&
         p->mails_at == b->mails_sent)
         b->dirty = false;
-    pending_free(p);
+    pending_release(b, p);
     if (r->code == 421) {
         /* 421 means the server is closing; nothing more will work here. */
         backend_deliver(cb, arg, BACKEND_REPLY, r->code, text, r->len, r->nlines);
@@ -1501,6 +1536,7 @@ static struct smtp_backend *backend_new(struct loop *loop, struct generation *ge
         return NULL;
     b->base.ops = &backend_smtp_ops;
     TAILQ_INIT(&b->awaited);
+    TAILQ_INIT(&b->spare_pending);
     b->loop = loop;
     b->gen = gen;
     generation_ref(gen);
@@ -1680,7 +1716,7 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
         if (b->replaying) {
             struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
             TAILQ_REMOVE(&b->awaited, p, link);
-            pending_free(p);
+            pending_release(b, p);
             log_err(b->sid, "backend %s: out of memory queueing a command", b->peer);
             backend_deliver(cb, arg, BACKEND_INTERNAL, 0, NULL, 0, 0);
             return;

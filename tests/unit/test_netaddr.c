@@ -234,6 +234,26 @@ static void test_ntop_shows_mapped_address_as_ipv4_and_port(void **state)
     assert_int_equal(netaddr_port((struct sockaddr *)&c), 2525);
 }
 
+/* IPv4 is written by hand: every digit count of every octet, as inet_ntop
+ * writes it, and a buffer too small for the text gets "?" as before. */
+static void test_ipv4_text_matches_inet_ntop(void **state)
+{
+    (void)state;
+    static const char *const addrs[] = {"0.0.0.0", "255.255.255.255", "10.0.100.9",
+                                        "1.22.103.4", "127.0.0.1", "99.100.199.200"};
+    char buf[64], want[INET_ADDRSTRLEN];
+    for (size_t i = 0; i < sizeof addrs / sizeof addrs[0]; i++) {
+        struct sockaddr_storage a = sa_of(addrs[i], 25);
+        assert_non_null(inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, want,
+                                  sizeof want));
+        assert_string_equal(netaddr_ntop((struct sockaddr *)&a, buf, sizeof buf), want);
+        assert_string_equal(want, addrs[i]);
+    }
+    struct sockaddr_storage a = sa_of("255.255.255.255", 25);
+    assert_string_equal(netaddr_ntop((struct sockaddr *)&a, buf, 16), "255.255.255.255");
+    assert_string_equal(netaddr_ntop((struct sockaddr *)&a, buf, 15), "?");
+}
+
 static void test_ntop_of_unknown_family_does_not_fail(void **state)
 {
     (void)state;
@@ -248,6 +268,7 @@ static void test_ntop_of_unknown_family_does_not_fail(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ipv4_text_matches_inet_ntop),
         cmocka_unit_test(test_ipv4_cidr_matches_only_its_network),
         cmocka_unit_test(test_prefix_not_on_byte_boundary),
         cmocka_unit_test(test_host_bits_in_cidr_are_ignored),
