@@ -71,6 +71,8 @@ struct backend_ops {
     void (*stream_more)(struct backend *b);
     void (*stream_end)(struct backend *b);
     void (*keepalive)(struct backend *b, bool on);
+    /* NULL where nothing is started apart (check mode). */
+    void (*begin)(struct backend *b);
     /* NULL where nothing waits for the name (check mode). */
     void (*name_known)(struct backend *b, enum dns_status st, const char *name);
     void (*close)(struct backend *b);
@@ -104,6 +106,12 @@ extern const struct backend_ops backend_check_ops; /* backend_check.c */
 struct backend *backend_open(const struct backend_ops *ops, struct loop *loop,
                              struct generation *gen, struct pool *pool, int pool_index,
                              const struct backend_client *client, backend_cb cb, void *arg);
+
+/* The owner has stored the handle backend_open returned: what it set going
+ * (a kept connection's new start, a new connection's attempt once it has a
+ * slot) goes on now instead of at the loop's next turn, so cb may run
+ * inside this call. Without it everything still goes on, a turn later. */
+void backend_begin(struct backend *b);
 
 /* Sends one command line (CRLF included); cb gets its reply. step names the
  * command for the reply-class check (backend_proto.h): a reply of a class

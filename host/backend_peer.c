@@ -9,6 +9,12 @@ struct backend *backend_open(const struct backend_ops *ops, struct loop *loop,
     return ops->open(loop, gen, pool, pool_index, client, cb, arg);
 }
 
+void backend_begin(struct backend *b)
+{
+    if (b->ops->begin)
+        b->ops->begin(b);
+}
+
 void backend_command(struct backend *b, enum backend_step step, const char *line, size_t len,
                      backend_cb cb, void *arg)
 {

@@ -281,7 +281,10 @@ static void relay_open_backend(struct session *s)
     if (!s->backend) {
         relay_fail_status(s, BACKEND_INTERNAL);
         relay_rcpt_failed(s);
+        return;
     }
+    /* s->backend is set: relay_backend_ready may run from here on. */
+    backend_begin(s->backend);
 }
 
 /* The recipient passed relay control and every hook: hand it to the
