@@ -208,7 +208,7 @@ class Setup:
         self.daemons = Daemons(work)
         self.load_cpus = cpu_list(args.load_cpus)
         self.proxy_cpus = cpu_list(args.proxy_cpus)
-        self.probe_cpus = cpu_list(getattr(args, "probe_cpus", None) or args.proxy_cpus)
+        self.probe_cpus = cpu_list(args.probe_cpus or args.proxy_cpus)
         self.threads = len(self.proxy_cpus)
         self.ports = {}
         self.pids = {}      # row -> the proxy's main pid

@@ -64,7 +64,8 @@ def one_run(args, messages):
     """sluice under callgrind for one smtp-source run; the summed costs of
     its processes."""
     work = tempfile.mkdtemp(prefix="sluice-instructions-")
-    run_args = argparse.Namespace(load_cpus=args.load_cpus, proxy_cpus=args.proxy_cpus)
+    run_args = argparse.Namespace(load_cpus=args.load_cpus, proxy_cpus=args.proxy_cpus,
+                                  probe_cpus=None)
     run_args.sluice_bin, out = wrapper(work, args.sluice_bin)
     setup = fb.Setup(run_args, work)
     os.sched_setaffinity(0, setup.load_cpus)
