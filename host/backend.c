@@ -1638,9 +1638,8 @@ static struct backend *smtp_open(struct loop *loop, struct generation *gen, stru
 /* A connection retired after max_transactions is replaced at once, ahead
  * of need: the next session of the pool takes a connection already greeted
  * and EHLOed from the idle list instead of waiting for those round trips
- * (behind one session in max_transactions they were the tail of the
- * transaction latency). Only with a slot free and nobody waiting for one;
- * it belongs to no client until a session takes it. */
+ * itself (one session in max_transactions did). Only with a slot free and
+ * nobody waiting for one; it belongs to no client until a session takes it. */
 static void backend_renew(const struct smtp_backend *old)
 {
     if (!pool_try_acquire(old->pool))
