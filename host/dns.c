@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "config.h"
@@ -37,6 +38,11 @@ struct dns_sock {
     struct dns_sock *next;
 };
 
+/* Questions sent and not yet answered, by name and type (dns_ask). */
+#define DNS_INFLIGHT_BUCKETS 64
+
+struct dns_ask;
+
 struct dns_ctx {
     struct event_base *base;
     ares_channel channel;
@@ -44,6 +50,7 @@ struct dns_ctx {
     struct dns_cache *cache;  /* the worker's, shared by the loops; may be NULL */
     struct dns_sock *socks;
     LIST_HEAD(, dns_query) queries; /* every live query, for dns_ctx_free */
+    struct dns_ask *inflight[DNS_INFLIGHT_BUCKETS];
     int depth;                 /* > 0 while inside one of our libevent callbacks */
     bool closing;              /* dns_ctx_free was called during a callback */
 };
@@ -625,25 +632,84 @@ static void dns_reverse_name(const struct sockaddr_storage *ss, char *out, size_
 
 /* ---- asking, through the cache ---- */
 
-struct dns_ask {
+/* A query waiting on a question another query already sent. */
+struct dns_joiner {
+    struct dns_joiner *next;
     struct dns_query *q;
     ares_callback cb;
-    struct dns_cache *cache;
+};
+
+/* One question sent: its answer is kept, and goes to the query that asked
+ * and to every query that joined it meanwhile. */
+struct dns_ask {
+    struct dns_ctx *ctx;
+    struct dns_ask *next; /* in ctx->inflight */
+    struct dns_joiner *joiners;
+    struct dns_query *q;
+    ares_callback cb;
     int type;
     char name[];
 };
 
+static unsigned dns_inflight_bucket(const char *name, int type)
+{
+    uint32_t h = 2166136261u ^ (uint32_t)type;
+    for (const char *p = name; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h % DNS_INFLIGHT_BUCKETS;
+}
+
+static struct dns_ask *dns_inflight_find(struct dns_ctx *ctx, const char *name, int type)
+{
+    for (struct dns_ask *a = ctx->inflight[dns_inflight_bucket(name, type)]; a; a = a->next) {
+        if (a->type == type && strcmp(a->name, name) == 0)
+            return a;
+    }
+    return NULL;
+}
+
+static void dns_inflight_remove(struct dns_ask *a)
+{
+    struct dns_ask **at = &a->ctx->inflight[dns_inflight_bucket(a->name, a->type)];
+    while (*at && *at != a)
+        at = &(*at)->next;
+    if (*at)
+        *at = a->next;
+}
+
 static void dns_ask_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
     struct dns_ask *a = arg;
-    dns_cache_put(a->cache, a->name, a->type, status, abuf, alen, mstime_now());
+    dns_inflight_remove(a);
+    dns_cache_put(a->ctx->cache, a->name, a->type, status, abuf, alen, mstime_now());
+    struct dns_joiner *j = a->joiners;
     a->cb(a->q, status, timeouts, abuf, alen);
+    while (j) {
+        struct dns_joiner *next = j->next;
+        j->cb(j->q, status, timeouts, abuf, alen);
+        free(j);
+        j = next;
+    }
     free(a);
+}
+
+/* The same question is on its way: q waits for that answer instead of
+ * asking again (a sender's parallel connections from one address ask for
+ * its PTR within microseconds). False: no memory to wait, q asks itself. */
+static bool dns_join(struct dns_ask *a, struct dns_query *q, ares_callback cb)
+{
+    struct dns_joiner *j = malloc(sizeof *j);
+    if (!j)
+        return false;
+    *j = (struct dns_joiner){.next = a->joiners, .q = q, .cb = cb};
+    a->joiners = j;
+    return true;
 }
 
 /* One question of q: a kept answer is handed to cb at once, as c-ares would
  * (an answer inside the public call still waits for the loop:
- * dns_query_complete); otherwise c-ares asks, and what it gets is kept. */
+ * dns_query_complete); an answer on its way is waited for; otherwise
+ * c-ares asks, and what it gets is kept. */
 static void dns_ask(struct dns_query *q, const char *name, int type, ares_callback cb)
 {
     struct dns_ctx *ctx = q->ctx;
@@ -658,17 +724,21 @@ static void dns_ask(struct dns_query *q, const char *name, int type, ares_callba
     }
     if (ctx->cache)
         host_metrics_dns_cache(false);
+    struct dns_ask *sent = dns_inflight_find(ctx, name, type);
+    if (sent && dns_join(sent, q, cb))
+        return;
     size_t len = strlen(name);
-    struct dns_ask *a = ctx->cache ? malloc(sizeof *a + len + 1) : NULL;
+    struct dns_ask *a = malloc(sizeof *a + len + 1);
     if (!a) {
-        ares_query(ctx->channel, name, C_IN, type, cb, q); /* asked, just not kept */
+        ares_query(ctx->channel, name, C_IN, type, cb, q); /* asked, just not shared */
         return;
     }
-    a->q = q;
-    a->cb = cb;
-    a->cache = ctx->cache;
-    a->type = type;
+    *a = (struct dns_ask){.ctx = ctx, .q = q, .cb = cb, .type = type};
     memcpy(a->name, name, len + 1);
+    /* Listed first: c-ares may answer inside ares_query (a failure). */
+    unsigned b = dns_inflight_bucket(name, type);
+    a->next = ctx->inflight[b];
+    ctx->inflight[b] = a;
     ares_query(ctx->channel, name, C_IN, type, dns_ask_cb, a);
 }
 

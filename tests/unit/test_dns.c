@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -496,6 +497,65 @@ static void reverse_without_ptr_is_notfound(void **state)
     assert_int_equal(s.st, DNS_NOTFOUND);
 }
 
+/* Datagrams the silent server got since the last call (it never answers). */
+static int silent_queries(void)
+{
+    int n = 0;
+    char buf[512];
+    struct pollfd pfd = {.fd = silent_fd, .events = POLLIN};
+    while (n < 100 && poll(&pfd, 1, 50) == 1 && recv(silent_fd, buf, sizeof buf, 0) > 0)
+        n++;
+    return n;
+}
+
+static void reverse_lookups_of_one_address_asked_together_send_one_question(void **state)
+{
+    struct fixture *f = *state;
+    struct seen first = {0}, second = {0}, other = {0};
+    struct sockaddr_storage a, b;
+    make_addr("127.0.0.9", &a);
+    make_addr("127.0.0.10", &b);
+    silent_queries();
+    assert_non_null(dns_reverse_confirmed(f->dns, (struct sockaddr *)&a, 300, name_cb, &first));
+    assert_non_null(dns_reverse_confirmed(f->dns, (struct sockaddr *)&a, 300, name_cb, &second));
+    run_loop(f->base, &first.calls, 1, 30); /* c-ares sends from the loop */
+    assert_int_equal(silent_queries(), 1);
+    assert_non_null(dns_reverse_confirmed(f->dns, (struct sockaddr *)&b, 300, name_cb, &other));
+    run_loop(f->base, &first.calls, 1, 30);
+    assert_int_equal(silent_queries(), 1);
+    /* Each times out on its own timer; the one asked last, last. */
+    run_loop(f->base, &other.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(first.calls, 1);
+    assert_int_equal(second.calls, 1);
+    assert_int_equal(other.calls, 1);
+    assert_int_equal(first.st, DNS_TEMPFAIL);
+    assert_int_equal(second.st, DNS_TEMPFAIL);
+}
+
+/* Every query that waited on one question gets the whole answer, the
+ * confirming A query included, also when the one that asked went away. */
+static void joined_reverse_lookups_each_get_the_name_even_when_the_first_is_cancelled(void **state)
+{
+    struct fixture *f = *state;
+    struct seen gone = {0}, second = {0}, third = {0};
+    struct sockaddr_storage a;
+    make_addr("127.0.0.55", &a);
+    struct dns_query *q = dns_reverse_confirmed(f->dns, (struct sockaddr *)&a, 2000, name_cb, &gone);
+    assert_non_null(q);
+    assert_non_null(dns_reverse_confirmed(f->dns, (struct sockaddr *)&a, 2000, name_cb, &second));
+    assert_non_null(dns_reverse_confirmed(f->dns, (struct sockaddr *)&a, 2000, name_cb, &third));
+    dns_cancel(q);
+    run_loop(f->base, &third.calls, 1, LOOP_LIMIT_MS);
+    run_loop(f->base, &second.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(gone.calls, 0);
+    assert_int_equal(second.calls, 1);
+    assert_int_equal(third.calls, 1);
+    assert_int_equal(second.st, DNS_OK);
+    assert_int_equal(third.st, DNS_OK);
+    assert_string_equal(second.text[0], "mail.test");
+    assert_string_equal(third.text[0], "mail.test");
+}
+
 static void reverse_of_a_non_ip_address_is_notfound_later(void **state)
 {
     struct fixture *f = *state;
@@ -815,6 +875,12 @@ int main(void)
                                         setup_real, teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_without_ptr_is_notfound, setup_real,
                                         teardown_fixture),
+        cmocka_unit_test_setup_teardown(
+            reverse_lookups_of_one_address_asked_together_send_one_question, setup_silent,
+            teardown_fixture),
+        cmocka_unit_test_setup_teardown(
+            joined_reverse_lookups_each_get_the_name_even_when_the_first_is_cancelled,
+            setup_real, teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_of_a_non_ip_address_is_notfound_later, setup_real,
                                         teardown_fixture),
         cmocka_unit_test(reverse_timeout_is_tempfail_on_time),
