@@ -13,6 +13,17 @@ static inline unsigned char ascii_lower(unsigned char c)
     return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
 }
 
+/* No byte of the n at p has its top bit set. */
+static inline bool ascii_only(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] >= 0x80)
+            return false;
+    }
+    return true;
+}
+
 /* The n bytes at a and at b are equal but for the case of ASCII letters. */
 static inline bool ascii_caseeq(const char *a, const char *b, size_t n)
 {

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "linebuf.h"
+
 /* One network. IPv4 networks are kept as IPv4 (4 bytes used) so that a
  * v4-mapped client address and a plain IPv4 client match the same entries. */
 struct net {
@@ -246,20 +248,15 @@ int netaddr_parse_port(const char *s, char *port, size_t portlen)
  * instructions, and every connection's address is written out. */
 static bool ntop4(const unsigned char *b, char *buf, size_t buflen)
 {
-    char text[INET_ADDRSTRLEN];
-    size_t n = 0;
+    struct linebuf lb = linebuf_on(buf, buflen - 1);
     for (int i = 0; i < 4; i++) {
-        unsigned v = b[i];
-        if (v >= 100)
-            text[n++] = (char)('0' + v / 100);
-        if (v >= 10)
-            text[n++] = (char)('0' + v / 10 % 10);
-        text[n++] = (char)('0' + v % 10);
-        text[n++] = i < 3 ? '.' : '\0';
+        if (i > 0)
+            linebuf_add(&lb, ".", 1);
+        linebuf_u64(&lb, b[i]);
     }
-    if (n > buflen)
+    if (lb.overflow)
         return false;
-    memcpy(buf, text, n);
+    buf[lb.len] = '\0';
     return true;
 }
 

@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <uninorm.h>
 
+#include "ascii.h"
 #include "config.h"
 #include "route.h"
 #include "smtp_cmd.h"
@@ -27,22 +28,13 @@ static bool has_routing_char(const uint8_t *p, size_t n)
     return false;
 }
 
-static bool is_ascii(const uint8_t *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] >= 0x80)
-            return false;
-    }
-    return true;
-}
-
 /* The local part as a backend applying NFKC would read it: a fullwidth or
  * small-form '@', '%' or '!' is routing too. Undecodable means refused. */
 static bool local_part_routes(const uint8_t *local, size_t n)
 {
     if (has_routing_char(local, n))
         return true;
-    if (is_ascii(local, n))
+    if (ascii_only(local, n))
         return false;
     uint8_t stack[512];
     size_t len = sizeof stack;
@@ -61,7 +53,7 @@ static bool local_part_routes(const uint8_t *local, size_t n)
  * ideographic full stops, compatibility forms) or cannot map is refused. */
 static bool domain_is_plain(const char *domain, size_t n)
 {
-    if (is_ascii((const uint8_t *)domain, n))
+    if (ascii_only(domain, n))
         return true;
     char *z = strndup(domain, n);
     if (z == NULL)

@@ -9,6 +9,7 @@
 
 #include <event2/buffer.h>
 
+#include "ascii.h"
 #include "config.h"
 #include "host_metrics.h"
 #include "io.h"
@@ -120,20 +121,11 @@ static void cmd_mail_proceed(struct session *s, const struct hook_verdict *v)
     session_done(s);
 }
 
-static bool cmd_has_8bit(const char *p, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        if ((unsigned char)p[i] >= 0x80)
-            return true;
-    }
-    return false;
-}
-
 static bool cmd_mail_check(struct session *s, const struct smtp_cmd *c)
 {
     /* SMTPUTF8 changes only how 8-bit bytes are judged: a plain ASCII
      * argument (nearly every one) is parsed once, not twice. */
-    bool utf8 = cmd_has_8bit(c->arg, c->arg_len) && smtp_path_has_smtputf8(c->arg, c->arg_len);
+    bool utf8 = !ascii_only(c->arg, c->arg_len) && smtp_path_has_smtputf8(c->arg, c->arg_len);
     struct smtp_path path;
     enum smtp_path_status ps = smtp_path_parse(c->arg, c->arg_len, false, utf8, &path);
     if (ps != SMTP_PATH_OK) {
