@@ -22,10 +22,12 @@
 #include <string.h>
 
 #include "config.h"
+#include "dns_addr_memo.h"
 #include "dns_cache.h"
 #include "dns_records.h"
 #include "linebuf.h"
 #include "host_metrics.h"
+#include "log.h"
 
 /* Room for "d.c.b.a.in-addr.arpa" and 32 nibbles of "ip6.arpa". */
 #define DNS_REVERSE_NAME_MAX 80
@@ -48,6 +50,8 @@ struct dns_ctx {
     ares_channel channel;
     struct event *ares_timer; /* c-ares' own retransmits and timeouts */
     struct dns_cache *cache;  /* the worker's, shared by the loops; may be NULL */
+    struct dns_addr_memo *memo;   /* host names' addresses (dns_resolve); may be NULL */
+    int64_t memo_fresh_max_ms;    /* cache_max_ttl; 0 with no cache: asked every time */
     struct dns_sock *socks;
     LIST_HEAD(, dns_query) queries; /* every live query, for dns_ctx_free */
     struct dns_ask *inflight[DNS_INFLIGHT_BUCKETS];
@@ -349,6 +353,8 @@ struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf
     }
     ctx->base = base;
     ctx->cache = cache;
+    ctx->memo = dns_addr_memo_new(); /* NULL: every name is asked every time */
+    ctx->memo_fresh_max_ms = cache ? conf->cache_max_ttl_ms : 0;
     ctx->ares_timer = evtimer_new(base, dns_ares_timer_cb, ctx);
     if (!ctx->ares_timer) {
         snprintf(err, errlen, "dns: cannot create a timer");
@@ -357,6 +363,7 @@ struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf
     }
     if (dns_channel_init(ctx, conf, err, errlen) < 0) {
         event_free(ctx->ares_timer);
+        dns_addr_memo_free(ctx->memo);
         free(ctx);
         return NULL;
     }
@@ -537,16 +544,92 @@ static enum dns_status dns_copy_addrinfo(struct dns_query *q, const struct ares_
     return q->naddrs ? DNS_OK : DNS_NOTFOUND;
 }
 
+/* How long an answer may be used without asking: its smallest TTL (0 for
+ * a name from /etc/hosts), within cache_max_ttl. */
+static int64_t dns_addrinfo_fresh_ms(const struct dns_ctx *ctx, const struct ares_addrinfo *ai)
+{
+    int64_t ttl_ms = -1;
+    for (const struct ares_addrinfo_node *nd = ai->nodes; nd; nd = nd->ai_next) {
+        int64_t ms = (int64_t)(nd->ai_ttl > 0 ? nd->ai_ttl : 0) * 1000;
+        if (ttl_ms < 0 || ms < ttl_ms)
+            ttl_ms = ms;
+    }
+    if (ttl_ms < 0)
+        return 0;
+    return ttl_ms < ctx->memo_fresh_max_ms ? ttl_ms : ctx->memo_fresh_max_ms;
+}
+
+/* Addresses from the memo into q, with q's port. */
+static enum dns_status dns_take_memo(struct dns_query *q, const struct sockaddr_storage *addrs,
+                                     size_t n)
+{
+    q->addrs = malloc(n * sizeof *q->addrs);
+    if (!q->addrs)
+        return DNS_NOMEM;
+    memcpy(q->addrs, addrs, n * sizeof *q->addrs);
+    for (size_t i = 0; i < n; i++)
+        dns_set_port(&q->addrs[i], q->port);
+    q->naddrs = n;
+    return DNS_OK;
+}
+
+/* The resolver failed for q's name: its last addresses while they may be
+ * served stale, else the failure. */
+static enum dns_status dns_resolve_failed(struct dns_query *q)
+{
+    struct sockaddr_storage stale[DNS_ADDR_MEMO_ADDRS];
+    size_t n = 0;
+    int64_t age_ms = 0;
+    if (!dns_addr_memo_failed(q->ctx->memo, q->name, mstime_now(), stale, DNS_ADDR_MEMO_ADDRS,
+                              &n, &age_ms))
+        return DNS_TEMPFAIL;
+    log_warn(NULL, "dns: cannot resolve %s: using its addresses of %lld s ago for %lld s "
+             "before asking again", q->name, (long long)(age_ms / 1000),
+             (long long)(DNS_ADDR_RECHECK_MS / 1000));
+    return dns_take_memo(q, stale, n);
+}
+
+/* Remembered whether or not the query still wants it: the next connection
+ * to that server does. */
+static enum dns_status dns_resolve_answer(struct dns_query *q, int status,
+                                          const struct ares_addrinfo *ai)
+{
+    enum dns_status st = dns_records_status_from_ares(status);
+    if (st == DNS_NOTFOUND)
+        dns_addr_memo_forget(q->ctx->memo, q->name);
+    if (st != DNS_OK)
+        return st;
+    st = dns_copy_addrinfo(q, ai);
+    if (st == DNS_OK)
+        dns_addr_memo_keep(q->ctx->memo, q->name, q->addrs, q->naddrs,
+                           dns_addrinfo_fresh_ms(q->ctx, ai), mstime_now());
+    return st;
+}
+
 static void dns_resolve_cb(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
 {
     struct dns_query *q = arg;
-    if (dns_query_came_back(q)) {
-        enum dns_status st = dns_records_status_from_ares(status);
-        if (st == DNS_OK)
-            st = dns_copy_addrinfo(q, ai);
-        dns_query_complete(q, st);
+    q->status = DNS_TEMPFAIL;
+    if (status != ARES_EDESTRUCTION && status != ARES_ECANCELLED && !q->answered) {
+        enum dns_status st = dns_resolve_answer(q, status, ai);
+        q->status = st == DNS_TEMPFAIL ? dns_resolve_failed(q) : st;
     }
+    if (dns_query_came_back(q))
+        dns_query_complete(q, q->status);
     ares_freeaddrinfo(ai);
+}
+
+/* A name the memo answers (fresh, or stale after a recent failure): no
+ * question. */
+static bool dns_resolve_from_memo(struct dns_query *q, const char *name)
+{
+    struct sockaddr_storage kept[DNS_ADDR_MEMO_ADDRS];
+    size_t n = 0;
+    if (dns_addr_memo_find(q->ctx->memo, name, mstime_now(), kept, DNS_ADDR_MEMO_ADDRS, &n) ==
+        DNS_ADDR_ASK)
+        return false;
+    dns_query_complete(q, dns_take_memo(q, kept, n));
+    return true;
 }
 
 struct dns_query *dns_resolve(struct dns_ctx *ctx, const char *name, int port, dns_addr_cb cb,
@@ -566,6 +649,13 @@ struct dns_query *dns_resolve(struct dns_ctx *ctx, const char *name, int port, d
             q->naddrs = 1;
         }
         dns_query_complete(q, q->addrs ? DNS_OK : DNS_NOMEM);
+        return dns_query_started(q);
+    }
+    if (dns_resolve_from_memo(q, name))
+        return dns_query_started(q);
+    q->name = strdup(name);
+    if (!q->name) {
+        dns_query_complete(q, DNS_NOMEM);
         return dns_query_started(q);
     }
     struct ares_addrinfo_hints hints;
@@ -854,6 +944,7 @@ static void dns_ctx_destroy(struct dns_ctx *ctx)
     while (ctx->socks)
         dns_sock_remove(&ctx->socks);
     event_free(ctx->ares_timer);
+    dns_addr_memo_free(ctx->memo);
     free(ctx);
 }
 

@@ -5,7 +5,8 @@ import smtplib
 import time
 import unittest
 
-from sluice_harness import SluiceTestCase, free_port, pool
+from sluice_harness import SluiceTestCase, free_port, pool, server_entry
+from test_lua import Dnsmasq
 
 SENDER = "sender@x.example"
 BODY = b"Subject: failure test\r\n\r\nbody\r\n"
@@ -84,6 +85,45 @@ class BackendFailureTest(SluiceTestCase):
         _, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")])
         self.assertEqual(self.send_until_final_reply(port).text,
                          "451 4.3.0 Queue full, try later")
+
+    def relay_by_name(self, dns, b):
+        """A pool naming its server good.test (127.0.0.1 at dnsmasq, TTL 0),
+        a new backend connection per session, so each one resolves it."""
+        named = pool("a", [], servers=(server_entry(b.port, host="good.test"),),
+                     idle_connections=0)
+        return self.start_relay([named], [("a.example", "a")], threads=1,
+                                dns={"servers": ["127.0.0.1:%d" % dns.port],
+                                     "timeout": "500ms", "tries": 1})
+
+    def send_one(self, port, n):
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30) as c:
+            self.assertEqual(c.sendmail(SENDER, ["u%d@a.example" % n], BODY), {})
+
+    def test_a_backend_name_keeps_its_last_addresses_while_the_resolver_is_down(self):
+        dns = Dnsmasq()
+        self.addCleanup(dns.stop)
+        b = self.start_backend("a")
+        s, port = self.relay_by_name(dns, b)
+        self.send_one(port, 1)
+        dns.stop()
+        self.send_one(port, 2)
+        self.send_one(port, 3)
+        self.assertEqual(len(b.wait_messages(3)), 3)
+        # One warning for the failure; the next connection within the
+        # recheck period did not ask.
+        self.assertEqual(len(s.grep(r"dns: cannot resolve good\.test: using its "
+                                              r"addresses of \d+ s ago")), 1)
+
+    def test_a_backend_name_never_resolved_has_nothing_to_fall_back_on(self):
+        dns = Dnsmasq()
+        dns.stop()
+        b = self.start_backend("a")
+        s, port = self.relay_by_name(dns, b)
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 451, "4.4.1")
+        s.wait_log(r"cannot resolve the server's name")
+        self.assertEqual(b.connection_count(), 0)
 
 
 if __name__ == "__main__":

@@ -846,6 +846,158 @@ static void a_question_never_answered_is_not_kept(void **state)
     assert_int_equal(st.entries, 0);
 }
 
+/* ---- dns_resolve's memory of host names ---- */
+
+/* A resolver that answers (through dnsmasq) until told to go silent: the
+ * same context must first learn a name, then see its resolver fail. */
+struct relay {
+    int fd, up;               /* ours, bound; connected to dnsmasq */
+    struct event *ev, *up_ev;
+    struct sockaddr_storage asker;
+    socklen_t asker_len;
+    bool silent;
+    int questions;            /* every datagram that came, answered or not */
+};
+
+static void relay_question_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct relay *r = arg;
+    char buf[1500];
+    r->asker_len = sizeof r->asker;
+    ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&r->asker, &r->asker_len);
+    if (n <= 0)
+        return;
+    r->questions++;
+    if (!r->silent)
+        send(r->up, buf, (size_t)n, 0);
+}
+
+static void relay_answer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct relay *r = arg;
+    char buf[1500];
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n > 0 && !r->silent)
+        sendto(r->fd, buf, (size_t)n, 0, (struct sockaddr *)&r->asker, r->asker_len);
+}
+
+static void relay_start(struct relay *r, struct event_base *base)
+{
+    memset(r, 0, sizeof *r);
+    r->fd = bind_local(SOCK_DGRAM, 0);
+    r->up = socket(AF_INET, SOCK_DGRAM, 0);
+    assert_true(r->fd >= 0 && r->up >= 0);
+    struct sockaddr_in dnsmasq = {.sin_family = AF_INET, .sin_port = htons(dnsmasq_port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(r->up, (struct sockaddr *)&dnsmasq, sizeof dnsmasq), 0);
+    r->ev = event_new(base, r->fd, EV_READ | EV_PERSIST, relay_question_cb, r);
+    r->up_ev = event_new(base, r->up, EV_READ | EV_PERSIST, relay_answer_cb, r);
+    assert_int_equal(event_add(r->ev, NULL), 0);
+    assert_int_equal(event_add(r->up_ev, NULL), 0);
+}
+
+static void relay_stop(struct relay *r)
+{
+    event_free(r->ev);
+    event_free(r->up_ev);
+    close(r->fd);
+    close(r->up);
+}
+
+/* A context with a cache (answers are kept up to max_ttl_ms) behind the
+ * relay, whose own loop runs the relay too. */
+struct memo_fixture {
+    struct relay relay;
+    struct fixture *f;
+};
+
+static struct memo_fixture *memo_fixture_new(int64_t max_ttl_ms)
+{
+    struct memo_fixture *m = calloc(1, sizeof *m);
+    assert_non_null(m);
+    struct event_base *base = event_base_new();
+    assert_non_null(base);
+    relay_start(&m->relay, base);
+    struct dns_conf cache_conf = {.cache_memory = 1 << 20, .cache_max_ttl_ms = max_ttl_ms,
+                                  .cache_negative_ttl_ms = max_ttl_ms};
+    struct fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    f->base = base;
+    f->cache = dns_cache_new(&cache_conf);
+    snprintf(f->server, sizeof f->server, "127.0.0.1:%d", local_port(m->relay.fd));
+    f->servers[0] = f->server;
+    f->conf = (struct dns_conf){.servers = f->servers, .nservers = 1, .timeout_ms = 200,
+                                .tries = 1, .cache_max_ttl_ms = max_ttl_ms};
+    char err[256] = "";
+    f->dns = dns_ctx_new(base, &f->conf, f->cache, err, sizeof err);
+    if (!f->dns)
+        fail_msg("dns_ctx_new: %s", err);
+    m->f = f;
+    return m;
+}
+
+static void memo_fixture_free(struct memo_fixture *m)
+{
+    dns_ctx_free(m->f->dns);
+    m->f->dns = NULL;
+    relay_stop(&m->relay);
+    fixture_free(m->f);
+    free(m);
+}
+
+static void resolve_in(struct memo_fixture *m, const char *name, int port, struct seen *s)
+{
+    assert_non_null(dns_resolve(m->f->dns, name, port, addr_cb, s));
+    assert_int_equal(s->calls, 0); /* never inside the call */
+    run_loop(m->f->base, &s->calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(s->calls, 1);
+}
+
+static void a_resolved_name_is_not_asked_again_within_its_ttl(void **state)
+{
+    struct memo_fixture *m = memo_fixture_new(3600 * 1000);
+    struct seen first = {0}, again = {0};
+    resolve_in(m, "mail.test", 25, &first);
+    assert_int_equal(first.st, DNS_OK);
+    int asked = m->relay.questions;
+    assert_true(asked >= 1);
+    resolve_in(m, "MAIL.TEST", 2525, &again);
+    assert_int_equal(again.st, DNS_OK);
+    assert_int_equal(again.n, 2);
+    assert_true(seen_has(&again, "127.0.0.55 2525")); /* the asker's port */
+    assert_true(seen_has(&again, "::55 2525"));
+    assert_int_equal(m->relay.questions, asked);
+    memo_fixture_free(m);
+}
+
+/* The resolver fails once the answer's time is up: the last addresses
+ * serve, and the next connections get them without waiting for a timeout. */
+static void a_failing_resolver_leaves_the_last_addresses_in_use(void **state)
+{
+    struct memo_fixture *m = memo_fixture_new(1); /* fresh for 1 ms */
+    struct seen first = {0}, failed = {0}, next = {0}, unknown = {0};
+    resolve_in(m, "mail.test", 25, &first);
+    assert_int_equal(first.st, DNS_OK);
+    sleep_ms(5);
+    m->relay.silent = true;
+    int asked = m->relay.questions;
+    resolve_in(m, "mail.test", 25, &failed);
+    assert_true(m->relay.questions > asked); /* it did ask, and got nothing */
+    assert_int_equal(failed.st, DNS_OK);
+    assert_true(seen_has(&failed, "127.0.0.55 25"));
+    asked = m->relay.questions;
+    int64_t start = now_ms();
+    resolve_in(m, "mail.test", 587, &next);
+    assert_int_equal(next.st, DNS_OK);
+    assert_true(seen_has(&next, "::55 587"));
+    assert_int_equal(m->relay.questions, asked);
+    assert_true(now_ms() - start < 150); /* not after the 200 ms timeout */
+    /* A name never resolved has nothing to fall back on. */
+    resolve_in(m, "other.test", 25, &unknown);
+    assert_int_equal(unknown.st, DNS_TEMPFAIL);
+    memo_fixture_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -857,6 +1009,8 @@ int main(void)
                                         setup_silent, teardown_fixture),
         cmocka_unit_test_setup_teardown(resolve_localhost_answers_later_not_inside_the_call,
                                         setup_real, teardown_fixture),
+        cmocka_unit_test(a_resolved_name_is_not_asked_again_within_its_ttl),
+        cmocka_unit_test(a_failing_resolver_leaves_the_last_addresses_in_use),
         cmocka_unit_test_setup_teardown(resolve_times_out_as_tempfail, setup_silent,
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_confirmed_name_for_v4, setup_real,
