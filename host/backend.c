@@ -1652,14 +1652,16 @@ static void backend_renew(const struct smtp_backend *old)
     b->has_slot = true; /* client_addr is AF_UNSPEC: released as not counted per client */
     b->spare = true;
     LIST_INSERT_HEAD(&b->loop->backend_spares, b, idle_link);
-    snprintf(b->sid, sizeof b->sid, "%s", old->sid);
+    /* Its own lines (a failed connect) belong to no session until one
+     * takes it: the session that retired the old one has moved on. */
+    snprintf(b->sid, sizeof b->sid, "-");
     b->client_helo = strdup("");
     b->client_name = strdup("[UNAVAILABLE]");
     if (!b->client_helo || !b->client_name) {
         backend_free(b);
         return;
     }
-    log_debug(b->sid, "backend %s: opening a connection to replace one retired after %d "
+    log_debug(old->sid, "backend %s: opening a connection to replace one retired after %d "
               "transactions", b->peer, old->transactions);
     event_active(b->start_ev, 0, 0);
 }
