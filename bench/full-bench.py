@@ -296,6 +296,7 @@ class Setup:
             "STORE": os.path.join(self.work, name + "-store"),
             "CLAMAV_DB": os.path.join(REPO, "tests", "data", "clamav"),
             "LUA_DIR": os.path.join(REPO, "lua"),
+            "POOL_EXTRA": self.args.sluice_pool,
         }
         if chain_dir:
             for entry in sorted(os.listdir(chain_dir)):
@@ -772,6 +773,10 @@ def parse_args():
                         "row, and a proxy's from the other: see bench/README.md")
     p.add_argument("--out", default=os.path.join(HERE, "results"),
                    help="where full-bench.{md,json,png} go")
+    p.add_argument("--sluice-pool", default="",
+                   help="more settings for the pool of every sluice row, as in sluice.conf "
+                        "(\"idle_connections = 0;\": a backend connection per session, as "
+                        "nginx; see bench/README.md)")
     p.add_argument("--sluice-bin", default=os.environ.get("SLUICE_BIN"),
                    help="a sluice binary (default: build build-bench/ in Release)")
     return p.parse_args()
@@ -794,6 +799,7 @@ def main():
             "host": "%s, %d CPUs" % (os.uname().nodename, os.cpu_count()),
             "load_cpus": args.load_cpus, "proxy_cpus": args.proxy_cpus,
             "probe_cpus": args.probe_cpus or args.proxy_cpus,
+            "sluice_pool": args.sluice_pool,
             "threads": setup.threads, "reps": plan["reps"], "rows": rows,
             "strace_msgs": plan["strace_msgs"], "scale_msgs": plan["scale_msgs"],
             "loadavg_before": open("/proc/loadavg").read().split()[0],

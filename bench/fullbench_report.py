@@ -63,6 +63,8 @@ def markdown(meta, matrix, syscalls, scale):
               meta["threads"], meta["reps"], meta["loadavg_before"]), ""]
     if meta.get("host_speed_before"):
         out += [host_speed_line(meta), ""]
+    if meta.get("sluice_pool"):
+        out += ["sluice's pool also has `%s` (`--sluice-pool`)." % meta["sluice_pool"], ""]
     rows = meta["rows"]
     header = "| row | " + " | ".join(c["name"] for c in matrix) + " |"
     sep = "|---|" + "---|" * len(matrix)
