@@ -799,12 +799,6 @@ void io_use_own_allocator(void)
 
 /* ---- life ---------------------------------------------------------------- */
 
-static void io_set_nodelay(int fd)
-{
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
 struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb, void *arg)
 {
     struct io *io = calloc(1, sizeof *io);
@@ -834,7 +828,6 @@ struct io *io_new(struct event_base *base, int fd, const struct io_callbacks *cb
     if (fd >= 0) {
         event_assign(&io->rev, base, fd, EV_READ | EV_PERSIST, io_read_cb, io);
         event_assign(&io->wev, base, fd, EV_WRITE | EV_PERSIST, io_write_cb, io);
-        io_set_nodelay(fd);
         io_update_read(io, false);
     }
     return io;

@@ -54,8 +54,10 @@ struct io_callbacks {
 };
 
 /* A connection on fd (taken over: closed by io_free), or, with fd -1, one
- * to connect with io_connect. TCP_NODELAY is set on the socket. NULL when
- * out of memory (fd is then still the caller's). */
+ * to connect with io_connect, which sets TCP_NODELAY on it. An accepted fd
+ * has it from its listener (the master sets it there: Linux passes it on
+ * to every accepted socket, one system call less per connection). NULL
+ * when out of memory (fd is then still the caller's). */
 /* libevent allocates through sluice's malloc/realloc/free from here on:
  * once, first thing in main, before any libevent object exists. */
 void io_use_own_allocator(void);

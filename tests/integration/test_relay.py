@@ -1,9 +1,11 @@
 """The relay path: what a client sends reaches the routed backend unchanged,
 and the backend's answers reach the client verbatim."""
 
+import ctypes
 import os
 import random
 import smtplib
+import socket
 import unittest
 
 from sluice_harness import SluiceTestCase, has_enhanced_code, pool
@@ -309,6 +311,52 @@ class RelayTest(SluiceTestCase):
         self.assertEqual([m["data"] for m in msgs], [first, second])
         lines = s.wait_log(r"\btx .*only@a\.example")
         self.assertNotIn("r0@a.example", lines[-1])
+
+    def test_client_and_backend_sockets_have_tcp_nodelay(self):
+        """The client's socket has it from the listener (no setsockopt per
+        connection), the backend's from the connect: each reply and command
+        leaves at once, not held back by Nagle's algorithm."""
+        s, port, b = self.relay()
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        client_end = c.sock.getsockname()
+        by_peer = {}
+        for fd in worker_sockets(s.worker_pid()):
+            try:
+                by_peer[fd.getpeername()] = fd.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            except OSError:
+                pass  # listeners, UDP, unix sockets
+            finally:
+                fd.close()
+        self.assertEqual(by_peer.get(client_end), 1, by_peer)
+        self.assertEqual(by_peer.get(("127.0.0.1", b.port)), 1, by_peer)
+
+
+SYS_PIDFD_OPEN, SYS_PIDFD_GETFD = 434, 438  # x86_64 and arm64 alike
+
+
+def worker_sockets(pid):
+    """Copies of the worker's sockets (pidfd_getfd, as root), to look at
+    their options from here."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(SYS_PIDFD_OPEN, pid, 0)
+    if pidfd < 0:
+        raise OSError(ctypes.get_errno(), "pidfd_open")
+    copies = []
+    try:
+        for name in os.listdir("/proc/%d/fd" % pid):
+            try:
+                if not os.readlink("/proc/%d/fd/%s" % (pid, name)).startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = libc.syscall(SYS_PIDFD_GETFD, pidfd, int(name), 0)
+            if fd >= 0:
+                copies.append(socket.socket(fileno=fd))
+    finally:
+        os.close(pidfd)
+    return copies
 
 
 if __name__ == "__main__":
