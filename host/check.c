@@ -319,7 +319,7 @@ int check_run(const struct sluice_config *cfg, const struct check_opts *o)
     c.bev = bufferevent_socket_new(loop.base, sv[1], BEV_OPT_CLOSE_ON_FREE);
     bufferevent_setcb(c.bev, check_read_cb, NULL, check_event_cb, &c);
     bufferevent_enable(c.bev, EV_READ | EV_WRITE);
-    session_accept(&loop, sv[0], (struct sockaddr *)&peer, peerlen, &listen);
+    session_accept(&loop, sv[0], (struct sockaddr *)&peer, peerlen, &listen, NULL);
     struct timeval limit = {.tv_sec = CHECK_MAX_SECONDS};
     event_base_loopexit(loop.base, &limit);
     event_base_dispatch(loop.base);

@@ -821,7 +821,8 @@ static void session_refuse_fd(evutil_socket_t fd)
 }
 
 void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr *peer,
-                    int peerlen, const struct listen_conf *listen)
+                    int peerlen, const struct listen_conf *listen,
+                    const struct sockaddr_storage *local)
 {
     struct session *s = calloc(1, sizeof *s);
     if (!s) {
@@ -839,8 +840,12 @@ void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr
     s->chain = s->gen->chain;
     session_plugins_init(s);
     memcpy(&s->peer, peer, (size_t)peerlen < sizeof s->peer ? (size_t)peerlen : sizeof s->peer);
-    socklen_t llen = sizeof s->local;
-    getsockname(fd, (struct sockaddr *)&s->local, &llen);
+    if (local) {
+        s->local = *local;
+    } else {
+        socklen_t llen = sizeof s->local;
+        getsockname(fd, (struct sockaddr *)&s->local, &llen);
+    }
     session_make_id(s);
     netaddr_ntop(peer, s->client_ip, sizeof s->client_ip);
     s->client_port = netaddr_port(peer);

@@ -10,9 +10,11 @@ struct loop;
 struct listen_conf;
 struct session;
 
-/* Takes ownership of fd. */
+/* Takes ownership of fd. local: its local address when the listener
+ * knows it (bound to one address); NULL: asked of the socket. */
 void session_accept(struct loop *loop, evutil_socket_t fd, const struct sockaddr *peer,
-                    int peerlen, const struct listen_conf *listen);
+                    int peerlen, const struct listen_conf *listen,
+                    const struct sockaddr_storage *local);
 
 /* The shutdown deadline passed: every session not already closing is
  * answered 421 4.3.2 and closed once that reply is written. */

@@ -1,6 +1,8 @@
 #include "worker.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +54,8 @@
 struct listener_ctx {
     struct loop *loop;
     const struct listen_conf *listen;
+    struct sockaddr_storage local; /* the address every accepted socket has */
+    bool local_known;              /* false on a wildcard address: asked per socket */
 };
 
 static void worker_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -59,7 +63,25 @@ static void worker_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
 {
     struct listener_ctx *ctx = arg;
     accept_guard_ok(ctx->loop->accept_guard);
-    session_accept(ctx->loop, fd, sa, salen, ctx->listen);
+    session_accept(ctx->loop, fd, sa, salen, ctx->listen,
+                   ctx->local_known ? &ctx->local : NULL);
+}
+
+/* A listener bound to one address gives every connection that address as
+ * its local one: no getsockname per connection. */
+static void worker_listener_local(struct listener_ctx *ctx, int fd)
+{
+    socklen_t len = sizeof ctx->local;
+    ctx->local_known = false;
+    if (getsockname(fd, (struct sockaddr *)&ctx->local, &len) < 0)
+        return;
+    if (ctx->local.ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)&ctx->local;
+        ctx->local_known = sin->sin_addr.s_addr != htonl(INADDR_ANY);
+    } else if (ctx->local.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&ctx->local;
+        ctx->local_known = !IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr);
+    }
 }
 
 /* EMFILE and friends: the guard pauses accepting rather than let the
@@ -181,6 +203,7 @@ static int worker_loop_init(struct worker *w, struct loop *loop, int index, cons
         ctx->loop = loop;
         ctx->listen = &cfg->listens[l];
         int fd = fds[l * (size_t)w->nloops + (size_t)index];
+        worker_listener_local(ctx, fd);
         loop->listeners[l] = evconnlistener_new(loop->base, worker_accept_cb, ctx,
                                                 LEV_OPT_CLOSE_ON_FREE, -1, fd);
         if (!loop->listeners[l]) {

@@ -81,6 +81,17 @@ class XclientTest(SluiceTestCase):
         self.assertEqual((proxy["src_addr"], proxy["src_port"]), ("127.0.0.1", client_port))
         self.assertEqual((proxy["dst_addr"], proxy["dst_port"]), ("127.0.0.1", port))
 
+    def test_proxy_v2_names_the_address_connected_to_behind_a_wildcard_listener(self):
+        # Bound to 0.0.0.0, the listener does not know the local address:
+        # each connection's own is asked for (a specific listener's is its own).
+        b = self.start_backend("a", "--proxy")
+        _, port = self.start_relay([pool("a", [b.port], proxy_protocol=True, xclient=False)],
+                                   [("a.example", "a")], listen_options={"address": "0.0.0.0"})
+        self.send_with_smtplib(port)
+        [msg] = b.wait_messages(1)
+        self.assertEqual((msg["proxy"]["dst_addr"], msg["proxy"]["dst_port"]),
+                         ("127.0.0.1", port))
+
 
 class InboundProxyTest(SluiceTestCase):
     def proxied_relay(self, trusted=("127.0.0.1",)):
