@@ -241,6 +241,7 @@ static bool cmd_data_check(struct session *s, const struct smtp_cmd *c)
 {
     (void)c;
     if (s->txn.naccepted == 0) {
+        session_data_refused(s);
         session_error(s, R_NO_VALID_RCPT);
         return false;
     }

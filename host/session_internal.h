@@ -53,6 +53,9 @@ enum session_wait { WAIT_UNSET = 0, WAIT_US, WAIT_COMMAND, WAIT_DATA };
  * to the backend while the client sends it. */
 enum txn_stream {
     STREAM_OFF,      /* stored, then forwarded (an eom hook, or no backend) */
+    STREAM_EARLY,    /* DATA went with the last RCPT (the client pipelined
+                      * it behind that RCPT); the client's DATA is not
+                      * answered yet */
     STREAM_ON,       /* DATA sent, the clean spool follows as it grows */
     STREAM_ANSWERED, /* the backend answered (or was lost) before the client's
                       * end of data: that answer waits for it (stream_*) */
@@ -74,6 +77,7 @@ struct txn {
     int pool;          /* the route of the transaction, -1 before the first recipient */
     bool backend_open; /* MAIL FROM accepted by the backend: it has a transaction */
     bool rcpt_pipelined; /* the first RCPT went with MAIL, before its reply */
+    bool rcpt_waiting;   /* an RCPT sent, its reply not delivered yet */
     /* What answers every later RCPT once the backend refused MAIL or failed:
      * fail_id from the reply table, or the backend's own reply (fail_reply,
      * fail_len, fail_code) when fail_id is R_COUNT. */
@@ -226,6 +230,9 @@ int message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_o
 /* session_relay.c */
 void session_rcpt_relay(struct session *s);
 void session_data_start(struct session *s);
+/* The client's DATA was refused here (no valid recipient): a DATA that went
+ * ahead to the backend must not leave it waiting for a message. */
+void session_data_refused(struct session *s);
 bool session_data_input(struct session *s);
 
 #endif

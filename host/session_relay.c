@@ -9,6 +9,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "ascii.h"
 #include "config.h"
 #include "mstime.h"
 #include "generation.h"
@@ -95,6 +96,7 @@ static void relay_drop_backend(struct session *s)
 static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
 {
     struct session *s = arg;
+    s->txn.rcpt_waiting = false;
     if (s->txn.failed) {
         /* Pipelined behind a MAIL the backend refused: its 503 here says
          * nothing the client needs, the refusal of MAIL does. */
@@ -124,6 +126,38 @@ static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
     session_relay_reply(s, r);
     session_txn_add_rcpt(s, r->code);
     session_done(s);
+}
+
+static bool relay_may_stream(const struct session *s);
+static bool relay_spool_reset(struct session *s);
+static void relay_stream_reply(void *arg, const struct backend_reply *r);
+
+/* The client pipelined DATA right behind this RCPT (RFC 2920; Postfix and
+ * Exim send MAIL, RCPT and DATA as one group), nothing needs to see DATA
+ * or the message before the backend does (no data or eom hook), and the
+ * backend takes pipelined commands: DATA can go in the same group as the
+ * RCPT, one round trip to the backend less per message. */
+static bool relay_data_follows(struct session *s)
+{
+    static const char data[] = "DATA\r\n";
+    const size_t n = sizeof data - 1;
+    if (s->txn.stream != STREAM_OFF || !s->io || !s->backend ||
+        !backend_caps(s->backend)->pipelining ||
+        !relay_may_stream(s) || hooks_wanted(s, HOOK_DATA) || io_input_len(s->io) < n)
+        return false;
+    const unsigned char *next = io_input_peek(s->io, n);
+    return next && ascii_caseeq((const char *)next, data, n);
+}
+
+/* The backend's 354 only opens the stream: the body waits for the
+ * client's own DATA (relay_data_done), which may yet be refused here
+ * (session_data_refused). */
+static void relay_send_data_early(struct session *s)
+{
+    if (!relay_spool_reset(s))
+        return; /* the client's DATA meets the same failure in its own turn */
+    s->txn.stream = STREAM_EARLY;
+    backend_stream_begin(s->backend, s->spool, relay_stream_reply, s);
 }
 
 static void relay_send_rcpt(struct session *s)
@@ -160,7 +194,11 @@ static void relay_send_rcpt(struct session *s)
         relay_rcpt_reply(s, &(struct backend_reply){.status = BACKEND_INTERNAL});
         return;
     }
+    s->txn.rcpt_waiting = true;
     backend_command(s->backend, BSTEP_RCPT, line, lb.len, relay_rcpt_reply, s);
+    /* Not when the RCPT failed at once: its reply already went. */
+    if (s->txn.rcpt_waiting && relay_data_follows(s))
+        relay_send_data_early(s);
 }
 
 /* ---- MAIL FROM replay ------------------------------------------------- */
@@ -362,7 +400,10 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
         session_done(s);
         return;
     }
-    if (!relay_spool_reset(s)) {
+    /* DATA went ahead with the last RCPT: the spool is ready and the
+     * backend holds it (a reset could replace it under the backend). */
+    bool early = s->txn.stream != STREAM_OFF;
+    if (!early && !relay_spool_reset(s)) {
         log_err(s->sid, "out of memory for the message spool");
         session_reply(s, R_INTERNAL);
         session_log_txn(s, "451");
@@ -380,7 +421,11 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
         struct timeval tv = ms_to_timeval(ms);
         event_add(s->data_timer, &tv);
     }
-    if (relay_may_stream(s)) {
+    if (early) {
+        /* Answered already (a refusal kept for the end of data), or on. */
+        if (s->txn.stream == STREAM_EARLY)
+            s->txn.stream = STREAM_ON;
+    } else if (relay_may_stream(s)) {
         /* DATA goes now; the 354 the client already has was ours. */
         s->txn.stream = STREAM_ON;
         backend_stream_begin(s->backend, s->spool, relay_stream_reply, s);
@@ -394,6 +439,21 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
 void session_data_start(struct session *s)
 {
     hooks_run(s, HOOK_DATA, relay_data_done);
+}
+
+void session_data_refused(struct session *s)
+{
+    /* Still unanswered, or answered 354: the backend may be waiting for a
+     * message, and only closing ends that without one (no dot). A refusal
+     * it gave left it in command mode. */
+    if (s->txn.stream == STREAM_EARLY && s->backend) {
+        log_info(s->sid, "backend %s: closed, DATA went ahead but no recipient was accepted",
+                 backend_peer_name(s->backend));
+        relay_drop_backend(s);
+    }
+    s->txn.stream = STREAM_OFF;
+    free(s->txn.stream_text);
+    s->txn.stream_text = NULL;
 }
 
 static void relay_message_reply(void *arg, const struct backend_reply *r)

@@ -37,8 +37,12 @@ class StreamBackend:
     close the connection (a server giving up mid-body)."""
 
     def __init__(self, data_reply=b"354 go ahead", refuse_after=None,
-                 refuse_reply=b"451 4.3.0 out of space"):
+                 refuse_reply=b"451 4.3.0 out of space", unknown=(), data_without_rcpt=False):
         self.data_reply = data_reply
+        # RCPT to these gets 550; DATA with no recipient taken gets 554
+        # (unless data_without_rcpt: a broken server that starts a message).
+        self.unknown = {u.encode() for u in unknown}
+        self.data_without_rcpt = data_without_rcpt
         self.refuse_after = refuse_after
         self.refuse_reply = refuse_reply
         self.lock = threading.Lock()
@@ -66,7 +70,8 @@ class StreamBackend:
                 sock, _ = self.listener.accept()
             except socket.timeout:
                 continue
-            rec = {"commands": [], "body": bytearray(), "messages": [], "closed": False}
+            rec = {"commands": [], "chunks": [], "body": bytearray(), "messages": [],
+                   "closed": False}
             with self.lock:
                 self.conns.append(rec)
             t = threading.Thread(target=self._serve, args=(sock, rec), daemon=True)
@@ -88,6 +93,8 @@ class StreamBackend:
     def _converse(self, sock, rec):
         buf = b""
         in_body = False
+        received = 0  # recv calls with data: commands of one write share one
+        rcpts = 0
         deadline = time.monotonic() + 300
         while not self.stopping and time.monotonic() < deadline:
             try:
@@ -96,6 +103,7 @@ class StreamBackend:
                 continue
             if not chunk:
                 return
+            received += 1
             if in_body:
                 with self.lock:
                     rec["body"] += chunk
@@ -118,9 +126,19 @@ class StreamBackend:
                 line, buf = buf.split(b"\r\n", 1)
                 with self.lock:
                     rec["commands"].append(line.decode("latin-1"))
+                    rec["chunks"].append(received)
                 verb = line.split(b" ")[0].upper()
                 if verb == b"EHLO":
                     sock.sendall(b"250-stream.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                elif verb == b"MAIL":
+                    rcpts = 0
+                    sock.sendall(b"250 ok\r\n")
+                elif verb == b"RCPT":
+                    taken = line[8:].strip(b"<>").lower() not in self.unknown
+                    rcpts += taken
+                    sock.sendall(b"250 ok\r\n" if taken else b"550 5.1.1 no such user\r\n")
+                elif verb == b"DATA" and rcpts == 0 and not self.data_without_rcpt:
+                    sock.sendall(b"554 5.5.1 no valid recipients\r\n")
                 elif verb == b"DATA":
                     sock.sendall(self.data_reply + b"\r\n")
                     if self.data_reply.startswith(b"354"):
@@ -156,6 +174,11 @@ class StreamBackend:
     def commands(self, i=-1):
         with self.lock:
             return list(self.conns[i]["commands"]) if self.conns else []
+
+    def arrivals(self, i=-1):
+        """(command, number of the recv it came in) on connection i."""
+        with self.lock:
+            return list(zip(self.conns[i]["commands"], self.conns[i]["chunks"]))
 
 
 class CutThroughTest(SluiceTestCase):
@@ -325,6 +348,82 @@ class CutThroughTest(SluiceTestCase):
         c.send(b".\r\n")
         self.assertReply(c.read_reply(), 250)
         self.assertEqual(b.messages(), [HEADER + HALF])
+
+    # ---- DATA pipelined by the client goes with the last RCPT ----
+
+    PIPELINED = b"MAIL FROM:<s@x.example>\r\nRCPT TO:<%s>\r\nDATA\r\n"
+
+    def pipelined(self, c, rcpt="r@a.example", codes=(250, 250, 354)):
+        c.send(self.PIPELINED % rcpt.encode())
+        self.assertEqual([c.read_reply().code for _ in codes], list(codes))
+
+    def test_pipelined_data_reaches_the_backend_in_one_write_with_mail_and_rcpt(self):
+        b = self.stream_backend()
+        _, port = self.relay(b)
+        c = self.open_session(port)
+        self.pipelined(c)
+        c.send(HEADER + b"one round trip less\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertEqual(b.messages(), [HEADER + b"one round trip less\r\n"])
+        group = [(cmd.split(" ")[0], n) for cmd, n in b.arrivals(0)
+                 if cmd.split(" ")[0] in ("MAIL", "RCPT", "DATA")]
+        self.assertEqual([cmd for cmd, _ in group], ["MAIL", "RCPT", "DATA"])
+        self.assertEqual(len({n for _, n in group}), 1, group)
+
+    def test_data_sent_one_command_at_a_time_goes_on_its_own(self):
+        b = self.stream_backend()
+        _, port = self.relay(b)
+        c = self.begin_message(port)
+        c.send(HEADER + b".\r\n")
+        self.assertReply(c.read_reply(), 250)
+        chunk = dict(b.arrivals(0))
+        self.assertNotEqual(chunk["RCPT TO:<r@a.example>"], chunk["DATA"])
+
+    def test_a_body_sent_before_the_354_is_still_relayed_whole(self):
+        b = self.stream_backend()
+        _, port = self.relay(b)
+        c = self.open_session(port)
+        c.send(self.PIPELINED % b"r@a.example" + HEADER + HALF + b".\r\n")
+        self.assertEqual([c.read_reply().code for _ in range(4)], [250, 250, 354, 250])
+        self.assertEqual(b.messages(), [HEADER + HALF])
+
+    def test_pipelined_data_behind_a_refused_recipient_leaves_the_backend_in_step(self):
+        b = self.stream_backend(unknown=["nobody@a.example"])
+        _, port = self.relay(b)
+        c = self.open_session(port)
+        self.pipelined(c, "nobody@a.example", (250, 550, 554))
+        self.assertReply(c.cmd("RSET"), 250)
+        self.pipelined(c)
+        c.send(HEADER + b"second\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertEqual(b.messages(), [HEADER + b"second\r\n"])
+
+    def test_a_backend_that_takes_data_with_no_recipient_is_closed_without_a_message(self):
+        # A broken server answers 354 though it refused every recipient:
+        # the connection is in a message, and only closing ends it unsent.
+        b = self.stream_backend(unknown=["nobody@a.example"], data_without_rcpt=True)
+        _, port = self.relay(b)
+        c = self.open_session(port)
+        self.pipelined(c, "nobody@a.example", (250, 550, 554))
+        wait_until(lambda: b.closed(0), 10, what="the first backend connection closed")
+        self.assertReply(c.cmd("RSET"), 250)
+        self.pipelined(c)
+        c.send(HEADER + b"second\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
+        # Nothing of the second transaction went into the first's message.
+        self.assertEqual(b.messages(), [HEADER + b"second\r\n"])
+        self.assertEqual(b.connection_count(), 2)
+
+    def test_a_data_hook_keeps_data_for_the_client_s_own_turn(self):
+        write_lua_entry(self.workdir, "data", 'sluice.on("data", function(s) end)\n')
+        b = self.stream_backend()
+        _, port = self.relay(b, plugin_dir=plugin_dir())
+        c = self.open_session(port)
+        self.pipelined(c)
+        c.send(HEADER + b".\r\n")
+        self.assertReply(c.read_reply(), 250)
+        chunk = dict(b.arrivals(0))
+        self.assertNotEqual(chunk["RCPT TO:<r@a.example>"], chunk["DATA"])
 
 
 def plugin_dir():
