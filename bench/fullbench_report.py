@@ -63,6 +63,8 @@ def markdown(meta, matrix, syscalls, scale):
               meta["threads"], meta["reps"], meta["loadavg_before"]), ""]
     if meta.get("host_speed_before"):
         out += [host_speed_line(meta), ""]
+    if meta.get("probe_pipelining"):
+        out += ["The probe pipelines MAIL, RCPT and DATA (`--probe-pipelining`).", ""]
     if meta.get("sluice_pool"):
         out += ["sluice's pool also has `%s` (`--sluice-pool`)." % meta["sluice_pool"], ""]
     rows = meta["rows"]
