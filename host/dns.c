@@ -948,6 +948,16 @@ static void dns_ctx_destroy(struct dns_ctx *ctx)
     free(ctx);
 }
 
+void dns_ctx_take_names(struct dns_ctx *fresh, struct dns_ctx *old)
+{
+    if (!old->memo)
+        return;
+    dns_addr_memo_free(fresh->memo);
+    fresh->memo = old->memo;
+    old->memo = NULL;
+    dns_addr_memo_expire(fresh->memo);
+}
+
 bool dns_ctx_busy(const struct dns_ctx *ctx)
 {
     return !LIST_EMPTY(&ctx->queries) || ctx->depth > 0;

@@ -134,3 +134,13 @@ void dns_addr_memo_forget(struct dns_addr_memo *m, const char *name)
     if (e)
         entry_clear(e);
 }
+
+void dns_addr_memo_expire(struct dns_addr_memo *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < DNS_ADDR_MEMO_NAMES; i++) {
+        m->entries[i].fresh_until = 0;
+        m->entries[i].recheck_after = 0;
+    }
+}

@@ -57,4 +57,8 @@ bool dns_addr_memo_failed(struct dns_addr_memo *m, const char *name, int64_t now
 /* The name does not exist (any more): nothing of it stays. */
 void dns_addr_memo_forget(struct dns_addr_memo *m, const char *name);
 
+/* A reload: every name is asked again at its next use (the resolvers may
+ * have changed), and its last addresses still serve if they fail. */
+void dns_addr_memo_expire(struct dns_addr_memo *m);
+
 #endif

@@ -387,6 +387,7 @@ static void worker_loop_dns_cb(evutil_socket_t fd, short what, void *arg)
     }
     loop->dns_retired = grown;
     loop->dns_retired[loop->ndns_retired++] = loop->dns;
+    dns_ctx_take_names(fresh, loop->dns);
     loop->dns = fresh;
     worker_dns_sweep_cb(-1, 0, loop);
     generation_unref(g);

@@ -1,11 +1,12 @@
 """When the backend fails, the client gets a 4xx and retries: sluice says 250
 to a message only when the backend said 250 to it."""
 
+import signal
 import smtplib
 import time
 import unittest
 
-from sluice_harness import SluiceTestCase, free_port, pool, server_entry
+from sluice_harness import SluiceTestCase, free_port, pool, server_entry, wait_until
 from test_lua import Dnsmasq
 
 SENDER = "sender@x.example"
@@ -113,6 +114,19 @@ class BackendFailureTest(SluiceTestCase):
         # recheck period did not ask.
         self.assertEqual(len(s.grep(r"dns: cannot resolve good\.test: using its "
                                               r"addresses of \d+ s ago")), 1)
+
+    def test_a_reload_while_the_resolver_is_down_keeps_the_last_addresses(self):
+        dns = Dnsmasq()
+        self.addCleanup(dns.stop)
+        b = self.start_backend("a")
+        s, port = self.relay_by_name(dns, b)
+        self.send_one(port, 1)
+        dns.stop()
+        s.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: s.grep(r"master: reload done"), 20, what="the reload")
+        self.send_one(port, 2)
+        self.assertEqual(len(b.wait_messages(2)), 2)
+        s.wait_log(r"dns: cannot resolve good\.test: using its addresses")
 
     def test_a_backend_name_never_resolved_has_nothing_to_fall_back_on(self):
         dns = Dnsmasq()

@@ -193,6 +193,24 @@ static void a_full_memo_forgets_the_name_used_longest_ago(void **state)
     assert_int_equal(find(f, name, T0 + 300), DNS_ADDR_FRESH);
 }
 
+/* A reload: asked again at once, but a failure still finds the addresses. */
+static void after_a_reload_names_are_asked_again_but_still_serve_stale(void **state)
+{
+    struct memo_fixture *f = *state;
+    keep_one(f, "mx.example", "192.0.2.1", 300000, T0);
+    int64_t age;
+    keep_one(f, "mx2.example", "192.0.2.2", 300000, T0);
+    assert_true(dns_addr_memo_failed(f->m, "mx2.example", T0 + 1, f->out, DNS_ADDR_MEMO_ADDRS,
+                                     &f->n, &age));
+    dns_addr_memo_expire(f->m);
+    assert_int_equal(find(f, "mx.example", T0 + 2), DNS_ADDR_ASK);
+    assert_int_equal(find(f, "mx2.example", T0 + 2), DNS_ADDR_ASK); /* no recheck wait */
+    assert_true(dns_addr_memo_failed(f->m, "mx.example", T0 + 3, f->out, DNS_ADDR_MEMO_ADDRS,
+                                     &f->n, &age));
+    assert_int_equal(f->n, 1);
+    dns_addr_memo_expire(NULL);
+}
+
 static void a_null_memo_asks_every_time(void **state)
 {
     (void)state;
@@ -226,6 +244,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(a_full_memo_forgets_the_name_used_longest_ago, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(after_a_reload_names_are_asked_again_but_still_serve_stale,
+                                        setup, teardown),
         cmocka_unit_test(a_null_memo_asks_every_time),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
