@@ -559,8 +559,8 @@ static int64_t dns_addrinfo_fresh_ms(const struct dns_ctx *ctx, const struct are
     return ttl_ms < ctx->memo_fresh_max_ms ? ttl_ms : ctx->memo_fresh_max_ms;
 }
 
-/* Addresses from the memo into q, with q's port. */
-static enum dns_status dns_take_memo(struct dns_query *q, const struct sockaddr_storage *addrs,
+/* Addresses (numeric, or from the memo) into q, with q's port. */
+static enum dns_status dns_take_addrs(struct dns_query *q, const struct sockaddr_storage *addrs,
                                      size_t n)
 {
     q->addrs = malloc(n * sizeof *q->addrs);
@@ -586,7 +586,7 @@ static enum dns_status dns_resolve_failed(struct dns_query *q)
     log_warn(NULL, "dns: cannot resolve %s: using its addresses of %lld s ago for %lld s "
              "before asking again", q->name, (long long)(age_ms / 1000),
              (long long)(DNS_ADDR_RECHECK_MS / 1000));
-    return dns_take_memo(q, stale, n);
+    return dns_take_addrs(q, stale, n);
 }
 
 /* Remembered whether or not the query still wants it: the next connection
@@ -628,7 +628,7 @@ static bool dns_resolve_from_memo(struct dns_query *q, const char *name)
     if (dns_addr_memo_find(q->ctx->memo, name, mstime_now(), kept, DNS_ADDR_MEMO_ADDRS, &n) ==
         DNS_ADDR_ASK)
         return false;
-    dns_query_complete(q, dns_take_memo(q, kept, n));
+    dns_query_complete(q, dns_take_addrs(q, kept, n));
     return true;
 }
 
@@ -643,12 +643,7 @@ struct dns_query *dns_resolve(struct dns_ctx *ctx, const char *name, int port, d
 
     struct sockaddr_storage numeric;
     if (dns_numeric_address(name, port, &numeric) == 0) {
-        q->addrs = malloc(sizeof(numeric));
-        if (q->addrs) {
-            memcpy(q->addrs, &numeric, sizeof(numeric));
-            q->naddrs = 1;
-        }
-        dns_query_complete(q, q->addrs ? DNS_OK : DNS_NOMEM);
+        dns_query_complete(q, dns_take_addrs(q, &numeric, 1));
         return dns_query_started(q);
     }
     if (dns_resolve_from_memo(q, name))

@@ -100,28 +100,29 @@ class BackendFailureTest(SluiceTestCase):
         with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=30) as c:
             self.assertEqual(c.sendmail(SENDER, ["u%d@a.example" % n], BODY), {})
 
-    def test_a_backend_name_keeps_its_last_addresses_while_the_resolver_is_down(self):
+    def resolver_down_after_one_message(self):
+        """sluice relaying to good.test, which it resolved for a first
+        message; then the resolver stops. Returns (sluice, port, backend)."""
         dns = Dnsmasq()
         self.addCleanup(dns.stop)
         b = self.start_backend("a")
         s, port = self.relay_by_name(dns, b)
         self.send_one(port, 1)
         dns.stop()
+        return s, port, b
+
+    def test_a_backend_name_keeps_its_last_addresses_while_the_resolver_is_down(self):
+        s, port, b = self.resolver_down_after_one_message()
         self.send_one(port, 2)
         self.send_one(port, 3)
         self.assertEqual(len(b.wait_messages(3)), 3)
         # One warning for the failure; the next connection within the
         # recheck period did not ask.
         self.assertEqual(len(s.grep(r"dns: cannot resolve good\.test: using its "
-                                              r"addresses of \d+ s ago")), 1)
+                                    r"addresses of \d+ s ago")), 1)
 
     def test_a_reload_while_the_resolver_is_down_keeps_the_last_addresses(self):
-        dns = Dnsmasq()
-        self.addCleanup(dns.stop)
-        b = self.start_backend("a")
-        s, port = self.relay_by_name(dns, b)
-        self.send_one(port, 1)
-        dns.stop()
+        s, port, b = self.resolver_down_after_one_message()
         s.proc.send_signal(signal.SIGHUP)
         wait_until(lambda: s.grep(r"master: reload done"), 20, what="the reload")
         self.send_one(port, 2)
