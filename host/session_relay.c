@@ -333,6 +333,16 @@ void session_rcpt_relay(struct session *s)
         relay_rcpt_failed(s);
         return;
     }
+    if (s->txn.naccepted > 0 && (!s->backend || !backend_usable(s->backend))) {
+        /* The connection that holds the recipients told 250 is gone (the
+         * server closed it between two RCPTs): a new one would get the
+         * message without them. */
+        log_warn(s->sid, "backend lost between recipients");
+        relay_drop_backend(s);
+        relay_fail_status(s, BACKEND_LOST);
+        relay_rcpt_failed(s);
+        return;
+    }
     if (s->backend &&
         (backend_pool_index(s->backend) != s->txn.pool || !backend_usable(s->backend)))
         relay_drop_backend(s);

@@ -37,8 +37,12 @@ class StreamBackend:
     close the connection (a server giving up mid-body)."""
 
     def __init__(self, data_reply=b"354 go ahead", refuse_after=None,
-                 refuse_reply=b"451 4.3.0 out of space", unknown=(), data_without_rcpt=False):
+                 refuse_reply=b"451 4.3.0 out of space", unknown=(), data_without_rcpt=False,
+                 close_after_rcpts=None):
         self.data_reply = data_reply
+        # The first connection closes right after its answer to this many
+        # RCPTs (a server restarting, or at its own limit, mid-transaction).
+        self.close_after_rcpts = close_after_rcpts
         # RCPT to these gets 550; DATA with no recipient taken gets 554
         # (unless data_without_rcpt: a broken server that starts a message).
         self.unknown = {u.encode() for u in unknown}
@@ -95,6 +99,7 @@ class StreamBackend:
         in_body = False
         received = 0  # recv calls with data: commands of one write share one
         rcpts = 0
+        answered_rcpts = 0
         deadline = time.monotonic() + 300
         while not self.stopping and time.monotonic() < deadline:
             try:
@@ -137,6 +142,11 @@ class StreamBackend:
                     taken = line[8:].strip(b"<>").lower() not in self.unknown
                     rcpts += taken
                     sock.sendall(b"250 ok\r\n" if taken else b"550 5.1.1 no such user\r\n")
+                    answered_rcpts += 1
+                    with self.lock:
+                        first = rec is self.conns[0]
+                    if first and answered_rcpts == self.close_after_rcpts:
+                        return
                 elif verb == b"DATA" and rcpts == 0 and not self.data_without_rcpt:
                     sock.sendall(b"554 5.5.1 no valid recipients\r\n")
                 elif verb == b"DATA":
@@ -413,6 +423,34 @@ class CutThroughTest(SluiceTestCase):
         # Nothing of the second transaction went into the first's message.
         self.assertEqual(b.messages(), [HEADER + b"second\r\n"])
         self.assertEqual(b.connection_count(), 2)
+
+    def test_a_backend_lost_between_recipients_never_loses_an_accepted_one(self):
+        # The backend takes the first recipient, then closes its connection
+        # (a restart, its own limit). The next recipient must not open a new
+        # backend transaction without the first: a 250 at the end would
+        # then cover a recipient nobody has.
+        b = self.stream_backend(close_after_rcpts=1)
+        sluice, port = self.relay(b)
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<s@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<one@a.example>"), 250)
+        wait_until(lambda: b.closed(0), 10, what="the first backend connection closed")
+        time.sleep(0.5)  # sluice has read the close
+        # The transaction fails for now: the client keeps the message and
+        # tries again later, with every recipient.
+        self.assertReply(c.cmd("RCPT TO:<two@a.example>"), 451)
+        self.assertReply(c.cmd("DATA"), 451)
+        self.assertEqual(b.messages(), [])
+        self.assertEqual(b.connection_count(), 1, "no new backend transaction without one@")
+        sluice.wait_log("backend lost between recipients")
+        # A new transaction in the same session is relayed on a new connection.
+        self.assertReply(c.cmd("RSET"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<s@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<one@a.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(HEADER + b"again\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertEqual(b.messages(), [HEADER + b"again\r\n"])
 
     def test_a_data_hook_keeps_data_for_the_client_s_own_turn(self):
         write_lua_entry(self.workdir, "data", 'sluice.on("data", function(s) end)\n')
