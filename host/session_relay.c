@@ -579,6 +579,13 @@ static void relay_stream_keep(struct session *s, const struct backend_reply *r)
 static void relay_stream_reply(void *arg, const struct backend_reply *r)
 {
     struct session *s = arg;
+    if (s->txn.stream == STREAM_EARLY && s->txn.rcpt_waiting) {
+        /* DATA could not even be queued behind the RCPT (out of memory):
+         * nothing went, and that RCPT still waits for its reply, so the
+         * connection stays; the client's DATA takes the usual way. */
+        s->txn.stream = STREAM_OFF;
+        return;
+    }
     if (s->txn.stream == STREAM_ENDED) {
         relay_message_reply(s, r);
         return;

@@ -46,8 +46,8 @@ class AllocFailureTest(SluiceTestCase):
         self.backend = self.start_backend("a")
         self.port = free_port()
 
-    def start(self):
-        conf = base_config(self.workdir, self.port, [pool("a", [self.backend.port])],
+    def start(self, **pool_options):
+        conf = base_config(self.workdir, self.port, [pool("a", [self.backend.port], **pool_options)],
                            [("a.example", "a")], threads=1)
         self.sluice = self.start_sluice(conf, binary=failalloc_bin(),
                                         env={"SLUICE_FAILALLOC_DIR": self.ctl})
@@ -119,6 +119,53 @@ class AllocFailureTest(SluiceTestCase):
             self.assertIn(c.cmd("QUIT").code, (221, 421))
         return accepted, final
 
+    def pipelined_transaction(self):
+        """The same transaction as a pipelining client sends it: MAIL, RCPT
+        and DATA in one write (DATA then goes to the backend with the RCPT)."""
+        c = RawClient(self.port, timeout=20)
+        self.clients.append(c)
+        banner = c.read_reply()
+        if banner.code != 220:
+            self.assertFailure(banner, "banner")
+            return [], None
+        ehlo = c.cmd("EHLO client.test")
+        if ehlo.code != 250:
+            self.assertFailure(ehlo, "EHLO")
+            return [], None
+        c.send(b"MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n" % (SENDER.encode(),
+                                                                   RCPTS[0].encode()))
+        mail = c.read_reply()
+        if mail.code != 250:
+            self.assertFailure(mail, "MAIL")
+            return [], None
+        rcpt = c.read_reply()
+        accepted = [RCPTS[0]] if rcpt.code == 250 else []
+        if rcpt.code != 250:
+            self.assertFailure(rcpt, "RCPT")
+        if rcpt.code == 421:
+            return [], None
+        data = c.read_reply()
+        if not accepted:
+            self.assertEqual(data.code, 554, data)
+            c.cmd("QUIT")
+            return [], None
+        if data.code != 354:
+            self.assertFailure(data, "DATA")
+            return accepted, None
+        c.send(BODY + b".\r\n")
+        final = c.read_reply()
+        if final.code != 250:
+            self.assertFailure(final, "end of data")
+        if final.code != 421:
+            self.assertIn(c.cmd("QUIT").code, (221, 421))
+        return accepted, final
+
+    def test_each_allocation_failing_in_turn_with_pipelined_data_is_answered(self):
+        # A new backend connection each time: MAIL, RCPT and DATA each take
+        # a fresh command entry there (a kept connection has spare ones).
+        self.start(idle_connections=0)
+        self.fail_each_allocation_in_turn(b"X-Test: yes", self.pipelined_transaction)
+
     def test_each_allocation_failing_in_turn_is_answered_and_loses_no_recipient(self):
         self.start()
         self.fail_each_allocation_in_turn(b"X-Test: yes")
@@ -133,7 +180,8 @@ class AllocFailureTest(SluiceTestCase):
         self.start()
         self.fail_each_allocation_in_turn(b"X-Added: by plugin")
 
-    def fail_each_allocation_in_turn(self, must_have):
+    def fail_each_allocation_in_turn(self, must_have, transaction=None):
+        transaction = transaction or self.transaction
         delivered = 0
         fired_count = 0
         for n in range(1, MAX_STEPS + 1):
@@ -142,7 +190,7 @@ class AllocFailureTest(SluiceTestCase):
             self.backend_ooms = len(self.sluice.grep(BACKEND_OOM))
             closed = False
             try:
-                accepted, final = self.transaction()
+                accepted, final = transaction()
             except ConnectionError:
                 closed = True
                 accepted, final = [], None
