@@ -424,6 +424,7 @@ static void relay_data_done(struct session *s, const struct hook_verdict *v)
     session_reply(s, R_DATA_GO);
     io_expect_bulk(s->io);
     data_decoder_init(&s->decoder, s->cfg->bare_newline);
+    s->spool_failed = false; /* a failed write refused its own message only */
     if (!s->data_timer)
         s->data_timer = event_new(s->loop->base, -1, 0, relay_data_timeout, s);
     if (s->data_timer) {

@@ -108,6 +108,26 @@ class LimitsTest(SluiceTestCase):
         self.assertEqual(msg["data"], b"".join(want))
         self.assertFalse(msg["bare_lf"], "a bare LF reached the backend")
 
+    def test_a_failed_spool_write_refuses_only_its_own_message(self):
+        """The spool directory gone (a full or lost disk) refuses the message
+        being written with 451; once it is back, the next message of the
+        same session is taken."""
+        spool = make_worker_dir(os.path.join(self.workdir, "spool"))
+        b, port = self.relay(data={"spool_memory": 0, "spool_dir": spool})
+        os.rmdir(spool)
+        c = self.start_data(port)
+        c.send(b"Subject: first\r\n\r\nlost\r\n.\r\n")
+        self.assertReply(c.read_reply(), 451, "4.3.0")
+        make_worker_dir(spool)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(b"Subject: second\r\n\r\nkept\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertReply(c.cmd("QUIT"), 221)
+        [msg] = b.wait_messages(1)
+        self.assertEqual(msg["data"], b"Subject: second\r\n\r\nkept\r\n")
+
     def test_idle_client_gets_421_4_4_2_and_is_closed(self):
         _, port = self.relay(timeouts={"command": "2s", "data_block": "3m"})
         c = self.connect(port)
