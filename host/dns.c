@@ -81,6 +81,9 @@ struct dns_query {
     int port;                        /* DNS_Q_ADDR */
     struct sockaddr_storage *addrs;  /* DNS_Q_ADDR */
     size_t naddrs;
+    int confirming;                  /* DNS_Q_ADDR: per-family questions out */
+    bool confirm_started;            /* they were asked (once per query) */
+    bool confirm_failed;             /* one of them failed */
     struct sockaddr_storage client;  /* DNS_Q_NAME: the address to confirm */
     char *name;                      /* DNS_Q_NAME */
     enum dns_type type;              /* DNS_Q_RECORDS */
@@ -544,14 +547,20 @@ static enum dns_status dns_copy_addrinfo(struct dns_query *q, const struct ares_
     return q->naddrs ? DNS_OK : DNS_NOTFOUND;
 }
 
-/* How long an answer may be used without asking: its smallest TTL (0 for
- * a name from /etc/hosts), within cache_max_ttl. */
+/* How long an answer may be used without asking: its smallest TTL, the
+ * CNAMEs' on the way to the addresses included (0 for a name from
+ * /etc/hosts), within cache_max_ttl. */
 static int64_t dns_addrinfo_fresh_ms(const struct dns_ctx *ctx, const struct ares_addrinfo *ai)
 {
     int64_t ttl_ms = -1;
     for (const struct ares_addrinfo_node *nd = ai->nodes; nd; nd = nd->ai_next) {
         int64_t ms = (int64_t)(nd->ai_ttl > 0 ? nd->ai_ttl : 0) * 1000;
         if (ttl_ms < 0 || ms < ttl_ms)
+            ttl_ms = ms;
+    }
+    for (const struct ares_addrinfo_cname *cn = ai->cnames; cn && ttl_ms > 0; cn = cn->next) {
+        int64_t ms = (int64_t)(cn->ttl > 0 ? cn->ttl : 0) * 1000;
+        if (ms < ttl_ms)
             ttl_ms = ms;
     }
     if (ttl_ms < 0)
@@ -606,9 +615,82 @@ static enum dns_status dns_resolve_answer(struct dns_query *q, int status,
     return st;
 }
 
+/* One family's answer after a "no data" of both (dns_resolve_confirm):
+ * addresses end it, a failure makes it a failure; when every family has
+ * said "no", the name has no address. */
+static void dns_resolve_confirm_cb(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
+{
+    struct dns_query *q = arg;
+    q->confirming--;
+    if (status != ARES_EDESTRUCTION && status != ARES_ECANCELLED && !q->answered) {
+        enum dns_status st = dns_records_status_from_ares(status);
+        if (st == DNS_OK && q->naddrs == 0) {
+            free(q->addrs);
+            q->addrs = NULL;
+            st = dns_resolve_answer(q, status, ai); /* kept in the memo too */
+        }
+        if (st == DNS_TEMPFAIL || st == DNS_NOMEM)
+            q->confirm_failed = true;
+        if (q->confirming == 0 && q->naddrs > 0) {
+            q->status = DNS_OK;
+        } else if (q->confirming == 0) {
+            free(q->addrs);
+            q->addrs = NULL;
+            if (q->confirm_failed) {
+                q->status = dns_resolve_failed(q);
+            } else {
+                dns_addr_memo_forget(q->ctx->memo, q->name);
+                q->status = DNS_NOTFOUND;
+            }
+        }
+    }
+    if (dns_query_came_back(q) && q->confirming == 0)
+        dns_query_complete(q, q->status);
+    ares_freeaddrinfo(ai);
+}
+
+/* getaddrinfo's "no data" (ARES_ENODATA) for both families also comes when
+ * one family's question failed (SERVFAIL, timeout) and the other's had no
+ * record: an IPv4-only name whose A question fails. When the memo holds
+ * addresses of the name, each of their families is asked on its own, so a
+ * failure is told from a definite "no". False: nothing asked. */
+static bool dns_resolve_confirm(struct dns_query *q)
+{
+    struct dns_ctx *ctx = q->ctx;
+    if (q->confirm_started || ctx->closing)
+        return false;
+    unsigned fam = dns_addr_memo_families(ctx->memo, q->name, mstime_now());
+    if (!fam)
+        return false;
+    q->confirm_started = true;
+    q->status = DNS_TEMPFAIL;
+    int families[2];
+    int n = 0;
+    if (fam & DNS_ADDR_V4)
+        families[n++] = AF_INET;
+    if (fam & DNS_ADDR_V6)
+        families[n++] = AF_INET6;
+    /* Counted first: c-ares may answer inside the call. */
+    q->confirming = n;
+    q->pending += n;
+    for (int i = 0; i < n; i++) {
+        struct ares_addrinfo_hints hints;
+        memset(&hints, 0, sizeof(hints));
+        hints.ai_family = families[i];
+        ares_getaddrinfo(ctx->channel, q->name, NULL, &hints, dns_resolve_confirm_cb, q);
+    }
+    return true;
+}
+
 static void dns_resolve_cb(void *arg, int status, int timeouts, struct ares_addrinfo *ai)
 {
     struct dns_query *q = arg;
+    if (status == ARES_ENODATA && !q->answered && dns_resolve_confirm(q)) {
+        if (dns_query_came_back(q) && q->confirming == 0)
+            dns_query_complete(q, q->status);
+        ares_freeaddrinfo(ai);
+        return;
+    }
     q->status = DNS_TEMPFAIL;
     if (status != ARES_EDESTRUCTION && status != ARES_ECANCELLED && !q->answered) {
         enum dns_status st = dns_resolve_answer(q, status, ai);
@@ -948,8 +1030,9 @@ void dns_ctx_take_names(struct dns_ctx *fresh, struct dns_ctx *old)
     if (!old->memo)
         return;
     dns_addr_memo_free(fresh->memo);
-    fresh->memo = old->memo;
-    old->memo = NULL;
+    /* Shared: the old context's lookups in flight still learn from their
+     * answers and still get the last addresses when the resolvers fail. */
+    fresh->memo = dns_addr_memo_share(old->memo);
     dns_addr_memo_expire(fresh->memo);
 }
 

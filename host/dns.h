@@ -36,7 +36,8 @@ struct dns_ctx *dns_ctx_new(struct event_base *base, const struct dns_conf *conf
 void dns_ctx_free(struct dns_ctx *ctx);
 /* A reload's new context takes over the backend names' addresses the old
  * one remembered (dns_resolve), to be asked again but still served while
- * the resolvers fail. The old one remembers nothing more. */
+ * the resolvers fail. The old one shares them for its lookups in flight
+ * (both on the same loop thread). */
 void dns_ctx_take_names(struct dns_ctx *fresh, struct dns_ctx *old);
 /* True while a query of ctx has not ended: a context replaced at a reload
  * is freed only once this is false, so no caller loses its answer. */

@@ -16,11 +16,22 @@ struct memo_entry {
 
 struct dns_addr_memo {
     struct memo_entry entries[DNS_ADDR_MEMO_NAMES];
+    unsigned holders;
 };
 
 struct dns_addr_memo *dns_addr_memo_new(void)
 {
-    return calloc(1, sizeof(struct dns_addr_memo));
+    struct dns_addr_memo *m = calloc(1, sizeof(struct dns_addr_memo));
+    if (m)
+        m->holders = 1;
+    return m;
+}
+
+struct dns_addr_memo *dns_addr_memo_share(struct dns_addr_memo *m)
+{
+    if (m)
+        m->holders++;
+    return m;
 }
 
 static void entry_clear(struct memo_entry *e)
@@ -32,7 +43,7 @@ static void entry_clear(struct memo_entry *e)
 
 void dns_addr_memo_free(struct dns_addr_memo *m)
 {
-    if (!m)
+    if (!m || --m->holders > 0)
         return;
     for (size_t i = 0; i < DNS_ADDR_MEMO_NAMES; i++)
         entry_clear(&m->entries[i]);
@@ -63,10 +74,17 @@ enum dns_addr_use dns_addr_memo_find(struct dns_addr_memo *m, const char *name, 
     if (!e)
         return DNS_ADDR_ASK;
     enum dns_addr_use use = DNS_ADDR_ASK;
-    if (now_ms < e->fresh_until)
+    if (now_ms < e->fresh_until) {
         use = DNS_ADDR_FRESH;
-    else if (now_ms < e->recheck_after && now_ms - e->got_ms < DNS_ADDR_STALE_MAX_MS)
-        use = DNS_ADDR_STALE;
+    } else if (e->recheck_after && now_ms - e->got_ms < DNS_ADDR_STALE_MAX_MS) {
+        /* After a failure: the stale answer until the recheck; then this
+         * caller asks, and the others keep the stale answer meanwhile
+         * instead of each asking and waiting for the resolver's timeout. */
+        if (now_ms < e->recheck_after)
+            use = DNS_ADDR_STALE;
+        else
+            e->recheck_after = now_ms + DNS_ADDR_RECHECK_MS;
+    }
     if (use != DNS_ADDR_ASK) {
         e->used_ms = now_ms;
         *n = copy_out(e, out, max);
@@ -126,6 +144,17 @@ bool dns_addr_memo_failed(struct dns_addr_memo *m, const char *name, int64_t now
     *n = copy_out(e, out, max);
     *age_ms = now_ms - e->got_ms;
     return true;
+}
+
+unsigned dns_addr_memo_families(const struct dns_addr_memo *m, const char *name, int64_t now_ms)
+{
+    const struct memo_entry *e = m ? entry_of((struct dns_addr_memo *)m, name) : NULL;
+    if (!e || now_ms - e->got_ms >= DNS_ADDR_STALE_MAX_MS)
+        return 0;
+    unsigned fam = 0;
+    for (size_t i = 0; i < e->n; i++)
+        fam |= e->addrs[i].ss_family == AF_INET6 ? DNS_ADDR_V6 : DNS_ADDR_V4;
+    return fam;
 }
 
 void dns_addr_memo_forget(struct dns_addr_memo *m, const char *name)

@@ -7,7 +7,9 @@
  *
  * After a failure the name is not asked again for a recheck period: the
  * connections opened meanwhile get the stale addresses at once instead of
- * each waiting for the resolver's timeout first.
+ * each waiting for the resolver's timeout first. When it is over, one
+ * caller asks (DNS_ADDR_ASK) and the others still get the stale addresses
+ * while that question is out (for another recheck period at most).
  *
  * One thread only; no lock. Names come from the configuration, so the
  * memo is small; it holds at most DNS_ADDR_MEMO_NAMES and forgets the one
@@ -29,6 +31,9 @@ struct dns_addr_memo;
 
 /* NULL when out of memory (the caller then resolves every time). */
 struct dns_addr_memo *dns_addr_memo_new(void);
+/* One more holder of m (a reload's old and new resolver contexts, both on
+ * m's thread): m goes with the last dns_addr_memo_free. */
+struct dns_addr_memo *dns_addr_memo_share(struct dns_addr_memo *m);
 void dns_addr_memo_free(struct dns_addr_memo *m);
 
 enum dns_addr_use {
@@ -53,6 +58,12 @@ void dns_addr_memo_keep(struct dns_addr_memo *m, const char *name,
  * DNS_ADDR_RECHECK_MS), and *age_ms how old they are. */
 bool dns_addr_memo_failed(struct dns_addr_memo *m, const char *name, int64_t now_ms,
                           struct sockaddr_storage *out, size_t max, size_t *n, int64_t *age_ms);
+
+/* The address families (DNS_ADDR_V4 | DNS_ADDR_V6) of the addresses kept
+ * for name that could still be served stale at now_ms; 0 when none. */
+#define DNS_ADDR_V4 1u
+#define DNS_ADDR_V6 2u
+unsigned dns_addr_memo_families(const struct dns_addr_memo *m, const char *name, int64_t now_ms);
 
 /* The name does not exist (any more): nothing of it stays. */
 void dns_addr_memo_forget(struct dns_addr_memo *m, const char *name);

@@ -108,6 +108,7 @@ static void start_dnsmasq(int port)
         "--local=/test/", "--local=/127.in-addr.arpa/",
         "--host-record=mail.test,127.0.0.55,::55",
         "--host-record=other.test,127.0.0.78",
+        "--cname=alias.test,other.test,1", /* a CNAME of 1 s to a 300 s A */
         "--ptr-record=66.0.0.127.in-addr.arpa,liar.test",
         "--ptr-record=77.0.0.127.in-addr.arpa,other.test",
         /* a name only /etc/hosts gives an address (127.0.0.1 localhost) */
@@ -857,7 +858,19 @@ struct relay {
     socklen_t asker_len;
     bool silent;
     int questions;            /* every datagram that came, answered or not */
+    int servfail_type;        /* questions of this type get SERVFAIL at once (0: none) */
 };
+
+/* The type of the question in a DNS message, or -1. */
+static int question_type(const unsigned char *msg, size_t len)
+{
+    size_t at = 12;
+    while (at < len && msg[at] != 0)
+        at += (size_t)msg[at] + 1;
+    if (at + 3 > len)
+        return -1;
+    return (msg[at + 1] << 8) | msg[at + 2];
+}
 
 static void relay_question_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -868,6 +881,12 @@ static void relay_question_cb(evutil_socket_t fd, short what, void *arg)
     if (n <= 0)
         return;
     r->questions++;
+    if (r->servfail_type && question_type((unsigned char *)buf, (size_t)n) == r->servfail_type) {
+        buf[2] = (char)(buf[2] | 0x80);           /* QR: a response */
+        buf[3] = (char)((buf[3] & 0xf0) | 0x82); /* RA, RCODE 2: SERVFAIL */
+        sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&r->asker, r->asker_len);
+        return;
+    }
     if (!r->silent)
         send(r->up, buf, (size_t)n, 0);
 }
@@ -998,6 +1017,73 @@ static void a_failing_resolver_leaves_the_last_addresses_in_use(void **state)
     memo_fixture_free(m);
 }
 
+/* other.test has an A record only. Its A question fails (SERVFAIL) while
+ * its AAAA question gets the usual "no such record": a resolver failure
+ * for the only family the name has, which must serve the last addresses,
+ * not forget them as if the name were gone. */
+static void a_failed_a_question_beside_an_empty_aaaa_answer_serves_stale(void **state)
+{
+    struct memo_fixture *m = memo_fixture_new(1); /* fresh for 1 ms */
+    struct seen first = {0}, failed = {0}, after = {0};
+    resolve_in(m, "other.test", 25, &first);
+    assert_int_equal(first.st, DNS_OK);
+    assert_true(seen_has(&first, "127.0.0.78 25"));
+    sleep_ms(5);
+    m->relay.servfail_type = 1; /* T_A */
+    resolve_in(m, "other.test", 25, &failed);
+    assert_int_equal(failed.st, DNS_OK);
+    assert_true(seen_has(&failed, "127.0.0.78 25"));
+    /* and the name is still remembered */
+    m->relay.silent = true;
+    resolve_in(m, "other.test", 26, &after);
+    assert_int_equal(after.st, DNS_OK);
+    assert_true(seen_has(&after, "127.0.0.78 26"));
+    memo_fixture_free(m);
+}
+
+/* A reload while a backend name is being asked and the resolver is down:
+ * the query the old context still serves gets the last addresses, as one
+ * asked a moment later of the new context does. */
+static void a_lookup_in_flight_over_a_reload_still_serves_stale(void **state)
+{
+    struct memo_fixture *m = memo_fixture_new(1);
+    struct seen first = {0}, in_flight = {0};
+    resolve_in(m, "mail.test", 25, &first);
+    assert_int_equal(first.st, DNS_OK);
+    sleep_ms(5);
+    m->relay.silent = true;
+    struct dns_ctx *old = m->f->dns;
+    assert_non_null(dns_resolve(old, "mail.test", 25, addr_cb, &in_flight));
+    char err[256] = "";
+    struct dns_ctx *fresh = dns_ctx_new(m->f->base, &m->f->conf, m->f->cache, err, sizeof err);
+    assert_non_null(fresh);
+    dns_ctx_take_names(fresh, old);
+    m->f->dns = fresh;
+    run_loop(m->f->base, &in_flight.calls, 1, LOOP_LIMIT_MS);
+    assert_int_equal(in_flight.calls, 1);
+    dns_ctx_free(old);
+    assert_int_equal(in_flight.st, DNS_OK);
+    assert_true(seen_has(&in_flight, "127.0.0.55 25"));
+    memo_fixture_free(m);
+}
+
+/* An answer is as fresh as the shortest TTL on its way: a CNAME of 1 s
+ * in front of an A record of 300 s is asked again after 1 s. */
+static void a_short_cname_ttl_bounds_the_time_a_name_is_used(void **state)
+{
+    struct memo_fixture *m = memo_fixture_new(3600 * 1000);
+    struct seen first = {0}, later = {0};
+    resolve_in(m, "alias.test", 25, &first);
+    assert_int_equal(first.st, DNS_OK);
+    assert_true(seen_has(&first, "127.0.0.78 25"));
+    int asked = m->relay.questions;
+    sleep_ms(1100);
+    resolve_in(m, "alias.test", 25, &later);
+    assert_int_equal(later.st, DNS_OK);
+    assert_true(m->relay.questions > asked);
+    memo_fixture_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1011,6 +1097,9 @@ int main(void)
                                         setup_real, teardown_fixture),
         cmocka_unit_test(a_resolved_name_is_not_asked_again_within_its_ttl),
         cmocka_unit_test(a_failing_resolver_leaves_the_last_addresses_in_use),
+        cmocka_unit_test(a_short_cname_ttl_bounds_the_time_a_name_is_used),
+        cmocka_unit_test(a_lookup_in_flight_over_a_reload_still_serves_stale),
+        cmocka_unit_test(a_failed_a_question_beside_an_empty_aaaa_answer_serves_stale),
         cmocka_unit_test_setup_teardown(resolve_times_out_as_tempfail, setup_silent,
                                         teardown_fixture),
         cmocka_unit_test_setup_teardown(reverse_confirmed_name_for_v4, setup_real,

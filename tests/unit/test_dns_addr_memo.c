@@ -113,6 +113,30 @@ static void after_a_failure_the_stale_answer_is_used_without_asking_until_the_re
     assert_int_equal(find(f, "mx.example", failed_at + DNS_ADDR_RECHECK_MS), DNS_ADDR_ASK);
 }
 
+/* When the recheck is due one connection asks the resolver again; those
+ * opened while that question is out keep getting the stale answer rather
+ * than each asking and waiting for the resolver's timeout too. */
+static void at_the_recheck_one_asks_and_the_others_still_get_the_stale_answer(void **state)
+{
+    struct memo_fixture *f = *state;
+    keep_one(f, "mx.example", "192.0.2.1", 1000, T0);
+    int64_t age = 0;
+    int64_t failed_at = T0 + 2000;
+    assert_true(dns_addr_memo_failed(f->m, "mx.example", failed_at, f->out,
+                                     DNS_ADDR_MEMO_ADDRS, &f->n, &age));
+    int64_t due = failed_at + DNS_ADDR_RECHECK_MS;
+    assert_int_equal(find(f, "mx.example", due), DNS_ADDR_ASK);
+    assert_int_equal(find(f, "mx.example", due + 1), DNS_ADDR_STALE);
+    assert_int_equal(f->n, 1);
+    assert_int_equal(find(f, "mx.example", due + 5000), DNS_ADDR_STALE);
+    /* that question failed as well: the next recheck is 30 s later */
+    assert_true(dns_addr_memo_failed(f->m, "mx.example", due + 10000, f->out,
+                                     DNS_ADDR_MEMO_ADDRS, &f->n, &age));
+    assert_int_equal(find(f, "mx.example", due + 10000 + DNS_ADDR_RECHECK_MS - 1),
+                     DNS_ADDR_STALE);
+    assert_int_equal(find(f, "mx.example", due + 10000 + DNS_ADDR_RECHECK_MS), DNS_ADDR_ASK);
+}
+
 /* A fresh answer ends the stale period at once. */
 static void a_new_answer_replaces_the_stale_one(void **state)
 {
@@ -235,6 +259,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             after_a_failure_the_stale_answer_is_used_without_asking_until_the_recheck, setup,
             teardown),
+        cmocka_unit_test_setup_teardown(
+            at_the_recheck_one_asks_and_the_others_still_get_the_stale_answer, setup, teardown),
         cmocka_unit_test_setup_teardown(a_new_answer_replaces_the_stale_one, setup, teardown),
         cmocka_unit_test_setup_teardown(addresses_older_than_the_stale_limit_are_not_served,
                                         setup, teardown),
