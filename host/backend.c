@@ -68,6 +68,7 @@ struct pending {
     uint64_t offset;         /* sent from here; cut-through: how much of the spool went */
     bool stream;      /* cut-through: the body follows the spool as it grows */
     bool end;         /* cut-through: the client's end of data came, the dot follows */
+    bool held;        /* not written yet: the server takes one command at a time */
     uint64_t sent_at; /* bytes_out once its command (or body) is written */
     uint64_t mails_at; /* the connection's mails_sent when it was queued */
     char *line;       /* P_USER's command, kept while it may go again (backend_replay) */
@@ -873,6 +874,33 @@ static void backend_drained(struct io *io, void *arg)
     backend_leave(b);
 }
 
+/* A server that does not offer PIPELINING gets one command at a time
+ * (RFC 2920; Exim without it answers a command sent before the last reply
+ * with "554 SMTP synchronization error" and closes): a command queued
+ * behind an unanswered one waits for that reply. */
+static bool backend_must_hold(const struct smtp_backend *b, const struct pending *p)
+{
+    return b->state == B_READY && !b->caps.pipelining && TAILQ_FIRST(&b->awaited) != p;
+}
+
+/* The reply before it came: the command that waited goes now. */
+static void backend_release_held(struct smtp_backend *b)
+{
+    struct pending *p = TAILQ_FIRST(&b->awaited);
+    if (b->state != B_READY || !b->io || !p || !p->held)
+        return;
+    p->held = false;
+    if (p->kind == P_USER)
+        backend_write(b, p->line, p->line_len);
+    else
+        backend_write(b, p->kind == P_DATA ? "DATA\r\n" : "NOOP\r\n", 6);
+    p->sent_at = b->bytes_out;
+    if (!b->unconfirmed) {
+        free(p->line);
+        p->line = NULL;
+    }
+}
+
 static void backend_command_reply(struct smtp_backend *b, const char *text, const struct smtp_reply *r)
 {
     struct pending *p = TAILQ_FIRST(&b->awaited);
@@ -915,6 +943,7 @@ static void backend_command_reply(struct smtp_backend *b, const char *text, cons
     }
     if (kind != P_NOOP)
         backend_deliver(cb, arg, BACKEND_REPLY, r->code, text, r->len, r->nlines);
+    backend_release_held(b);
     if (b->state == B_READY)
         backend_noop_arm(b);
 }
@@ -1311,6 +1340,8 @@ static void backend_confirmed(struct smtp_backend *b)
     b->unconfirmed = false;
     struct pending *p;
     TAILQ_FOREACH(p, &b->awaited, link) {
+        if (p->held)
+            continue; /* still to go: backend_release_held */
         free(p->line);
         p->line = NULL;
     }
@@ -1361,6 +1392,7 @@ static void backend_replay_send(struct smtp_backend *b)
     }
     io_cork();
     TAILQ_FOREACH(p, &b->awaited, link) {
+        p->held = false;
         if (p->kind == P_USER)
             backend_write(b, p->line, p->line_len);
         else
@@ -1713,8 +1745,10 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
         backend_deliver(cb, arg, BACKEND_INTERNAL, 0, NULL, 0, 0);
         return;
     }
-    if ((b->unconfirmed || b->replaying) && !backend_keep_line(b, line, len)) {
-        if (b->replaying) {
+    struct pending *queued = TAILQ_LAST(&b->awaited, pending_queue);
+    queued->held = backend_must_hold(b, queued);
+    if ((b->unconfirmed || b->replaying || queued->held) && !backend_keep_line(b, line, len)) {
+        if (b->replaying || queued->held) {
             struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
             TAILQ_REMOVE(&b->awaited, p, link);
             pending_release(b, p);
@@ -1731,7 +1765,7 @@ static void smtp_command(struct backend *base, enum backend_step step, const cha
     }
     if (b->noop_timer)
         event_del(b->noop_timer);
-    if (b->state == B_READY)
+    if (b->state == B_READY && !queued->held)
         backend_write(b, line, len);
 }
 
@@ -1741,9 +1775,10 @@ static struct pending *backend_data_sent(struct smtp_backend *b, struct spool *s
 {
     struct pending *p = TAILQ_LAST(&b->awaited, pending_queue);
     p->spool = spool;
+    p->held = backend_must_hold(b, p);
     if (b->noop_timer)
         event_del(b->noop_timer);
-    if (b->state == B_READY)
+    if (b->state == B_READY && !p->held)
         backend_write(b, "DATA\r\n", 6);
     return p;
 }

@@ -38,8 +38,12 @@ class StreamBackend:
 
     def __init__(self, data_reply=b"354 go ahead", refuse_after=None,
                  refuse_reply=b"451 4.3.0 out of space", unknown=(), data_without_rcpt=False,
-                 close_after_rcpts=None):
+                 close_after_rcpts=None, pipelining=True):
         self.data_reply = data_reply
+        # Without PIPELINING it enforces lock-step as Exim does: a command
+        # that arrives before the reply to the one before it gets "554 SMTP
+        # synchronization error" and the connection closes.
+        self.pipelining = pipelining
         # The first connection closes right after its answer to this many
         # RCPTs (a server restarting, or at its own limit, mid-transaction).
         self.close_after_rcpts = close_after_rcpts
@@ -133,8 +137,13 @@ class StreamBackend:
                     rec["commands"].append(line.decode("latin-1"))
                     rec["chunks"].append(received)
                 verb = line.split(b" ")[0].upper()
+                if not self.pipelining and buf:
+                    sock.sendall(b"554 5.5.0 SMTP synchronization error\r\n")
+                    return
                 if verb == b"EHLO":
-                    sock.sendall(b"250-stream.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+                    sock.sendall(b"250-stream.test\r\n" +
+                                 (b"250-PIPELINING\r\n" if self.pipelining else b"") +
+                                 b"250 8BITMIME\r\n")
                 elif verb == b"MAIL":
                     rcpts = 0
                     sock.sendall(b"250 ok\r\n")
@@ -451,6 +460,27 @@ class CutThroughTest(SluiceTestCase):
         c.send(HEADER + b"again\r\n.\r\n")
         self.assertReply(c.read_reply(), 250)
         self.assertEqual(b.messages(), [HEADER + b"again\r\n"])
+
+    def test_a_backend_without_pipelining_gets_rset_and_the_next_mail_one_at_a_time(self):
+        # The client pipelines RSET and its next transaction (RFC 2920 lets
+        # it: sluice offers PIPELINING). The backend does not offer it, so
+        # the RSET sluice relays must be answered before MAIL goes: a
+        # server enforcing lock-step (Exim) would otherwise refuse the
+        # group and close, and the recipient would get 451.
+        b = self.stream_backend(pipelining=False, unknown=["gone@a.example"])
+        _, port = self.relay(b)
+        c = self.open_session(port)
+        self.assertReply(c.cmd("MAIL FROM:<s@x.example>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<gone@a.example>"), 550)
+        c.send(b"RSET\r\nMAIL FROM:<s@x.example>\r\nRCPT TO:<r@a.example>\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertReply(c.read_reply(), 250)
+        self.assertReply(c.read_reply(), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(HEADER + b"after rset\r\n.\r\n")
+        self.assertReply(c.read_reply(), 250)
+        self.assertEqual(b.messages(), [HEADER + b"after rset\r\n"])
+        self.assertEqual(b.connection_count(), 1)
 
     def test_a_data_hook_keeps_data_for_the_client_s_own_turn(self):
         write_lua_entry(self.workdir, "data", 'sluice.on("data", function(s) end)\n')
