@@ -919,6 +919,12 @@ void io_close_when_flushed(struct io *io, int64_t flush_ms)
     io_clear_deadline(io);
     io_pause(io);
     io_set_timeouts(io, 0, flush_ms);
+    /* The bufferevent's write timeout runs only while its write event
+     * waits: in a TLS handshake the peer never finishes (or with reading
+     * paused above), none does, and the close would wait for ever. The
+     * io's own timer bounds it (io_write_timed_out closes). */
+    if (io->tls)
+        io_set_write_due(io, io_due_in(flush_ms));
     if (io_output_len(io) == 0 || (!io->tls && io->fd < 0))
         io_close_now(io);
     else if (!io->tls && io_cork_depth == 0)

@@ -172,6 +172,36 @@ class TlsAfterProxyHeaderTest(SluiceTestCase):
         [msg] = b.wait_messages(1)
         self.assertIn("192.0.2.7", str(msg["xclient"]))
 
+class StartTlsBackendSessionTest(SluiceTestCase):
+    def test_a_backend_session_opened_in_plain_text_does_not_carry_its_helo_over_tls(self):
+        """RFC 3207 4.2: what the client said before TLS is forgotten. A
+        backend session opened for a transaction in plain text was told that
+        HELO by XCLIENT; the message sent after STARTTLS and a new EHLO must
+        reach the backend with the new name, not the plain-text one."""
+        cert, key = make_cert(self.workdir, "mx.sluice.test")
+        b = self.start_backend("a", "--xclient")
+        _, port = self.start_relay(
+            [pool("a", [b.port])], [("a.example", "a")],
+            listen_options={"tls_cert": cert, "tls_key": key})
+        c = RawClient(port)
+        self.clients.append(c)
+        self.assertReply(c.read_reply(), 220)
+        self.assertReply(c.cmd("EHLO injected.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(c.cmd("RSET"), 250)
+        self.assertReply(c.cmd("STARTTLS"), 220, "2.0.0")
+        c.sock = client_context(cert).wrap_socket(c.sock, server_hostname="mx.sluice.test")
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+        self.assertReply(c.cmd("DATA"), 354)
+        c.send(BODY + b".\r\n")
+        self.assertReply(c.read_reply(), 250)
+        [msg] = b.wait_messages(1)
+        self.assertEqual(msg["xclient"]["HELO"], "client.test")
+        self.assertNotIn("injected.test", [e["attrs"].get("HELO") for e in b.events("xclient")][-1:])
+
 
 class ImplicitTlsTest(SluiceTestCase):
     def test_smtplib_over_implicit_tls_delivers_and_is_offered_no_starttls(self):
@@ -360,6 +390,39 @@ class SniTest(SluiceTestCase):
         c.sock = ctx.wrap_socket(c.sock, server_hostname="unknown.test")
         self.assertEqual(dict(x[0] for x in c.sock.getpeercert()["subject"])["commonName"],
                          "mx.sluice.test")
+
+class StalledHandshakeTest(SluiceTestCase):
+    """A client that never finishes its TLS handshake is closed when
+    timeouts.command passes, like one that never sends a command line: the
+    421 waits in the TLS output for a handshake that will not come, and that
+    wait is bounded too (it used to hold the session, its descriptor and its
+    connection slot for ever)."""
+
+    def start(self, **listen_options):
+        cert, key = make_cert(self.workdir, "mx.sluice.test")
+        b = self.start_backend("a")
+        self.sluice, port = self.start_relay(
+            [pool("a", [b.port])], [("a.example", "a")],
+            listen_options=dict({"tls_cert": cert, "tls_key": key}, **listen_options),
+            timeouts={"command": "1s", "data_block": "3m", "shutdown": "2s"})
+        return port
+
+    def test_a_client_silent_after_starttls_is_closed(self):
+        c = RawClient(self.start(), timeout=30)
+        self.clients.append(c)
+        self.assertReply(c.read_reply(), 220)
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(c.cmd("STARTTLS"), 220, "2.0.0")
+        c.send(b"\x16\x03\x01\x02\x00\x01")  # the first bytes of a ClientHello, no more
+        self.sluice.wait_log(r"timeout: no complete command line")
+        self.assertTrue(c.wait_closed(25), "the session outlived its timeout")
+
+    def test_a_silent_client_on_an_implicit_tls_listener_is_closed(self):
+        c = RawClient(self.start(tls_implicit=True), timeout=30)
+        self.clients.append(c)
+        self.sluice.wait_log(r"timeout: no complete command line")
+        self.assertTrue(c.wait_closed(25), "the session outlived its timeout")
+        self.assertEqual(c.buf, b"")
 
 
 class NoTlsListenerTest(SluiceTestCase):
