@@ -68,6 +68,12 @@ static void cmd_helo_proceed(struct session *s, const struct hook_verdict *v)
     session_done(s);
 }
 
+static bool cmd_helo_same(const struct session *s, const struct smtp_cmd *c)
+{
+    return s->helo && s->esmtp == (c->verb == SMTP_EHLO) && strlen(s->helo) == c->arg_len &&
+           memcmp(s->helo, c->arg, c->arg_len) == 0;
+}
+
 static bool cmd_helo_check(struct session *s, const struct smtp_cmd *c)
 {
     if (!smtp_helo_valid(c->arg, c->arg_len)) {
@@ -77,6 +83,10 @@ static bool cmd_helo_check(struct session *s, const struct smtp_cmd *c)
     /* EHLO in the middle of a transaction resets it (RFC 5321 4.1.4). */
     if (s->txn.active)
         session_txn_reset(s);
+    /* The backend session was told the old name (XCLIENT HELO, PROTO): the
+     * next transaction gets one told the new. */
+    if (s->backend && !cmd_helo_same(s, c))
+        session_backend_drop(s);
     free(s->helo);
     s->helo = strndup(c->arg, c->arg_len);
     if (!s->helo) {
@@ -308,6 +318,10 @@ static void cmd_starttls_proceed(struct session *s, const struct hook_verdict *v
     }
     /* Everything known before TLS is forgotten: EHLO is needed again. */
     session_txn_reset(s);
+    /* A backend session opened in plain text was told the plain-text HELO
+     * (XCLIENT HELO, PROTO): the messages sent over TLS get a new one,
+     * opened with what the client says after the handshake (RFC 3207 4.2). */
+    session_backend_drop(s);
     free(s->helo);
     s->helo = NULL;
     s->esmtp = false;

@@ -229,6 +229,9 @@ int message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_o
 
 /* session_relay.c */
 void session_rcpt_relay(struct session *s);
+/* Lets go of the backend session between transactions (it may be kept for
+ * a later session, which tells the server who its client is anew). */
+void session_backend_drop(struct session *s);
 void session_data_start(struct session *s);
 /* The client's DATA was refused here (no valid recipient): a DATA that went
  * ahead to the backend must not leave it waiting for a message. */

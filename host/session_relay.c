@@ -91,6 +91,8 @@ static void relay_drop_backend(struct session *s)
     s->txn.backend_open = false;
 }
 
+void session_backend_drop(struct session *s) { relay_drop_backend(s); }
+
 /* ---- RCPT ------------------------------------------------------------- */
 
 static void relay_rcpt_reply(void *arg, const struct backend_reply *r)
