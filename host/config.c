@@ -146,6 +146,8 @@ static bool is_tls_mode(const char *v)
            strcmp(v, "required") == 0;
 }
 
+static bool is_nonempty(const char *v) { return v[0] != '\0'; }
+
 static const struct copt pool_opts[] = {
     {.name = "name", .kind = OPT_STRING, FIELD(struct pool_conf, name), .required = true},
     {.name = "servers", .kind = OPT_CUSTOM, .custom = load_servers, .required = true},
@@ -165,7 +167,13 @@ static const struct copt pool_opts[] = {
      .valid = is_tls_mode,
      .expect = "must be \"off\", \"opportunistic\" or \"required\""},
     OSTRING("tls_ca", struct pool_conf, tls_ca, NULL),
-    OSTRING("tls_name", struct pool_conf, tls_name, NULL),
+    /* OpenSSL takes an empty name as "check no name": verification would
+     * accept any certificate the CA signed. */
+    {.name = "tls_name",
+     .kind = OPT_STRING,
+     FIELD(struct pool_conf, tls_name),
+     .valid = is_nonempty,
+     .expect = "must not be empty (the name the backend's certificate must show)"},
     ODURATION("connect_timeout", struct pool_conf, connect_timeout_ms, 1, "30s"),
     ODURATION("command_timeout", struct pool_conf, command_timeout_ms, 1, "5m"),
     ODURATION("final_timeout", struct pool_conf, final_timeout_ms, 1, "5m"),

@@ -1306,13 +1306,15 @@ int io_start_tls_client(struct io *io, void *ssl_ctx, const char *name, bool ver
         io->error = ENOMEM;
         return -1;
     }
-    SSL_set_tlsext_host_name(ssl, name);
-    if (verify) {
-        SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
-        SSL_set1_host(ssl, name);
-    } else {
-        SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
+    /* A name OpenSSL did not take would leave the certificate's name
+     * unchecked (SSL_set1_host), or the server without SNI. */
+    if (!name || !*name || SSL_set_tlsext_host_name(ssl, name) != 1 ||
+        (verify && SSL_set1_host(ssl, name) != 1)) {
+        SSL_free(ssl);
+        io->error = EINVAL;
+        return -1;
     }
+    SSL_set_verify(ssl, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
     int rc = io_start_tls(io, ssl, BUFFEREVENT_SSL_CONNECTING);
     if (rc == 0)
         io->tls->verify = verify;

@@ -492,6 +492,8 @@ static void test_pool_errors(void **state)
                  ":2: 'servers': \"h:0\" is not \"host\", \"host:port\" or \"[v6]:port\"");
     expect_error(f, LISTEN_LINE "pools = ( { name = \"a\"; servers = ( ); } );\n",
                  ":2: 'servers' must not be empty");
+    expect_error(f, LISTEN_LINE "pools = ( { name = \"a\"; servers = ( \"h\" ); tls_name = \"\"; } );\n",
+                 ":2: 'tls_name': \"\" must not be empty (the name the backend's certificate must show)");
 }
 
 static void test_route_and_default_pool_errors(void **state)
