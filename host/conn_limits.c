@@ -46,6 +46,7 @@ struct limits {
     struct limits_table addresses;
     struct limits_table networks;
     uint64_t seed; /* per process, so nobody can pick colliding sources */
+    uint64_t networks_epoch; /* bumped when a new prefix restarts the network table */
     int64_t total;
     uint64_t last_sweep_ms;
     bool full_logged;
@@ -258,10 +259,21 @@ static void limits_sweep_table(struct limits *l, struct limits_table *t, uint64_
     }
 }
 
+static bool limits_table_full(const struct limits_table *t)
+{
+    return t->count >= LIMITS_MAX_TRACKED;
+}
+
+/* Once per rate_interval; and, while a table is at its cap, as often as
+ * LIMITS_SWEEP_MIN_MS allows: the entries of sources seen once turn idle
+ * when their bucket is full again (a second at the default rate), and a
+ * flood of one-off sources (an IPv6 /64 walked address by address) must
+ * not leave every new client untracked until the interval is over. */
 static void limits_sweep_if_due(struct limits *l, uint64_t now)
 {
     uint64_t period = (uint64_t)l->conf->rate_interval_ms;
-    if (period < LIMITS_SWEEP_MIN_MS)
+    if (period < LIMITS_SWEEP_MIN_MS ||
+        limits_table_full(&l->addresses) || limits_table_full(&l->networks))
         period = LIMITS_SWEEP_MIN_MS;
     if (now < l->last_sweep_ms + period)
         return;
@@ -282,7 +294,7 @@ static struct limits_entry *limits_entry_get(struct limits *l, struct limits_tab
     }
     if (!t->buckets)
         return NULL;
-    if (t->count >= LIMITS_MAX_TRACKED) {
+    if (limits_table_full(t)) {
         if (!l->full_logged)
             log_warn(NULL, "connection limits: %d clients tracked, newer ones are admitted "
                            "untracked", LIMITS_MAX_TRACKED);
@@ -345,7 +357,7 @@ static enum limits_verdict limits_check(struct limits *l, struct limits_lookup *
     return LIMITS_OK;
 }
 
-static void limits_count_in(struct limits *l, struct limits_lookup *q)
+static void limits_count_in(struct limits *l, struct limits_lookup *q, struct limits_ticket *t)
 {
     l->total++;
     if (q->addr) {
@@ -355,6 +367,8 @@ static void limits_count_in(struct limits *l, struct limits_lookup *q)
     }
     if (q->net)
         q->net->sessions++;
+    *t = (struct limits_ticket){.total = true, .address = q->addr != NULL,
+                                .network = q->net != NULL, .networks = l->networks_epoch};
 }
 
 static void limits_forget_idle(struct limits *l, struct limits_lookup *q)
@@ -366,7 +380,8 @@ static void limits_forget_idle(struct limits *l, struct limits_lookup *q)
 }
 
 static enum limits_verdict limits_admit_locked(struct limits *l, const struct sockaddr *client,
-                                               char *why, size_t whylen, uint64_t now)
+                                               char *why, size_t whylen, uint64_t now,
+                                               struct limits_ticket *t)
 {
     const struct connection_conf *c = l->conf;
     if (c->max_sessions > 0 && l->total >= c->max_sessions) {
@@ -383,25 +398,29 @@ static enum limits_verdict limits_admit_locked(struct limits *l, const struct so
         q.net = limits_entry_get(l, &l->networks, &q.net_key, now);
     enum limits_verdict v = limits_check(l, &q, why, whylen);
     if (v == LIMITS_OK)
-        limits_count_in(l, &q);
+        limits_count_in(l, &q, t);
     else
         limits_forget_idle(l, &q);
     return v;
 }
 
 enum limits_verdict limits_admit_at(struct limits *l, const struct sockaddr *client, char *why,
-                                    size_t whylen, uint64_t now_ms)
+                                    size_t whylen, uint64_t now_ms, struct limits_ticket *ticket)
 {
     char scratch[1];
+    struct limits_ticket unused;
     if (!why || whylen == 0) {
         why = scratch;
         whylen = sizeof scratch;
     }
+    if (!ticket)
+        ticket = &unused;
     why[0] = '\0';
+    *ticket = (struct limits_ticket){0};
     pthread_mutex_lock(&l->mu);
     enum limits_verdict v = LIMITS_OK;
     if (!netlist_match(l->conf->allowlist, client))
-        v = limits_admit_locked(l, client, why, whylen, now_ms);
+        v = limits_admit_locked(l, client, why, whylen, now_ms, ticket);
     pthread_mutex_unlock(&l->mu);
     if (v != LIMITS_OK)
         atomic_fetch_add(&l->refused[v], 1);
@@ -409,9 +428,9 @@ enum limits_verdict limits_admit_at(struct limits *l, const struct sockaddr *cli
 }
 
 enum limits_verdict limits_admit(struct limits *l, const struct sockaddr *client, char *why,
-                                 size_t whylen)
+                                 size_t whylen, struct limits_ticket *ticket)
 {
-    return limits_admit_at(l, client, why, whylen, (uint64_t)mstime_now());
+    return limits_admit_at(l, client, why, whylen, (uint64_t)mstime_now(), ticket);
 }
 
 static void limits_count_out(struct limits *l, struct limits_table *t, const struct limits_key *k,
@@ -427,30 +446,37 @@ static void limits_count_out(struct limits *l, struct limits_table *t, const str
         limits_table_remove(l, t, e);
 }
 
-static void limits_release_locked(struct limits *l, const struct sockaddr *client, uint64_t now_ms)
+/* Counts out what t says was counted in: neither the allowlist nor the
+ * limits in force now decide it (a reload may have changed both). A network
+ * count made under other prefixes is gone with its table. */
+static void limits_release_locked(struct limits *l, const struct sockaddr *client,
+                                  const struct limits_ticket *t, uint64_t now_ms)
 {
     struct limits_key addr_key, net_key;
     bool ip = limits_key_of(l, client, false, &addr_key) == 0 &&
               limits_key_of(l, client, true, &net_key) == 0;
     if (l->total > 0)
         l->total--;
-    if (ip && limits_tracks_addresses(l))
+    if (ip && t->address)
         limits_count_out(l, &l->addresses, &addr_key, now_ms);
-    if (ip && limits_tracks_networks(l))
+    if (ip && t->network && t->networks == l->networks_epoch)
         limits_count_out(l, &l->networks, &net_key, now_ms);
 }
 
-void limits_release_at(struct limits *l, const struct sockaddr *client, uint64_t now_ms)
+void limits_release_at(struct limits *l, const struct sockaddr *client,
+                       const struct limits_ticket *ticket, uint64_t now_ms)
 {
+    if (!ticket || !ticket->total)
+        return; /* allowlisted when admitted: nothing was counted */
     pthread_mutex_lock(&l->mu);
-    if (!netlist_match(l->conf->allowlist, client))
-        limits_release_locked(l, client, now_ms);
+    limits_release_locked(l, client, ticket, now_ms);
     pthread_mutex_unlock(&l->mu);
 }
 
-void limits_release(struct limits *l, const struct sockaddr *client)
+void limits_release(struct limits *l, const struct sockaddr *client,
+                    const struct limits_ticket *ticket)
 {
-    limits_release_at(l, client, (uint64_t)mstime_now());
+    limits_release_at(l, client, ticket, (uint64_t)mstime_now());
 }
 
 /* ---- lifetime and introspection -------------------------------------------- */
@@ -480,8 +506,10 @@ void limits_reconfigure(struct limits *l, const struct connection_conf *c)
                          c->network_v6 == l->conf->network_v6;
     l->conf = c;
     if (!same_networks) {
-        /* Counts under the old prefixes cannot be found again: start afresh. */
+        /* Counts under the old prefixes cannot be found again: start afresh
+         * (sessions counted in the old table count nothing out of the new). */
         limits_table_free(&l->networks);
+        l->networks_epoch++;
         if (limits_table_init(&l->networks) < 0)
             log_err(NULL, "connection limits: out of memory, per_network not enforced");
     }

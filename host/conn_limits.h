@@ -6,6 +6,7 @@
 #ifndef SLUICE_CONN_LIMITS_H
 #define SLUICE_CONN_LIMITS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -20,6 +21,16 @@ enum limits_verdict {
     LIMITS_OVER_NETWORK, /* per_network */
     LIMITS_OVER_RATE,    /* rate per rate_interval */
     LIMITS_VERDICT_COUNT
+};
+
+/* What the admission of one session counted, so that its release counts
+ * out exactly that, whatever a reload changed meanwhile (the allowlist, a
+ * limit switched off or on, the network prefixes). */
+struct limits_ticket {
+    bool total;         /* counted in the instance's total: not allowlisted */
+    bool address;       /* counted in its address's entry */
+    bool network;       /* counted in its network's entry */
+    uint64_t networks;  /* the network table it was counted in (a new prefix starts another) */
 };
 
 /* Addresses (and networks) tracked at most; beyond, new clients are admitted
@@ -40,16 +51,21 @@ void limits_reconfigure(struct limits *l, const struct connection_conf *c);
 /* Counts a new session of client in, or refuses it: LIMITS_OK, or the limit
  * it is over with a one-line explanation in why ("too many connections from
  * 192.0.2.1: 5"). Allowlisted clients are always admitted and never counted.
- * A v4-mapped IPv6 address counts as the IPv4 one. Any thread. */
+ * A v4-mapped IPv6 address counts as the IPv4 one. *ticket says what was
+ * counted (nothing unless LIMITS_OK); the session keeps it for its release.
+ * Any thread. */
 enum limits_verdict limits_admit(struct limits *l, const struct sockaddr *client, char *why,
-                                 size_t whylen);
+                                 size_t whylen, struct limits_ticket *ticket);
 /* The same at a given time of a monotonic clock in milliseconds (tests). */
 enum limits_verdict limits_admit_at(struct limits *l, const struct sockaddr *client, char *why,
-                                    size_t whylen, uint64_t now_ms);
+                                    size_t whylen, uint64_t now_ms, struct limits_ticket *ticket);
 
-/* Counts out a session that limits_admit admitted. Any thread. */
-void limits_release(struct limits *l, const struct sockaddr *client);
-void limits_release_at(struct limits *l, const struct sockaddr *client, uint64_t now_ms);
+/* Counts out a session that limits_admit admitted with ticket: what was
+ * counted then, not what the configuration of now would count. Any thread. */
+void limits_release(struct limits *l, const struct sockaddr *client,
+                    const struct limits_ticket *ticket);
+void limits_release_at(struct limits *l, const struct sockaddr *client,
+                       const struct limits_ticket *ticket, uint64_t now_ms);
 
 /* "total", "address", "network", "rate" ("ok" for LIMITS_OK): for logs and
  * metric labels. */

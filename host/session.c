@@ -505,7 +505,8 @@ static bool session_admit(struct session *s)
     char why[200] = "";
     if (!l)
         return true;
-    enum limits_verdict v = limits_admit(l, (struct sockaddr *)&s->peer, why, sizeof why);
+    enum limits_verdict v =
+        limits_admit(l, (struct sockaddr *)&s->peer, why, sizeof why, &s->limits_ticket);
     if (v == LIMITS_OK) {
         s->limits_admitted = true;
         return true;
@@ -686,7 +687,7 @@ static void session_release_limits(struct session *s)
     if (!s->limits_admitted)
         return;
     s->limits_admitted = false;
-    limits_release(s->loop->worker->limits, (struct sockaddr *)&s->peer);
+    limits_release(s->loop->worker->limits, (struct sockaddr *)&s->peer, &s->limits_ticket);
 }
 
 static void session_free(struct session *s)

@@ -11,6 +11,7 @@
 #include <sys/time.h>
 
 #include "backend.h"
+#include "conn_limits.h"
 #include "data_codec.h"
 #include "dns.h"
 #include "hooks.h"
@@ -127,6 +128,7 @@ struct session {
     bool early_talker;
     bool client_eof; /* half-closed: answer what it sent, then close */
     bool limits_admitted;
+    struct limits_ticket limits_ticket; /* what the admission counted */
     enum smtp_state state;
     const struct cmd_row *cmd_row; /* the command whose hook runs (session_cmd.c) */
     int errors;

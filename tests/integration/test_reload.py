@@ -350,6 +350,42 @@ class LimitsReloadTest(ReloadTestCase):
         first.cmd("QUIT")
         second.cmd("QUIT")
 
+    def test_sessions_counted_before_an_allowlist_reload_are_counted_out_when_they_end(self):
+        b = self.start_backend("a")
+        s = self.start_sluice(self.config([pool("a", [b.port])],
+                                          connections={"max_sessions": 2, "per_address": 0,
+                                                       "per_network": 0, "rate": 0}))
+        held = [self.open_session(self.port) for _ in range(2)]
+        with open(s.conf_path) as f:
+            text = f.read()
+        allowed = text.replace("max_sessions = 2;",
+                               'max_sessions = 2;\n    allowlist = [ "127.0.0.1" ];')
+        self.assertNotEqual(allowed, text)
+        with open(s.conf_path, "w") as f:
+            f.write(allowed)
+        self.reload(s)
+        # The two sessions were counted in before the reload; they end after it.
+        for c in held:
+            self.assertReply(c.cmd("QUIT"), 221)
+            c.close()
+        time.sleep(0.5)
+        with open(s.conf_path, "w") as f:
+            f.write(text)
+        self.reload(s)
+        # No session is left: a client off the allowlist is admitted.
+        deadline = time.monotonic() + 5.0
+        while True:
+            c = self.connect(self.port)
+            reply = c.read_reply()
+            if reply.code == 220 or time.monotonic() > deadline:
+                break
+            c.close()
+            time.sleep(0.2)
+        self.assertEqual(reply.code, 220, "%r (%d refusals)" % (reply, len(s.grep(r"refused: total"))))
+        self.assertReply(c.cmd("EHLO client.test"), 250)
+        self.assertReply(self.send_message(c, "<allowlist@reload.test>"), 250)
+        c.cmd("QUIT")
+
 
 class ReloadLifecycleTest(ReloadTestCase):
     def dnsbl_entry(self, zone):

@@ -17,9 +17,20 @@
 
 #define T0 1000000u /* an arbitrary start of the test clock, in ms */
 
+/* Sessions admitted and not yet released, with what their admission
+ * counted: a release gives back the ticket of the address's oldest one. */
+#define FIXTURE_HELD 256
+
+struct held {
+    char ip[64];
+    struct limits_ticket ticket;
+};
+
 struct fixture {
     struct connection_conf conf;
     struct limits *limits;
+    struct held held[FIXTURE_HELD];
+    size_t nheld;
 };
 
 /* Defaults of the tests: every limit off; each test turns on what it proves. */
@@ -67,7 +78,14 @@ static enum limits_verdict admit_at(struct fixture *f, const char *ip, uint64_t 
 {
     struct sockaddr_storage ss = addr(ip);
     char why[200];
-    return limits_admit_at(f->limits, (struct sockaddr *)&ss, why, sizeof why, now);
+    struct limits_ticket t;
+    enum limits_verdict v = limits_admit_at(f->limits, (struct sockaddr *)&ss, why, sizeof why,
+                                            now, &t);
+    if (v == LIMITS_OK && f->nheld < FIXTURE_HELD) {
+        snprintf(f->held[f->nheld].ip, sizeof f->held[f->nheld].ip, "%s", ip);
+        f->held[f->nheld++].ticket = t;
+    }
+    return v;
 }
 
 static enum limits_verdict admit(struct fixture *f, const char *ip)
@@ -78,7 +96,16 @@ static enum limits_verdict admit(struct fixture *f, const char *ip)
 static void release_at(struct fixture *f, const char *ip, uint64_t now)
 {
     struct sockaddr_storage ss = addr(ip);
-    limits_release_at(f->limits, (struct sockaddr *)&ss, now);
+    struct limits_ticket t = {0};
+    for (size_t i = 0; i < f->nheld; i++) {
+        if (strcmp(f->held[i].ip, ip) == 0) {
+            t = f->held[i].ticket;
+            memmove(&f->held[i], &f->held[i + 1], (f->nheld - i - 1) * sizeof f->held[0]);
+            f->nheld--;
+            break;
+        }
+    }
+    limits_release_at(f->limits, (struct sockaddr *)&ss, &t, now);
 }
 
 static void release(struct fixture *f, const char *ip)
@@ -108,10 +135,10 @@ static void refusal_explains_itself_with_the_address(void **state)
     fixture_start(f);
     struct sockaddr_storage ss = addr("192.0.2.7");
     char why[200];
-    assert_int_equal(limits_admit_at(f->limits, (struct sockaddr *)&ss, why, sizeof why, T0),
+    assert_int_equal(limits_admit_at(f->limits, (struct sockaddr *)&ss, why, sizeof why, T0, NULL),
                      LIMITS_OK);
     assert_string_equal(why, "");
-    assert_int_equal(limits_admit_at(f->limits, (struct sockaddr *)&ss, why, sizeof why, T0),
+    assert_int_equal(limits_admit_at(f->limits, (struct sockaddr *)&ss, why, sizeof why, T0, NULL),
                      LIMITS_OVER_ADDRESS);
     assert_non_null(strstr(why, "192.0.2.7"));
     assert_string_equal(limits_verdict_name(LIMITS_OVER_ADDRESS), "address");
@@ -312,6 +339,31 @@ static void beyond_the_table_cap_clients_are_admitted_untracked(void **state)
     fixture_free(f);
 }
 
+/* Addresses seen once and gone keep their entry only until their bucket is
+ * full again: a table filled by a flood of one-off sources (an IPv6 /64
+ * walked address by address) is swept as soon as it is full, not after a
+ * whole rate interval, so the next clients are still limited. */
+static void a_table_full_of_idle_entries_is_swept_before_admitting_untracked(void **state)
+{
+    struct fixture *f = fixture_new();
+    f->conf.per_address = 1;
+    f->conf.rate = 60;
+    f->conf.rate_interval_ms = 60000;
+    fixture_start(f);
+    char ip[64];
+    for (unsigned i = 0; i < LIMITS_MAX_TRACKED; i++) {
+        snprintf(ip, sizeof ip, "2001:db8::%x:%x", i >> 16, i & 0xffff);
+        assert_int_equal(admit_at(f, ip, T0), LIMITS_OK);
+        release_at(f, ip, T0);
+    }
+    assert_int_equal(limits_tracked_addresses(f->limits), LIMITS_MAX_TRACKED);
+    /* Two seconds on, every bucket is full again: nothing is worth keeping. */
+    assert_int_equal(admit_at(f, "192.0.2.1", T0 + 2000), LIMITS_OK);
+    assert_int_equal(admit_at(f, "192.0.2.1", T0 + 2000), LIMITS_OVER_ADDRESS);
+    assert_true(limits_tracked_addresses(f->limits) < 10);
+    fixture_free(f);
+}
+
 static void reconfigure_applies_new_limits_and_keeps_the_counts(void **state)
 {
     struct fixture *f = fixture_new();
@@ -338,6 +390,101 @@ static void reconfigure_applies_new_limits_and_keeps_the_counts(void **state)
     fixture_free(f);
 }
 
+/* A reload that puts a counted client on the allowlist: its sessions were
+ * counted in, and are counted out when they end. */
+static void reload_allowlisting_a_counted_client_still_counts_its_sessions_out(void **state)
+{
+    struct fixture *f = fixture_new();
+    f->conf.max_sessions = 2;
+    f->conf.per_address = 2;
+    fixture_start(f);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    struct connection_conf allow = f->conf;
+    allow.allowlist = NULL;
+    assert_int_equal(netlist_add(&allow.allowlist, "192.0.2.0/24"), 0);
+    limits_reconfigure(f->limits, &allow);
+    release(f, "192.0.2.1");
+    release(f, "192.0.2.1");
+    assert_int_equal(limits_total(f->limits), 0);
+    /* Off the allowlist again: nothing of those sessions is left. */
+    limits_reconfigure(f->limits, &f->conf);
+    struct sockaddr_storage ss = addr("192.0.2.1");
+    assert_int_equal(limits_address_sessions(f->limits, (struct sockaddr *)&ss), 0);
+    assert_int_equal(admit(f, "198.51.100.1"), LIMITS_OK);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    netlist_free(allow.allowlist);
+    fixture_free(f);
+}
+
+/* The other way: sessions admitted on the allowlist were never counted, and
+ * their end must not count out the sessions of others. */
+static void reload_removing_an_allowlisted_client_counts_nothing_out_for_it(void **state)
+{
+    struct fixture *f = fixture_new();
+    f->conf.max_sessions = 1;
+    f->conf.per_address = 1;
+    assert_int_equal(netlist_add(&f->conf.allowlist, "192.0.2.0/24"), 0);
+    fixture_start(f);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    struct connection_conf strict = f->conf;
+    strict.allowlist = NULL;
+    limits_reconfigure(f->limits, &strict);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK); /* counted now */
+    for (int i = 0; i < 3; i++)
+        release(f, "192.0.2.1"); /* the three allowlisted ones */
+    assert_int_equal(limits_total(f->limits), 1);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OVER_TOTAL);
+    strict.max_sessions = 0;
+    limits_reconfigure(f->limits, &strict);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OVER_ADDRESS);
+    limits_reconfigure(f->limits, &f->conf);
+    fixture_free(f);
+}
+
+/* per_address switched off and on again by reloads: the sessions counted
+ * before are counted out when they end, and leave no phantom count. */
+static void reload_switching_a_limit_off_and_on_leaves_no_phantom_sessions(void **state)
+{
+    struct fixture *f = fixture_new();
+    f->conf.per_address = 2;
+    f->conf.per_network = 2;
+    fixture_start(f);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    struct connection_conf off = f->conf;
+    off.per_address = 0;
+    off.per_network = 0;
+    limits_reconfigure(f->limits, &off);
+    release(f, "192.0.2.1");
+    release(f, "192.0.2.1");
+    limits_reconfigure(f->limits, &f->conf);
+    struct sockaddr_storage ss = addr("192.0.2.1");
+    assert_int_equal(limits_address_sessions(f->limits, (struct sockaddr *)&ss), 0);
+    assert_int_equal(limits_network_sessions(f->limits, (struct sockaddr *)&ss), 0);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    assert_int_equal(admit(f, "192.0.2.1"), LIMITS_OK);
+    fixture_free(f);
+}
+
+/* A new network prefix restarts the network counts: a session counted under
+ * the old prefix must not count out one of the new. */
+static void reload_with_a_new_prefix_does_not_count_out_new_network_sessions(void **state)
+{
+    struct fixture *f = fixture_new();
+    f->conf.per_network = 1;
+    fixture_start(f);
+    assert_int_equal(admit(f, "10.0.0.1"), LIMITS_OK);
+    struct connection_conf wider = f->conf;
+    wider.network_v4 = 16;
+    limits_reconfigure(f->limits, &wider);
+    assert_int_equal(admit(f, "10.0.1.1"), LIMITS_OK);
+    release(f, "10.0.0.1"); /* counted in the old /24 */
+    assert_int_equal(admit(f, "10.0.2.1"), LIMITS_OVER_NETWORK);
+    fixture_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -352,10 +499,15 @@ int main(void)
         cmocka_unit_test(rate_refuses_the_fourth_connection_within_the_interval),
         cmocka_unit_test(rate_bucket_refills_over_time),
         cmocka_unit_test(allowlisted_client_is_always_admitted_and_not_counted),
+        cmocka_unit_test(a_table_full_of_idle_entries_is_swept_before_admitting_untracked),
         cmocka_unit_test(zero_disables_every_limit),
         cmocka_unit_test(idle_entries_are_forgotten),
         cmocka_unit_test(beyond_the_table_cap_clients_are_admitted_untracked),
         cmocka_unit_test(reconfigure_applies_new_limits_and_keeps_the_counts),
+        cmocka_unit_test(reload_allowlisting_a_counted_client_still_counts_its_sessions_out),
+        cmocka_unit_test(reload_removing_an_allowlisted_client_counts_nothing_out_for_it),
+        cmocka_unit_test(reload_switching_a_limit_off_and_on_leaves_no_phantom_sessions),
+        cmocka_unit_test(reload_with_a_new_prefix_does_not_count_out_new_network_sessions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
