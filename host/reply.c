@@ -60,6 +60,7 @@ static const struct reply_entry reply_table[R_COUNT] = {
     [R_PARAM_UNSUPPORTED] = REPLY("555 5.5.4 Unsupported parameter"),
     [R_NOT_IMPLEMENTED] = REPLY("502 5.5.1 Command not implemented"),
     [R_TOO_BIG] = REPLY("552 5.3.4 Message too big"),
+    [R_HEADER_TOO_BIG] = REPLY("552 5.3.4 Message header too big"),
     [R_NEED_SMTPUTF8] = REPLY("550 5.6.7 SMTPUTF8 is not supported for this recipient"),
     [R_NEED_8BITMIME] = REPLY("550 5.6.3 8BITMIME is not supported for this recipient"),
     [R_BARE_NEWLINE] = REPLY("550 5.5.2 Message contains bare CR or LF"),

@@ -49,6 +49,7 @@ enum reply_id {
     R_PARAM_UNSUPPORTED,/* 555 5.5.4 Unsupported parameter */
     R_NOT_IMPLEMENTED,  /* 502 5.5.1 Command not implemented */
     R_TOO_BIG,          /* 552 5.3.4 Message too big */
+    R_HEADER_TOO_BIG,   /* 552 5.3.4 Message header too big */
     R_NEED_SMTPUTF8,    /* 550 5.6.7 */
     R_NEED_8BITMIME,    /* 550 5.6.3 */
     R_BARE_NEWLINE,     /* 550 5.5.2 Message contains bare CR or LF */

@@ -41,6 +41,8 @@ struct message_info {
     size_t nadds;
     bool changed;
     bool oom; /* an allocation failed: the header seen by plugins is incomplete */
+    bool truncated; /* the caps ended the parse inside the header: fields follow unseen */
+    bool removes;   /* a plugin asked for a field to be removed */
 };
 
 #define S(ss) ((struct session *)(ss))
@@ -88,33 +90,53 @@ static bool msg_append_value(struct header_field *f, const char *p, size_t len, 
     return true;
 }
 
-static bool msg_new_field(struct message_info *m, const char *line, size_t len, uint64_t off,
-                          size_t total)
+/* The field's name: the bytes before the colon, less the blanks RFC 5322's
+ * obs-optional allows in front of it ("Name : value"), which MTAs and mail
+ * readers take as a field too; 0 when the line is no field. */
+static size_t msg_field_name(const char *line, size_t len, const char **colon_out)
 {
     const char *colon = memchr(line, ':', len);
-    if (!colon || colon == line || m->n >= HEADER_MAX_FIELDS)
-        return false;
-    for (const char *q = line; q < colon; q++)
-        if ((unsigned char)*q <= ' ' || (unsigned char)*q >= 0x7f)
-            return false;
+    if (!colon)
+        return 0;
+    size_t n = (size_t)(colon - line);
+    while (n > 0 && (line[n - 1] == ' ' || line[n - 1] == '\t'))
+        n--;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)line[i] <= ' ' || (unsigned char)line[i] >= 0x7f)
+            return 0;
+    *colon_out = colon;
+    return n;
+}
+
+enum field_result { FIELD_ADDED, FIELD_NONE, FIELD_CAPPED, FIELD_OOM };
+
+static enum field_result msg_new_field(struct message_info *m, const char *line, size_t len,
+                                       uint64_t off, size_t total)
+{
+    const char *colon = NULL;
+    size_t name_len = msg_field_name(line, len, &colon);
+    if (name_len == 0)
+        return FIELD_NONE;
+    if (m->n >= HEADER_MAX_FIELDS)
+        return FIELD_CAPPED;
     struct header_field *fs = realloc(m->fields, (m->n + 1) * sizeof *fs);
     if (!fs) {
         m->oom = true;
-        return false;
+        return FIELD_OOM;
     }
     m->fields = fs;
     struct header_field *f = &fs[m->n++];
     memset(f, 0, sizeof *f);
-    f->name_len = (size_t)(colon - line);
+    f->name_len = name_len;
     f->name = strndup(line, f->name_len);
     f->off = off;
     f->len = total;
     const char *v = colon + 1;
     if (!f->name || !msg_append_value(f, v, len - (size_t)(v - line), false)) {
         m->oom = true;
-        return false;
+        return FIELD_OOM;
     }
-    return true;
+    return FIELD_ADDED;
 }
 
 /* The header is read from the spool in growing pieces, so a large message
@@ -166,8 +188,13 @@ bool message_info_parse(struct session *s)
         size_t total = pos < hb.got ? msg_line(hb.p + pos, hb.got - pos, &clen) : 0;
         if (total == 0 && header_buf_more(&hb, &m->oom))
             continue;
-        if (total == 0 || clen == 0)
-            break; /* beyond the cap, or the blank line that ends the header */
+        if (total == 0) {
+            /* The end of the message, or the byte cap inside the header. */
+            m->truncated = hb.got < size;
+            break;
+        }
+        if (clen == 0)
+            break; /* the blank line that ends the header */
         const char *line = hb.p + pos;
         if (line[0] == '.') { /* un-stuff */
             line++;
@@ -180,8 +207,12 @@ bool message_info_parse(struct session *s)
                 break;
             }
             f->len += total;
-        } else if (!msg_new_field(m, line, clen, pos, total)) {
-            break; /* not a header field: the body starts here */
+        } else {
+            enum field_result fr = msg_new_field(m, line, clen, pos, total);
+            if (fr == FIELD_CAPPED)
+                m->truncated = true;
+            if (fr != FIELD_ADDED)
+                break; /* not a header field (or past the caps): the body starts here */
         }
         pos += total;
     }
@@ -456,6 +487,9 @@ int sluice_header_remove(sluice_session *ss, const char *name, int idx)
     struct message_info *m = S(ss)->msg;
     if (!m || !msg_valid_name(name))
         return -1;
+    m->removes = true;
+    if (m->truncated)
+        m->changed = true; /* the field may be past the caps: message_rewrite decides */
     int seen = 0;
     for (size_t i = 0; i < m->n; i++) {
         if (strcasecmp(m->fields[i].name, name) != 0)
@@ -469,11 +503,23 @@ int sluice_header_remove(sluice_session *ss, const char *name, int idx)
     return 0;
 }
 
+static bool msg_removes_any(const struct message_info *m)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if (m->fields[i].removed)
+            return true;
+    return m->removes;
+}
+
 int message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_offset)
 {
     struct message_info *m = s->msg;
     if (!m || !m->changed)
         return 0;
+    /* Fields past the caps were never seen: a field a plugin removes (one
+     * the client forged, vouching for a check) may be among them. */
+    if (m->truncated && msg_removes_any(m))
+        return -2;
     if (evbuffer_add(prefix, m->adds ? m->adds : "", m->adds_len) < 0)
         return -1;
     for (size_t i = 0; i < m->n; i++) {

@@ -226,7 +226,9 @@ void message_info_free(struct message_info *m);
 bool message_info_parse(struct session *s);
 /* Header changes: returns 1 with *prefix holding the new header (wire form)
  * and *body_offset where the spool continues, 0 when there are none, -1 when
- * the new header could not be built (memory, spool read). */
+ * the new header could not be built (memory, spool read), -2 when a plugin
+ * removes fields and the header goes on past the parser's caps (a field to
+ * remove may be among those never seen: the message is refused). */
 int message_rewrite(struct session *s, struct evbuffer *prefix, uint64_t *body_offset);
 
 /* session_relay.c */

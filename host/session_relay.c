@@ -515,6 +515,17 @@ static void relay_eom_done(struct session *s, const struct hook_verdict *v)
         evbuffer_free(prefix);
         prefix = NULL;
     }
+    if (rw == -2) {
+        /* A field to remove may be past what was parsed: relayed, the
+         * client's forged field would go through. */
+        log_info(s->sid, "message refused: header fields past the parser's caps, and a "
+                         "plugin removes fields");
+        session_reply(s, R_HEADER_TOO_BIG);
+        session_log_txn_code(s, reply_code(R_HEADER_TOO_BIG));
+        session_txn_reset(s);
+        session_done(s);
+        return;
+    }
     if (rw < 0) {
         log_err(s->sid, "cannot build the changed header");
         relay_message_reply(s, &(struct backend_reply){.status = BACKEND_INTERNAL});

@@ -494,6 +494,44 @@ class CutThroughTest(SluiceTestCase):
         self.assertNotEqual(chunk["RCPT TO:<r@a.example>"], chunk["DATA"])
 
 
+class HeaderRemovalTest(SluiceTestCase):
+    """A plugin that removes every field of a name (a scanner's or a policy's
+    header the client may forge, as clamav's X-Virus-Scanned) must not let
+    one through because sluice's header parser stopped early: at a field
+    with blanks before its colon (RFC 5322 obs-optional, a field to MTAs and
+    mail readers), or at its caps on the number of fields."""
+
+    relay = CutThroughTest.relay
+    stream_backend = CutThroughTest.stream_backend
+    begin_message = CutThroughTest.begin_message
+
+    TAG = ('sluice.on("eom", function(s)\n'
+           '  s:remove_header("X-Tag")\n'
+           '  s:add_header("X-Tag", "genuine")\n'
+           'end)\n')
+
+    def send_header(self, header):
+        write_lua_entry(self.workdir, "tag", self.TAG)
+        b = self.stream_backend()
+        _, port = self.relay(b, plugin_dir=plugin_dir())
+        c = self.begin_message(port)
+        c.send(header + b"X-Tag: forged\r\n\r\nbody\r\n.\r\n")
+        return b, c.read_reply()
+
+    def test_a_field_with_a_blank_before_its_colon_does_not_hide_the_fields_after_it(self):
+        b, reply = self.send_header(b"Subject : spaced\r\n")
+        self.assertReply(reply, 250)
+        [m] = b.messages()
+        self.assertNotIn(b"forged", m)
+        self.assertTrue(m.startswith(b"X-Tag: genuine\r\nSubject : spaced\r\n"), m[:200])
+
+    def test_a_forged_field_past_the_field_cap_is_never_relayed(self):
+        b, reply = self.send_header(b"".join(b"X-Pad-%d: x\r\n" % i for i in range(1000)))
+        self.assertReply(reply, 552, "5.3.4")
+        self.assertIn("header too big", reply.text)
+        self.assertEqual(b.messages(), [])
+
+
 def plugin_dir():
     return os.path.join(os.path.dirname(sluice_bin()), "plugins")
 

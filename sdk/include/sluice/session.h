@@ -134,7 +134,9 @@ void sluice_message_close(sluice_message_reader *r);
  * "name: value" on top of the header; remove drops the idx-th field named
  * name (idx < 0: every one). value must not contain bare CR/LF (folding is
  * "\r\n\t"). Returns 0, or -1 on bad input or over the per-message caps.
- * Hook: eom. */
+ * The header is read up to 1000 fields and 1 MiB; a message with more whose
+ * header a remove was asked for is refused with 552 5.3.4 (a field past the
+ * caps, one a client forged, could not be removed). Hook: eom. */
 int sluice_header_add(sluice_session *s, const char *name, const char *value);
 int sluice_header_remove(sluice_session *s, const char *name, int idx);
 
