@@ -68,12 +68,6 @@ static void cmd_helo_proceed(struct session *s, const struct hook_verdict *v)
     session_done(s);
 }
 
-static bool cmd_helo_same(const struct session *s, const struct smtp_cmd *c)
-{
-    return s->helo && s->esmtp == (c->verb == SMTP_EHLO) && strlen(s->helo) == c->arg_len &&
-           memcmp(s->helo, c->arg, c->arg_len) == 0;
-}
-
 static bool cmd_helo_check(struct session *s, const struct smtp_cmd *c)
 {
     if (!smtp_helo_valid(c->arg, c->arg_len)) {
@@ -83,10 +77,6 @@ static bool cmd_helo_check(struct session *s, const struct smtp_cmd *c)
     /* EHLO in the middle of a transaction resets it (RFC 5321 4.1.4). */
     if (s->txn.active)
         session_txn_reset(s);
-    /* The backend session was told the old name (XCLIENT HELO, PROTO): the
-     * next transaction gets one told the new. */
-    if (s->backend && !cmd_helo_same(s, c))
-        session_backend_drop(s);
     free(s->helo);
     s->helo = strndup(c->arg, c->arg_len);
     if (!s->helo) {

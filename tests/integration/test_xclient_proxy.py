@@ -56,20 +56,6 @@ class XclientTest(SluiceTestCase):
         self.assertLess(after.index("EHLO"), after.index("MAIL"))
         self.assertEqual(msg["ehlo_names"][-1], "client.test")
 
-    def test_a_new_ehlo_reaches_the_backend_with_the_next_transaction(self):
-        """A client that says EHLO again with another name between two
-        transactions: the second message reaches the backend under the new
-        name, not the one its session was opened with."""
-        b = self.start_backend("a", "--xclient")
-        _, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")])
-        with smtplib.SMTP("127.0.0.1", port, local_hostname="first.test", timeout=30) as c:
-            self.assertEqual(c.sendmail(SENDER, ["u@a.example"], BODY), {})
-            c.ehlo("second.test")
-            self.assertEqual(c.sendmail(SENDER, ["u@a.example"], BODY), {})
-        first, second = b.wait_messages(2)
-        self.assertEqual(first["xclient"].get("HELO"), "first.test")
-        self.assertEqual(second["xclient"].get("HELO"), "second.test")
-
     def test_backend_without_xclient_capability_never_receives_it(self):
         b = self.start_backend("a")
         _, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")])
