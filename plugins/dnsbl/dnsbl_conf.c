@@ -217,6 +217,11 @@ static int parse_top(const sluice_entry *e, struct dnsbl_conf *c, char *err, siz
 {
     if (get_number(e, "threshold", &c->threshold) < 0)
         return sluice_setting_fail(e, "threshold", err, errlen, "expected a number");
+    /* A client listed nowhere sums 0: a threshold it reaches refuses every
+     * recipient of every client. */
+    if (!(c->threshold > 0))
+        return sluice_setting_fail(e, "threshold", err, errlen,
+                                   "must be above 0 (a client listed nowhere sums 0)");
     if (sluice_setting_bool(e, "defer", &c->defer) < 0)
         return sluice_setting_fail(e, "defer", err, errlen, "expected true or false");
     if (sluice_setting_int(e, "cache_size", &c->cache_size) < 0 || c->cache_size < 0 ||

@@ -147,6 +147,7 @@ bool dnsbl_domain_normalize(const char *in, size_t len, char *out, size_t outlen
     if (len == 0 || len >= outlen || len >= DNSBL_NAME_MAX)
         return false;
     size_t label = 0, labels = 1;
+    bool digits_only = true; /* the last label so far */
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)in[i];
         if (c == '.') {
@@ -154,15 +155,20 @@ bool dnsbl_domain_normalize(const char *in, size_t len, char *out, size_t outlen
                 return false;
             label = 0;
             labels++;
+            digits_only = true;
             out[i] = '.';
         } else if (name_char(c) && ++label <= DNSBL_LABEL_MAX) {
+            digits_only = digits_only && isdigit(c);
             out[i] = (char)tolower(c);
         } else {
             return false;
         }
     }
     out[len] = '\0';
-    return label > 0 && labels >= 2;
+    /* No top-level domain is all digits: "192.0.2.1" is an address, which a
+     * domain list answers with an error code inside 127/8 (Spamhaus DBL's
+     * 127.0.1.255, "IP queries prohibited"), not a listing. */
+    return label > 0 && labels >= 2 && !digits_only;
 }
 
 bool dnsbl_sender_domain(const char *sender, size_t len, char *out, size_t outlen)

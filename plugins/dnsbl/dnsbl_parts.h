@@ -46,7 +46,8 @@ double dnsbl_listing_weight(double zone_weight, const struct dnsbl_code *codes, 
 
 /* A HELO argument or a domain made into a lowercase name fit to prefix a
  * zone (labels of letters, digits, '-' and '_', at least two labels, no
- * address literal). Returns false when it is not such a name. */
+ * address literal, no all-digit last label: "192.0.2.1" is an address).
+ * Returns false when it is not such a name. */
 bool dnsbl_domain_normalize(const char *in, size_t len, char *out, size_t outlen);
 /* The domain of a sender address (after the last '@'), normalized. */
 bool dnsbl_sender_domain(const char *sender, size_t len, char *out, size_t outlen);

@@ -237,7 +237,10 @@ enum greylist_action greylist_decide(const struct greylist_record *r, int64_t no
     *wait_ms = t->min_delay_ms;
     if (r && r->state == GREYLIST_ALLOWED)
         return now - r->stamp_ms >= t->refresh_ms ? GREYLIST_REFRESH : GREYLIST_KNOWN;
-    if (!r || now - r->first_ms > t->retry_window_ms)
+    /* A first sight ahead of the clock (a clock stepped back, an instance
+     * on the same store running fast) would be "too soon" until the record
+     * expires: it is first sight again, from now. */
+    if (!r || now - r->first_ms > t->retry_window_ms || r->first_ms > now)
         return GREYLIST_NEW;
     int64_t age = now - r->first_ms;
     if (age < t->min_delay_ms) {

@@ -65,7 +65,8 @@ enum greylist_action {
 };
 
 /* What a lookup means at now. r NULL: absent (or expired). A pending record
- * past the retry window counts as first sight again. *wait_ms: for NEW and
+ * past the retry window, or first seen later than now (a clock stepped
+ * back), counts as first sight again. *wait_ms: for NEW and
  * TOO_SOON, how long until a retry passes. */
 enum greylist_action greylist_decide(const struct greylist_record *r, int64_t now,
                                      const struct greylist_times *t, int64_t *wait_ms);

@@ -45,6 +45,9 @@ ZONES = {
     "listsall.test": ("ip4set", "127.0.0.0/8\n"),
     "flaky.test": ("ip4set", "127.0.0.2\n127.0.0.9\n127.0.0.30 :127.255.255.254:Refused\n"),
     "dom.test": ("dnset", ":127.0.0.2:Domain listed\nspammer.example\ntest\n"),
+    # Spamhaus DBL's answer to a name that is an address: an error code
+    # inside 127/8, "IP queries prohibited!".
+    "dbl.test": ("dnset", "test\n192.0.2.1 :127.0.1.255:IP queries prohibited\n"),
 }
 
 
@@ -309,6 +312,14 @@ class DnsblTest(SluiceTestCase):
         self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 550, "5.7.1",
                          "helo name spammer.example blocked using dom.test")
 
+    def test_helo_that_is_a_bare_address_is_not_looked_up_in_a_domain_zone(self):
+        port = self.relay([zone("dbl.test", type="domain")])
+        c = self.session_from(port, CLEAN)
+        self.assertReply(c.read_reply(), 220)
+        self.assertReply(c.cmd("EHLO 192.0.2.1"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<%s>" % SENDER), 250)
+        self.assertReply(c.cmd("RCPT TO:<u@a.example>"), 250)
+
     # --- misbehaving and silent DNS -------------------------------------------
 
     def test_zone_answering_an_error_code_is_disabled_and_refuses_nobody(self):
@@ -379,6 +390,21 @@ class DnsblTest(SluiceTestCase):
             self.workdir, free_port(), [pool("a", [1])], plugin_dir=plugin_dir))
         self.assertNotEqual(rc, 0, out)
         self.assertIn("wieght", out)
+
+    def test_threshold_that_every_client_reaches_is_refused_at_check(self):
+        """A sum of 0 (listed nowhere) reaches a threshold of 0 or below:
+        every recipient of every client would get 550."""
+        conf_dir = os.path.join(self.workdir, "conf.d")
+        os.makedirs(conf_dir, exist_ok=True)
+        plugin_dir = os.path.join(os.path.dirname(sluice_bin()), "plugins")
+        for threshold in ("0", "0.0", "-1"):
+            with open(os.path.join(conf_dir, "20-dnsbl.conf"), "w") as f:
+                f.write('plugin = "dnsbl";\nthreshold = %s;\n'
+                        'zones = ( { zone = "one.test"; } );\n' % threshold)
+            rc, out = run_sluice_check(self.workdir, base_config(
+                self.workdir, free_port(), [pool("a", [1])], plugin_dir=plugin_dir))
+            self.assertNotEqual(rc, 0, "threshold = %s: %s" % (threshold, out))
+            self.assertIn("threshold", out)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,20 @@ static void domain_names_are_normalized_or_refused(void **state)
     assert_false(dnsbl_domain_normalize("a\0b.example", 11, out, sizeof out));
 }
 
+/* A dotted quad is an address, not a name: an RHSBL (Spamhaus DBL) answers
+ * it with an error code inside 127/8 (127.0.1.255, "IP queries
+ * prohibited"), which would count as a listing. No TLD is all digits. */
+static void address_shaped_names_are_not_looked_up(void **state)
+{
+    char out[DNSBL_NAME_MAX];
+    assert_false(dnsbl_domain_normalize("192.0.2.1", 9, out, sizeof out));
+    assert_false(dnsbl_domain_normalize("192.0.2.1.", 10, out, sizeof out));
+    assert_false(dnsbl_domain_normalize("mail.123", 8, out, sizeof out));
+    assert_false(dnsbl_sender_domain("u@198.51.100.7", 14, out, sizeof out));
+    assert_true(dnsbl_domain_normalize("123.example", 11, out, sizeof out));
+    assert_true(dnsbl_domain_normalize("mail.xn--p1ai", 13, out, sizeof out));
+}
+
 static void sender_domain_is_after_the_last_at(void **state)
 {
     char out[DNSBL_NAME_MAX];
@@ -201,6 +215,7 @@ int main(void)
         cmocka_unit_test(listing_weight_without_codes_is_the_zone_weight),
         cmocka_unit_test(listing_weight_sums_each_matching_code_once),
         cmocka_unit_test(domain_names_are_normalized_or_refused),
+        cmocka_unit_test(address_shaped_names_are_not_looked_up),
         cmocka_unit_test(sender_domain_is_after_the_last_at),
         cmocka_unit_test(query_names_that_do_not_fit_are_refused),
         cmocka_unit_test(reply_text_reads_like_postscreen),
