@@ -132,6 +132,19 @@ static void retry_after_the_window_starts_over(void **state)
     assert_int_equal(greylist_decide(&p, T.retry_window_ms + 1, &T, &wait), GREYLIST_NEW);
 }
 
+/* A pending record whose first sight lies ahead of the clock (written
+ * while the clock, or another instance's on the same Redis, ran fast) is
+ * first sight again: "too soon" would refuse the triplet, with a wait of
+ * hours or days, until the record expires. */
+static void pending_record_from_the_future_starts_over(void **state)
+{
+    int64_t wait;
+    int64_t now = 1700000000000LL;
+    struct greylist_record p = {GREYLIST_PENDING, now + 86400000LL, now + 86400000LL};
+    assert_int_equal(greylist_decide(&p, now, &T, &wait), GREYLIST_NEW);
+    assert_int_equal(wait, T.min_delay_ms);
+}
+
 static void known_triplet_is_refreshed_at_most_once_per_interval(void **state)
 {
     int64_t wait;
@@ -227,6 +240,7 @@ int main(void)
         cmocka_unit_test(record_round_trips_and_garbage_is_refused),
         cmocka_unit_test(first_sight_then_too_soon_then_pass),
         cmocka_unit_test(retry_after_the_window_starts_over),
+        cmocka_unit_test(pending_record_from_the_future_starts_over),
         cmocka_unit_test(known_triplet_is_refreshed_at_most_once_per_interval),
         cmocka_unit_test(gate_lets_one_rewrite_through_per_key_and_hold),
         cmocka_unit_test(gate_keys_on_one_slot_both_write_never_neither),
