@@ -59,6 +59,7 @@ bool sdk_op_begin(struct sdk_op *op, struct session **out)
     /* The callback runs as the entry that started the operation. */
     s->saved_entry_stack = s->current_entry;
     s->current_entry = op->entry;
+    s->op_depth++;
     *out = s;
     free(op);
     return true;
@@ -68,6 +69,10 @@ void sdk_op_end(struct session *s)
 {
     s->current_entry = s->saved_entry_stack;
     s->saved_entry_stack = NULL;
+    s->op_depth--;
+    /* The callback may have ended the session (its disconnect hook resumed):
+     * s must not be touched after this. */
+    session_free_deferred(s);
 }
 
 static void op_abandon(struct sdk_op *op)

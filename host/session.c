@@ -720,11 +720,25 @@ static void session_free(struct session *s)
 
 static void session_disconnect_done(struct session *s, const struct hook_verdict *v)
 {
+    if (s->op_depth > 0) {
+        /* Resumed from a plugin's callback, which still uses the session
+         * (sdk_op_end, sluice_resume): freed when it returns. */
+        s->free_deferred = true;
+        return;
+    }
     if (s->rdns_query) {
         s->disconnect_done = true; /* freed when the lookup ends */
         return;
     }
     session_free(s);
+}
+
+void session_free_deferred(struct session *s)
+{
+    if (s->op_depth > 0 || !s->free_deferred)
+        return;
+    s->free_deferred = false;
+    session_disconnect_done(s, NULL);
 }
 
 /* A client gone during its reverse lookup before its greeting: the lookup

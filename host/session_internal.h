@@ -118,6 +118,11 @@ struct session {
      * backend_name_known). */
     bool greeted_early;
     bool disconnect_done; /* ended, its reverse lookup still running */
+    /* Plugin callbacks of asynchronous operations on the stack (sdk_op_begin
+     * to sdk_op_end): a session that ends inside one (its disconnect hook
+     * resumed from it) is freed only when the outermost returns. */
+    int op_depth;
+    bool free_deferred;
 
     enum session_phase phase;
     bool busy;       /* a command is in progress: no further input is read */
@@ -218,6 +223,9 @@ void session_command(struct session *s, const char *line, size_t len);
 /* sdk_session.c, sdk_message.c: plugin-visible state */
 void session_plugins_init(struct session *s);
 void session_plugins_free(struct session *s);
+/* sdk_op_end, the last callback on the stack returned: frees a session that
+ * ended meanwhile. */
+void session_free_deferred(struct session *s);
 void session_notes_clear(struct session *s, int scope);
 void session_apply_throttle(struct session *s);
 void message_info_free(struct message_info *m);

@@ -127,6 +127,24 @@ class PendingTest(PluginTestCase):
         self.assertGreaterEqual(elapsed, 0.7)
         self.assertEqual(b.connection_count(), 0)
 
+    def test_a_disconnect_hook_resumed_from_its_timer_ends_the_session_cleanly(self):
+        # The disconnect hook waits on a timer; its callback resumes the hook,
+        # which ends (frees) the session inside the callback: nothing of the
+        # session may be touched after that (under ASan: no use after free).
+        self.entry("10-slow", "pending_timer", hook="disconnect", delay="50ms",
+                   verdict="continue")
+        s, port, b = self.relay()
+        for _ in range(3):
+            c = self.open_session(port)
+            self.assertReply(c.cmd("QUIT"), 221)
+            c.close()
+        s.wait_log(r"pending_timer: timer fired")
+        time.sleep(0.5)
+        self.assertEqual(s.grep(r"Sanitizer|worker .*(died|exited|signal)"), [])
+        c = self.open_session(port)
+        self.deliver(c, "s@x.example")
+        self.assertEqual(len(b.wait_messages(1)), 1)
+
     def test_pending_on_timer_resuming_continue_lets_the_message_through(self):
         self.entry("10-slow", "pending_timer", hook="rcpt", delay="200ms", verdict="continue")
         _, port, b = self.relay()

@@ -87,6 +87,14 @@ static enum sluice_verdict pending_timer_at(sluice_session *s, void *state, int 
 
 TP_HOOK_WRAPPERS(pending_timer_at)
 
+/* The disconnect hook too (hook = "disconnect"): the other test plugins
+ * have none. */
+static enum sluice_verdict pending_timer_at_disconnect(sluice_session *s, void *st, void *ts)
+{
+    (void)ts;
+    return pending_timer_at(s, st, SLUICE_HOOK_DISCONNECT);
+}
+
 SLUICE_PLUGIN = {
     .abi_major = SLUICE_ABI_MAJOR,
     .abi_minor = SLUICE_ABI_MINOR,
@@ -94,5 +102,14 @@ SLUICE_PLUGIN = {
     .version = "1",
     .init = pending_timer_init,
     .fini = pending_timer_fini,
-    .hooks = TP_HOOK_TABLE(pending_timer_at),
+    .hooks =
+        {
+            [SLUICE_HOOK_CONNECT] = pending_timer_at_connect,
+            [SLUICE_HOOK_HELO] = pending_timer_at_helo,
+            [SLUICE_HOOK_MAIL] = pending_timer_at_mail,
+            [SLUICE_HOOK_RCPT] = pending_timer_at_rcpt,
+            [SLUICE_HOOK_DATA] = pending_timer_at_data,
+            [SLUICE_HOOK_EOM] = pending_timer_at_eom,
+            [SLUICE_HOOK_DISCONNECT] = pending_timer_at_disconnect,
+        },
 };
