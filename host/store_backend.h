@@ -34,13 +34,19 @@ struct store {
 };
 
 struct store_redis_conn;
+struct lmdb_job;
 
 struct store_thread {
     struct store *st;
     struct event_base *base;
     struct event *purge_timer;     /* LMDB, on the purger thread only */
     struct store_redis_conn *redis; /* Redis */
-    int lmdb_writes_in_flight; /* LMDB: a read waits behind them on the pool */
+    int lmdb_writes_in_flight; /* LMDB: a read waits behind them */
+    /* LMDB, this loop's writes on the pool in submission order, and the
+     * reads waiting for the writes submitted before them (store_lmdb.c). */
+    struct lmdb_job *lmdb_writes_head, *lmdb_writes_tail;
+    struct lmdb_job *lmdb_reads_head, *lmdb_reads_tail;
+    uint64_t lmdb_write_seq;
 };
 
 /* Wall clock in ms: expiry times outlive the process. */

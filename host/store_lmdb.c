@@ -4,9 +4,10 @@
  * take no lock and copy from the map, microseconds when its pages are in
  * memory (a store kept small by its purge stays there), less than the
  * handoff to a pool thread and back; its result still comes on the loop's
- * next turn, as a pool job's would. While a write of the same loop thread
- * is in flight, its reads go to the pool as before, so that a read never
- * overtakes that thread's own write (a set then a get sees the set).
+ * next turn, as a pool job's would. While writes of the same loop thread
+ * are in flight, a read waits on the loop until every write submitted before
+ * it is done (pool threads may commit them in any order), so that a read
+ * never overtakes that thread's own write (a set then a get sees the set).
  * A record is an 8-byte expiry (absolute ms since the epoch, 0 = none, host
  * byte order: LMDB files are not portable anyway) followed by the value.
  * Counters are stored as decimal text, as Redis does, so a get after an
@@ -53,6 +54,11 @@ struct lmdb_job {
         store_int_cb incr;
     } cb;
     void *arg;
+    /* A write: its place among the loop's writes in flight (seq, in order).
+     * A deferred read: the last write submitted before it (seq), and its
+     * place among the reads waiting. */
+    uint64_t seq;
+    struct lmdb_job *prev, *next;
     char data[]; /* key, then the value to set */
 };
 
@@ -370,11 +376,31 @@ static void lmdb_work(void *p)
 
 /* ---- completion, on the loop thread ------------------------------------------- */
 
+static void lmdb_release_reads(struct store_thread *t);
+
+static void lmdb_write_unlink(struct store_thread *t, struct lmdb_job *job)
+{
+    if (job->prev)
+        job->prev->next = job->next;
+    else
+        t->lmdb_writes_head = job->next;
+    if (job->next)
+        job->next->prev = job->prev;
+    else
+        t->lmdb_writes_tail = job->prev;
+    job->prev = job->next = NULL;
+}
+
 static void lmdb_done(void *p)
 {
     struct lmdb_job *job = p;
-    if (job->op != LOP_GET)
+    if (job->op != LOP_GET && job->op != LOP_PURGE) {
         job->t->lmdb_writes_in_flight--;
+        lmdb_write_unlink(job->t, job);
+        /* Pool threads may commit writes out of order: a read goes once
+         * every write submitted before it is done. */
+        lmdb_release_reads(job->t);
+    }
     switch (job->op) {
     case LOP_GET:
         job->cb.get(job->arg, job->status, job->status == STORE_OK ? job->val : NULL,
@@ -415,15 +441,51 @@ static struct lmdb_job *lmdb_job_new(struct store_thread *t, enum lmdb_op op, co
     return job;
 }
 
+/* A write or the purge (reads run on the loop thread, lmdb_read_now). The
+ * purge only deletes what reads find expired already: no read waits for it. */
 static int lmdb_submit(struct store_thread *t, struct lmdb_job *job)
 {
     if (workpool_submit(t->st->wp, t->base, lmdb_work, lmdb_done, job) < 0) {
         free(job);
         return -1;
     }
-    if (job->op != LOP_GET)
-        t->lmdb_writes_in_flight++;
+    if (job->op == LOP_PURGE)
+        return 0;
+    t->lmdb_writes_in_flight++;
+    job->seq = ++t->lmdb_write_seq;
+    job->prev = t->lmdb_writes_tail;
+    job->next = NULL;
+    if (t->lmdb_writes_tail)
+        t->lmdb_writes_tail->next = job;
+    else
+        t->lmdb_writes_head = job;
+    t->lmdb_writes_tail = job;
     return 0;
+}
+
+/* The read runs now; its result comes on the loop's next turn. */
+static int lmdb_read_now(struct store_thread *t, struct lmdb_job *job)
+{
+    return workpool_run_here(t->base, lmdb_work, lmdb_done, job);
+}
+
+/* The reads whose earlier writes are all done, in order. A read that cannot
+ * start (out of memory) is answered as a store error, on the next turn if
+ * possible: its caller was told it started. */
+static void lmdb_release_reads(struct store_thread *t)
+{
+    while (t->lmdb_reads_head &&
+           (!t->lmdb_writes_head || t->lmdb_writes_head->seq > t->lmdb_reads_head->seq)) {
+        struct lmdb_job *job = t->lmdb_reads_head;
+        t->lmdb_reads_head = job->next;
+        if (!t->lmdb_reads_head)
+            t->lmdb_reads_tail = NULL;
+        job->next = NULL;
+        if (lmdb_read_now(t, job) < 0) {
+            job->cb.get(job->arg, STORE_ERROR, NULL, 0);
+            free(job);
+        }
+    }
 }
 
 int store_lmdb_get(struct store_thread *t, const void *key, size_t klen, store_get_cb cb,
@@ -434,9 +496,17 @@ int store_lmdb_get(struct store_thread *t, const void *key, size_t klen, store_g
         return -1;
     job->cb.get = cb;
     job->arg = arg;
-    if (t->lmdb_writes_in_flight > 0)
-        return lmdb_submit(t, job);
-    if (workpool_run_here(t->base, lmdb_work, lmdb_done, job) < 0) {
+    if (t->lmdb_writes_in_flight > 0) {
+        /* Behind this thread's writes: a pool thread could overtake them. */
+        job->seq = t->lmdb_write_seq;
+        if (t->lmdb_reads_tail)
+            t->lmdb_reads_tail->next = job;
+        else
+            t->lmdb_reads_head = job;
+        t->lmdb_reads_tail = job;
+        return 0;
+    }
+    if (lmdb_read_now(t, job) < 0) {
         free(job);
         return -1;
     }
@@ -527,6 +597,14 @@ int store_lmdb_thread_init(struct store_thread *t)
 
 void store_lmdb_thread_free(struct store_thread *t)
 {
+    /* Reads still waiting when the loop stopped never answer (as a pool
+     * job's done never runs after the pool is freed). */
+    while (t->lmdb_reads_head) {
+        struct lmdb_job *job = t->lmdb_reads_head;
+        t->lmdb_reads_head = job->next;
+        free(job);
+    }
+    t->lmdb_reads_tail = NULL;
     if (t->purge_timer)
         event_free(t->purge_timer);
     if (t->st->purger == t)

@@ -387,6 +387,31 @@ static void lmdb_set_get_with_nul_bytes(void **state)
     free_harness(h);
 }
 
+/* store_lmdb.c: "a read never overtakes that thread's own write (a set then
+ * a get sees the set)", with a pool of more than one thread too: the get
+ * must not run on a second pool thread while the set's transaction is still
+ * being committed on the first. */
+static void lmdb_get_right_after_a_set_sees_the_set(void **state)
+{
+    struct harness *h = new_harness(STORE_LMDB, TINY_MAP_SIZE * 16);
+    static char big[64 * 1024];
+    int stale = 0;
+    for (int i = 0; i < 50; i++) {
+        memset(big, 'a' + i % 26, sizeof big);
+        snprintf(big, 16, "round-%03d", i);
+        struct result set = {0}, get = {0};
+        assert_int_equal(store_set(h->t, "k", 1, big, sizeof big, 0, got_done, &set), 0);
+        assert_int_equal(store_get(h->t, "k", 1, got_value, &get), 0);
+        run_until_called(h, &get);
+        run_until_called(h, &set);
+        assert_int_equal(set.status, STORE_OK);
+        if (get.status != STORE_OK || memcmp(get.value, big, 16) != 0)
+            stale++;
+    }
+    assert_int_equal(stale, 0);
+    free_harness(h);
+}
+
 static void lmdb_notfound_and_del(void **state)
 {
     struct harness *h = new_harness(STORE_LMDB, TINY_MAP_SIZE * 16);
@@ -847,6 +872,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(lmdb_set_get_with_nul_bytes),
+        cmocka_unit_test(lmdb_get_right_after_a_set_sees_the_set),
         cmocka_unit_test(lmdb_notfound_and_del),
         cmocka_unit_test(lmdb_incr),
         cmocka_unit_test(lmdb_ttl_expiry),
