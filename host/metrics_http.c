@@ -12,9 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -27,10 +29,33 @@
 #define METRICS_HTTP_MAX_HEADERS 8192
 #define METRICS_HTTP_MAX_BODY 4096 /* nothing we serve takes a body */
 #define METRICS_HTTP_BACKLOG 64
+/* Connections open at once: past this the listener pauses, so scrapers
+ * cannot take the descriptors the SMTP sessions are budgeted. */
+#define METRICS_HTTP_MAX_CONNS 32
+/* A connection's whole life: the timeout above restarts at every byte, so
+ * a client trickling its request (or reading the reply a byte at a time)
+ * would otherwise hold its descriptor for hours. */
+#define METRICS_HTTP_MAX_LIFE_S 20
+/* What a connection may have read and not parsed yet; above the limits
+ * evhttp enforces, so it only bounds a connection evhttp has let go of. */
+#define METRICS_HTTP_READ_HIGH_WM (METRICS_HTTP_MAX_HEADERS + METRICS_HTTP_MAX_BODY + 4096)
+
+/* evhttp (2.1) has neither a connection limit nor a hook when a connection
+ * goes away. The endpoint makes each connection's bufferevent (bevcb) and
+ * keeps a reference to it: once evhttp frees it, its callbacks are cleared,
+ * and the sweep drops the last reference (closing the socket). */
+struct endpoint_conn {
+    struct bufferevent *bev;
+    time_t since;
+};
 
 static struct {
     struct event_base *base;
     struct evhttp *http;
+    struct evconnlistener *listener;
+    struct event *sweep;
+    struct endpoint_conn conns[METRICS_HTTP_MAX_CONNS];
+    size_t nconns;
     pthread_t thread;
     bool running;
     _Atomic int port;
@@ -185,6 +210,66 @@ static int endpoint_socket(const char *where, char *err, size_t errlen)
     return -1;
 }
 
+/* ---- connections ---- */
+
+static time_t endpoint_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+static struct bufferevent *endpoint_new_bev(struct event_base *base, void *arg)
+{
+    if (endpoint.nconns >= METRICS_HTTP_MAX_CONNS)
+        return NULL; /* not reached: the listener pauses at the limit */
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL)
+        return NULL;
+    bufferevent_setwatermark(bev, EV_READ, 0, METRICS_HTTP_READ_HIGH_WM);
+    bufferevent_incref(bev);
+    endpoint.conns[endpoint.nconns++] = (struct endpoint_conn){bev, endpoint_now()};
+    if (endpoint.nconns >= METRICS_HTTP_MAX_CONNS && endpoint.listener)
+        evconnlistener_disable(endpoint.listener);
+    return bev;
+}
+
+static bool endpoint_conn_released(struct bufferevent *bev)
+{
+    bufferevent_data_cb readcb, writecb;
+    bufferevent_event_cb eventcb;
+    bufferevent_getcb(bev, &readcb, &writecb, &eventcb, NULL);
+    return readcb == NULL && writecb == NULL && eventcb == NULL;
+}
+
+/* Drops the connections evhttp has freed, ends those past their life (the
+ * shutdown makes evhttp see an error and free the connection), and resumes
+ * the listener below the limit. */
+static void endpoint_sweep(evutil_socket_t fd, short what, void *arg)
+{
+    time_t now = endpoint_now();
+    for (size_t i = 0; i < endpoint.nconns;) {
+        struct endpoint_conn *c = &endpoint.conns[i];
+        if (endpoint_conn_released(c->bev)) {
+            bufferevent_decref(c->bev);
+            *c = endpoint.conns[--endpoint.nconns];
+            continue;
+        }
+        if (now - c->since >= METRICS_HTTP_MAX_LIFE_S && bufferevent_getfd(c->bev) >= 0)
+            shutdown(bufferevent_getfd(c->bev), SHUT_RDWR);
+        i++;
+    }
+    if (endpoint.nconns < METRICS_HTTP_MAX_CONNS && endpoint.listener)
+        evconnlistener_enable(endpoint.listener);
+}
+
+/* accept(2) failed for want of descriptors or memory: a listener left
+ * armed would be woken again at once; the sweep resumes it. */
+static void endpoint_accept_error(struct evconnlistener *listener, void *arg)
+{
+    evconnlistener_disable(listener);
+}
+
 /* ---- the thread ---- */
 
 static void *endpoint_main(void *arg)
@@ -197,6 +282,13 @@ static void endpoint_free(void)
 {
     if (endpoint.http)
         evhttp_free(endpoint.http); /* closes the listening socket too */
+    for (size_t i = 0; i < endpoint.nconns; i++)
+        bufferevent_decref(endpoint.conns[i].bev); /* evhttp_free released them */
+    endpoint.nconns = 0;
+    endpoint.listener = NULL;
+    if (endpoint.sweep)
+        event_free(endpoint.sweep);
+    endpoint.sweep = NULL;
     if (endpoint.base)
         event_base_free(endpoint.base);
     endpoint.http = NULL;
@@ -223,6 +315,13 @@ static int endpoint_setup(int fd)
         evconnlistener_free(listener);
         return -1;
     }
+    endpoint.listener = listener;
+    evconnlistener_set_error_cb(listener, endpoint_accept_error);
+    const struct timeval second = {1, 0};
+    endpoint.sweep = event_new(endpoint.base, -1, EV_PERSIST, endpoint_sweep, NULL);
+    if (endpoint.sweep == NULL || event_add(endpoint.sweep, &second) < 0)
+        return -1;
+    evhttp_set_bevcb(endpoint.http, endpoint_new_bev, NULL);
     evhttp_set_timeout(endpoint.http, METRICS_HTTP_TIMEOUT_S);
     evhttp_set_max_headers_size(endpoint.http, METRICS_HTTP_MAX_HEADERS);
     evhttp_set_max_body_size(endpoint.http, METRICS_HTTP_MAX_BODY);

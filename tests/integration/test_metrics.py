@@ -4,7 +4,9 @@ that cannot be bound stops the start, and the counters follow the traffic."""
 
 import re
 import smtplib
+import os
 import socket
+import time
 import unittest
 import urllib.error
 import urllib.request
@@ -141,3 +143,71 @@ class MetricsTest(SluiceTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class MetricsHostileClientsTest(SluiceTestCase):
+    """The endpoint is reachable by whoever reaches its port: it must not let
+    clients hold the worker's descriptors."""
+
+    def relay_with_metrics(self):
+        b = self.start_backend("a")
+        mport = free_port()
+        self.sluice, port = self.start_relay([pool("a", [b.port])], [("a.example", "a")],
+                                             threads=1, metrics_listen="127.0.0.1:%d" % mport)
+        return port, mport
+
+    def worker_fds(self):
+        return len(os.listdir("/proc/%d/fd" % self.sluice.worker_pid()))
+
+    def test_idle_connections_are_capped(self):
+        _, mport = self.relay_with_metrics()
+        before = self.worker_fds()
+        conns = []
+        try:
+            for _ in range(200):  # past the backlog a paused listener drops the SYNs
+                c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                conns.append(c)
+                c.setblocking(False)
+                c.connect_ex(("127.0.0.1", mport))
+            time.sleep(1.5)
+            held = self.worker_fds() - before
+            self.assertLess(held, 100, "the worker holds %d descriptors for idle "
+                            "metrics connections" % held)
+        finally:
+            for c in conns:
+                c.close()
+        # below the limit again, the endpoint serves
+        status = wait_until(lambda: scrape(mport)[0] == 200, 10.0, interval=0.5,
+                            what="a scrape after the flood")
+        self.assertTrue(status)
+
+    def test_a_trickled_request_does_not_hold_its_connection(self):
+        _, mport = self.relay_with_metrics()
+        s = socket.create_connection(("127.0.0.1", mport), timeout=5)
+        start = time.monotonic()
+        closed = False
+        try:
+            # one byte a second: each byte restarts evhttp's own timeout
+            for b in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"a" * 60:
+                if time.monotonic() - start > 40:
+                    break
+                try:
+                    s.sendall(bytes([b]))
+                    s.setblocking(False)
+                    try:
+                        if s.recv(4096) == b"":
+                            closed = True
+                            break
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        s.setblocking(True)
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(1.0)
+        finally:
+            s.close()
+        self.assertTrue(closed, "a request trickled for %.0f s was still open"
+                        % (time.monotonic() - start))
+        self.assertLess(time.monotonic() - start, 35)
