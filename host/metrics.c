@@ -136,16 +136,18 @@ static bool bounds_ok(const double *bounds, size_t nbounds)
 
 size_t metrics_escape_label_value(const char *in, char *out, size_t outlen)
 {
-    size_t n = 0;
+    size_t n = 0, written = 0; /* once one does not fit, nothing after it is written */
     for (; in && *in; in++) {
         const char *esc = *in == '\\' ? "\\\\" : *in == '"' ? "\\\"" : *in == '\n' ? "\\n" : NULL;
         size_t len = esc ? 2 : 1;
-        if (out && n + len < outlen)
+        if (out && written == n && n + len < outlen) {
             memcpy(out + n, esc ? esc : in, len);
+            written += len;
+        }
         n += len;
     }
     if (out && outlen > 0)
-        out[n < outlen ? n : outlen - 1] = '\0';
+        out[written] = '\0';
     return n;
 }
 

@@ -87,15 +87,17 @@ static int sdk_metric_names(const sluice_entry *e, const char *name, char *full,
     if (!e || !name)
         return -1;
     int n = snprintf(full, fl, "sluice_plugin_%s", name);
-    char esc[200];
-    metrics_escape_label_value(((const struct plugin_entry *)e)->name, esc, sizeof esc);
+    char esc[512]; /* an entry name is a file name: 255 bytes, 510 escaped */
+    if (metrics_escape_label_value(((const struct plugin_entry *)e)->name, esc, sizeof esc) >=
+        sizeof esc)
+        return -1; /* cut short, two entries could share a series */
     int m = snprintf(labels, ll, "entry=\"%s\"", esc);
     return (n < 0 || (size_t)n >= fl || m < 0 || (size_t)m >= ll) ? -1 : 0;
 }
 
 sluice_counter *sluice_counter_new(sluice_entry *e, const char *name, const char *help)
 {
-    char full[256], labels[300];
+    char full[256], labels[600];
     if (sdk_metric_names(e, name, full, sizeof full, labels, sizeof labels) < 0)
         return NULL;
     return (sluice_counter *)metrics_counter(full, help ? help : name, labels);
@@ -110,7 +112,7 @@ void sluice_counter_add(sluice_counter *c, uint64_t n)
 sluice_histogram *sluice_histogram_new(sluice_entry *e, const char *name, const char *help,
                                        const double *bounds, size_t nbounds)
 {
-    char full[256], labels[300];
+    char full[256], labels[600];
     if (sdk_metric_names(e, name, full, sizeof full, labels, sizeof labels) < 0)
         return NULL;
     return (sluice_histogram *)metrics_histogram(full, help ? help : name, labels, bounds,

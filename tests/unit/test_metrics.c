@@ -218,6 +218,19 @@ static void help_text_and_label_values_are_escaped(void **state)
     free(text);
 }
 
+/* A value cut short ends where the last whole character ended: no byte of
+ * the buffer is left unwritten before the terminator. */
+static void a_truncated_escape_leaves_no_gap(void **state)
+{
+    char value[5];
+    memset(value, 'X', sizeof value);
+    assert_true(metrics_escape_label_value("aaa\"", value, sizeof value) >= sizeof value);
+    assert_string_equal(value, "aaa");
+    memset(value, 'X', sizeof value);
+    assert_true(metrics_escape_label_value("aa\"bb", value, sizeof value) >= sizeof value);
+    assert_string_equal(value, "aa\\\"");
+}
+
 /* ---- histograms ---- */
 
 static void histogram_buckets_are_cumulative_with_sum_and_count(void **state)
@@ -519,6 +532,7 @@ int main(void)
         cmocka_unit_test_teardown(a_name_keeps_its_type, teardown_registry),
         cmocka_unit_test_teardown(bad_names_labels_and_bounds_are_refused, teardown_registry),
         cmocka_unit_test_teardown(help_text_and_label_values_are_escaped, teardown_registry),
+        cmocka_unit_test_teardown(a_truncated_escape_leaves_no_gap, teardown_registry),
         cmocka_unit_test_teardown(histogram_buckets_are_cumulative_with_sum_and_count,
                                   teardown_registry),
         cmocka_unit_test_teardown(histogram_sum_is_exact_across_threads, teardown_registry),
