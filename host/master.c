@@ -351,6 +351,15 @@ static void master_adopt(struct master *m, struct sluice_config *next)
         log_set_level(level);
 }
 
+/* A report that came after its reload timed out must not answer this one. */
+static void master_drain_stale(int fd)
+{
+    char buf[512];
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (poll(&p, 1, 0) > 0 && (p.revents & POLLIN) && read(fd, buf, sizeof buf) > 0)
+        ;
+}
+
 /* SIGHUP: check the files here (no plugin code runs in the master), then
  * let the worker build the new chain and say how it went. */
 static void master_reload(struct master *m)
@@ -367,6 +376,7 @@ static void master_reload(struct master *m)
         return;
     }
     master_notify_systemd("RELOADING=1");
+    master_drain_stale(m->status_fd);
     kill(m->worker, SIGHUP);
     char line[800];
     if (master_read_line(m->status_fd, line, sizeof line, MASTER_RELOAD_WAIT_MS) < 0) {

@@ -492,16 +492,25 @@ static void worker_wait_for_stop(struct worker *w, int status_fd)
     struct mem_trim trim = {0};
     const struct timespec tick = {WORKER_TRIM_TICK_MS / 1000, 0};
     for (;;) {
-        int sig = sigtimedwait(&set, NULL, &tick);
+        siginfo_t info;
+        int sig = sigtimedwait(&set, &info, &tick);
         if (sig < 0) {
             if (errno == EAGAIN)
                 mem_trim_check(&trim, WORKER_TRIM_MIN_BYTES);
             continue;
         }
-        if (sig == SIGHUP)
-            worker_reload(w, status_fd);
-        else
+        if (sig != SIGHUP)
             return;
+        /* The master waits for one report per SIGHUP it sends: a report
+         * for one sent by anyone else (pkill, systemctl kill) would be read
+         * as the answer to its next reload, and the master would keep a
+         * configuration this worker refused. The master forwards its own. */
+        if (info.si_code == SI_USER && info.si_pid != getppid()) {
+            log_warn(NULL, "worker: SIGHUP from pid %ld ignored: a reload is the master's "
+                     "(pid %ld) to ask for", (long)info.si_pid, (long)getppid());
+            continue;
+        }
+        worker_reload(w, status_fd);
     }
 }
 

@@ -276,6 +276,34 @@ class BadReloadTest(ReloadTestCase):
         self.assertEqual(len(s.grep(r"master: reload refused|master: reload error")), 2)
 
 
+    def test_a_sighup_sent_to_the_worker_itself_does_not_answer_the_masters_next_reload(self):
+        # `systemctl kill -s HUP` or `pkill -HUP sluice` signal the worker too:
+        # a report the master did not ask for must not be taken for the answer
+        # to its next reload, or it adopts a configuration the worker refused
+        # and a restarted worker starts with it.
+        b = self.start_backend("a")
+        self.gen_entry("old")
+        s = self.start_sluice(self.config([pool("a", [b.port])]))
+        worker = s.worker_pid()
+        os.kill(worker, signal.SIGHUP)
+        time.sleep(1.0)  # whatever the worker does with it, it has done it
+        with open(os.path.join(self.conf_dir, "60-fail.conf"), "w") as f:
+            f.write('plugin = "%s";\n' % os.path.join(TEST_PLUGIN_DIR, "failing_init.so"))
+        s.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: s.grep(r"master: reload (error|done)|did not report"),
+                   RELOAD_TIMEOUT, what="the master's reload outcome")
+        self.assertEqual(s.grep(r"master: reload done"), [])
+        [line] = s.wait_log(r"master: reload error", RELOAD_TIMEOUT)
+        self.assertIn("failing_init refuses to start on purpose", line)
+        # the restarted worker starts with what is serving, not the refused files
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: s.grep(r"master: worker restarted|did not start"), RELOAD_TIMEOUT,
+                   what="the worker's restart")
+        self.assertEqual(s.grep(r"restarted worker did not start"), [])
+        self.relay_one("<restart@reload.test>")
+        self.assertEqual(self.delivered(b, "<restart@reload.test>").get_all("X-Gen"), ["old"])
+
+
 class RouteTableReloadTest(ReloadTestCase):
     def test_changed_route_applies_to_new_sessions_while_an_open_session_keeps_its_route(self):
         a = self.start_backend("a")
