@@ -883,18 +883,25 @@ static bool backend_must_hold(const struct smtp_backend *b, const struct pending
     return b->state == B_READY && !b->caps.pipelining && TAILQ_FIRST(&b->awaited) != p;
 }
 
-/* The reply before it came: the command that waited goes now. */
-static void backend_release_held(struct smtp_backend *b)
+/* A queued command written now: held until the reply before it, or sent
+ * again on a new connection (backend_replay_send). */
+static void backend_write_pending(struct smtp_backend *b, struct pending *p)
 {
-    struct pending *p = TAILQ_FIRST(&b->awaited);
-    if (b->state != B_READY || !b->io || !p || !p->held)
-        return;
     p->held = false;
     if (p->kind == P_USER)
         backend_write(b, p->line, p->line_len);
     else
         backend_write(b, p->kind == P_DATA ? "DATA\r\n" : "NOOP\r\n", 6);
     p->sent_at = b->bytes_out;
+}
+
+/* The reply before it came: the command that waited goes now. */
+static void backend_release_held(struct smtp_backend *b)
+{
+    struct pending *p = TAILQ_FIRST(&b->awaited);
+    if (b->state != B_READY || !b->io || !p || !p->held)
+        return;
+    backend_write_pending(b, p);
     if (!b->unconfirmed) {
         free(p->line);
         p->line = NULL;
@@ -1392,12 +1399,7 @@ static void backend_replay_send(struct smtp_backend *b)
     }
     io_cork();
     TAILQ_FOREACH(p, &b->awaited, link) {
-        p->held = false;
-        if (p->kind == P_USER)
-            backend_write(b, p->line, p->line_len);
-        else
-            backend_write(b, p->kind == P_DATA ? "DATA\r\n" : "NOOP\r\n", 6);
-        p->sent_at = b->bytes_out;
+        backend_write_pending(b, p);
         free(p->line);
         p->line = NULL;
     }
