@@ -77,33 +77,23 @@ class AllocFailureTest(SluiceTestCase):
             allowed.append((451, b"4.4.2"))
         self.assertIn((reply.code, reply.lines[-1][4:9]), allowed, "%s: %r" % (step, reply))
 
-    def transaction(self):
-        """One whole relayed transaction as a patient client runs it.
-        Returns (recipients told 250, final reply or None)."""
+    def greeted(self):
+        """A client past its banner and EHLO, or None (the failure checked)."""
         c = RawClient(self.port, timeout=20)
         self.clients.append(c)
         banner = c.read_reply()
         if banner.code != 220:
             self.assertFailure(banner, "banner")
-            return [], None
+            return None
         ehlo = c.cmd("EHLO client.test")
         if ehlo.code != 250:
             self.assertFailure(ehlo, "EHLO")
-            return [], None
-        mail = c.cmd("MAIL FROM:<%s>" % SENDER)
-        if mail.code != 250:
-            self.assertFailure(mail, "MAIL")
-            return [], None
-        accepted = []
-        for r in RCPTS:
-            reply = c.cmd("RCPT TO:<%s>" % r)
-            if reply.code == 250:
-                accepted.append(r)
-            else:
-                self.assertFailure(reply, "RCPT")
-            if reply.code == 421:
-                return [], None
-        data = c.cmd("DATA")
+            return None
+        return c
+
+    def finish(self, c, accepted, data):
+        """From the reply to DATA to QUIT. Returns (recipients told 250,
+        final reply or None)."""
         if not accepted:
             self.assertEqual(data.code, 554, data)
             c.cmd("QUIT")
@@ -119,18 +109,32 @@ class AllocFailureTest(SluiceTestCase):
             self.assertIn(c.cmd("QUIT").code, (221, 421))
         return accepted, final
 
+    def transaction(self):
+        """One whole relayed transaction as a patient client runs it.
+        Returns (recipients told 250, final reply or None)."""
+        c = self.greeted()
+        if c is None:
+            return [], None
+        mail = c.cmd("MAIL FROM:<%s>" % SENDER)
+        if mail.code != 250:
+            self.assertFailure(mail, "MAIL")
+            return [], None
+        accepted = []
+        for r in RCPTS:
+            reply = c.cmd("RCPT TO:<%s>" % r)
+            if reply.code == 250:
+                accepted.append(r)
+            else:
+                self.assertFailure(reply, "RCPT")
+            if reply.code == 421:
+                return [], None
+        return self.finish(c, accepted, c.cmd("DATA"))
+
     def pipelined_transaction(self):
         """The same transaction as a pipelining client sends it: MAIL, RCPT
         and DATA in one write (DATA then goes to the backend with the RCPT)."""
-        c = RawClient(self.port, timeout=20)
-        self.clients.append(c)
-        banner = c.read_reply()
-        if banner.code != 220:
-            self.assertFailure(banner, "banner")
-            return [], None
-        ehlo = c.cmd("EHLO client.test")
-        if ehlo.code != 250:
-            self.assertFailure(ehlo, "EHLO")
+        c = self.greeted()
+        if c is None:
             return [], None
         c.send(b"MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n" % (SENDER.encode(),
                                                                    RCPTS[0].encode()))
@@ -144,21 +148,7 @@ class AllocFailureTest(SluiceTestCase):
             self.assertFailure(rcpt, "RCPT")
         if rcpt.code == 421:
             return [], None
-        data = c.read_reply()
-        if not accepted:
-            self.assertEqual(data.code, 554, data)
-            c.cmd("QUIT")
-            return [], None
-        if data.code != 354:
-            self.assertFailure(data, "DATA")
-            return accepted, None
-        c.send(BODY + b".\r\n")
-        final = c.read_reply()
-        if final.code != 250:
-            self.assertFailure(final, "end of data")
-        if final.code != 421:
-            self.assertIn(c.cmd("QUIT").code, (221, 421))
-        return accepted, final
+        return self.finish(c, accepted, c.read_reply())
 
     def test_each_allocation_failing_in_turn_with_pipelined_data_is_answered(self):
         # A new backend connection each time: MAIL, RCPT and DATA each take
